@@ -1,0 +1,1 @@
+"""Console commands (entry points in setup.py)."""

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create or reuse .venv/ in the repo root with the pinned, CPU-only dependency set.
+# Idempotent: a second run only checks that the install is complete.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+STAMP="$VENV/.ensdist-installed"
+CONSTRAINTS="$ROOT/requirements/constraints.txt"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment $VENV"
+  "$PY" -m venv "$VENV"
+fi
+want="$(cat "$CONSTRAINTS" "$ROOT/setup.py" | sha256sum | cut -c1-16)"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  echo "[setup] .venv is up to date"
+else
+  echo "[setup] installing torch (CPU wheel) and the pinned dependencies"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # torch first, pinned: pip must never pick a torch on its own (an unpinned torch is a CUDA build).
+  "$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" torch==2.13.0
+  "$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" -e "$ROOT[test]"
+  # fairseq declares torchaudio (speech tasks only); the release pip resolves for it cannot load
+  # beside torch 2.13 (OSError at import). The translation path never needs it, so remove it.
+  "$VENV/bin/python" -m pip uninstall -q -y torchaudio >/dev/null 2>&1 || true
+  echo "$want" > "$STAMP"
+fi
+
+# The built-in corpus: the Ding German-English dictionary from Debian (pinned version).
+if [ ! -f /usr/share/trans/de-en ]; then
+  echo "[setup] installing Debian package trans-de-en=1.9-6 (built-in corpus)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq trans-de-en=1.9-6 >/dev/null
+fi

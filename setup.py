@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ensdist_fairseq",
+    version="0.1.0",
+    description="Ensemble distillation for NMT as a fairseq user-dir plugin",
+    packages=find_packages(include=["ensdist_fairseq", "ensdist_fairseq.*"]),
+    package_data={"ensdist_fairseq": ["configs/*.sh"]},
+    python_requires=">=3.8",
+    install_requires=[
+        # torch>=2.6: torch.serialization.add_safe_globals and weights_only=True by default.
+        # A range, not a pin, so an installed CUDA torch is kept; scripts/setup_env.sh installs
+        # the CPU wheel 2.13.0 first so pip never resolves torch on its own.
+        "torch>=2.6",
+        # The official fairseq 0.12.2 fails at import on Python >= 3.11 (mutable dataclass
+        # defaults); ve-fairseq ships a cp311 wheel of 0.12.3 providing the same `fairseq` module.
+        'fairseq==0.12.2; python_version < "3.11"',
+        've-fairseq==0.12.3; python_version >= "3.11"',
+        "numpy>=1.24",
+        "h5py>=3.8",
+        "sentencepiece>=0.1.99",
+        "sacrebleu>=2.3",
+        "matplotlib>=3.7",
+    ],
+    extras_require={"test": ["pytest>=7", "scikit-learn>=1.2", "scipy>=1.10"]},
+    entry_points={
+        "console_scripts": [
+            "ensdist-path=ensdist_fairseq.cli.path:main",
+        ]
+    },
+)
