@@ -26,6 +26,10 @@ setup(
     entry_points={
         "console_scripts": [
             "ensdist-path=ensdist_fairseq.cli.path:main",
+            "ensdist-memoize=ensdist_fairseq.cli.memoize:main",
+            "ensdist-evaluate=ensdist_fairseq.cli.evaluate:main",
+            "ensdist-report=ensdist_fairseq.cli.report:main",
+            "ensdist-bleu-table=ensdist_fairseq.cli.bleu_table:main",
         ]
     },
 )

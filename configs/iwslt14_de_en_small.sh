@@ -1,0 +1,17 @@
+# IWSLT14 De->En, transformer_iwslt_de_en: the intra-distillation recipe of Xu et al. (2022)
+# (one GPU). Data: scripts/prepare_iwslt14.sh (SentencePiece 12k joint vocabulary).
+SRC=${SRC:-de}
+TGT=${TGT:-en}
+SPM_VOCAB_SIZE=${SPM_VOCAB_SIZE:-12000}
+
+TEACHER_TASK=${TEACHER_TASK:-translation}
+ARCH_ARGS=(--arch transformer_iwslt_de_en --share-all-embeddings)
+TRAIN_ARGS=(--optimizer adam --adam-betas "(0.9,0.98)" --lr 5e-4
+  --lr-scheduler inverse_sqrt --warmup-updates 8000 --clip-norm 0.0
+  --dropout 0.3 --weight-decay 0.0001 --max-tokens 4096)
+MAX_UPDATE=${MAX_UPDATE:-50000}
+LS_EPSILON=0.1
+SWA_UPDATES=${SWA_UPDATES:-5000}
+SWA_INTERVAL=${SWA_INTERVAL:-500}
+
+GEN_ARGS=(--beam 5 --lenpen 1.0 --max-tokens 8000)

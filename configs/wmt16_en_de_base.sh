@@ -1,0 +1,18 @@
+# WMT16 En->De, Transformer-Base, the recipe of Reich et al. (2020) (8 GPU-batches of 4096
+# tokens: 8 GPUs x update-freq 1, or 1 GPU x update-freq 8). Data: scripts/prepare_wmt16.sh.
+SRC=${SRC:-en}
+TGT=${TGT:-de}
+SPM_VOCAB_SIZE=${SPM_VOCAB_SIZE:-32000}
+
+TEACHER_TASK=${TEACHER_TASK:-translation}
+ARCH_ARGS=(--arch transformer_wmt_en_de --share-all-embeddings)
+TRAIN_ARGS=(--optimizer adam --adam-betas "(0.9,0.98)" --lr 7e-4
+  --lr-scheduler inverse_sqrt --warmup-updates 4000 --warmup-init-lr 1e-7 --clip-norm 0.0
+  --dropout 0.1 --weight-decay 0.0 --max-tokens 4096 --update-freq ${UPDATE_FREQ:-1} --fp16)
+MAX_UPDATE=${MAX_UPDATE:-300000}
+LS_EPSILON=0.1
+# SWA: the paper averages the last 10 epoch checkpoints; here 10 snapshots over the last 10%.
+SWA_UPDATES=${SWA_UPDATES:-30000}
+SWA_INTERVAL=${SWA_INTERVAL:-3000}
+
+GEN_ARGS=(--beam 4 --lenpen 0.6 --max-tokens 8000)
