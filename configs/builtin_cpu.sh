@@ -13,9 +13,8 @@ TRAIN_ARGS=(--cpu --optimizer adam --adam-betas "(0.9,0.98)" --lr 2e-3
   --lr-scheduler inverse_sqrt --warmup-updates 300 --clip-norm 0.0
   --dropout 0.1 --weight-decay 0.0001 --max-tokens 4096
   --required-batch-size-multiple 1 --num-workers 0)
-MAX_UPDATE=${MAX_UPDATE:-1200}
 LS_EPSILON=0.1            # LS-mode teachers' label smoothing (CE mode: 0)
-SWA_UPDATES=${SWA_UPDATES:-300}   # SWA averages snapshots from the last this-many updates ...
-SWA_INTERVAL=${SWA_INTERVAL:-50}  # ... taken every this-many updates (6 snapshots)
+MAX_EPOCH=${MAX_EPOCH:-24}         # teachers train for this many epochs ...
+SWA_EPOCHS=${SWA_EPOCHS:-6}        # ... and SWA averages the checkpoints of the last this-many
 
 GEN_ARGS=(--beam 5 --lenpen 1.0 --max-tokens 8000)

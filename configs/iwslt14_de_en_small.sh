@@ -9,9 +9,8 @@ ARCH_ARGS=(--arch transformer_iwslt_de_en --share-all-embeddings)
 TRAIN_ARGS=(--optimizer adam --adam-betas "(0.9,0.98)" --lr 5e-4
   --lr-scheduler inverse_sqrt --warmup-updates 8000 --clip-norm 0.0
   --dropout 0.3 --weight-decay 0.0001 --max-tokens 4096)
-MAX_UPDATE=${MAX_UPDATE:-50000}
 LS_EPSILON=0.1
-SWA_UPDATES=${SWA_UPDATES:-5000}
-SWA_INTERVAL=${SWA_INTERVAL:-500}
+MAX_EPOCH=${MAX_EPOCH:-100}         # teachers train for this many epochs ...
+SWA_EPOCHS=${SWA_EPOCHS:-10}        # ... and SWA averages the checkpoints of the last this-many
 
 GEN_ARGS=(--beam 5 --lenpen 1.0 --max-tokens 8000)

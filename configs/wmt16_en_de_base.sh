@@ -9,10 +9,8 @@ ARCH_ARGS=(--arch transformer_wmt_en_de --share-all-embeddings)
 TRAIN_ARGS=(--optimizer adam --adam-betas "(0.9,0.98)" --lr 7e-4
   --lr-scheduler inverse_sqrt --warmup-updates 4000 --warmup-init-lr 1e-7 --clip-norm 0.0
   --dropout 0.1 --weight-decay 0.0 --max-tokens 4096 --update-freq ${UPDATE_FREQ:-1} --fp16)
-MAX_UPDATE=${MAX_UPDATE:-300000}
 LS_EPSILON=0.1
-# SWA: the paper averages the last 10 epoch checkpoints; here 10 snapshots over the last 10%.
-SWA_UPDATES=${SWA_UPDATES:-30000}
-SWA_INTERVAL=${SWA_INTERVAL:-3000}
+MAX_EPOCH=${MAX_EPOCH:-60}         # teachers train for this many epochs ...
+SWA_EPOCHS=${SWA_EPOCHS:-10}        # ... and SWA averages the checkpoints of the last this-many
 
 GEN_ARGS=(--beam 4 --lenpen 0.6 --max-tokens 8000)

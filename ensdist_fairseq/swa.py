@@ -1,37 +1,35 @@
 """Stochastic weight averaging (SWA) of a fairseq training run, from its tail snapshots.
 
-Schedule (documented in docs/teachers.md): during the last ``swa_updates`` updates of a run,
-fairseq-train writes a snapshot every ``--save-interval-updates`` updates
-(``checkpoint_<epoch>_<updates>.pt``); the learning-rate schedule is left as it is (inverse-sqrt
-decays slowly there, so the snapshots sample the same basin). The SWA model is the equal-weight
-mean of those snapshots' parameters, which is what torch.optim.swa_utils.AveragedModel computes
-with its default averaging function. Transformers use LayerNorm, not BatchNorm, so SWA's
-BatchNorm-statistics pass (swa_utils.update_bn) has nothing to do.
+Schedule (documented in docs/teachers.md): fairseq-train runs to ``--max-epoch E`` and writes
+a checkpoint at the end of every epoch (``checkpoint<epoch>.pt``, ``--keep-last-epochs N`` keeps
+the tail); the learning-rate schedule is left as it is (inverse-sqrt decays slowly there, so the
+snapshots sample one basin). The SWA model is the equal-weight mean of the parameters of the
+last N epoch checkpoints, as Reich et al. did with their last 10 epochs, and what
+torch.optim.swa_utils.AveragedModel computes with its default averaging function. Epoch ends
+rather than --save-interval-updates: fairseq skips an interval snapshot that falls on an epoch
+end, which would make the schedule depend on the data size. Transformers use LayerNorm, not
+BatchNorm, so SWA's BatchNorm pass (swa_utils.update_bn) has nothing to do.
 
 Averaging works on checkpoints rather than a live model so a finished run can be averaged
 without retraining and the result is an ordinary fairseq checkpoint (fairseq-generate reads it).
 """
-import glob
 import os
-import re
 from typing import Dict, List, Sequence
 
 import torch
 
 from .safe_loading import load_checkpoint
 
-_SNAPSHOT = re.compile(r"checkpoint_(\d+)_(\d+)\.pt$")
-
-
-def tail_snapshots(save_dir: str, max_update: int, swa_updates: int) -> List[str]:
-    """Interval snapshots of `save_dir` written in the last `swa_updates` of `max_update` updates,
-    in update order."""
-    found = []
-    for path in glob.glob(os.path.join(save_dir, "checkpoint_*_*.pt")):
-        m = _SNAPSHOT.search(os.path.basename(path))
-        if m and max_update - swa_updates < int(m.group(2)) <= max_update:
-            found.append((int(m.group(2)), path))
-    return [p for _, p in sorted(found)]
+def epoch_snapshots(save_dir: str, last_epoch: int, num_epochs: int) -> List[str]:
+    """The epoch checkpoints last_epoch-num_epochs+1 .. last_epoch of `save_dir`, in order;
+    ValueError naming the first one missing."""
+    paths = [os.path.join(save_dir, f"checkpoint{e}.pt")
+             for e in range(last_epoch - num_epochs + 1, last_epoch + 1)]
+    for p in paths:
+        if not os.path.isfile(p):
+            raise ValueError(f"{p}: epoch checkpoint missing (needed for SWA over the last "
+                             f"{num_epochs} of {last_epoch} epochs)")
+    return paths
 
 
 def average_state_dicts(state_dicts: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:

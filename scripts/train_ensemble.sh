@@ -48,17 +48,16 @@ for k in $(seq 1 "$MEMBERS"); do
     continue
   fi
   mkdir -p "$dir"
-  echo "[teachers] $MODE member $k/$MEMBERS: training seed $k, $MAX_UPDATE updates -> $dir"
-  # --keep-interval-updates keeps exactly the snapshots SWA averages (the tail of the run).
+  echo "[teachers] $MODE member $k/$MEMBERS: training seed $k, $MAX_EPOCH epochs -> $dir"
+  # --keep-last-epochs keeps exactly the epoch checkpoints SWA averages (the tail of the run).
   "${TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task "$TEACHER_TASK" \
     "${ARCH_ARGS[@]}" "${TRAIN_ARGS[@]}" \
     --criterion label_smoothed_cross_entropy --label-smoothing "$EPS" \
-    --seed "$k" --max-update "$MAX_UPDATE" --save-dir "$dir" \
-    --save-interval-updates "$SWA_INTERVAL" --keep-interval-updates $((SWA_UPDATES / SWA_INTERVAL)) \
-    --no-epoch-checkpoints --log-format simple "${EXTRA[@]}" > "$dir/train.log" 2>&1 \
+    --seed "$k" --max-epoch "$MAX_EPOCH" --save-dir "$dir" --keep-last-epochs "$SWA_EPOCHS" \
+    --log-format simple "${EXTRA[@]}" > "$dir/train.log" 2>&1 \
     || { tail -n 5 "$dir/train.log" >&2; die "training $MODE member $k failed (log: $dir/train.log)"; }
-  tail -n 2 "$dir/train.log" | sed 's/^/    /'
-  echo "[teachers] $MODE member $k/$MEMBERS: SWA over the last $SWA_UPDATES updates"
-  "$PYTHON" -m ensdist_fairseq.cli.swa --save-dir "$dir" --max-update "$MAX_UPDATE" \
-    --swa-updates "$SWA_UPDATES" --remove-snapshots
+  grep "| train |" "$dir/train.log" | tail -n 1 | sed "s/^.*| train |/    last epoch:/"
+  echo "[teachers] $MODE member $k/$MEMBERS: SWA over the last $SWA_EPOCHS epochs"
+  "$PYTHON" -m ensdist_fairseq.cli.swa --save-dir "$dir" --last-epoch "$MAX_EPOCH" \
+    --epochs "$SWA_EPOCHS" --remove-snapshots
 done

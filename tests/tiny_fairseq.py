@@ -54,12 +54,13 @@ def binarize(raw_dir, bin_dir, src="en", tgt="de"):
     return bin_dir
 
 
-def train_tiny(bin_dir, save_dir, seed, max_update=40, extra=()):
+def train_tiny(bin_dir, save_dir, seed, max_update=40, extra=(), epoch_checkpoints=False):
     run([
         os.path.join(BIN, "fairseq-train"), bin_dir, *TINY_ARCH_ARGS,
         "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt",
         "--warmup-updates", "10", "--max-tokens", "600", "--max-update", str(max_update),
-        "--seed", str(seed), "--cpu", "--save-dir", save_dir, "--no-epoch-checkpoints",
+        "--seed", str(seed), "--cpu", "--save-dir", save_dir,
+        *([] if epoch_checkpoints else ["--no-epoch-checkpoints"]),
         "--log-format", "simple", "--dropout", "0.1", *extra,
     ])
     return os.path.join(save_dir, "checkpoint_last.pt")

@@ -1,0 +1,1 @@
+"""fairseq datasets of the plugin: the teacher-store wrapper and the split fingerprint."""

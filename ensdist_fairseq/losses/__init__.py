@@ -1,0 +1,16 @@
+"""Distillation losses as plain torch functions (no fairseq import), one concept per module."""
+from .ensemble_mean_kd import TRUNCATION_POLICIES, ensemble_mean_kd, teacher_distribution
+from .intra_distillation import adaptive_alpha, check_adaptive_schedule, x_divergence
+from .proxy_dirichlet import bound_precision, dirichlet_log_predictive, proxy_dirichlet_rkl
+
+__all__ = [
+    "TRUNCATION_POLICIES",
+    "adaptive_alpha",
+    "bound_precision",
+    "check_adaptive_schedule",
+    "dirichlet_log_predictive",
+    "ensemble_mean_kd",
+    "proxy_dirichlet_rkl",
+    "teacher_distribution",
+    "x_divergence",
+]

@@ -1,0 +1,66 @@
+"""Token-level KD towards the ensemble-mean distribution stored as top-V' events (Reich et al. 2020).
+
+The store keeps, per target position, the V' most probable events of the teacher mean q and their
+probabilities *as they are* (not renormalized), so 1 - sum(top-V') is the known tail mass. How that
+truncation enters the loss is a policy, chosen explicitly:
+
+- ``none``:        weights = stored probabilities (sum <= 1). Only defined for T = 1.
+- ``renormalize``: weights = softmax(log q / T) over the V' stored events (sum = 1).
+- ``tail``:        append a tail event with mass 1 - sum(top-V'), softmax(log q / T) over the V'+1
+                   events, then drop the tail (the authors' recipe; sum <= 1). Equals ``none`` at T = 1.
+
+No fairseq import here: the criterion is the thin glue.
+"""
+import torch
+import torch.nn.functional as F
+
+TRUNCATION_POLICIES = ("none", "renormalize", "tail")
+
+
+def teacher_distribution(probs, temperature=1.0, truncation="tail"):
+    """Weights and log-weights of the V' stored events under a truncation policy.
+
+    probs: (..., V') stored teacher probabilities (0 where nothing is stored, e.g. pads).
+    Returns (weights, log_weights); log_weights is -inf where weights are 0.
+    """
+    if truncation not in TRUNCATION_POLICIES:
+        raise ValueError(f"truncation must be one of {TRUNCATION_POLICIES}, got {truncation!r}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    probs = probs.float()
+    log_probs = torch.log(probs)
+    if truncation == "none":
+        if temperature != 1:
+            raise ValueError("truncation 'none' is only defined for temperature 1 (use 'tail' or 'renormalize')")
+        return probs, log_probs
+    if truncation == "renormalize":
+        has_mass = probs.sum(-1, keepdim=True) > 0
+        # Rows without stored mass (pads) would give 0/0: keep them at weight 0 instead.
+        log_w = torch.where(has_mass, F.log_softmax(log_probs / temperature, dim=-1), log_probs)
+        return log_w.exp(), log_w
+    # Rounding can make the stored mass exceed 1 by an ulp: the tail is then empty, not negative.
+    tail = (1.0 - probs.sum(-1, keepdim=True)).clamp(min=0.0)
+    events = torch.cat([log_probs, torch.log(tail)], dim=-1) / temperature
+    # Never all -inf: either some stored mass or a non-empty tail.
+    log_w = F.log_softmax(events, dim=-1)[..., :-1]
+    return log_w.exp(), log_w
+
+
+def ensemble_mean_kd(student_lprobs, teacher_indices, teacher_probs, temperature=1.0, truncation="tail"):
+    """Per-position T^2 * sum_{v in top-V'} q~_v (log q~_v - log p_T(v)).
+
+    student_lprobs: (..., V) log-probabilities of the student's predictive distribution.
+    teacher_indices / teacher_probs: (..., V') stored events and their probabilities.
+    p_T is the student distribution tempered by T (log_softmax(log p / T), which equals
+    log_softmax(z / T) for a softmax model). The q~ log q~ term has no gradient; it is kept so the
+    value is a divergence (0 when the student matches) and readable in the logs.
+    Returns (...) per-position losses; the caller masks pads and reduces.
+    """
+    weights, log_weights = teacher_distribution(teacher_probs, temperature, truncation)
+    lprobs = student_lprobs.float()
+    if temperature != 1:
+        lprobs = F.log_softmax(lprobs / temperature, dim=-1)
+    student_at_events = lprobs.gather(-1, teacher_indices)
+    # 0 * log 0 = 0 for events with no weight (pads, underflow); the student term never meets a -inf.
+    neg_entropy = torch.where(weights > 0, weights * log_weights, torch.zeros_like(weights))
+    return temperature**2 * (neg_entropy - weights * student_at_events).sum(-1)

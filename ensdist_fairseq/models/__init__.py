@@ -1,0 +1,2 @@
+"""fairseq models registered by the plugin."""
+from . import dirichlet_transformer  # noqa: F401

@@ -1,0 +1,233 @@
+"""The teacher store file: layout, writing and reading (pure h5py/numpy; docs/store-format.md).
+
+One HDF5 file per store (and per chunk while memoizing). Row data live in CONTIGUOUS datasets,
+allocated when the file is created. That is what makes the store fast and small in memory:
+  - writers put each sentence's rows at its known place with os.pwrite, in any order;
+  - readers look the byte offsets up once through h5py and then os.pread exactly the rows of a
+    sentence: no HDF5 chunk cache, no mmap (mapped pages would count in the trainer's RSS).
+Each sentence carries a CRC-32 of its rows, checked on every read, so corruption is detected
+when the data is used, at the cost of about a microsecond per sentence.
+"""
+import os
+import zlib
+from typing import NamedTuple, Optional
+
+import h5py
+import numpy as np
+
+from .provenance import Provenance, StoreError
+
+OFFSETS, INDICES, PROBS, PRECISION, CRC32 = "offsets", "indices", "probs", "precision", "crc32"
+ROW_DATASETS = (INDICES, PROBS, PRECISION, CRC32)
+FIRST_SENTENCE = "first_sentence"  # attribute: index in the split of this file's sentence 0
+PROB_DTYPE = np.dtype("<f2")
+PRECISION_DTYPE = np.dtype("<f4")
+CRC_DTYPE = np.dtype("<u4")
+
+
+def index_dtype(vocab_size: int) -> np.dtype:
+    """uint16 while every token id fits (ids < 65536), else int32."""
+    return np.dtype("<u2") if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype("<i4")
+
+
+def store_nbytes(num_sentences: int, num_rows: int, topk: int, vocab_size: int) -> int:
+    """Bytes of the datasets of a store (HDF5 metadata adds a few KB)."""
+    per_row = topk * (index_dtype(vocab_size).itemsize + PROB_DTYPE.itemsize) + PRECISION_DTYPE.itemsize
+    return num_rows * per_row + num_sentences * (8 + CRC_DTYPE.itemsize) + 8
+
+
+def _dtypes(vocab_size: int):
+    return {INDICES: index_dtype(vocab_size), PROBS: PROB_DTYPE, PRECISION: PRECISION_DTYPE,
+            CRC32: CRC_DTYPE}
+
+
+def _shapes(num_sentences: int, num_rows: int, topk: int):
+    return {INDICES: (num_rows, topk), PROBS: (num_rows, topk), PRECISION: (num_rows,),
+            CRC32: (num_sentences,)}
+
+
+class Layout(NamedTuple):
+    """Where each row dataset's bytes are in the file."""
+    byte_offset: dict
+    nbytes: dict
+    dtype: dict
+    topk: int
+
+    def row_nbytes(self, name: str) -> int:
+        """Bytes of one row of `name` (one sentence for crc32)."""
+        return self.dtype[name].itemsize * (self.topk if name in (INDICES, PROBS) else 1)
+
+
+def create(path: str, offsets: np.ndarray, provenance: Provenance, first_sentence: int = 0) -> Layout:
+    """Create a store file with its offsets, attributes and (unwritten) row datasets."""
+    offsets = np.asarray(offsets, dtype="<i8")
+    num_sentences, num_rows = len(offsets) - 1, int(offsets[-1])
+    dtypes = _dtypes(provenance.vocab_size)
+    shapes = _shapes(num_sentences, num_rows, provenance.topk)
+    # libver="latest": metadata blocks carry checksums, so a damaged header is an error, not garbage.
+    with h5py.File(path, "w", libver="latest") as f:
+        f.create_dataset(OFFSETS, data=offsets, track_times=False)
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # space exists now: byte offsets are final
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # every byte is written by us; skip zero-fill
+        for name in ROW_DATASETS:
+            f.create_dataset(name, shape=shapes[name], dtype=dtypes[name], dcpl=dcpl, track_times=False)
+        for key, value in provenance.to_attrs().items():
+            f.attrs[key] = value
+        f.attrs[FIRST_SENTENCE] = first_sentence
+        layout = _layout(f, path, provenance.topk)
+    return layout
+
+
+def _layout(f: h5py.File, path: str, topk: int) -> Layout:
+    byte_offset, nbytes, dtype = {}, {}, {}
+    for name in ROW_DATASETS:
+        if name not in f:
+            raise StoreError(f"{path}: not a teacher store (dataset '{name}' missing)")
+        ds = f[name]
+        off = ds.id.get_offset()
+        if off is None or ds.chunks is not None:
+            raise StoreError(f"{path}: dataset '{name}' is not stored contiguously (not written by ensdist-memoize)")
+        byte_offset[name], nbytes[name], dtype[name] = off, ds.id.get_storage_size(), ds.dtype
+    return Layout(byte_offset, nbytes, dtype, topk)
+
+
+def sentence_crc(indices: np.ndarray, probs: np.ndarray, precision: np.ndarray) -> int:
+    crc = zlib.crc32(memoryview(np.ascontiguousarray(indices)).cast("B"))
+    crc = zlib.crc32(memoryview(np.ascontiguousarray(probs)).cast("B"), crc)
+    return zlib.crc32(memoryview(np.ascontiguousarray(precision)).cast("B"), crc)
+
+
+class RowWriter:
+    """Writes sentences' rows into a file made by `create`; `close` flushes them to disk."""
+
+    def __init__(self, path: str, layout: Layout, offsets: np.ndarray):
+        self.path, self.layout, self.offsets = path, layout, np.asarray(offsets, dtype=np.int64)
+        self._fd = os.open(path, os.O_RDWR)
+
+    def _pwrite(self, name: str, array: np.ndarray, first: int):
+        data = memoryview(np.ascontiguousarray(array, dtype=self.layout.dtype[name])).cast("B")
+        os.pwrite(self._fd, data, self.layout.byte_offset[name] + first * self.layout.row_nbytes(name))
+
+    def write_sentence(self, i: int, indices: np.ndarray, probs: np.ndarray, precision: np.ndarray):
+        """Sentence `i` (of this file) gets rows offsets[i]:offsets[i+1]."""
+        first, n = int(self.offsets[i]), int(self.offsets[i + 1] - self.offsets[i])
+        if indices.shape != (n, self.layout.topk) or probs.shape != indices.shape or precision.shape != (n,):
+            raise ValueError(f"{self.path}: sentence {i} has {n} rows, got entries of shape {indices.shape}")
+        indices = np.ascontiguousarray(indices, dtype=self.layout.dtype[INDICES])
+        probs = np.ascontiguousarray(probs, dtype=self.layout.dtype[PROBS])
+        precision = np.ascontiguousarray(precision, dtype=self.layout.dtype[PRECISION])
+        self._pwrite(INDICES, indices, first)
+        self._pwrite(PROBS, probs, first)
+        self._pwrite(PRECISION, precision, first)
+        self._pwrite(CRC32, np.array([sentence_crc(indices, probs, precision)]), i)
+
+    def close(self):
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+
+class StoreReader:
+    """Reads a store's sentences by index; opens its file descriptor lazily in each process.
+
+    Construction validates the structure (so a truncated or foreign file fails at once with
+    one line) and keeps only the offsets in memory. Reads use os.pread, so a reader made before
+    fork (DataLoader workers) or pickled (spawn) works: the descriptor is per pid."""
+
+    def __init__(self, path: str):
+        self.path = path
+        if not os.path.isfile(path):
+            raise StoreError(f"{path}: teacher store not found")
+        try:
+            with h5py.File(path, "r") as f:
+                self.provenance = Provenance.from_attrs(f.attrs, path)
+                self.first_sentence = int(f.attrs.get(FIRST_SENTENCE, -1))
+                if OFFSETS not in f:
+                    raise StoreError(f"{path}: not a teacher store (dataset '{OFFSETS}' missing)")
+                self.offsets = f[OFFSETS][()].astype(np.int64)
+                self.layout = _layout(f, path, self.provenance.topk)
+                shapes = {name: f[name].shape for name in ROW_DATASETS}
+        except StoreError:
+            raise
+        except Exception as e:  # h5py raises OSError/KeyError/... for damaged files
+            raise StoreError(f"{path}: not a readable teacher store ({_first_line(e)})") from None
+        self._check_structure(shapes)
+        self._fd, self._pid = None, None
+
+    def _check_structure(self, shapes):
+        p, offs = self.provenance, self.offsets
+        n = len(offs) - 1
+        if n < 1 or offs[0] != 0 or np.any(np.diff(offs) < 1):
+            raise StoreError(f"{self.path}: corrupt offsets (every sentence must own >= 1 row)")
+        expected = _shapes(n, int(offs[-1]), p.topk)
+        for name, dt in _dtypes(p.vocab_size).items():
+            if shapes[name] != expected[name] or self.layout.dtype[name] != dt:
+                raise StoreError(f"{self.path}: dataset '{name}' has shape {shapes[name]} "
+                                 f"{self.layout.dtype[name]}, expected {expected[name]} {dt}")
+        size = os.path.getsize(self.path)
+        for name in ROW_DATASETS:
+            end = self.layout.byte_offset[name] + self.layout.nbytes[name]
+            if end > size:
+                raise StoreError(f"{self.path}: truncated ({size} bytes, dataset '{name}' ends at {end})")
+
+    @property
+    def num_sentences(self) -> int:
+        return len(self.offsets) - 1
+
+    def num_rows(self, i: int) -> int:
+        return int(self.offsets[i + 1] - self.offsets[i])
+
+    def _descriptor(self) -> int:
+        if self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def _pread(self, name: str, first: int, count: int) -> np.ndarray:
+        row_nbytes = self.layout.row_nbytes(name)
+        nbytes = count * row_nbytes
+        buf = os.pread(self._descriptor(), nbytes, self.layout.byte_offset[name] + first * row_nbytes)
+        if len(buf) != nbytes:
+            raise StoreError(f"{self.path}: truncated while reading '{name}'")
+        return np.frombuffer(buf, dtype=self.layout.dtype[name])
+
+    def read(self, i: int, topk: Optional[int] = None):
+        """(indices (n, topk) int64, probs (n, topk) float32, precision (n,) float32) of sentence i."""
+        if not 0 <= i < self.num_sentences:
+            raise IndexError(f"{self.path}: sentence {i} out of range 0..{self.num_sentences - 1}")
+        first, n, k = int(self.offsets[i]), self.num_rows(i), self.layout.topk
+        indices = self._pread(INDICES, first, n).reshape(n, k)
+        probs = self._pread(PROBS, first, n).reshape(n, k)
+        precision = self._pread(PRECISION, first, n)
+        crc = int(self._pread(CRC32, i, 1)[0])
+        if sentence_crc(indices, probs, precision) != crc:
+            raise StoreError(f"{self.path}: corrupt data for sentence {i} (CRC-32 mismatch)")
+        topk = k if topk is None else topk
+        return (indices[:, :topk].astype(np.int64), probs[:, :topk].astype(np.float32),
+                precision.astype(np.float32))
+
+    def raw_rows(self, name: str, first: int, count: int) -> bytes:
+        """Raw bytes of `count` rows (or CRCs) of a dataset, for stitching chunk files."""
+        return self._pread(name, first, count).tobytes()
+
+    def verify(self):
+        """Read every sentence once (checks every CRC); raises StoreError on the first bad one."""
+        for i in range(self.num_sentences):
+            self.read(i)
+
+    def close(self):
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd, self._pid = None, None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_fd"], state["_pid"] = None, None  # descriptors do not cross processes
+        return state
+
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
