@@ -5,7 +5,6 @@ setup(
     version="0.1.0",
     description="Ensemble distillation for NMT as a fairseq user-dir plugin",
     packages=find_packages(include=["ensdist_fairseq", "ensdist_fairseq.*"]),
-    package_data={"ensdist_fairseq": ["configs/*.sh"]},
     python_requires=">=3.8",
     install_requires=[
         # torch>=2.6: torch.serialization.add_safe_globals and weights_only=True by default.

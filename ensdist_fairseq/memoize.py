@@ -113,7 +113,7 @@ class Run:
         from fairseq.data import data_utils
 
         ids = np.arange(*chunk, dtype=np.int64)
-        num_tokens = self.dataset.num_tokens_vec(ids)
+        num_tokens = self.dataset.num_tokens_vec(ids).astype(np.int64)  # the Cython batcher wants int64
         order = ids[np.argsort(num_tokens, kind="mergesort")]  # similar lengths: little padding
         # required_batch_size_multiple=1: fairseq 0.12 drops a last batch that is not a multiple.
         batches = data_utils.batch_by_size(
@@ -154,19 +154,25 @@ class Run:
         writer = store_format.RowWriter(tmp, layout, local)
         written = np.zeros(chunk[1] - chunk[0], dtype=bool)
         try:
-            for batch in self.batches(chunk):
-                for sid, indices, probs, precision in self.teacher_rows(batch):
-                    if len(indices) != local[sid - chunk[0] + 1] - local[sid - chunk[0]]:
-                        raise RuntimeError(f"sentence {sid}: {len(indices)} target tokens in the batch, "
-                                           f"{self.offsets[sid + 1] - self.offsets[sid]} in the split's sizes")
-                    writer.write_sentence(sid - chunk[0], indices, probs, precision)
-                    written[sid - chunk[0]] = True
-                progress(len(batch), int(sum(self.offsets[i + 1] - self.offsets[i] for i in batch)))
-        finally:
+            self._fill_chunk(chunk, local, writer, written, progress)
+        except BaseException:
             writer.close()
+            os.remove(tmp)  # a failed chunk leaves nothing behind (a killed one leaves a .tmp-PID)
+            raise
+        writer.close()
         if not written.all():
             raise RuntimeError(f"chunk {chunk}: {int((~written).sum())} sentences were not written")
         shards.commit(tmp, final)
+
+    def _fill_chunk(self, chunk, local, writer, written, progress):
+        for batch in self.batches(chunk):
+            for sid, indices, probs, precision in self.teacher_rows(batch):
+                if len(indices) != local[sid - chunk[0] + 1] - local[sid - chunk[0]]:
+                    raise RuntimeError(f"sentence {sid}: {len(indices)} target tokens in the batch, "
+                                       f"{self.offsets[sid + 1] - self.offsets[sid]} in the split's sizes")
+                writer.write_sentence(sid - chunk[0], indices, probs, precision)
+                written[sid - chunk[0]] = True
+            progress(len(batch), int(sum(self.offsets[i + 1] - self.offsets[i] for i in batch)))
 
 
 def _distributed_context():
@@ -187,17 +193,14 @@ def memoize(cfg: MemoizeConfig) -> None:
     if rank == 0:
         run.announce_size()
     os.makedirs(shards.shard_dir(cfg.output), exist_ok=True)
-    ok = True
     try:
         _memoize_share(run)
     except BaseException:
-        ok = False
-        if world_size == 1:
-            raise
-        run.log("failed; the other ranks will not stitch")
-        _all_ok(False, run.device)
+        if world_size > 1:
+            run.log("failed; the other ranks will not stitch")
+            _all_ok(False, run.device)
         raise
-    if world_size == 1 or _all_ok(ok, run.device):
+    if world_size == 1 or _all_ok(True, run.device):
         if rank == 0:
             run.log(f"stitching {len(run.chunks)} chunks into {cfg.output}")
             shards.stitch(cfg.output, run.chunks, run.provenance, run.offsets, STITCH_BLOCK_ROWS)

@@ -17,10 +17,12 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   echo "[setup] .venv is up to date"
 else
   echo "[setup] installing torch (CPU wheel) and the pinned dependencies"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # pip's warnings about this machine's extra package folders are noise to a user; errors still show.
+  export PIP_DISABLE_PIP_VERSION_CHECK=1
+  "$VENV/bin/python" -m pip install -q --upgrade pip 2> >(grep -v "^WARNING: Location" >&2)
   # torch first, pinned: pip must never pick a torch on its own (an unpinned torch is a CUDA build).
-  "$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" torch==2.13.0
-  "$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" -e "$ROOT[test]"
+  "$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" torch==2.13.0 2> >(grep -v "^WARNING: Location" >&2)
+  "$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" -e "$ROOT[test]" 2> >(grep -v "^WARNING: Location\|BuildBackendWarning\|^ *!!\|^ *\*\*\*\|^ *$\|Please be careful\|name as your package\|with strategy" >&2)
   # fairseq declares torchaudio (speech tasks only); the release pip resolves for it cannot load
   # beside torch 2.13 (OSError at import). The translation path never needs it, so remove it.
   "$VENV/bin/python" -m pip uninstall -q -y torchaudio >/dev/null 2>&1 || true

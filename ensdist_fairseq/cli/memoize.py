@@ -7,10 +7,9 @@ The store format is docs/store-format.md. An interrupted run resumes from its co
 when rerun with the same arguments (any number of processes).
 """
 import argparse
+import logging
 import sys
 
-from ..memoize import MemoizeConfig, memoize
-from ..store.provenance import StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    # fairseq's import leaves the root logger at DEBUG (h5py then logs every type conversion).
+    logging.basicConfig(level=logging.WARNING, force=True, format="%(levelname)s | %(name)s | %(message)s")
+    from ..memoize import MemoizeConfig, memoize  # imports fairseq and h5py: after logging is set
+    from ..store.provenance import StoreError
+
     for flag in ("topk", "max_tokens", "batch_size", "chunk_sentences"):
         value = getattr(args, flag)
         if value is not None and value < 1:

@@ -1,0 +1,62 @@
+"""`ensdist-report`: the Table-2-style markdown table and reliability diagrams of a run.
+
+Reads every ``*.json`` in RESULTS_DIR that ``ensdist-evaluate`` wrote (files without its
+"schema_version" are skipped, so a run directory may hold other JSONs), writes report.md and
+one reliability_<method>.png per method to --out (default RESULTS_DIR), prints the table.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+from typing import List, Optional
+
+from .. import report
+from .bleu_table import write_atomically
+
+
+def load_results(results_dir: str):
+    """(results, their files), sorted by file name; raise ValueError naming a bad file."""
+    results, sources = [], []
+    for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        if not isinstance(data, dict) or "schema_version" not in data:
+            continue
+        report.check_result(data, path)
+        results.append(data)
+        sources.append(path)
+    if not results:
+        raise ValueError(f"{results_dir}: no ensdist-evaluate result JSONs")
+    report.check_comparable(results, sources)
+    return results, sources
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="ensdist-report", description=__doc__)
+    ap.add_argument("results_dir", help="directory of ensdist-evaluate --output-json files")
+    ap.add_argument("--out", help="output directory (default: RESULTS_DIR)")
+    args = ap.parse_args(argv)
+    out = args.out or args.results_dir
+    try:
+        if not os.path.isdir(args.results_dir):
+            raise ValueError(f"{args.results_dir}: results directory not found")
+        results, sources = load_results(args.results_dir)
+        os.makedirs(out, exist_ok=True)
+        text = report.report_markdown(results)
+        write_atomically(os.path.join(out, "report.md"), text)
+        pngs = report.write_reliability_diagrams(results, out)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(text)
+    print(f"[report] {len(sources)} systems -> {os.path.join(out, 'report.md')}, "
+          f"{', '.join(pngs)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

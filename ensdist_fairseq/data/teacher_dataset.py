@@ -1,0 +1,76 @@
+"""A LanguagePairDataset wrapper that attaches the memoized teacher entries to each sample.
+
+Samples are looked up by their fairseq dataset index (the store's sentence index) and the
+collated tensors are filled through the collated target's non-pad mask, so the entries follow
+the target through fairseq's shuffling, length sorting, bucketing and left or right padding
+without assuming any of them. Everything else is delegated to the wrapped dataset.
+"""
+import numpy as np
+import torch
+from fairseq.data import BaseWrapperDataset
+
+from ..store.format import StoreReader
+from ..store.provenance import StoreError
+
+
+class TeacherStoreDataset(BaseWrapperDataset):
+    """sample["teacher"] = {"indices": (B, T, V') long, "probs": (B, T, V') float,
+    "precision": (B, T) float}, aligned to sample["target"], zeros at pads."""
+
+    def __init__(self, dataset, reader: StoreReader, topk: int, pad_idx: int):
+        super().__init__(dataset)
+        if len(dataset) != reader.num_sentences:
+            raise StoreError(f"{reader.path}: {reader.num_sentences} sentences, the split has {len(dataset)}")
+        self.reader, self.topk, self.pad_idx = reader, topk, pad_idx
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        indices, probs, precision = self.reader.read(int(index), self.topk)
+        # the store holds unpadded tokens; --num-batch-buckets may have padded the target
+        num_tokens = int(item["target"].ne(self.pad_idx).sum())
+        if len(indices) != num_tokens:
+            raise StoreError(f"{self.reader.path}: sentence {index} has {len(indices)} rows, "
+                             f"its target has {num_tokens} tokens")
+        item["teacher"] = (torch.from_numpy(indices), torch.from_numpy(probs), torch.from_numpy(precision))
+        return item
+
+    def collater(self, samples, pad_to_length=None):
+        batch = self.dataset.collater(samples, pad_to_length=pad_to_length)
+        if not batch:
+            return batch
+        by_id = {s["id"]: s["teacher"] for s in samples}
+        entries = [by_id[i] for i in batch["id"].tolist()]  # the collater reorders samples
+        target = batch["target"]
+        mask = target.ne(self.pad_idx)
+        B, T = target.shape
+        indices = torch.zeros(B, T, self.topk, dtype=torch.long)
+        probs = torch.zeros(B, T, self.topk, dtype=torch.float)
+        precision = torch.zeros(B, T, dtype=torch.float)
+        # boolean-mask assignment walks the batch row-major: sentence b's tokens in order
+        indices[mask] = torch.cat([e[0] for e in entries])
+        probs[mask] = torch.cat([e[1] for e in entries])
+        precision[mask] = torch.cat([e[2] for e in entries])
+        batch["teacher"] = {"indices": indices, "probs": probs, "precision": precision}
+        return batch
+
+    # BaseWrapperDataset does not forward these; fairseq's batching and the collater need them.
+    def num_tokens_vec(self, indices):
+        return self.dataset.num_tokens_vec(indices)
+
+    @property
+    def src_sizes(self):
+        return self.dataset.src_sizes
+
+    @property
+    def tgt_sizes(self):
+        return self.dataset.tgt_sizes
+
+    @property
+    def buckets(self):
+        return self.dataset.buckets
+
+
+def store_lengths_match(reader: StoreReader, lengths: np.ndarray):
+    """Index of the first sentence whose stored row count differs from `lengths`, or None."""
+    diff = np.flatnonzero(np.diff(reader.offsets) != lengths)
+    return int(diff[0]) if len(diff) else None

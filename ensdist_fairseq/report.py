@@ -1,0 +1,170 @@
+"""From `ensdist-evaluate` JSONs: a table shaped like Reich et al. (2020) Table 2, and
+reliability diagrams like their Figure 2.
+
+Rows are grouped by the JSONs' "method" (in order of first appearance), then by "kind":
+individual members collapse into one row, mean ± standard error (sample standard deviation /
+sqrt(n)); ensembles follow by size, students by teacher-ensemble size. ECE columns are the
+authors' unweighted form in percent; the second table has every metric of every system.
+"""
+import os
+import re
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure  # a bare Figure renders with Agg, no GUI backend needed
+
+KIND_ORDER = ("individual", "ensemble", "student")
+KIND_LABEL = {"individual": "Individual", "ensemble": "Ensemble", "student": "Distilled"}
+REQUIRED_KEYS = ("name", "method", "kind", "num_models", "split", "num_bins", "bleu",
+                 "ece1", "ece5", "brier", "nll", "accuracy", "reliability")
+
+
+def check_result(result: dict, source: str) -> None:
+    """Raise ValueError naming `source` if `result` lacks what the report reads."""
+    missing = [k for k in REQUIRED_KEYS if k not in result]
+    if missing:
+        raise ValueError(f"{source}: not an ensdist-evaluate result (missing {', '.join(missing)})")
+    if result["kind"] not in KIND_ORDER:
+        raise ValueError(f"{source}: kind {result['kind']!r} is not one of {', '.join(KIND_ORDER)}")
+
+
+def check_comparable(results: Sequence[dict], sources: Sequence[str]) -> None:
+    """A table mixes systems only when they were measured on the same split with the same bins."""
+    for r, src in zip(results[1:], sources[1:]):
+        for key in ("split", "num_bins"):
+            if r[key] != results[0][key]:
+                raise ValueError(f"{src}: {key} {r[key]!r} differs from {sources[0]}'s "
+                                 f"{results[0][key]!r}")
+
+
+def mean_and_stderr(values: Sequence[float]):
+    """(mean, s.e. = sample sd / sqrt(n)); s.e. is None for a single value."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return float(v.mean()), None
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(v.size))
+
+
+def _size(r: dict) -> int:
+    """The '#models' of a row: a student counts its teachers, as in the paper."""
+    if r["kind"] == "student" and r.get("num_teachers"):
+        return r["num_teachers"]
+    return r["num_models"]
+
+
+def grouped(results: Sequence[dict]) -> Dict[str, Dict[str, List[dict]]]:
+    """{method: {kind: results sorted by size then name}}, methods in order of appearance."""
+    groups: Dict[str, Dict[str, List[dict]]] = {}
+    for r in results:
+        groups.setdefault(r["method"], {}).setdefault(r["kind"], []).append(r)
+    for kinds in groups.values():
+        for rows in kinds.values():
+            rows.sort(key=lambda r: (_size(r), r["name"]))
+    return groups
+
+
+def _fmt(value: Optional[float], digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _individual_cell(values: List[Optional[float]], digits: int) -> str:
+    if any(v is None for v in values):
+        return "–"
+    mean, se = mean_and_stderr(values)
+    return _fmt(mean, digits) + ("" if se is None else f" ± {se:.{digits}f}")
+
+
+def table2_markdown(results: Sequence[dict]) -> str:
+    """Method | Model | # Models | BLEU | ECE-1 | ECE-5 (ECE unweighted, in percent)."""
+    lines = ["| Method | Model | # Models | BLEU | ECE-1 (%) | ECE-5 (%) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for method, kinds in grouped(results).items():
+        first = True
+        for kind in KIND_ORDER:
+            rows = kinds.get(kind, [])
+            if not rows:
+                continue
+            if kind == "individual":
+                cells = [(f"Avg (n={len(rows)})", _individual_cell([r["bleu"] for r in rows], 2),
+                          _individual_cell([100 * r["ece1"]["unweighted"] for r in rows], 3),
+                          _individual_cell([100 * r["ece5"]["unweighted"] for r in rows], 3))]
+            else:
+                cells = [(str(_size(r)), _fmt(r["bleu"], 2), _fmt(100 * r["ece1"]["unweighted"], 3),
+                          _fmt(100 * r["ece5"]["unweighted"], 3)) for r in rows]
+            for i, (size, b, e1, e5) in enumerate(cells):
+                label = KIND_LABEL[kind] if i == 0 else ""
+                lines.append(f"| {method if first else ''} | {label} | {size} | {b} | {e1} | {e5} |")
+                first = False
+    return "\n".join(lines) + "\n"
+
+
+def details_markdown(results: Sequence[dict]) -> str:
+    """Every system with both ECE forms, Brier, NLL and accuracy."""
+    lines = ["| System | Method | Kind | # Models | BLEU | ECE-1 unw. / w. (%) | "
+             "ECE-5 unw. / w. (%) | Brier | NLL (nats) | Acc. (%) | Tokens |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for kinds in grouped(results).values():
+        for kind in KIND_ORDER:
+            for r in kinds.get(kind, []):
+                lines.append(
+                    f"| {r['name']} | {r['method']} | {kind} | {_size(r)} | {_fmt(r['bleu'], 2)} | "
+                    f"{100 * r['ece1']['unweighted']:.3f} / {100 * r['ece1']['weighted']:.3f} | "
+                    f"{100 * r['ece5']['unweighted']:.3f} / {100 * r['ece5']['weighted']:.3f} | "
+                    f"{r['brier']:.4f} | {r['nll']:.4f} | {100 * r['accuracy']:.2f} | "
+                    f"{r.get('num_tokens', '–')} |")
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(results: Sequence[dict]) -> str:
+    r0 = results[0]
+    signatures = sorted({r["bleu_signature"] for r in results if r.get("bleu_signature")})
+    text = (f"## Results ({r0['split']} split)\n\n{table2_markdown(results)}\n"
+            f"ECE: token level, teacher-forced, {r0['num_bins']} equal-count bins, unweighted mean "
+            "over bins (the authors' form), in percent. Individual: mean ± standard error over "
+            f"members.\n\n### All metrics\n\n{details_markdown(results)}\n"
+            "w. = count-weighted ECE. Brier: multi-class, per token.\n")
+    if signatures:
+        text += "\nsacreBLEU: " + "; ".join(signatures) + "\n"
+    return text
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "method"
+
+
+def reliability_figure(method: str, kinds: Dict[str, List[dict]]) -> Figure:
+    """Accuracy vs confidence per bin (top-1 and top-5 pairs), the diagonal dotted."""
+    fig = Figure(figsize=(10, 4.6))
+    colours = {"ensemble": "tab:orange", "student": "tab:green"}
+    for ax, which, title in zip(fig.subplots(1, 2), ("top1", "top5"), ("top-1 (ECE-1)",
+                                                                       "top-5 pairs (ECE-5)")):
+        ax.plot([0, 1], [0, 1], ":", color="black", linewidth=1, label="perfect calibration")
+        for i, r in enumerate(kinds.get("individual", [])):
+            b = r["reliability"][which]
+            ax.plot(b["confidence"], b["accuracy"], "o-", color="tab:blue", alpha=0.5,
+                    markersize=3, linewidth=1, label="individual" if i == 0 else None)
+        for kind in ("ensemble", "student"):
+            rows = kinds.get(kind, [])
+            for j, r in enumerate(rows):
+                b = r["reliability"][which]
+                shade = 0.4 + 0.6 * (j + 1) / len(rows)  # larger ensembles drawn more opaque
+                ax.plot(b["confidence"], b["accuracy"], "s-", color=colours[kind], alpha=shade,
+                        markersize=4, linewidth=1.5, label=f"{KIND_LABEL[kind].lower()} {_size(r)}")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (bin mean)",
+               ylabel="accuracy (bin)", title=f"{method}: {title}")
+        ax.set_aspect("equal")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def write_reliability_diagrams(results: Sequence[dict], out_dir: str) -> List[str]:
+    """One PNG per method, written atomically; returns their paths."""
+    written = []
+    for method, kinds in grouped(results).items():
+        path = os.path.join(out_dir, f"reliability_{slug(method)}.png")
+        tmp = path + ".tmp"
+        reliability_figure(method, kinds).savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, path)
+        written.append(path)
+    return written

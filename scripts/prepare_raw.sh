@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Prepare the user's own parallel text for fairseq: one joint SentencePiece model, then
+# fairseq-preprocess with a joined dictionary.
+#
+#   bash scripts/prepare_raw.sh --src en --tgt de --raw RAWDIR --out OUTDIR \
+#        [--vocab-size 8000] [--workers 1] [--spm-threads 1] [--spm-sample 0] \
+#        [--clean-max-len N] [--clean-ratio R]
+#
+# RAWDIR holds {train,valid,test}.{SRC,TGT}: plain UTF-8 text, one sentence per line, the two
+# sides of a split aligned line by line. Writes
+#   OUTDIR/spm/  spm.model spm.vocab {train,valid,test}.{SRC,TGT}  (pieces)
+#   OUTDIR/bin/  dict.SRC.txt dict.TGT.txt (identical) {train,valid,test}.SRC-TGT.{SRC,TGT}.{bin,idx}
+# Everything is built in a temporary directory inside OUTDIR and moved in place at the end;
+# OUTDIR/bin/.prepared (settings + checksum of the raw files) is written last. A second run with
+# the same inputs and settings skips; with different ones it stops instead of mixing the two.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+die() { echo "error: $*" >&2; exit 1; }
+usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+SRC="" TGT="" RAW="" OUT=""
+VOCAB_SIZE=8000     # joint SentencePiece vocabulary
+WORKERS=1           # fairseq-preprocess processes (does not change the result)
+SPM_THREADS=1       # SentencePiece trainer threads (the model is reproducible per value)
+SPM_SAMPLE=0        # lines sampled to train SentencePiece (0: all)
+CLEAN_MAX_LEN=""    # drop train pairs with a side longer than this many pieces (empty: keep)
+CLEAN_RATIO=""      # drop train pairs whose piece-length ratio exceeds this (empty: keep)
+
+need_value() { [ "$#" -ge 2 ] || die "$1 needs a value"; }
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --src) need_value "$@"; SRC="$2"; shift 2 ;;
+    --tgt) need_value "$@"; TGT="$2"; shift 2 ;;
+    --raw) need_value "$@"; RAW="$2"; shift 2 ;;
+    --out) need_value "$@"; OUT="$2"; shift 2 ;;
+    --vocab-size) need_value "$@"; VOCAB_SIZE="$2"; shift 2 ;;
+    --workers) need_value "$@"; WORKERS="$2"; shift 2 ;;
+    --spm-threads) need_value "$@"; SPM_THREADS="$2"; shift 2 ;;
+    --spm-sample) need_value "$@"; SPM_SAMPLE="$2"; shift 2 ;;
+    --clean-max-len) need_value "$@"; CLEAN_MAX_LEN="$2"; shift 2 ;;
+    --clean-ratio) need_value "$@"; CLEAN_RATIO="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+done
+
+# ---- inputs, checked before anything is written ------------------------------------------
+for flag in src tgt raw out; do
+  var="$(echo "$flag" | tr a-z A-Z)"
+  [ -n "${!var}" ] || die "--$flag is required (see --help)"
+done
+[ "$SRC" != "$TGT" ] || die "--src and --tgt must differ (both are $SRC)"
+positive_int() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, got '$2'"; }
+positive_int --vocab-size "$VOCAB_SIZE"
+positive_int --workers "$WORKERS"
+positive_int --spm-threads "$SPM_THREADS"
+[[ "$SPM_SAMPLE" =~ ^[0-9]+$ ]] || die "--spm-sample must be an integer >= 0, got '$SPM_SAMPLE'"
+[ -z "$CLEAN_MAX_LEN" ] || positive_int --clean-max-len "$CLEAN_MAX_LEN"
+[ -z "$CLEAN_RATIO" ] || [[ "$CLEAN_RATIO" =~ ^[0-9]+(\.[0-9]+)?$ ]] \
+  || die "--clean-ratio must be a number >= 1, got '$CLEAN_RATIO'"
+[ -d "$RAW" ] || die "--raw $RAW: no such directory"
+for split in train valid test; do
+  for lang in "$SRC" "$TGT"; do
+    [ -f "$RAW/$split.$lang" ] || die "missing raw file $RAW/$split.$lang"
+  done
+done
+
+# The venv next to the repo if there is one, else whatever is on PATH.
+if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON="$(command -v python3 || true)"; fi
+if [ -x "$ROOT/.venv/bin/fairseq-preprocess" ]; then PREPROCESS="$ROOT/.venv/bin/fairseq-preprocess"; else PREPROCESS="$(command -v fairseq-preprocess || true)"; fi
+[ -n "$PYTHON" ] || die "no python: run scripts/setup_env.sh"
+[ -n "$PREPROCESS" ] || die "no fairseq-preprocess: run scripts/setup_env.sh"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+# ---- skip if already done with the same inputs -------------------------------------------
+MARKER="$OUT/bin/.prepared"
+raw_sum="$(cd "$RAW" && cat train."$SRC" train."$TGT" valid."$SRC" valid."$TGT" test."$SRC" test."$TGT" | sha256sum | cut -c1-64)"
+fingerprint="src=$SRC tgt=$TGT vocab_size=$VOCAB_SIZE spm_threads=$SPM_THREADS spm_sample=$SPM_SAMPLE clean_max_len=$CLEAN_MAX_LEN clean_ratio=$CLEAN_RATIO raw_sha256=$raw_sum"
+if [ -f "$MARKER" ]; then
+  if [ "$(cat "$MARKER")" = "$fingerprint" ]; then
+    echo "[prepare_raw] $OUT/bin is complete ($MARKER): skipping"
+    exit 0
+  fi
+  die "$OUT/bin was prepared from other inputs or settings (see $MARKER); use another --out or delete $OUT/spm and $OUT/bin"
+fi
+
+mkdir -p "$OUT"
+WORK="$(mktemp -d "$OUT/.prepare_raw.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+
+echo "[prepare_raw] sentencepiece: joint model (vocabulary $VOCAB_SIZE) on $RAW/train.{$SRC,$TGT}"
+clean_args=()
+[ -z "$CLEAN_MAX_LEN" ] || clean_args+=(--clean-max-len "$CLEAN_MAX_LEN")
+[ -z "$CLEAN_RATIO" ] || clean_args+=(--clean-ratio "$CLEAN_RATIO")
+"$PYTHON" -m ensdist_fairseq.corpus.sentencepiece_prep --raw "$RAW" --src "$SRC" --tgt "$TGT" \
+  --vocab-size "$VOCAB_SIZE" --threads "$SPM_THREADS" --sample-sentences "$SPM_SAMPLE" \
+  --out "$WORK/spm" ${clean_args[@]+"${clean_args[@]}"}
+
+echo "[prepare_raw] fairseq-preprocess: joined dictionary, $WORKERS worker(s)"
+if ! "$PREPROCESS" --source-lang "$SRC" --target-lang "$TGT" \
+    --trainpref "$WORK/spm/train" --validpref "$WORK/spm/valid" --testpref "$WORK/spm/test" \
+    --destdir "$WORK/bin" --joined-dictionary --workers "$WORKERS" > "$WORK/preprocess.out" 2>&1; then
+  tail -n 20 "$WORK/preprocess.out" >&2
+  die "fairseq-preprocess failed (output above)"
+fi
+
+# Move in place: a leftover spm/ or bin/ without marker is an interrupted earlier run.
+rm -rf "$OUT/spm" "$OUT/bin"
+mv "$WORK/spm" "$OUT/spm"
+mv "$WORK/bin" "$OUT/bin"
+echo "$fingerprint" > "$OUT/bin/.prepared.tmp"
+mv "$OUT/bin/.prepared.tmp" "$MARKER"
+# fairseq adds 4 specials (<s> <pad> </s> <unk>) and pads to a multiple of 8 with madeupword*.
+n_dict="$(wc -l < "$OUT/bin/dict.$SRC.txt")"
+n_pad="$(grep -c '^madeupword' "$OUT/bin/dict.$SRC.txt" || true)"
+echo "[prepare_raw] done: $OUT/bin (dictionary: $((n_dict + 4)) symbols = $((n_dict - n_pad)) pieces + 4 special + $n_pad padding)"

@@ -1,0 +1,266 @@
+"""The token_kd criterion and the dirichlet_transformer model on tiny in-process fairseq models."""
+import argparse
+import os
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from fairseq.criterions import CRITERION_REGISTRY
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+from fairseq.data import Dictionary
+from fairseq.logging import metrics
+from fairseq.models import ARCH_MODEL_REGISTRY
+from fairseq.sequence_generator import SequenceGenerator
+from torch.distributions import Categorical, Dirichlet, kl_divergence
+
+import ensdist_fairseq.models  # noqa: F401  (registers dirichlet_transformer)
+from ensdist_fairseq.criterions.token_kd import TokenKDCriterion
+
+import tiny_fairseq
+
+WORDS, BATCH, SRC_LEN, TGT_LEN = 20, 3, 6, 5
+
+
+def make_task():
+    d = Dictionary()
+    for i in range(WORDS):
+        d.add_symbol(f"w{i}")
+    return SimpleNamespace(source_dictionary=d, target_dictionary=d)
+
+
+def make_model(task, arch="transformer", dropout=0.3):
+    args = argparse.Namespace(
+        arch=arch, encoder_layers=1, decoder_layers=1, encoder_embed_dim=16, decoder_embed_dim=16,
+        encoder_ffn_embed_dim=32, decoder_ffn_embed_dim=32, encoder_attention_heads=2,
+        decoder_attention_heads=2, dropout=dropout, share_all_embeddings=True,
+        max_source_positions=64, max_target_positions=64,
+    )
+    torch.manual_seed(0)
+    return ARCH_MODEL_REGISTRY[arch].build_model(args, task)
+
+
+def make_sample(task, stored=None, seed=0):
+    """A right-padded batch with a synthetic teacher that follows the batch contract."""
+    g = torch.Generator().manual_seed(seed)
+    d = task.target_dictionary
+    vocab, pad, eos = len(d), d.pad(), d.eos()
+    lengths = torch.tensor([TGT_LEN, TGT_LEN - 2, 2])
+    target = torch.randint(d.nspecial, vocab, (BATCH, TGT_LEN), generator=g)
+    non_pad = torch.arange(TGT_LEN)[None] < lengths[:, None]
+    target[torch.arange(BATCH), lengths - 1] = eos
+    target[~non_pad] = pad
+    prev = torch.cat([torch.full((BATCH, 1), eos), target[:, :-1]], 1).masked_fill(~non_pad, pad)
+    src = torch.randint(d.nspecial, vocab, (BATCH, SRC_LEN), generator=g)
+    src[:, -1] = eos
+    full = torch.softmax(torch.randn(BATCH, TGT_LEN, vocab, generator=g) * 3, -1)
+    probs, indices = full.topk(stored or vocab, dim=-1)
+    probs = probs * non_pad[..., None]
+    precision = (torch.rand(BATCH, TGT_LEN, generator=g) * 1e3 + 1) * non_pad
+    return {
+        "net_input": {"src_tokens": src, "src_lengths": torch.full((BATCH,), SRC_LEN), "prev_output_tokens": prev},
+        "target": target,
+        "ntokens": int(non_pad.sum()),
+        "teacher": {"indices": indices, "probs": probs, "precision": precision},
+        "teacher_full": full,  # only for the independent reference computations below
+    }
+
+
+def make_criterion(task, **overrides):
+    cfg = dict(
+        label_smoothing=0.1, kd_loss="mean_kd", kd_weight=0.5, kd_temperature=1.0, kd_truncation="tail",
+        precision_limit=1e6, intra_passes=1, intra_alpha=5.0, intra_adaptive=True, intra_p=5.0, intra_q=10.0,
+        intra_forward="sequential", max_update=1000, sentence_avg=False,
+    )
+    cfg.update(overrides)
+    return TokenKDCriterion(task, **cfg)
+
+
+def run(criterion, model, sample, seed=1):
+    torch.manual_seed(seed)  # same dropout masks for runs compared with each other
+    model.zero_grad()
+    loss, sample_size, log = criterion(model, sample)
+    loss.backward()
+    return loss, log, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_registered_with_fairseq():
+    assert "token_kd" in CRITERION_REGISTRY
+    assert {"dirichlet_transformer", "dirichlet_transformer_iwslt_de_en"} <= set(ARCH_MODEL_REGISTRY)
+
+
+def test_beta_zero_is_fairseq_label_smoothed_cross_entropy_exactly():
+    task = make_task()
+    model, sample = make_model(task), make_sample(task, stored=8)
+    ours, log, grads = run(make_criterion(task, kd_weight=0.0), model, sample)
+    fairseq_ls = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
+    ref, ref_log, ref_grads = run(fairseq_ls, model, sample)
+    assert torch.equal(ours, ref) and torch.equal(log["nll_loss"], ref_log["nll_loss"])
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+
+
+def test_mean_kd_loss_is_the_interpolation_with_the_categorical_kl():
+    task = make_task()
+    model, sample = make_model(task, dropout=0.0), make_sample(task)
+    model.train()
+    _, log, _ = run(make_criterion(task, kd_weight=0.3), model, sample)
+    lprobs = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)
+    non_pad = sample["target"].ne(task.target_dictionary.pad())
+    kl = kl_divergence(Categorical(probs=sample["teacher_full"]), Categorical(logits=lprobs))[non_pad].sum()
+    ls, _ = LabelSmoothedCrossEntropyCriterion(task, False, 0.1).compute_loss(model, model(**sample["net_input"]), sample)
+    assert log["kd_loss"].item() == pytest.approx(kl.item(), rel=1e-4)
+    assert log["loss"].item() == pytest.approx(0.7 * ls.item() + 0.3 * kl.item(), rel=1e-4)
+
+
+def test_proxy_dirichlet_matches_torch_distributions_and_refuses_softmax_models():
+    task = make_task()
+    sample = make_sample(task)
+    criterion = make_criterion(task, kd_loss="proxy_dirichlet", kd_weight=1.0)
+    with pytest.raises(ValueError, match="dirichlet_transformer"):
+        criterion(make_model(task), sample)
+    model = make_model(task, arch="dirichlet_transformer", dropout=0.0)
+    model.train()
+    _, log, grads = run(criterion, model, sample)
+    logits = model(**sample["net_input"])[0].double()
+    non_pad = sample["target"].ne(task.target_dictionary.pad())
+    precision = sample["teacher"]["precision"].double()[non_pad]
+    beta = sample["teacher_full"].double()[non_pad] * precision[:, None] + 1
+    expected = (kl_divergence(Dirichlet(logits[non_pad].exp() + 1), Dirichlet(beta)) / precision).sum()
+    assert log["kd_loss"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert log["loss"].item() == pytest.approx(expected.item(), rel=1e-4)  # beta = 1: pure RKL
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_dirichlet_student_predictive_is_what_fairseq_generate_scores():
+    task = make_task()
+    model = make_model(task, arch="dirichlet_transformer").eval()
+    sample = make_sample(task)
+    generator = SequenceGenerator([model], task.target_dictionary, beam_size=1, max_len_b=8)
+    hypos = generator.generate([model], sample)
+    for i, hypo in enumerate(h[0] for h in hypos):
+        tokens = hypo["tokens"]
+        prev = torch.cat([tokens.new_tensor([task.target_dictionary.eos()]), tokens[:-1]])
+        src = {k: v[i : i + 1] for k, v in sample["net_input"].items() if k != "prev_output_tokens"}
+        z = model(**src, prev_output_tokens=prev[None])[0][0].double()
+        alpha = z.exp() + 1
+        expected = (alpha / alpha.sum(-1, keepdim=True)).log().gather(-1, tokens[:, None]).squeeze(-1)
+        torch.testing.assert_close(hypo["positional_scores"].double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_validation_needs_no_teacher_and_reports_label_smoothed_nll():
+    task = make_task()
+    model, sample = make_model(task).eval(), make_sample(task)
+    del sample["teacher"]
+    loss, _, log = make_criterion(task, intra_passes=3)(model, sample)
+    ref, nll = LabelSmoothedCrossEntropyCriterion(task, False, 0.1).compute_loss(model, model(**sample["net_input"]), sample)
+    assert loss.item() == pytest.approx(ref.item()) and log["nll_loss"].item() == pytest.approx(nll.item())
+    assert not {"kd_loss", "intra_loss", "teacher_coverage"} & set(log)
+    with pytest.raises(ValueError, match="teacher"):
+        make_criterion(task)(model.train(), sample)
+
+
+@pytest.mark.parametrize(
+    "flag,value",
+    [("kd_weight", 1.5), ("kd_weight", -0.1), ("kd_temperature", 0.0), ("intra_passes", 0),
+     ("precision_limit", 0.0), ("label_smoothing", 1.0), ("intra_alpha", -1.0)],
+)
+def test_impossible_flag_values_name_the_flag(flag, value):
+    with pytest.raises(ValueError, match="--" + flag.replace("_", "-")):
+        make_criterion(make_task(), **{flag: value})
+
+
+def test_adaptive_intra_needs_max_update_and_a_valid_schedule():
+    with pytest.raises(ValueError, match="--max-update"):
+        make_criterion(make_task(), intra_passes=3, max_update=0)
+    with pytest.raises(ValueError, match="p < q"):
+        make_criterion(make_task(), intra_passes=3, intra_p=10.0, intra_q=5.0)
+    make_criterion(make_task(), intra_passes=3, max_update=0, intra_adaptive=False)  # fixed alpha: fine
+
+
+@pytest.mark.parametrize("forward", ["sequential", "stacked"])
+def test_intra_distillation_is_mean_pass_loss_plus_weighted_x_divergence(forward):
+    task = make_task()
+    sample = make_sample(task)
+    # Without dropout the K passes agree: X = 0 and the loss is the single-pass loss.
+    model = make_model(task, dropout=0.0)
+    single, _, _ = run(make_criterion(task), model, sample)
+    loss, log, _ = run(make_criterion(task, intra_passes=3, intra_forward=forward), model, sample)
+    assert log["intra_loss"].item() == pytest.approx(0.0, abs=1e-5)
+    assert loss.item() == pytest.approx(single.item(), rel=1e-5)
+    # With dropout they differ; alpha_t follows the schedule at the trainer's update count.
+    model = make_model(task, dropout=0.3)
+    metrics.reset()
+    metrics.log_scalar("num_updates", 100, weight=0)  # what fairseq's trainer does; N/q = 1000/10
+    loss, log, grads = run(make_criterion(task, intra_passes=3, intra_forward=forward), model, sample)
+    assert log["intra_alpha"] / log["sample_size"] == pytest.approx(1.0)
+    assert log["intra_loss"].item() > 0 and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_logged_statistics_ignore_pads_and_reduce_per_token():
+    task = make_task()
+    model, sample = make_model(task), make_sample(task, stored=4)
+    sample["teacher"]["precision"][0, 0] = float("inf")  # members agreed: bounded by the limit
+    _, log, _ = run(make_criterion(task, intra_passes=2, intra_adaptive=False, intra_alpha=2.0, precision_limit=1e4), model, sample)
+    non_pad = sample["target"].ne(task.target_dictionary.pad())
+    teacher = sample["teacher"]
+    coverage = teacher["probs"].sum(-1)[non_pad].mean().item()
+    precision = teacher["precision"].clamp(max=1e4)[non_pad].mean().item()
+    with metrics.aggregate() as agg:
+        TokenKDCriterion.reduce_metrics([log])
+    values = agg.get_smoothed_values()
+    assert values["teacher_coverage"] == pytest.approx(coverage, abs=1e-4)
+    assert values["teacher_precision"] == pytest.approx(precision, abs=0.1)
+    assert values["intra_alpha"] == pytest.approx(2.0)
+    assert {"loss", "nll_loss", "ppl", "kd_loss", "intra_loss"} <= set(values)
+
+
+@pytest.mark.parametrize("kd_loss,arch", [("mean_kd", "transformer"), ("proxy_dirichlet", "dirichlet_transformer")])
+def test_extremely_peaked_teacher_and_student_stay_finite(kd_loss, arch):
+    task = make_task()
+    model, sample = make_model(task, arch=arch), make_sample(task, stored=4)
+    teacher = sample["teacher"]
+    teacher["probs"] = torch.zeros_like(teacher["probs"])
+    teacher["probs"][..., 0] = sample["target"].ne(task.target_dictionary.pad()).float()  # one-hot
+    teacher["precision"] = torch.where(teacher["precision"] > 0, torch.tensor(float("inf")), teacher["precision"])
+    with torch.no_grad():
+        model.decoder.output_projection.weight.mul_(1e4)  # logits in the 1e4-1e5 range
+    loss, log, grads = run(make_criterion(task, kd_loss=kd_loss, intra_passes=2), model, sample)
+    assert torch.isfinite(loss) and torch.isfinite(log["kd_loss"]) and torch.isfinite(log["intra_loss"])
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_give_finite_losses(dtype):
+    task = make_task()
+    model = make_model(task, arch="dirichlet_transformer").to(dtype)
+    sample = make_sample(task)
+    for kd_loss in ("mean_kd", "proxy_dirichlet"):
+        loss, log, grads = run(make_criterion(task, kd_loss=kd_loss, intra_passes=2), model, sample)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        assert all(torch.isfinite(g.float()).all() for g in grads)
+
+
+def test_fairseq_train_runs_intra_distillation_alone_on_the_translation_task(tiny_data, tmp_path):
+    """--kd-loss none --intra-passes 3 on fairseq's plain translation task, then fairseq-generate."""
+    # A user dir importing our registrations explicitly, independent of the package's __init__.
+    plugin = tmp_path / "token_kd_plugin"
+    plugin.mkdir()
+    (plugin / "__init__.py").write_text(
+        "import ensdist_fairseq.criterions.token_kd  # noqa\nimport ensdist_fairseq.models  # noqa\n"
+    )
+    save = tmp_path / "ckpt"
+    out = tiny_fairseq.run([
+        os.path.join(tiny_fairseq.BIN, "fairseq-train"), tiny_data, "--user-dir", str(plugin),
+        *tiny_fairseq.TINY_ARCH_ARGS[2:], "--arch", "dirichlet_transformer",
+        "--criterion", "token_kd", "--kd-loss", "none", "--intra-passes", "3", "--max-update", "4",
+        "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "400", "--cpu", "--log-format", "json",
+        "--log-interval", "1", "--save-dir", str(save), "--no-epoch-checkpoints", "--seed", "1",
+    ])
+    log = out.stdout + out.stderr
+    assert '"train_intra_alpha"' in log and '"train_intra_loss"' in log and '"valid_nll_loss"' in log
+    assert '"valid_intra_loss"' not in log
+    gen = tiny_fairseq.run([
+        os.path.join(tiny_fairseq.BIN, "fairseq-generate"), tiny_data, "--user-dir", str(plugin),
+        "--path", str(save / "checkpoint_last.pt"), "--beam", "2", "--max-sentences", "8", "--cpu",
+    ])
+    assert "BLEU" in gen.stdout + gen.stderr

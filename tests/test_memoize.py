@@ -1,0 +1,158 @@
+"""`ensdist-memoize` on the tiny corpus, checked against an ensemble the test computes itself."""
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import ensdist_fairseq
+from ensdist_fairseq.cli.memoize import main
+from ensdist_fairseq.store import format as store_format
+
+BIN = os.path.dirname(sys.executable)
+TOPK = 8
+
+
+def memoize_args(tiny_data, tiny_checkpoints, output, *extra):
+    return [tiny_data, "--path", ":".join(tiny_checkpoints), "--output", output, "--topk", str(TOPK),
+            "--cpu", "--max-tokens", "200", "--chunk-sentences", "64", *extra]
+
+
+def run_cli(args, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(args, capture_output=True, text=True, env=env, **kw)
+
+
+@pytest.fixture(scope="module")
+def store(tiny_data, tiny_checkpoints, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("memoize") / "teacher.h5")
+    main(memoize_args(tiny_data, tiny_checkpoints, path))
+    return path
+
+
+def sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_entries_equal_an_independent_ensemble(store, tiny_data, tiny_checkpoints):
+    from fairseq import checkpoint_utils
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(tiny_checkpoints, arg_overrides={"data": tiny_data})
+    task.load_dataset("train")
+    dataset = task.dataset("train")
+    reader = store_format.StoreReader(store)
+    assert reader.num_sentences == len(dataset) == 300
+    with torch.no_grad():
+        for i in range(len(dataset)):  # one sentence at a time: no padding, no batching
+            sample = dataset.collater([dataset[i]])
+            probs = [torch.softmax(m.eval()(**sample["net_input"])[0][0].double(), -1) for m in models]
+            mean = torch.stack(probs).mean(0)
+            kl = torch.stack([(mean * (mean.log() - p.log())).sum(-1) for p in probs]).mean(0)
+            beta0 = (mean.shape[-1] - 1) / (2 * kl)
+            indices, stored_probs, precision = reader.read(i)
+            assert len(indices) == len(dataset.tgt[i])  # EOS included
+            ref_sorted = mean.sort(-1, descending=True).values[:, :TOPK].numpy()
+            np.testing.assert_allclose(stored_probs, ref_sorted, rtol=2e-3, atol=1e-6)  # float16
+            np.testing.assert_allclose(np.take_along_axis(mean.numpy(), indices, 1), stored_probs, rtol=2e-3, atol=1e-6)
+            np.testing.assert_allclose(precision, beta0.numpy(), rtol=1e-3)
+
+
+def test_provenance(store, tiny_data, tiny_checkpoints):
+    with h5py.File(store, "r") as f:
+        a = dict(f.attrs)
+        assert f["indices"].dtype == np.uint16 and f["probs"].dtype == np.float16
+        entries = f["indices"].size
+    assert [s.decode() for s in a["teacher_sha256"]] == [sha256(p) for p in tiny_checkpoints]
+    assert a["dictionary_sha256"] == sha256(os.path.join(tiny_data, "dict.de.txt"))
+    assert (a["split"], a["num_teachers"], a["topk"], a["num_sentences"]) == ("train", 2, TOPK, 300)
+    assert a["vocab_size"] == 4 + sum(1 for _ in open(os.path.join(tiny_data, "dict.de.txt")))
+    assert a["package_version"] == ensdist_fairseq.__version__
+    assert not os.path.exists(store + ".shards")
+    # the datasets take 4 bytes per stored entry, plus 4 per token (precision) and 12 per sentence
+    assert os.path.getsize(store) < entries * 4 + (entries // TOPK) * 4 + 300 * 12 + 16384
+
+
+def test_two_processes_write_the_same_store(store, tiny_data, tiny_checkpoints, tmp_path):
+    out = str(tmp_path / "two.h5")
+    p = run_cli([os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", "29611",
+                 os.path.join(BIN, "ensdist-memoize"), *memoize_args(tiny_data, tiny_checkpoints, out)], timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "[rank 1/2]" in p.stderr
+    assert_same_store(store, out)
+
+
+def assert_same_store(a, b):
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        assert set(fa) == set(fb)
+        for name in fa:
+            np.testing.assert_array_equal(fa[name][()], fb[name][()])
+        assert set(fa.attrs) == set(fb.attrs)
+        for k in fa.attrs:
+            np.testing.assert_array_equal(fa.attrs[k], fb.attrs[k])
+
+
+def test_killed_run_resumes_to_the_same_store(store, tiny_data, tiny_checkpoints, tmp_path):
+    out = str(tmp_path / "resumed.h5")
+    args = [os.path.join(BIN, "ensdist-memoize"), *memoize_args(tiny_data, tiny_checkpoints, out)]
+    args[args.index("--chunk-sentences") + 1] = "20"  # 15 chunks
+    args[args.index("--max-tokens") + 1] = "30"  # many small batches: slow enough to be killed midway
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    shard_dir = out + ".shards"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(shard_dir) and any(n.endswith(".h5") for n in os.listdir(shard_dir)):
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(out), "the run finished before it could be killed"
+    done = [n for n in os.listdir(shard_dir) if n.endswith(".h5")]
+    assert 1 <= len(done) < 15
+    p = run_cli(args, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"{len(done)} of this rank's 15 chunks are already complete" in p.stderr
+    assert_same_store(store, out)  # chunk size does not change the store
+
+
+@pytest.mark.parametrize("change, message", [
+    (("--split", "nosuch"), "--split nosuch: no such split"),
+    (("--topk", "100000"), "--topk 100000"),
+    (("--path", "/nonexistent.pt"), "/nonexistent.pt: checkpoint not found"),
+])
+def test_bad_input_is_one_line(change, message, tiny_data, tiny_checkpoints, tmp_path, capsys):
+    args = memoize_args(tiny_data, tiny_checkpoints, str(tmp_path / "x.h5"))
+    args[args.index(change[0]) + 1 if change[0] in args else len(args):] = []
+    args = memoize_args(tiny_data, tiny_checkpoints, str(tmp_path / "x.h5")) + list(change)
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+    assert not os.path.exists(tmp_path / "x.h5")
+
+
+def test_empty_split_is_refused(tiny_data, tiny_checkpoints, tmp_path):
+    from fairseq.data import indexed_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    for lang in ("en", "de"):
+        prefix = str(data / f"empty.en-de.{lang}")
+        builder = indexed_dataset.make_builder(prefix + ".bin", impl="mmap", vocab_size=100)
+        builder.finalize(prefix + ".idx")
+    args = memoize_args(str(data), tiny_checkpoints, str(tmp_path / "x.h5"), "--split", "empty")
+    with pytest.raises(SystemExit, match="error: --split empty: .* has no sentences"):
+        main(args)
+
+
+def test_existing_output_is_not_overwritten(store, tiny_data, tiny_checkpoints):
+    before = sha256(store)
+    with pytest.raises(SystemExit, match="already exists"):
+        main(memoize_args(tiny_data, tiny_checkpoints, store))
+    assert sha256(store) == before
