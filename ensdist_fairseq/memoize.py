@@ -62,6 +62,8 @@ class Run:
             task.load_dataset(cfg.split, combine=True)
         except FileNotFoundError:
             raise ValueError(f"--split {cfg.split}: no such split in {cfg.data}") from None
+        except ValueError as e:  # fairseq cannot even open an empty binarized split (mmap of 0 bytes)
+            raise ValueError(f"--split {cfg.split}: the split in {cfg.data} has no sentences ({e})") from None
         self.task, self.dataset = task, task.dataset(cfg.split)
         if len(self.dataset) == 0:
             raise ValueError(f"--split {cfg.split}: the split in {cfg.data} has no sentences")

@@ -57,9 +57,10 @@ class EnsembleMean:
         vocab_size = log_q.shape[-1]
         # ln q_v >= (1/K) sum_k ln q_k,v termwise (Jensen), so every term of the sum is >= 0:
         # summing non-negative terms has no cancellation in fp32; clamping only removes rounding.
-        gap = (log_q - self._sum_log_probs / self.num_members).clamp_min_(0)
-        # q_v = 0 (exp underflow) contributes 0, never 0 * inf.
-        mean_kl = torch.where(log_q > -math.inf, log_q.exp() * gap, torch.zeros_like(gap)).sum(-1)
+        gap = torch.add(log_q, self._sum_log_probs, alpha=-1.0 / self.num_members).clamp_min_(0)
+        # nansum: an event every member gives probability 0 has q_v = 0 and gap -inf + inf = nan;
+        # it contributes 0.
+        mean_kl = log_q.exp_().mul_(gap).nansum(-1)
         return (vocab_size - 1) / (2 * mean_kl)  # x / 0 = +inf in IEEE arithmetic
 
     def top_k(self, k: int):

@@ -46,10 +46,10 @@ while [ "$#" -gt 0 ]; do
 done
 
 # ---- inputs, checked before anything is written ------------------------------------------
-for flag in src tgt raw out; do
-  var="$(echo "$flag" | tr a-z A-Z)"
-  [ -n "${!var}" ] || die "--$flag is required (see --help)"
-done
+[ -n "$SRC" ] || die "--src is required (see --help)"
+[ -n "$TGT" ] || die "--tgt is required (see --help)"
+[ -n "$RAW" ] || die "--raw is required (see --help)"
+[ -n "$OUT" ] || die "--out is required (see --help)"
 [ "$SRC" != "$TGT" ] || die "--src and --tgt must differ (both are $SRC)"
 positive_int() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, got '$2'"; }
 positive_int --vocab-size "$VOCAB_SIZE"
@@ -75,7 +75,8 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # ---- skip if already done with the same inputs -------------------------------------------
 MARKER="$OUT/bin/.prepared"
-raw_sum="$(cd "$RAW" && cat train."$SRC" train."$TGT" valid."$SRC" valid."$TGT" test."$SRC" test."$TGT" | sha256sum | cut -c1-64)"
+# One checksum per file (with its name), so that moving lines between files changes it too.
+raw_sum="$(cd "$RAW" && sha256sum train."$SRC" train."$TGT" valid."$SRC" valid."$TGT" test."$SRC" test."$TGT" | sha256sum | cut -c1-64)"
 fingerprint="src=$SRC tgt=$TGT vocab_size=$VOCAB_SIZE spm_threads=$SPM_THREADS spm_sample=$SPM_SAMPLE clean_max_len=$CLEAN_MAX_LEN clean_ratio=$CLEAN_RATIO raw_sha256=$raw_sum"
 if [ -f "$MARKER" ]; then
   if [ "$(cat "$MARKER")" = "$fingerprint" ]; then
@@ -106,7 +107,7 @@ if ! "$PREPROCESS" --source-lang "$SRC" --target-lang "$TGT" \
 fi
 
 # Move in place: a leftover spm/ or bin/ without marker is an interrupted earlier run.
-rm -rf "$OUT/spm" "$OUT/bin"
+rm -rf "${OUT:?}/spm" "${OUT:?}/bin"
 mv "$WORK/spm" "$OUT/spm"
 mv "$WORK/bin" "$OUT/bin"
 echo "$fingerprint" > "$OUT/bin/.prepared.tmp"

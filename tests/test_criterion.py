@@ -70,7 +70,7 @@ def make_criterion(task, **overrides):
     cfg = dict(
         label_smoothing=0.1, kd_loss="mean_kd", kd_weight=0.5, kd_temperature=1.0, kd_truncation="tail",
         precision_limit=1e6, intra_passes=1, intra_alpha=5.0, intra_adaptive=True, intra_p=5.0, intra_q=10.0,
-        intra_forward="sequential", max_update=1000, sentence_avg=False,
+        intra_forward="stacked", max_update=1000, sentence_avg=False,
     )
     cfg.update(overrides)
     return TokenKDCriterion(task, **cfg)

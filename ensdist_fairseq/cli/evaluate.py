@@ -69,7 +69,11 @@ def flag_error(args) -> Optional[str]:
 def evaluate(args, paths: List[str], cuda: bool) -> dict:
     from ..ensemble_scoring import load_models, score_split  # imports fairseq: keep --help fast
 
-    models, task = load_models(paths, args.data, cuda)
+    try:
+        models, task = load_models(paths, args.data, cuda)
+    except (RuntimeError, KeyError, AttributeError) as e:  # fairseq's own load failures
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{':'.join(paths)}: cannot load as a fairseq model ({first})") from None
     accumulator = CalibrationAccumulator(num_bins=args.num_bins)
     start = time.perf_counter()
 

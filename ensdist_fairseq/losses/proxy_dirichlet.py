@@ -89,10 +89,11 @@ class _ProxyDirichletRKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         alpha, alpha0, beta_top, beta_rest, beta0, indices, precision = ctx.saved_tensors
-        beta = beta_rest.unsqueeze(-1).expand_as(alpha).scatter(-1, indices, beta_top)
-        bracket = (alpha - beta) * torch.polygamma(1, alpha) - (
-            (alpha0 - beta0) * torch.polygamma(1, alpha0)
-        ).unsqueeze(-1)
+        trigamma = torch.polygamma(1, alpha)
+        # (alpha_v - beta_v) psi'(alpha_v) with beta = beta_rest, then corrected on the stored events.
+        bracket = (alpha - beta_rest.unsqueeze(-1)) * trigamma
+        bracket.scatter_add_(-1, indices, (beta_rest.unsqueeze(-1) - beta_top) * trigamma.gather(-1, indices))
+        bracket -= ((alpha0 - beta0) * torch.polygamma(1, alpha0)).unsqueeze(-1)
         scale = (grad_out.to(alpha.dtype) / precision).unsqueeze(-1)
         grad = (alpha - 1) * bracket * scale
         return grad.to(ctx.input_dtype), None, None, None

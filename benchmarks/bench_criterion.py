@@ -1,0 +1,142 @@
+"""Step time of token_kd variants against fairseq's label_smoothed_cross_entropy (a script, not a test).
+
+Same transformer weights, same batches, synthetic in-memory teacher (top-V' of a random softmax);
+each timed step is forward + backward + Adam step. Variants are interleaved round by round so that
+load from other processes hits them alike; the median step time is reported, as a ratio to the
+label-smoothed baseline (intra-distillation also against K x baseline).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_criterion.py
+"""
+import argparse
+import copy
+import statistics
+import time
+from types import SimpleNamespace
+
+import torch
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+from fairseq.criterions.label_smoothed_cross_entropy_with_rdrop import RdropLabelSmoothedCrossEntropyCriterion
+from fairseq.data import Dictionary
+from fairseq.models import ARCH_MODEL_REGISTRY
+
+import ensdist_fairseq.models  # noqa: F401  (registers dirichlet_transformer)
+from ensdist_fairseq.criterions.token_kd import TokenKDCriterion
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vocab", type=int, default=8000, help="joint dictionary size")
+    p.add_argument("--stored", type=int, default=64, help="V', stored teacher events per token")
+    p.add_argument("--sentences", type=int, default=48)
+    p.add_argument("--length", type=int, default=20, help="source and target length (tokens)")
+    p.add_argument("--embed-dim", type=int, default=256)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=6, help="timed steps per variant (after one warm-up)")
+    p.add_argument("--intra-passes", type=int, default=3)
+    return p.parse_args()
+
+
+def make_task(vocab):
+    d = Dictionary()
+    for i in range(vocab - d.nspecial):
+        d.add_symbol(f"w{i}")
+    return SimpleNamespace(source_dictionary=d, target_dictionary=d)
+
+
+def make_model(task, arch, args):
+    ns = argparse.Namespace(
+        arch=arch, encoder_layers=args.layers, decoder_layers=args.layers,
+        encoder_embed_dim=args.embed_dim, decoder_embed_dim=args.embed_dim,
+        encoder_ffn_embed_dim=4 * args.embed_dim, decoder_ffn_embed_dim=4 * args.embed_dim,
+        encoder_attention_heads=4, decoder_attention_heads=4, dropout=0.3, share_all_embeddings=True,
+        max_source_positions=256, max_target_positions=256,
+    )
+    torch.manual_seed(0)
+    return ARCH_MODEL_REGISTRY[arch].build_model(ns, task)
+
+
+def make_batch(task, args, seed):
+    g = torch.Generator().manual_seed(seed)
+    d = task.target_dictionary
+    n, length, vocab = args.sentences, args.length, len(d)
+    src = torch.randint(d.nspecial, vocab, (n, length), generator=g)
+    target = torch.randint(d.nspecial, vocab, (n, length), generator=g)
+    target[:, -1] = d.eos()
+    prev = torch.cat([torch.full((n, 1), d.eos()), target[:, :-1]], 1)
+    teacher_logits = torch.randn(n, length, vocab, generator=g) * 3
+    probs, indices = torch.softmax(teacher_logits, -1).topk(args.stored, dim=-1)
+    return {
+        "net_input": {"src_tokens": src, "src_lengths": torch.full((n,), length), "prev_output_tokens": prev},
+        "target": target,
+        "ntokens": n * length,
+        "teacher": {"indices": indices, "probs": probs, "precision": torch.rand(n, length, generator=g) * 1e4 + 10},
+    }
+
+
+def token_kd(task, **overrides):
+    cfg = dict(
+        label_smoothing=0.1, kd_loss="none", kd_weight=0.5, kd_temperature=1.0, kd_truncation="tail",
+        precision_limit=1e6, intra_passes=1, intra_alpha=5.0, intra_adaptive=False, intra_p=5.0,
+        intra_q=10.0, intra_forward="sequential", max_update=0, sentence_avg=False,
+    )
+    cfg.update(overrides)
+    return TokenKDCriterion(task, **cfg)
+
+
+def main():
+    args = parse_args()
+    torch.manual_seed(0)
+    task = make_task(args.vocab)
+    softmax_model = make_model(task, "transformer", args)
+    dirichlet_model = make_model(task, "dirichlet_transformer", args)
+    k = args.intra_passes
+    variants = {
+        "label_smoothed_cross_entropy": (softmax_model, LabelSmoothedCrossEntropyCriterion(task, False, 0.1)),
+        "token_kd mean_kd": (softmax_model, token_kd(task, kd_loss="mean_kd")),
+        "token_kd proxy_dirichlet": (dirichlet_model, token_kd(task, kd_loss="proxy_dirichlet")),
+        f"token_kd intra K={k} sequential": (softmax_model, token_kd(task, intra_passes=k)),
+        f"token_kd intra K={k} stacked": (softmax_model, token_kd(task, intra_passes=k, intra_forward="stacked")),
+        "fairseq R-Drop (K=2, stacked)": (softmax_model, RdropLabelSmoothedCrossEntropyCriterion(task, False, 0.1, rdrop_alpha=5.0)),
+        "token_kd intra K=2 sequential": (softmax_model, token_kd(task, intra_passes=2)),
+        "token_kd intra K=2 stacked": (softmax_model, token_kd(task, intra_passes=2, intra_forward="stacked")),
+    }
+    passes = {name: (k if f"K={k}" in name else 2 if "K=2" in name else 1) for name in variants}
+    states = {}
+    for name, (model, criterion) in variants.items():
+        m = copy.deepcopy(model).train()
+        states[name] = (m, criterion, torch.optim.Adam(m.parameters(), lr=1e-4))
+    batches = [make_batch(task, args, seed) for seed in range(args.rounds + 1)]
+
+    def step(name, batch):
+        model, criterion, optimizer = states[name]
+        # R-Drop duplicates net_input in place: give every step its own shallow copy.
+        sample = {**batch, "net_input": dict(batch["net_input"])}
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        loss, _, _ = criterion(model, sample)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    times = {name: [] for name in variants}
+    for r, batch in enumerate(batches):
+        for name in variants:
+            elapsed = step(name, batch)
+            if r > 0:  # the first round is warm-up
+                times[name].append(elapsed)
+
+    base = statistics.median(times["label_smoothed_cross_entropy"])
+    print(
+        f"vocab {args.vocab}, V' {args.stored}, {args.sentences}x{args.length} target tokens, "
+        f"d={args.embed_dim}, {args.layers}+{args.layers} layers, {args.rounds} rounds, "
+        f"torch threads {torch.get_num_threads()}\n"
+    )
+    print("| variant | median step (s) | ratio to LS | ratio to passes x LS |")
+    print("|---|---|---|---|")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"| {name} | {med:.3f} | {med / base:.3f} | {med / (passes[name] * base):.3f} |")
+
+
+if __name__ == "__main__":
+    main()

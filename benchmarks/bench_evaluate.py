@@ -1,0 +1,158 @@
+"""Benchmark: `ensdist-evaluate --no-bleu` against `fairseq-validate` on the same data and model.
+
+Measures, in one run, (1) throughput: target tokens per wall-clock second of each command on
+the same split (the whole command: start-up, model loading, scoring), as a ratio; and (2) the
+peak resident memory of ensdist-evaluate on the split and on the split repeated 4 times, which
+should stay flat (only the batch is ever of size V; per token it keeps 5 confidence/correct
+pairs). Prints a markdown table (BENCHMARKS.md).
+
+Without --data/--path it builds a synthetic corpus (a 16k-word joined vocabulary, sentences of
+10-40 words) and a small transformer trained for a few updates; throughput does not depend on
+how well the model translates.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_evaluate.py [--data DIR --path CKPT]
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+BIN = os.path.dirname(sys.executable)
+PLUGIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "ensdist_fairseq")
+SYNTHETIC_WORDS = 8000  # per side; a joined dictionary of ~16k types, like a small BPE vocabulary
+SYNTHETIC_SENTENCES = {"train": 2000, "valid": 100, "test": 1000}
+SYNTHETIC_LENGTHS = (10, 40)
+MODEL_ARGS = [
+    "--arch", "transformer", "--share-all-embeddings",
+    "--encoder-layers", "3", "--decoder-layers", "3",
+    "--encoder-embed-dim", "256", "--decoder-embed-dim", "256",
+    "--encoder-ffn-embed-dim", "1024", "--decoder-ffn-embed-dim", "1024",
+    "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+]
+# Runs a command in a fresh parent so RUSAGE_CHILDREN is that command's peak RSS alone.
+PEAK_RSS_WRAPPER = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+                    "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+                    "stderr=subprocess.DEVNULL).returncode; "
+                    "print(rc, time.perf_counter() - t, "
+                    "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def run(cmd):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd[:2])} failed: {p.stderr.strip()[-2000:]}")
+    return p
+
+
+def measure(cmd):
+    """(wall seconds, peak RSS in MiB) of one command."""
+    out = run([sys.executable, "-c", PEAK_RSS_WRAPPER, *cmd]).stdout.split()
+    if out[0] != "0":
+        sys.exit(f"error: {' '.join(cmd)} exited with {out[0]}")
+    return float(out[1]), int(out[2]) / 1024.0  # ru_maxrss is in KiB on Linux
+
+
+def synthetic_model(work):
+    rng = random.Random(0)
+    raw, data = os.path.join(work, "raw"), os.path.join(work, "bin")
+    os.makedirs(raw)
+    for split, n in SYNTHETIC_SENTENCES.items():
+        with open(os.path.join(raw, f"{split}.en"), "w") as fe, \
+                open(os.path.join(raw, f"{split}.de"), "w") as fd:
+            for _ in range(n):
+                words = [rng.randrange(SYNTHETIC_WORDS) for _ in range(rng.randint(*SYNTHETIC_LENGTHS))]
+                fe.write(" ".join(f"s{w}" for w in words) + "\n")
+                fd.write(" ".join(f"t{(w * 7) % SYNTHETIC_WORDS}" for w in reversed(words)) + "\n")
+    run([os.path.join(BIN, "fairseq-preprocess"), "--source-lang", "en", "--target-lang", "de",
+         *[a for s in SYNTHETIC_SENTENCES for a in (f"--{s}pref", os.path.join(raw, s))],
+         "--destdir", data, "--joined-dictionary", "--workers", "1"])
+    save = os.path.join(work, "model")
+    run([os.path.join(BIN, "fairseq-train"), data, *MODEL_ARGS, "--optimizer", "adam",
+         "--lr", "1e-3", "--max-tokens", "4000", "--max-update", "3", "--cpu", "--save-dir", save,
+         "--no-epoch-checkpoints", "--no-save-optimizer-state", "--disable-validation"])
+    return data, os.path.join(save, "checkpoint_last.pt")
+
+
+def replicate_split(data, split, factor, out):
+    """A copy of `data` whose `split` is the original repeated `factor` times."""
+    from fairseq.data import Dictionary, data_utils, indexed_dataset
+
+    os.makedirs(out)
+    src, tgt = data_utils.infer_language_pair(data)
+    for name in os.listdir(data):
+        if name.startswith("dict."):
+            shutil.copy(os.path.join(data, name), out)
+    for lang in (src, tgt):
+        prefix = f"{split}.{src}-{tgt}.{lang}"
+        impl = indexed_dataset.infer_dataset_impl(os.path.join(data, prefix))
+        vocab = len(Dictionary.load(os.path.join(data, f"dict.{lang}.txt")))  # sets the int dtype
+        builder = indexed_dataset.make_builder(os.path.join(out, prefix + ".bin"), impl=impl,
+                                               vocab_size=vocab)
+        for _ in range(factor):
+            builder.merge_file_(os.path.join(data, prefix))
+        builder.finalize(os.path.join(out, prefix + ".idx"))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", help="binarized data directory (default: synthetic)")
+    ap.add_argument("--path", help="checkpoint (default: a small synthetic model)")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--max-tokens", type=int, default=4000)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per command (median)")
+    args = ap.parse_args()
+    if (args.data is None) != (args.path is None):
+        sys.exit("error: give both --data and --path, or neither")
+    work = tempfile.mkdtemp(prefix="bench_evaluate_")
+    try:
+        data, ckpt = (args.data, args.path) if args.data else synthetic_model(work)
+        data4 = replicate_split(data, args.split, 4, os.path.join(work, "bin4x"))
+        common = ["--max-tokens", str(args.max_tokens), "--cpu"]
+
+        def validate(d):
+            # --user-dir: the plugin allow-lists argparse.Namespace for torch's safe loader.
+            return [os.path.join(BIN, "fairseq-validate"), d, "--user-dir", PLUGIN_DIR,
+                    "--task", "translation", "--path", ckpt, "--valid-subset",
+                    args.split, "--required-batch-size-multiple", "1", *common]
+
+        def evaluate(d, tag):
+            return [os.path.join(BIN, "ensdist-evaluate"), d, "--path", ckpt, "--split",
+                    args.split, "--name", tag, "--no-bleu", *common,
+                    "--output-json", os.path.join(work, f"{tag}.json")]
+
+        rows, tokens = {}, {}
+        for tag, d in (("1x", data), ("4x", data4)):
+            times = {"validate": [], "evaluate": []}
+            rss = {}
+            for _ in range(args.repeats):  # alternate so load on the shared cores hits both
+                for name, cmd in (("validate", validate(d)), ("evaluate", evaluate(d, tag))):
+                    seconds, mib = measure(cmd)
+                    times[name].append(seconds)
+                    rss[name] = max(rss.get(name, 0.0), mib)
+            with open(os.path.join(work, f"{tag}.json")) as f:
+                tokens[tag] = json.load(f)["num_tokens"]
+            rows[tag] = ({n: statistics.median(t) for n, t in times.items()}, rss)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"model: {ckpt if args.path else 'synthetic 3+3-layer d=256 transformer'}; "
+          f"split {args.split}; --max-tokens {args.max_tokens}; median of {args.repeats} runs\n")
+    print("| test set | target tokens | fairseq-validate s | ensdist-evaluate s | throughput ratio "
+          "(evaluate / validate) | peak RSS validate MiB | peak RSS evaluate MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for tag, (t, rss) in rows.items():
+        print(f"| {tag} | {tokens[tag]} | {t['validate']:.2f} | {t['evaluate']:.2f} | "
+              f"{t['validate'] / t['evaluate']:.2f} | {rss['validate']:.0f} | {rss['evaluate']:.0f} |")
+    growth = rows["4x"][1]["evaluate"] / rows["1x"][1]["evaluate"]
+    print(f"\nensdist-evaluate peak RSS 4x / 1x: {growth:.3f}")
+
+
+if __name__ == "__main__":
+    main()

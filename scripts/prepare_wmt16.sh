@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# WMT16 English-German as in the paper (Reich et al. 2020, "We follow the procedure provided by
+# (Ott et al., 2019)"): the WMT16 En-De training data of Vaswani et al. / fairseq's scaling_nmt
+# (Europarl v7 + Common Crawl + News Commentary v11, about 4.5M pairs), newstest2013 as
+# validation, newstest2014 (full, 3003 sentences) as test; a joint 32k SentencePiece model.
+# NEEDS INTERNET (about 1.5 GB from statmt.org) and is not run by the tests.
+#
+#   bash scripts/prepare_wmt16.sh [--out runs/wmt16_en_de] [--src en --tgt de] [--workers N]
+#                                 [--spm-threads N]
+#
+# Writes OUT/download (archives), OUT/raw/{train,valid,test}.{en,de}, then scripts/prepare_raw.sh
+# writes OUT/spm and OUT/bin. Re-running skips finished steps (markers written last).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+die() { echo "error: $*" >&2; exit 1; }
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+OUT="$ROOT/runs/wmt16_en_de"
+SRC=en
+TGT=de
+WORKERS=1
+SPM_THREADS=1            # the SentencePiece model is reproducible for a fixed thread count
+VOCAB_SIZE=32000         # paper: "a vocabulary of 32K symbols", joint source+target
+SPM_SAMPLE=4000000       # lines of train.en+train.de (9M) sampled to train SentencePiece
+CLEAN_MAX_LEN=250        # fairseq's WMT recipe: clean-corpus-n 1..250 subwords, ratio 1.5,
+CLEAN_RATIO=1.5          # applied to the training split only
+
+need_value() { [ "$#" -ge 2 ] || die "$1 needs a value"; }
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --out) need_value "$@"; OUT="$2"; shift 2 ;;
+    --src) need_value "$@"; SRC="$2"; shift 2 ;;
+    --tgt) need_value "$@"; TGT="$2"; shift 2 ;;
+    --workers) need_value "$@"; WORKERS="$2"; shift 2 ;;
+    --spm-threads) need_value "$@"; SPM_THREADS="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+done
+case "$SRC-$TGT" in en-de|de-en) ;; *) die "--src/--tgt must be en and de, got $SRC/$TGT" ;; esac
+[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive integer, got '$WORKERS'"
+[[ "$SPM_THREADS" =~ ^[1-9][0-9]*$ ]] || die "--spm-threads must be a positive integer, got '$SPM_THREADS'"
+
+if [ -x "$ROOT/.venv/bin/sacrebleu" ]; then SACREBLEU="$ROOT/.venv/bin/sacrebleu"; else SACREBLEU="$(command -v sacrebleu || true)"; fi
+[ -n "$SACREBLEU" ] || die "no sacrebleu (validation/test sets): run scripts/setup_env.sh"
+if command -v wget >/dev/null; then FETCH=(wget -q -O); elif command -v curl >/dev/null; then FETCH=(curl -fsSL -o); else die "need wget or curl"; fi
+command -v tar >/dev/null || die "need tar"
+
+# Training corpora: archive URL and the base name of the parallel files inside (.en / .de).
+URLS=(
+  "http://www.statmt.org/europarl/v7/de-en.tgz"
+  "http://www.statmt.org/wmt13/training-parallel-commoncrawl.tgz"
+  "http://data.statmt.org/wmt16/translation-task/training-parallel-nc-v11.tgz"
+)
+CORPORA=("europarl-v7.de-en" "commoncrawl.de-en" "news-commentary-v11.de-en")
+
+DL="$OUT/download"
+mkdir -p "$DL"
+for url in "${URLS[@]}"; do
+  file="$DL/$(basename "$url")"
+  if [ -f "$file" ]; then echo "[wmt16] have $file"; continue; fi
+  echo "[wmt16] downloading $url"
+  "${FETCH[@]}" "$file.part" "$url" || die "download failed: $url"
+  mv "$file.part" "$file"
+done
+if [ ! -f "$DL/extracted/.done" ]; then
+  rm -rf "$DL/extracted"; mkdir -p "$DL/extracted"
+  for url in "${URLS[@]}"; do tar -xzf "$DL/$(basename "$url")" -C "$DL/extracted"; done
+  touch "$DL/extracted/.done"
+fi
+
+RAW="$OUT/raw"
+if [ -f "$RAW/.done" ]; then
+  echo "[wmt16] $RAW is complete: skipping"
+else
+  WORK="$(mktemp -d "$OUT/.raw.XXXXXX")"
+  trap 'rm -rf "$WORK"' EXIT
+  mkdir "$WORK/raw"
+  for corpus in "${CORPORA[@]}"; do
+    for lang in en de; do
+      f="$(find "$DL/extracted" -name "$corpus.$lang" -type f -print -quit)"
+      [ -n "$f" ] || die "$corpus.$lang not found in $DL/extracted (archive layout changed?)"
+      cat "$f" >> "$WORK/raw/train.$lang"
+    done
+  done
+  n_en="$(wc -l < "$WORK/raw/train.en")"; n_de="$(wc -l < "$WORK/raw/train.de")"
+  [ "$n_en" = "$n_de" ] || die "training data misaligned: $n_en English vs $n_de German lines"
+  # newstest2013 / newstest2014 through sacrebleu (its own download and caching); "full" is the
+  # 3003-sentence test set used by Vaswani et al. and fairseq, not the 2737-sentence filtered one.
+  "$SACREBLEU" -t wmt13 -l en-de --echo src > "$WORK/raw/valid.en"
+  "$SACREBLEU" -t wmt13 -l en-de --echo ref > "$WORK/raw/valid.de"
+  "$SACREBLEU" -t wmt14/full -l en-de --echo src > "$WORK/raw/test.en"
+  "$SACREBLEU" -t wmt14/full -l en-de --echo ref > "$WORK/raw/test.de"
+  touch "$WORK/raw/.done"
+  rm -rf "$RAW"
+  mv "$WORK/raw" "$RAW"
+  rm -rf "$WORK"
+  trap - EXIT
+  echo "[wmt16] raw data: $n_en training pairs in $RAW"
+fi
+
+bash "$ROOT/scripts/prepare_raw.sh" --src "$SRC" --tgt "$TGT" --raw "$RAW" --out "$OUT" \
+  --vocab-size "$VOCAB_SIZE" --workers "$WORKERS" --spm-threads "$SPM_THREADS" \
+  --spm-sample "$SPM_SAMPLE" --clean-max-len "$CLEAN_MAX_LEN" --clean-ratio "$CLEAN_RATIO"

@@ -1,0 +1,171 @@
+"""`ensdist-evaluate` end to end on the tiny checkpoints, ensemble scoring, bad inputs, report."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ensdist_fairseq.calibration import expected_calibration_error
+from ensdist_fairseq.cli import evaluate, report as report_cli
+from ensdist_fairseq.ensemble_scoring import ensemble_log_probs
+
+
+class FixedLogits(torch.nn.Module):
+    """A stand-in model whose output logits are fixed; normalizes like a fairseq decoder."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, **net_input):
+        return (self.logits, {})
+
+    def get_normalized_probs(self, net_output, log_probs):
+        f = torch.log_softmax if log_probs else torch.softmax
+        return f(net_output[0], dim=-1)
+
+
+def test_ensemble_averages_probabilities_not_logits():
+    a = torch.tensor([[[4.0, 0.0, -2.0]]])
+    b = torch.tensor([[[-1.0, 3.0, 0.0]]])
+    got = ensemble_log_probs([FixedLogits(a), FixedLogits(b)], {}).exp()
+    mean_probs = (torch.softmax(a, -1) + torch.softmax(b, -1)) / 2
+    torch.testing.assert_close(got, mean_probs)
+    assert not torch.allclose(got, torch.softmax((a + b) / 2, -1), atol=1e-3)
+    torch.testing.assert_close(ensemble_log_probs([FixedLogits(a)], {}), torch.log_softmax(a, -1))
+
+
+def independent_ensemble_metrics(data_dir, paths):
+    """Sentence by sentence, softmax of each member's logits, probabilities averaged."""
+    from fairseq import checkpoint_utils
+
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        paths, arg_overrides={"data": data_dir})
+    task.load_dataset("test")
+    ds = task.dataset("test")
+    pad = task.target_dictionary.pad()
+    probs, targets = [], []
+    with torch.no_grad():
+        for m in models:
+            m.eval()
+        for i in range(len(ds)):
+            sample = ds.collater([ds[i]])
+            p = sum(torch.softmax(m(**sample["net_input"])[0].double(), -1) for m in models)
+            keep = sample["target"][0].ne(pad)
+            probs.append((p[0] / len(models))[keep].numpy())
+            targets.append(sample["target"][0][keep].numpy())
+    p, y = np.concatenate(probs), np.concatenate(targets)
+    top5 = np.argsort(-p, 1, kind="stable")[:, :5]
+    c5, k5 = np.take_along_axis(p, top5, 1), top5 == y[:, None]
+    onehot = np.eye(p.shape[1])[y]
+    return {
+        "num_sentences": len(ds), "num_tokens": len(y),
+        "ece1": {w: expected_calibration_error(c5[:, 0], k5[:, 0], 10, w == "weighted")
+                 for w in ("weighted", "unweighted")},
+        "ece5": {w: expected_calibration_error(c5, k5, 10, w == "weighted")
+                 for w in ("weighted", "unweighted")},
+        "nll": float(-np.mean(np.log(p[np.arange(len(y)), y]))),
+        "brier": float(np.mean(((p - onehot) ** 2).sum(1))),
+        "accuracy": float(np.mean(p.argmax(1) == y)),
+    }
+
+
+def run_cli(args, capsys):
+    rc = evaluate.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_ensemble_of_two_matches_independent_computation(tiny_data, tiny_checkpoints, tmp_path, capsys):
+    out_json = tmp_path / "ens2.json"
+    rc, out, _err = run_cli([tiny_data, "--path", ":".join(tiny_checkpoints), "--name", "ens2",
+                             "--method", "CE", "--output-json", out_json, "--cpu",
+                             "--max-tokens", 100], capsys)  # several batches
+    assert rc == 0 and "ens2" in out and "ECE-1" in out
+    r = json.loads(out_json.read_text())
+    assert not list(tmp_path.glob("*.tmp"))
+    for key in ("name", "paths", "num_models", "split", "bleu", "bleu_signature", "ece1", "ece5",
+                "brier", "brier_plus", "nll", "accuracy", "num_tokens", "reliability", "kind",
+                "method"):
+        assert key in r
+    assert r["kind"] == "ensemble" and r["num_models"] == 2 and r["split"] == "test"
+    ref = independent_ensemble_metrics(tiny_data, tiny_checkpoints)
+    assert r["num_sentences"] == ref["num_sentences"] and r["num_tokens"] == ref["num_tokens"]
+    for key in ("ece1", "ece5"):
+        for form in ("weighted", "unweighted"):
+            assert r[key][form] == pytest.approx(ref[key][form], abs=1e-4)
+    for key in ("nll", "brier", "accuracy"):
+        assert r[key] == pytest.approx(ref[key], abs=1e-4)
+    assert sum(r["reliability"]["top5"]["count"]) == 5 * r["num_tokens"]
+
+
+def test_single_model_with_bleu_and_report(tiny_data, tiny_checkpoints, tmp_path, capsys):
+    runs = [("m1", [tiny_checkpoints[0]], ["--bleu"]), ("m2", [tiny_checkpoints[1]], ["--no-bleu"]),
+            ("ens", tiny_checkpoints, ["--no-bleu"])]
+    for name, paths, extra in runs:
+        rc, _out, err = run_cli([tiny_data, "--path", ":".join(paths), "--name", name,
+                                 "--method", "CE+SWA", "--output-json", tmp_path / f"{name}.json",
+                                 "--cpu", *extra], capsys)
+        assert rc == 0, err
+    m1 = json.loads((tmp_path / "m1.json").read_text())
+    assert m1["kind"] == "individual" and isinstance(m1["bleu"], float)
+    assert m1["bleu_signature"].startswith("nrefs:1")
+    (tmp_path / "unrelated.json").write_text('{"other": 1}')  # skipped: no schema_version
+    assert report_cli.main([str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
+    table = (tmp_path / "rep" / "report.md").read_text()
+    e1 = [100 * json.loads((tmp_path / f"m{i}.json").read_text())["ece1"]["unweighted"]
+          for i in (1, 2)]
+    mean, se = np.mean(e1), np.std(e1, ddof=1) / np.sqrt(2)
+    assert f"| CE+SWA | Individual | Avg (n=2) |" in table
+    assert f"{mean:.3f} ± {se:.3f}" in table
+    assert "| Ensemble | 2 |" in table
+    png = tmp_path / "rep" / "reliability_CE_SWA.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _single_error_line(err):
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert "Traceback" not in err
+    assert lines and lines[-1].startswith("error: ")
+    return lines[-1]
+
+
+def test_bad_inputs_give_one_line_errors(tiny_data, tiny_checkpoints, tmp_path, capsys):
+    good = tiny_checkpoints[0]
+    not_ckpt = tmp_path / "notes.pt"
+    not_ckpt.write_text("hello")
+    other_dict = tmp_path / "other_dict.pt"  # a member trained with another (smaller) dictionary
+    state = torch.load(good, weights_only=True)
+    for k in [k for k in state["model"] if k.endswith(("embed_tokens.weight",
+                                                       "output_projection.weight"))]:
+        state["model"][k] = state["model"][k][:-3]
+    torch.save(state, other_dict)
+    out = tmp_path / "r.json"
+    cases = [
+        ([tmp_path / "nope", "--path", good], "nope"),
+        ([tiny_data, "--path", tmp_path / "missing.pt"], "missing.pt"),
+        ([tiny_data, "--path", not_ckpt], "notes.pt"),
+        ([tiny_data, "--path", f"{good}:{other_dict}"], "other_dict.pt"),
+        ([tiny_data, "--path", good, "--num-bins", 0], "--num-bins"),
+        ([tiny_data, "--path", good, "--split", "nosuchsplit"], "nosuchsplit"),
+        ([tiny_data, "--path", good, "--output-json", tmp_path / "no" / "dir.json"], "--output-json"),
+    ]
+    for args, named in cases:
+        if "--output-json" not in args:
+            args = [*args, "--output-json", out]
+        rc, _o, err = run_cli([*args, "--name", "x", "--no-bleu", "--cpu"], capsys)
+        assert rc != 0
+        assert named in _single_error_line(err)
+        assert not out.exists()
+
+
+def test_bad_flag_from_the_command_line_exits_without_traceback(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "ensdist-evaluate")
+    p = subprocess.run([exe, str(tmp_path), "--path", "a.pt", "--name", "x", "--num-bins", "0",
+                        "--output-json", str(tmp_path / "r.json")],
+                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode != 0
+    assert _single_error_line(p.stderr) == "error: --num-bins must be >= 1, got 0"
