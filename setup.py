@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="Ensemble distillation for NMT as a fairseq user-dir plugin",
     packages=find_packages(include=["ensdist_fairseq", "ensdist_fairseq.*"]),
+    license="MIT",
     python_requires=">=3.8",
     install_requires=[
         # torch>=2.6: torch.serialization.add_safe_globals and weights_only=True by default.

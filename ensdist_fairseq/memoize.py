@@ -103,13 +103,12 @@ class Run:
         nbytes = store_format.store_nbytes(n, rows, self.cfg.topk, self.provenance.vocab_size)
         per_entry = store_format.index_dtype(self.provenance.vocab_size).itemsize + store_format.PROB_DTYPE.itemsize
         self.log(f"{n} sentences, {rows} target tokens, V'={self.cfg.topk}, K={self.provenance.num_teachers}: "
-                 f"the store will take {nbytes / 2**30:.3f} GiB ({per_entry} bytes per entry), "
+                 f"the store will take {_human(nbytes)} ({per_entry} bytes per entry), "
                  f"twice that while its chunks are stitched")
         out_dir = os.path.dirname(os.path.abspath(self.cfg.output))
         free = shutil.disk_usage(out_dir).free
         if free < 2 * nbytes:
-            raise ValueError(f"--output {self.cfg.output}: {free / 2**30:.3f} GiB free in {out_dir}, "
-                             f"need {2 * nbytes / 2**30:.3f} GiB")
+            raise ValueError(f"--output {self.cfg.output}: {_human(free)} free in {out_dir}, need {_human(2 * nbytes)}")
 
     def batches(self, chunk):
         from fairseq.data import data_utils
@@ -177,6 +176,10 @@ class Run:
             progress(len(batch), int(sum(self.offsets[i + 1] - self.offsets[i] for i in batch)))
 
 
+def _human(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.2f} MiB"
+
+
 def _distributed_context():
     """(rank, world_size) from torchrun's environment; (0, 1) when not launched by it."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -206,7 +209,7 @@ def memoize(cfg: MemoizeConfig) -> None:
         if rank == 0:
             run.log(f"stitching {len(run.chunks)} chunks into {cfg.output}")
             shards.stitch(cfg.output, run.chunks, run.provenance, run.offsets, STITCH_BLOCK_ROWS)
-            run.log(f"wrote {cfg.output} ({os.path.getsize(cfg.output) / 2**30:.3f} GiB)")
+            run.log(f"wrote {cfg.output} ({_human(os.path.getsize(cfg.output))})")
     else:
         raise StoreError(f"{shards.shard_dir(cfg.output)}: another rank failed; rerun to resume")
     if world_size > 1:

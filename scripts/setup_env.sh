@@ -30,7 +30,7 @@ else
 fi
 
 # The built-in corpus: the Ding German-English dictionary from Debian (pinned version).
-if [ ! -f /usr/share/trans/de-en ]; then
+if [ "$(dpkg-query -W -f='${Version}' trans-de-en 2>/dev/null)" != "1.9-6" ]; then
   echo "[setup] installing Debian package trans-de-en=1.9-6 (built-in corpus)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq

@@ -15,6 +15,7 @@ from fairseq import options, tasks
 from fairseq.data import LanguagePairDataset
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+import ensdist_fairseq
 import ensdist_fairseq.tasks.translation_distill  # noqa: F401  (registers the task)
 from ensdist_fairseq.store import format as store_format
 from ensdist_fairseq.store.provenance import Provenance
@@ -149,5 +150,3 @@ def test_fairseq_train_streams_the_store(coded_store, tiny_data, tmp_path):
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: --teacher-topk 99")
 
-
-import ensdist_fairseq  # noqa: E402  (used for the --user-dir path)
