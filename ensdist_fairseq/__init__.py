@@ -13,4 +13,4 @@ from . import safe_loading
 safe_loading.allow_fairseq_checkpoints()
 
 # Registration with fairseq's registries happens when these packages are imported.
-from . import criterions, tasks  # noqa: E402,F401
+from . import criterions, models, tasks  # noqa: E402,F401
