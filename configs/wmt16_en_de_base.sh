@@ -13,4 +13,12 @@ LS_EPSILON=0.1
 MAX_EPOCH=${MAX_EPOCH:-60}         # teachers train for this many epochs ...
 SWA_EPOCHS=${SWA_EPOCHS:-10}        # ... and SWA averages the checkpoints of the last this-many
 
+# Students (scripts/distill.sh)
+STUDENT_MAX_UPDATE=${STUDENT_MAX_UPDATE:-300000}
+TOPK=${TOPK:-64}                  # V' (the paper's sweep: 32 64 128 256)
+KD_WEIGHT=0.5
+PRECISION_LIMIT=1e6
+DIRICHLET_ARCH=dirichlet_transformer
+INTRA_PASSES=3 INTRA_ALPHA=5 INTRA_P=5 INTRA_Q=10   # Xu et al.: K=3, alpha=5, p=5, q=10
+
 GEN_ARGS=(--beam 4 --lenpen 0.6 --max-tokens 8000)

@@ -123,19 +123,34 @@ def summarize_predictions(scores, targets, pad_mask=None, log_probs: bool = True
     if scores.shape[:-1] != targets.shape:
         raise ValueError(f"scores {tuple(scores.shape)} do not match targets {tuple(targets.shape)}")
     vocab = scores.size(-1)
-    flat, tgt = scores.reshape(-1, vocab), targets.reshape(-1).long()
-    if pad_mask is not None:
-        keep = ~torch.as_tensor(pad_mask, dtype=torch.bool, device=flat.device).reshape(-1)
-        flat, tgt = flat[keep], tgt[keep]
+    # float32 at least: fp16 log-probs lose the confidence digits ECE is made of.
+    flat, tgt = scores.reshape(-1, vocab).float(), targets.reshape(-1).long()
+    logp = flat if log_probs else flat.log()
+    keep = (torch.ones_like(tgt, dtype=torch.bool) if pad_mask is None else
+            ~torch.as_tensor(pad_mask, dtype=torch.bool, device=tgt.device).reshape(-1))
+    tgt = tgt.masked_fill(~keep, 0)  # pad positions may hold any index; they are dropped below
     if tgt.numel() and (int(tgt.min()) < 0 or int(tgt.max()) >= vocab):
         raise ValueError(f"target index outside the {vocab}-symbol vocabulary")
-    # float32 at least: fp16 log-probs lose the confidence digits ECE is made of.
-    logp = flat.float() if log_probs else flat.float().log()
+    # Everything of size V is reduced over all rows first; only the small per-token results
+    # are then filtered, so no V-sized copy of the non-pad rows is made.
     top_logp, top_idx = logp.topk(min(top_k, vocab), dim=-1)
-    return TokenPredictions(top_confidence=top_logp.exp(),
-                            top_correct=top_idx.eq(tgt.unsqueeze(-1)),
-                            target_log_prob=logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1),
-                            sum_squared_probs=(2 * logp).exp().sum(-1))
+    target_logp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    return TokenPredictions(top_confidence=top_logp.exp()[keep],
+                            top_correct=top_idx.eq(tgt.unsqueeze(-1))[keep],
+                            target_log_prob=target_logp[keep],
+                            sum_squared_probs=_sum_squared_probs(logp)[keep])
+
+
+SQUARES_ROWS_PER_CHUNK = 256  # exp() of 256 rows at a time: a temporary the allocator reuses
+# (the whole batch at once would page-fault in a fresh (tokens × V) buffer: ~3x slower on CPU)
+
+
+def _sum_squared_probs(logp: torch.Tensor) -> torch.Tensor:
+    """Σ_v p_v² for each row of log-probabilities."""
+    if logp.size(0) == 0:
+        return logp.new_zeros(0)
+    return torch.cat([torch.linalg.vector_norm(rows.exp(), dim=-1)
+                      for rows in logp.split(SQUARES_ROWS_PER_CHUNK)]).square()
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """`ensdist-bleu-table`: BLEU of each ensemble member and of the ensembles of its first 1..K.
 
+Options it does not know are passed on to fairseq-generate.
+
 Members are given in seed order, so the ensemble of k is members 1..k (smaller ensembles are
 subsets of larger ones, as in Reich et al.). Writes a JSON results file and a markdown table.
 """
@@ -52,7 +54,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--gpu", action="store_true", help="decode on the GPU (default: CPU)")
     ap.add_argument("--output-json", required=True)
     ap.add_argument("--output-md", required=True)
-    args = ap.parse_args(argv)
+    # Anything else (e.g. --max-len-a 1.5) is passed on to fairseq-generate.
+    args, generate_args = ap.parse_known_args(argv)
     if args.beam < 1:
         ap.error(f"--beam must be >= 1, got {args.beam}")
     paths = [p for p in args.path.split(":") if p]
@@ -61,7 +64,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.reference and not os.path.isfile(args.reference):
             raise ValueError(f"{args.reference}: reference file not found")
         gen = dict(split=args.split, reference_file=args.reference, beam=args.beam,
-                   lenpen=args.lenpen, max_tokens=args.max_tokens, cpu=not args.gpu)
+                   lenpen=args.lenpen, max_tokens=args.max_tokens, cpu=not args.gpu,
+                   extra_args=generate_args)
         members = []
         for i, p in enumerate(paths, 1):
             print(f"[bleu] member {i}/{len(paths)}: {p}", file=sys.stderr, flush=True)

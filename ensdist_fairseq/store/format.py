@@ -8,14 +8,18 @@ allocated when the file is created. That is what makes the store fast and small 
 Each sentence carries a CRC-32 of its rows, checked on every read, so corruption is detected
 when the data is used, at the cost of about a microsecond per sentence.
 """
+import logging
 import os
 import zlib
 from typing import NamedTuple, Optional
 
-import h5py
-import numpy as np
+# Importing fairseq can leave the root logger at DEBUG, and h5py then logs every type conversion
+# (also while it is imported).
+logging.getLogger("h5py").setLevel(logging.WARNING)
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
 
-from .provenance import Provenance, StoreError
+from .provenance import Provenance, StoreError  # noqa: E402
 
 OFFSETS, INDICES, PROBS, PRECISION, CRC32 = "offsets", "indices", "probs", "precision", "crc32"
 ROW_DATASETS = (INDICES, PROBS, PRECISION, CRC32)
