@@ -23,7 +23,7 @@ For sums across fairseq workers there is also a mergeable form: a fixed fine his
 bins approximately (see there). Plain numpy/torch: no fairseq import.
 """
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import torch

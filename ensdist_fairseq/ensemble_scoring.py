@@ -36,9 +36,9 @@ def ensemble_log_probs(models: List[torch.nn.Module], net_input: dict) -> torch.
     for model in models:
         lp = model.get_normalized_probs(model(**net_input), log_probs=True).float()
         # Running logaddexp: memory of one member's output, whatever K is.
-        total = lp if total is None else total + lp
+        total = lp if total is None else torch.logaddexp(total, lp)
     if len(models) > 1:
-        total = torch.log_softmax(total / len(models), -1)  # in place: no second (tokens × V) buffer
+        total.sub_(math.log(len(models)))  # in place: no second (tokens × V) buffer
     return total
 
 

@@ -119,7 +119,7 @@ def test_single_model_with_bleu_and_report(tiny_data, tiny_checkpoints, tmp_path
     e1 = [100 * json.loads((tmp_path / f"m{i}.json").read_text())["ece1"]["unweighted"]
           for i in (1, 2)]
     mean, se = np.mean(e1), np.std(e1, ddof=1) / np.sqrt(2)
-    assert f"| CE+SWA | Individual | Avg (n=2) |" in table
+    assert "| CE+SWA | Individual | Avg (n=2) |" in table
     assert f"{mean:.3f} ± {se:.3f}" in table
     assert "| Ensemble | 2 |" in table
     png = tmp_path / "rep" / "reliability_CE_SWA.png"

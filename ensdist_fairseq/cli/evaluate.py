@@ -20,6 +20,7 @@ from .bleu_table import write_atomically
 
 SCHEMA_VERSION = 1
 KINDS = ("individual", "ensemble", "student")
+MAX_CAUSE_CHARS = 200  # fairseq's messages can list every registered task: keep one readable line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,8 +72,9 @@ def evaluate(args, paths: List[str], cuda: bool) -> dict:
 
     try:
         models, task = load_models(paths, args.data, cuda)
-    except (RuntimeError, KeyError, AttributeError) as e:  # fairseq's own load failures
+    except (RuntimeError, KeyError, AttributeError, AssertionError) as e:  # fairseq load failures
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first if len(first) <= MAX_CAUSE_CHARS else first[:MAX_CAUSE_CHARS] + "..."
         raise ValueError(f"{':'.join(paths)}: cannot load as a fairseq model ({first})") from None
     accumulator = CalibrationAccumulator(num_bins=args.num_bins)
     start = time.perf_counter()

@@ -3,17 +3,19 @@
 Without --teacher-store it is fairseq's translation task (used to train the teachers). With it,
 the training split is wrapped in TeacherStoreDataset after the store's provenance has been
 checked against the data (once per process, when the split is loaded); valid and test splits
-are untouched.
+are untouched. Validation (fairseq-train, fairseq-validate) also logs ECE-1 and ECE-5.
 """
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from fairseq import utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from .. import calibration_logging
 from ..checkpoint_checks import sha256_of_file
 from ..data.split_fingerprint import fingerprint
 from ..data.teacher_dataset import TeacherStoreDataset, store_lengths_match
@@ -87,12 +89,20 @@ class TranslationDistillTask(TranslationTask):
                     f"{p.num_sentences} sentences, provenance checked")
         return TeacherStoreDataset(dataset, reader, self.cfg.teacher_topk, self.tgt_dict.pad())
 
-    # Kept as plain overrides on purpose: calibration logging is added here later.
     def valid_step(self, sample, model, criterion):
-        return super().valid_step(sample, model, criterion)
+        """The criterion's validation loss, plus ECE-1/ECE-5 histograms of the model's
+        predictive distribution. One extra forward pass (no grad): the criterion does not hand
+        its log-probs out, and this works for any criterion (teachers use fairseq's own)."""
+        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        with torch.no_grad():
+            lprobs = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)
+        logging_output.update(calibration_logging.calibration_logging_output(
+            lprobs, sample["target"], self.target_dictionary.pad()))
+        return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)
+        calibration_logging.reduce_calibration_metrics(logging_outputs)
 
 
 def _refuse_on_error(make):
