@@ -1,16 +1,24 @@
 """ensdist_fairseq: ensemble distillation for NMT, as a fairseq user-dir plugin.
 
-Importing the package (what ``fairseq-* --user-dir`` does) allow-lists the types fairseq
-checkpoints pickle for torch's weights_only loader and registers the plugin's task and
-criterion with fairseq. The math lives in fairseq-free modules (``losses``, ``calibration``,
-``store``) so it can be used and tested on its own.
+Importing the package allow-lists the types fairseq checkpoints pickle for torch's weights_only
+loader. When fairseq is in use (fairseq's ``--user-dir`` loader imports fairseq first, then us)
+it also registers the plugin's task, criterion and models; code that imports us before fairseq
+calls ``register_with_fairseq()``. The math and file formats (``losses``, ``calibration``,
+``store``, ``corpus``) never import fairseq, so they stay light and usable on their own.
 """
+import sys
 
 __version__ = "0.1.0"
 
-from . import safe_loading
+from . import safe_loading  # noqa: E402
 
 safe_loading.allow_fairseq_checkpoints()
 
-# Registration with fairseq's registries happens when these packages are imported.
-from . import criterions, models, tasks  # noqa: E402,F401
+
+def register_with_fairseq() -> None:
+    """Register the task, criterion and models with fairseq's registries (idempotent)."""
+    from . import criterions, models, tasks  # noqa: F401
+
+
+if "fairseq" in sys.modules:
+    register_with_fairseq()

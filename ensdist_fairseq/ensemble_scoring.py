@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 from fairseq import checkpoint_utils, utils
 
+from . import register_with_fairseq
 from .calibration import CalibrationAccumulator
 
 # Called after each batch with (batches done, batches in total, target tokens so far).
@@ -21,6 +22,7 @@ ProgressCallback = Callable[[int, int, int], None]
 
 def load_models(paths: Sequence[str], data_dir: str, cuda: bool = False):
     """(models in eval mode, task) for the checkpoints `paths` on `data_dir`."""
+    register_with_fairseq()  # the checkpoints may name our task or model
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
         list(paths), arg_overrides={"data": data_dir})
     for model in models:

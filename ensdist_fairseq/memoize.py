@@ -50,6 +50,9 @@ class Run:
 
     def __init__(self, cfg: MemoizeConfig, rank: int, world_size: int):
         from fairseq import checkpoint_utils, utils
+        from . import register_with_fairseq
+
+        register_with_fairseq()  # student/teacher checkpoints may name our task or model
 
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         check_ensemble(cfg.paths, cfg.data)
