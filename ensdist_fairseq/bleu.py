@@ -13,6 +13,8 @@ from typing import List, Optional, Sequence
 
 import sacrebleu
 
+from .atomic_files import write_text_atomically
+
 
 @dataclass
 class BleuResult:
@@ -92,8 +94,5 @@ def bleu_of(data_dir: str, paths: Sequence[str], split: str = "test",
             raise ValueError(f"{reference_file}: {len(raw)} references for {len(hyps)} hypotheses")
         refs = raw
     if hypotheses_out is not None:
-        tmp = hypotheses_out + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(hyps) + "\n")
-        os.replace(tmp, hypotheses_out)
+        write_text_atomically(hypotheses_out, "\n".join(hyps) + "\n")
     return corpus_bleu(hyps, refs)

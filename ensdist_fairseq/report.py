@@ -13,6 +13,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from matplotlib.figure import Figure  # a bare Figure renders with Agg, no GUI backend needed
 
+from .atomic_files import atomic_open
+
 KIND_ORDER = ("individual", "ensemble", "student")
 KIND_LABEL = {"individual": "Individual", "ensemble": "Ensemble", "student": "Distilled"}
 REQUIRED_KEYS = ("name", "method", "kind", "num_models", "split", "num_bins", "bleu",
@@ -163,8 +165,7 @@ def write_reliability_diagrams(results: Sequence[dict], out_dir: str) -> List[st
     written = []
     for method, kinds in grouped(results).items():
         path = os.path.join(out_dir, f"reliability_{slug(method)}.png")
-        tmp = path + ".tmp"
-        reliability_figure(method, kinds).savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as f:
+            reliability_figure(method, kinds).savefig(f, format="png", dpi=120)
         written.append(path)
     return written

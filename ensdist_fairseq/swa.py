@@ -18,6 +18,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from .atomic_files import atomic_open
 from .safe_loading import load_checkpoint
 
 def epoch_snapshots(save_dir: str, last_epoch: int, num_epochs: int) -> List[str]:
@@ -71,9 +72,5 @@ def write_swa_checkpoint(snapshot_paths: Sequence[str], output: str) -> None:
     extra = dict(result.get("extra_state") or {})
     extra["swa"] = {"snapshots": [os.path.basename(p) for p in snapshot_paths]}
     result["extra_state"] = extra
-    tmp = output + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_open(output, "wb") as f:
         torch.save(result, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, output)

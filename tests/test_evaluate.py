@@ -86,7 +86,7 @@ def test_ensemble_of_two_matches_independent_computation(tiny_data, tiny_checkpo
                              "--max-tokens", 100], capsys)  # several batches
     assert rc == 0 and "ens2" in out and "ECE-1" in out
     r = json.loads(out_json.read_text())
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*"))
     for key in ("name", "paths", "num_models", "split", "bleu", "bleu_signature", "ece1", "ece5",
                 "brier", "brier_plus", "nll", "accuracy", "num_tokens", "reliability", "kind",
                 "method"):

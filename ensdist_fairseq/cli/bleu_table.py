@@ -13,6 +13,7 @@ import sys
 from typing import List, Optional
 
 from .. import bleu
+from ..atomic_files import write_text_atomically
 from ..checkpoint_checks import check_ensemble
 
 
@@ -33,13 +34,6 @@ def markdown_table(results: dict) -> str:
             f"| individual (mean ± s.e., n={ind['n']}) | 1 | {ind['mean']:.2f} ± {se} |"]
     rows += [f"| ensemble | {e['size']} | {e['bleu']:.2f} |" for e in results["ensembles"]]
     return "\n".join(rows) + f"\n\nsacreBLEU: {results['signature']}\n"
-
-
-def write_atomically(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -82,9 +76,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     results = {"data": args.data, "split": args.split, "signature": members[0]["signature"],
                "members": members, "individual": {"mean": mean, "stderr": se, "n": len(members)},
                "ensembles": ensembles}
-    write_atomically(args.output_json, json.dumps(results, indent=2) + "\n")
+    write_text_atomically(args.output_json, json.dumps(results, indent=2) + "\n")
     table = markdown_table(results)
-    write_atomically(args.output_md, table)
+    write_text_atomically(args.output_md, table)
     print(table)
     return 0
 

@@ -16,7 +16,7 @@ import torch
 from .. import bleu
 from ..calibration import DEFAULT_NUM_BINS, CalibrationAccumulator
 from ..checkpoint_checks import check_ensemble
-from .bleu_table import write_atomically
+from ..atomic_files import write_text_atomically
 
 SCHEMA_VERSION = 1
 KINDS = ("individual", "ensemble", "student")
@@ -104,7 +104,7 @@ def evaluate(args, paths: List[str], cuda: bool) -> dict:
               file=sys.stderr, flush=True)
         b = bleu.bleu_of(args.data, paths, args.split, reference_file=args.reference,
                          beam=args.beam, lenpen=args.lenpen, max_tokens=args.max_tokens,
-                         cpu=not cuda)
+                         cpu=not cuda, extra_args=args.generate_args)
         result.update(bleu=b.bleu, bleu_signature=b.signature)
     return result
 
@@ -120,7 +120,11 @@ def summary_line(r: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    # Options it does not know (e.g. --max-len-a 1.5) are passed on to fairseq-generate.
+    args, args.generate_args = build_parser().parse_known_args(argv)
+    if args.generate_args and not args.bleu:
+        print(f"error: unrecognized arguments: {' '.join(args.generate_args)}", file=sys.stderr)
+        return 2
     problem = flag_error(args)
     paths = [p for p in args.path.split(":") if p]
     try:
@@ -132,7 +136,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {message}", file=sys.stderr)
         return 1
-    write_atomically(args.output_json, json.dumps(result, indent=2) + "\n")
+    write_text_atomically(args.output_json, json.dumps(result, indent=2) + "\n")
     print(summary_line(result))
     return 0
 

@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 from .. import report
-from .bleu_table import write_atomically
+from ..atomic_files import write_text_atomically
 
 
 def load_results(results_dir: str):
@@ -47,7 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         results, sources = load_results(args.results_dir)
         os.makedirs(out, exist_ok=True)
         text = report.report_markdown(results)
-        write_atomically(os.path.join(out, "report.md"), text)
+        write_text_atomically(os.path.join(out, "report.md"), text)
         pngs = report.write_reliability_diagrams(results, out)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
