@@ -95,6 +95,8 @@ def table2_markdown(results: Sequence[dict]) -> str:
                           _fmt(100 * r["ece5"]["unweighted"], 3)) for r in rows]
             for i, (size, b, e1, e5) in enumerate(cells):
                 label = KIND_LABEL[kind] if i == 0 else ""
+                if kind == "student":  # several students of one teacher set: say which is which
+                    label = f"{KIND_LABEL[kind]} ({rows[i]['name']})"
                 lines.append(f"| {method if first else ''} | {label} | {size} | {b} | {e1} | {e5} |")
                 first = False
     return "\n".join(lines) + "\n"

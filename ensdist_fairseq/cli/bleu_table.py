@@ -7,7 +7,6 @@ subsets of larger ones, as in Reich et al.). Writes a JSON results file and a ma
 """
 import argparse
 import json
-import math
 import os
 import sys
 from typing import List, Optional
@@ -15,16 +14,7 @@ from typing import List, Optional
 from .. import bleu
 from ..atomic_files import write_text_atomically
 from ..checkpoint_checks import check_ensemble
-
-
-def mean_and_stderr(values: List[float]):
-    """Mean and standard error (sample standard deviation / sqrt(n)); s.e. is None for n < 2."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
+from ..report import mean_and_stderr
 
 
 def markdown_table(results: dict) -> str:

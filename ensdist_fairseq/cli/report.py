@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 from .. import report
+from ..paper_pattern import pattern_checks, pattern_markdown
 from ..atomic_files import write_text_atomically
 
 
@@ -39,6 +40,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="ensdist-report", description=__doc__)
     ap.add_argument("results_dir", help="directory of ensdist-evaluate --output-json files")
     ap.add_argument("--out", help="output directory (default: RESULTS_DIR)")
+    ap.add_argument("--ce-method", default="CE+SWA",
+                    help="method of the distillation teachers, for the paper-pattern checks")
+    ap.add_argument("--ls-method", default="LS+SWA",
+                    help="method of the label-smoothed comparison ensemble")
     args = ap.parse_args(argv)
     out = args.out or args.results_dir
     try:
@@ -46,7 +51,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ValueError(f"{args.results_dir}: results directory not found")
         results, sources = load_results(args.results_dir)
         os.makedirs(out, exist_ok=True)
-        text = report.report_markdown(results)
+        checks = pattern_checks(results, args.ce_method, args.ls_method)
+        text = (report.report_markdown(results) + "\n## Does the paper's pattern hold here?\n\n"
+                + pattern_markdown(checks))
         write_text_atomically(os.path.join(out, "report.md"), text)
         pngs = report.write_reliability_diagrams(results, out)
     except (ValueError, OSError) as e:
