@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The main job on the built-in corpus (or your own prepared data), in one command:
+# The main job, in one command: the paper's comparison on the built-in corpus (or your data).
 #
-#   bash scripts/demo.sh [--out runs/demo] [--config configs/builtin_cpu.sh] [--data BIN_DIR]
-#                        [--reference RAW_TEST_TARGET] [--members K]
+#   bash scripts/demo.sh [--out runs/demo] [--config configs/builtin_cpu.sh]
+#        [--data BIN_DIR --reference RAW_TEST_TARGET] [--members K] [--topk V']
+#        [--students "mean_kd proxy_dirichlet intra_mean_kd"] [--jobs N] [--max-pairs N]
 #
-# Stages: setup -> prepare the corpus -> K CE+SWA teachers -> BLEU of members and ensembles.
-# Every stage skips work that is already finished, so re-running is cheap and an interrupted run
-# resumes. Results: OUT/results/.
+# Stages: setup -> prepare the corpus -> K CE+SWA and K LS+SWA teachers -> memoize the CE
+# ensemble (top-V') -> distill the students -> evaluate every member, the ensembles of 1..K and
+# every student (BLEU, ECE-1, ECE-5) -> report (table + reliability diagrams) in OUT/results.
+# Every stage skips finished work, so re-running is cheap and an interrupted run resumes.
+# --jobs N runs up to N trainings/evaluations at once (default: the number of CPU cores), each
+# with OMP_NUM_THREADS = cores / N.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/runs/demo" CONFIG="$ROOT/configs/builtin_cpu.sh" DATA="" REFERENCE="" MEMBERS=3
+TOPK_OPT="" STUDENTS="mean_kd proxy_dirichlet intra_mean_kd" JOBS="$(nproc)" MAX_PAIRS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="$2"; shift 2 ;;
@@ -17,9 +22,15 @@ while [ $# -gt 0 ]; do
     --data) DATA="$2"; shift 2 ;;
     --reference) REFERENCE="$2"; shift 2 ;;
     --members) MEMBERS="$2"; shift 2 ;;
+    --topk) TOPK_OPT="$2"; shift 2 ;;
+    --students) STUDENTS="$2"; shift 2 ;;
+    --jobs) JOBS="$2"; shift 2 ;;
+    --max-pairs) MAX_PAIRS=(--max-pairs "$2"); shift 2 ;;  # a small slice of the built-in corpus
     *) echo "error: unknown option $1 (see the header of $0)" >&2; exit 1 ;;
   esac
 done
+[[ "$MEMBERS" =~ ^[1-9][0-9]*$ ]] || { echo "error: --members $MEMBERS: must be a positive integer" >&2; exit 1; }
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "error: --jobs $JOBS: must be a positive integer" >&2; exit 1; }
 STARTED=$(date +%s)
 stage() { echo; echo "=== [demo] $1 ($(( $(date +%s) - STARTED ))s elapsed)"; }
 
@@ -27,28 +38,77 @@ stage "setup: .venv"
 bash "$ROOT/scripts/setup_env.sh"
 source "$ROOT/scripts/lib.sh"
 load_config "$CONFIG"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
+TOPK="${TOPK_OPT:-$TOPK}"
+export OMP_NUM_THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
+
+# run_parallel CMD...: each argument is one shell command; at most $JOBS run at once; fails if any fails.
+run_parallel() {
+  local pids=() failed=0 cmd pid
+  for cmd in "$@"; do
+    bash -c "$cmd" & pids+=($!)
+    if [ "${#pids[@]}" -ge "$JOBS" ]; then wait "${pids[0]}" || failed=1; pids=("${pids[@]:1}"); fi
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  [ "$failed" -eq 0 ] || die "a job of this stage failed (see its message above)"
+}
 
 if [ -z "$DATA" ]; then
   stage "prepare: built-in corpus -> $OUT/data"
-  bash "$ROOT/scripts/prepare_builtin.sh" --config "$CONFIG" --out "$OUT/data"
+  bash "$ROOT/scripts/prepare_builtin.sh" --config "$CONFIG" --out "$OUT/data" "${MAX_PAIRS[@]}"
   DATA="$OUT/data/bin"
   REFERENCE="$OUT/data/raw/test.$TGT"
 fi
 [ -d "$DATA" ] || die "--data $DATA: no such directory"
+[ -z "$REFERENCE" ] || [ -f "$REFERENCE" ] || die "--reference $REFERENCE: no such file"
 
-stage "teachers: $MEMBERS CE+SWA members"
-bash "$ROOT/scripts/train_ensemble.sh" --config "$CONFIG" --data "$DATA" --out "$OUT/teachers" \
-  --mode ce --members "$MEMBERS"
+stage "teachers: $MEMBERS CE+SWA and $MEMBERS LS+SWA members"
+train() { printf 'bash %q --config %q --data %q --out %q --mode %s --members %s' \
+  "$ROOT/scripts/train_ensemble.sh" "$CONFIG" "$DATA" "$OUT/teachers" "$1" "$MEMBERS"; }
+run_parallel "$(train ce)" "$(train ls)"
+members() {  # members MODE [K]: colon-separated SWA checkpoints of seeds 1..K
+  local k
+  for k in $(seq 1 "${2:-$MEMBERS}"); do printf '%s:' "$OUT/teachers/$1/seed$k/checkpoint_swa.pt"; done | sed 's/:$//'
+}
 
-stage "evaluate: BLEU of each member and of the ensembles of 1..$MEMBERS"
-mkdir -p "$OUT/results"
-paths=$(for k in $(seq 1 "$MEMBERS"); do printf '%s:' "$OUT/teachers/ce/seed$k/checkpoint_swa.pt"; done)
-if [ -f "$OUT/results/teachers_bleu.json" ]; then
-  echo "[bleu] $OUT/results/teachers_bleu.json exists, skipping"; cat "$OUT/results/teachers_bleu.md"
-else
-  "${BIN}ensdist-bleu-table" "$DATA" --path "${paths%:}" ${REFERENCE:+--reference "$REFERENCE"} \
-    "${GEN_ARGS[@]}" --output-json "$OUT/results/teachers_bleu.json" \
-    --output-md "$OUT/results/teachers_bleu.md"
-fi
-stage "done: results in $OUT/results"
+STORE="$OUT/store/ce_k${MEMBERS}_v${TOPK}.h5"
+stage "memoize: the CE ensemble of $MEMBERS, V'=$TOPK -> $STORE"
+mkdir -p "$OUT/store"
+if [ -f "$STORE" ]; then echo "[memoize] $STORE exists, skipping"
+else "${BIN}ensdist-memoize" "$DATA" --path "$(members ce)" --topk "$TOPK" --cpu --output "$STORE"; fi
+
+stage "distill: $STUDENTS"
+distill_cmds=()
+for v in $STUDENTS; do
+  distill_cmds+=("$(printf 'bash %q --config %q --data %q --store %q --variant %s --out %q' \
+    "$ROOT/scripts/distill.sh" "$CONFIG" "$DATA" "$STORE" "$v" "$OUT/students")")
+done
+run_parallel "${distill_cmds[@]}"
+
+stage "evaluate: members, ensembles of 1..$MEMBERS and students (BLEU, ECE-1, ECE-5)"
+RES="$OUT/results"
+mkdir -p "$RES"
+evaluate() {  # evaluate NAME METHOD PATHS [ensdist-evaluate options]: a command, skipped if done
+  local name="$1" method="$2" paths="$3"; shift 3
+  [ -f "$RES/$name.json" ] && { echo "echo '[evaluate] $name: done, skipping'"; return; }
+  printf '%q ' "${BIN}ensdist-evaluate" "$DATA" --path "$paths" --name "$name" --method "$method" \
+    --output-json "$RES/$name.json" --cpu ${REFERENCE:+--reference "$REFERENCE"} "$@" "${GEN_ARGS[@]}"
+}
+eval_cmds=()
+for mode in ce ls; do
+  method=$([ "$mode" = ce ] && echo "CE+SWA" || echo "LS+SWA")
+  for k in $(seq 1 "$MEMBERS"); do
+    eval_cmds+=("$(evaluate "$mode-seed$k" "$method" "$OUT/teachers/$mode/seed$k/checkpoint_swa.pt")")
+  done
+  for k in $(seq 2 "$MEMBERS"); do
+    eval_cmds+=("$(evaluate "$mode-ensemble$k" "$method" "$(members "$mode" "$k")" --kind ensemble)")
+  done
+done
+for v in $STUDENTS; do
+  eval_cmds+=("$(evaluate "student-$v" "CE+SWA" "$OUT/students/$v/checkpoint_last.pt" \
+    --kind student --num-teachers "$MEMBERS")")
+done
+run_parallel "${eval_cmds[@]}"
+
+stage "report -> $RES/report.md"
+"${BIN}ensdist-report" "$RES"
+stage "done: results in $RES ($(( $(date +%s) - STARTED ))s in all)"
