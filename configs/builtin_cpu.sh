@@ -5,6 +5,7 @@ TGT=${TGT:-de}
 SPM_VOCAB_SIZE=${SPM_VOCAB_SIZE:-4000}     # joint SentencePiece vocabulary
 
 TEACHER_TASK=${TEACHER_TASK:-translation_distill}  # plain translation (no store) + ECE in validation
+DEVICE_ARGS=(--cpu)   # for ensdist-memoize / ensdist-evaluate
 ARCH_ARGS=(--arch transformer --share-all-embeddings
   --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 128 --decoder-embed-dim 128
   --encoder-ffn-embed-dim 256 --decoder-ffn-embed-dim 256

@@ -5,6 +5,7 @@ TGT=${TGT:-en}
 SPM_VOCAB_SIZE=${SPM_VOCAB_SIZE:-12000}
 
 TEACHER_TASK=${TEACHER_TASK:-translation_distill}  # plain translation (no store) + ECE in validation
+DEVICE_ARGS=()   # for ensdist-memoize / ensdist-evaluate (GPU when present)
 ARCH_ARGS=(--arch transformer_iwslt_de_en --share-all-embeddings)
 TRAIN_ARGS=(--optimizer adam --adam-betas "(0.9,0.98)" --lr 5e-4
   --lr-scheduler inverse_sqrt --warmup-updates 8000 --clip-norm 0.0

@@ -5,6 +5,7 @@ TGT=${TGT:-de}
 SPM_VOCAB_SIZE=${SPM_VOCAB_SIZE:-32000}
 
 TEACHER_TASK=${TEACHER_TASK:-translation_distill}  # plain translation (no store) + ECE in validation
+DEVICE_ARGS=()   # for ensdist-memoize / ensdist-evaluate (GPU when present)
 ARCH_ARGS=(--arch transformer_wmt_en_de --share-all-embeddings)
 TRAIN_ARGS=(--optimizer adam --adam-betas "(0.9,0.98)" --lr 7e-4
   --lr-scheduler inverse_sqrt --warmup-updates 4000 --warmup-init-lr 1e-7 --clip-norm 0.0

@@ -7,23 +7,9 @@ derived metrics ``ece1`` / ``ece5`` are rebuilt from them with ``ece_from_fine_h
 They are logged in percent, like the paper's Table 2, and approximate the exact adaptive ECE
 (see docs/evaluation.md for how closely); ``ensdist-evaluate`` gives the exact values.
 
-Usage in a task (the log-probs of the forward pass the criterion already made, or of one more
-forward under torch.no_grad)::
-
-    from ensdist_fairseq import calibration_logging
-
-    def valid_step(self, sample, model, criterion):
-        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
-        with torch.no_grad():
-            net_output = model(**sample["net_input"])
-            lprobs = model.get_normalized_probs(net_output, log_probs=True)
-        logging_output.update(calibration_logging.calibration_logging_output(
-            lprobs, sample["target"], self.target_dictionary.pad()))
-        return loss, sample_size, logging_output
-
-    def reduce_metrics(self, logging_outputs, criterion):
-        super().reduce_metrics(logging_outputs, criterion)
-        calibration_logging.reduce_calibration_metrics(logging_outputs)
+Used by ``tasks/translation_distill.py``: ``valid_step`` adds
+``calibration_logging_output(lprobs, target, pad)`` to each logging output and ``reduce_metrics``
+calls ``reduce_calibration_metrics(logging_outputs)``; any task can do the same.
 """
 from functools import partial
 from typing import Dict, Sequence

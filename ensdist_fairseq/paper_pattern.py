@@ -44,7 +44,7 @@ def pattern_checks(results: Sequence[dict], ce_method: str = "CE+SWA",
         checks.append((claim, holds, f"ensemble of {ens['num_models']}: BLEU {ens['bleu']:.2f} vs "
                        f"{bleu_avg:.2f}, ECE-1 {_ece1(ens):.3f} vs {ece_avg:.3f}"))
     for s in sorted(_of(results, ce_method, "student"), key=lambda r: r["name"]):
-        claim = f"student {s['name']} better than the members' mean in BLEU and ECE-1"
+        claim = f"{s['name']} better than the members' mean in BLEU and ECE-1"
         if not members or not have_bleu or s["bleu"] is None:
             checks.append((claim, None, "not measured"))
             continue

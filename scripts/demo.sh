@@ -3,7 +3,7 @@
 #
 #   bash scripts/demo.sh [--out runs/demo] [--config configs/builtin_cpu.sh]
 #        [--data BIN_DIR --reference RAW_TEST_TARGET] [--members K] [--topk V']
-#        [--students "mean_kd proxy_dirichlet intra_mean_kd"] [--jobs N] [--max-pairs N]
+#        [--students "intra_mean_kd mean_kd proxy_dirichlet"] [--jobs N] [--max-pairs N]
 #
 # Stages: setup -> prepare the corpus -> K CE+SWA and K LS+SWA teachers -> memoize the CE
 # ensemble (top-V') -> distill the students -> evaluate every member, the ensembles of 1..K and
@@ -14,7 +14,9 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/runs/demo" CONFIG="$ROOT/configs/builtin_cpu.sh" DATA="" REFERENCE="" MEMBERS=3
-TOPK_OPT="" STUDENTS="mean_kd proxy_dirichlet intra_mean_kd" JOBS="$(nproc)" MAX_PAIRS=()
+# Students are launched in this order: the longest (intra-distillation, K passes) first, so the
+# shorter ones share the other slots.
+TOPK_OPT="" STUDENTS="intra_mean_kd mean_kd proxy_dirichlet" JOBS="$(nproc)" MAX_PAIRS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="$2"; shift 2 ;;
@@ -71,16 +73,20 @@ members() {  # members MODE [K]: colon-separated SWA checkpoints of seeds 1..K
 }
 
 STORE="$OUT/store/ce_k${MEMBERS}_v${TOPK}.h5"
+STUDENTS_DIR="$OUT/students/ce_k${MEMBERS}_v${TOPK}"  # one set of students per teacher store
 stage "memoize: the CE ensemble of $MEMBERS, V'=$TOPK -> $STORE"
 mkdir -p "$OUT/store"
 if [ -f "$STORE" ]; then echo "[memoize] $STORE exists, skipping"
-else "${BIN}ensdist-memoize" "$DATA" --path "$(members ce)" --topk "$TOPK" --cpu --output "$STORE"; fi
+else  # one process: give it every core
+  OMP_NUM_THREADS="$(nproc)" "${BIN}ensdist-memoize" "$DATA" --path "$(members ce)" --topk "$TOPK" \
+    "${DEVICE_ARGS[@]}" --output "$STORE"
+fi
 
 stage "distill: $STUDENTS"
 distill_cmds=()
 for v in $STUDENTS; do
   distill_cmds+=("$(printf 'bash %q --config %q --data %q --store %q --variant %s --out %q' \
-    "$ROOT/scripts/distill.sh" "$CONFIG" "$DATA" "$STORE" "$v" "$OUT/students")")
+    "$ROOT/scripts/distill.sh" "$CONFIG" "$DATA" "$STORE" "$v" "$STUDENTS_DIR")")
 done
 run_parallel "${distill_cmds[@]}"
 
@@ -91,7 +97,7 @@ evaluate() {  # evaluate NAME METHOD PATHS [ensdist-evaluate options]: a command
   local name="$1" method="$2" paths="$3"; shift 3
   [ -f "$RES/$name.json" ] && { echo "echo '[evaluate] $name: done, skipping'"; return; }
   printf '%q ' "${BIN}ensdist-evaluate" "$DATA" --path "$paths" --name "$name" --method "$method" \
-    --output-json "$RES/$name.json" --cpu ${REFERENCE:+--reference "$REFERENCE"} "$@" "${GEN_ARGS[@]}"
+    --output-json "$RES/$name.json" "${DEVICE_ARGS[@]}" ${REFERENCE:+--reference "$REFERENCE"} "$@" "${GEN_ARGS[@]}"
 }
 eval_cmds=()
 for mode in ce ls; do
@@ -104,7 +110,7 @@ for mode in ce ls; do
   done
 done
 for v in $STUDENTS; do
-  eval_cmds+=("$(evaluate "student-$v" "CE+SWA" "$OUT/students/$v/checkpoint_last.pt" \
+  eval_cmds+=("$(evaluate "student-$v-k$MEMBERS-v$TOPK" "CE+SWA" "$STUDENTS_DIR/$v/checkpoint_last.pt" \
     --kind student --num-teachers "$MEMBERS")")
 done
 run_parallel "${eval_cmds[@]}"
