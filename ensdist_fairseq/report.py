@@ -153,7 +153,8 @@ def reliability_figure(method: str, kinds: Dict[str, List[dict]]) -> Figure:
                 b = r["reliability"][which]
                 shade = 0.4 + 0.6 * (j + 1) / len(rows)  # larger ensembles drawn more opaque
                 ax.plot(b["confidence"], b["accuracy"], "s-", color=colours[kind], alpha=shade,
-                        markersize=4, linewidth=1.5, label=f"{KIND_LABEL[kind].lower()} {_size(r)}")
+                        markersize=4, linewidth=1.5, label=(r["name"] if kind == "student"
+                               else f"{KIND_LABEL[kind].lower()} {_size(r)}"))
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (bin mean)",
                ylabel="accuracy (bin)", title=f"{method}: {title}")
         ax.set_aspect("equal")
