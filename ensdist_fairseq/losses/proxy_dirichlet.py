@@ -15,9 +15,7 @@ The closed form
     dKL/dz_v = (alpha_v - 1) * [(alpha_v - beta_v) psi'(alpha_v) - (alpha_0 - beta_0) psi'(alpha_0)]
 has the same rounding but is divided by beta0_hat, which is of the order of alpha_0 for a student
 that is anywhere near its target, so float32 is enough; half/bfloat16 logits are promoted to float32,
-float64 logits stay float64. It also needs one trigamma instead of autograd's saved intermediates. ψ and ψ′ over the vocabulary
-come from special_functions (vectorized series, α ≥ 1) in float32: torch's CPU kernels for them
-are scalar loops and cost more than the rest of the loss.
+float64 logits stay float64. It also needs one trigamma instead of autograd's saved intermediates.
 Logits above the largest value whose alpha_0 * log(alpha_0) is still finite in the compute dtype are
 clamped for the forward pass, with the gradient passed straight through so the loss can pull them
 back (a zero gradient would freeze them).
@@ -26,8 +24,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
-from .special_functions import digamma_ge1, trigamma_ge1
 
 
 def dirichlet_log_predictive(logits):
@@ -72,7 +68,7 @@ class _ProxyDirichletRKL(torch.autograd.Function):
         beta0 = beta_top.sum(-1) + n_rest * beta_rest
         log_norm_beta = torch.lgamma(beta_top).sum(-1) + n_rest * torch.lgamma(beta_rest) - torch.lgamma(beta0)
 
-        digamma = digamma_ge1(alpha) if dtype == torch.float32 else torch.digamma(alpha)
+        digamma = torch.digamma(alpha)
         # sum_v (alpha_v - beta_v) psi(alpha_v), with beta = beta_rest except on the stored events.
         cross = (
             (alpha * digamma).sum(-1)
@@ -93,7 +89,7 @@ class _ProxyDirichletRKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         alpha, alpha0, beta_top, beta_rest, beta0, indices, precision = ctx.saved_tensors
-        trigamma = trigamma_ge1(alpha) if alpha.dtype == torch.float32 else torch.polygamma(1, alpha)
+        trigamma = torch.polygamma(1, alpha)
         # (alpha_v - beta_v) psi'(alpha_v) with beta = beta_rest, then corrected on the stored events.
         bracket = (alpha - beta_rest.unsqueeze(-1)) * trigamma
         bracket.scatter_add_(-1, indices, (beta_rest.unsqueeze(-1) - beta_top) * trigamma.gather(-1, indices))
