@@ -47,16 +47,13 @@ case "$VARIANT" in
   *) die "--variant ${VARIANT:-(none)}: must be mean_kd, proxy_dirichlet or intra_mean_kd" ;;
 esac
 
-if [ -n "${LAUNCHER:-}" ]; then read -r -a TRAIN <<< "$LAUNCHER -m fairseq_cli.train"
-else TRAIN=("${BIN}fairseq-train"); fi
-
 dir="$OUT/$VARIANT"
 if [ -f "$dir/done" ]; then
   echo "[distill] $VARIANT: done ($dir/checkpoint_last.pt), skipping"; exit 0
 fi
 mkdir -p "$dir"
 echo "[distill] $VARIANT: $STUDENT_MAX_UPDATE updates from $STORE -> $dir"
-"${TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task translation_distill --teacher-store "$STORE" \
+"${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task translation_distill --teacher-store "$STORE" \
   --teacher-topk "$TOPK" "${ARCH[@]}" "${TRAIN_ARGS[@]}" "${KD[@]}" --seed 1 \
   --max-update "$STUDENT_MAX_UPDATE" --save-dir "$dir" --no-epoch-checkpoints \
   --log-format simple "${EXTRA[@]}" > "$dir/train.log" 2>&1 \

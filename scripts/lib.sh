@@ -7,6 +7,10 @@ else
   PYTHON="$(command -v python3)"; BIN=""
 fi
 PLUGIN_DIR="$ROOT/ensdist_fairseq"
+# fairseq-train as the recipes run it: the venv's console script, or through a launcher for
+# several machines, e.g. LAUNCHER="torchrun --nnodes 2 --nproc_per_node 8 ..." (docs/teachers.md).
+if [ -n "${LAUNCHER:-}" ]; then read -r -a FAIRSEQ_TRAIN <<< "$LAUNCHER -m fairseq_cli.train"
+else FAIRSEQ_TRAIN=("${BIN}fairseq-train"); fi
 
 die() { echo "error: $*" >&2; exit 1; }
 

@@ -25,7 +25,7 @@ name=$([ "$PASSES" = 1 ] && echo baseline || echo "intra_k$PASSES")
 dir="$OUT/$name"
 mkdir -p "$dir"
 echo "[intra] $name: $STUDENT_MAX_UPDATE updates -> $dir"
-"${BIN}fairseq-train" "$DATA" --user-dir "$PLUGIN_DIR" --task "$TEACHER_TASK" \
+"${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task "$TEACHER_TASK" \
   "${ARCH_ARGS[@]}" "${TRAIN_ARGS[@]}" --criterion token_kd --kd-loss none \
   --label-smoothing "$LS_EPSILON" --intra-passes "$PASSES" --intra-alpha "$INTRA_ALPHA" \
   --intra-p "$INTRA_P" --intra-q "$INTRA_Q" --max-update "$STUDENT_MAX_UPDATE" --seed 1 \

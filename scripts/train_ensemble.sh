@@ -38,9 +38,6 @@ case "$MODE" in
 esac
 [[ "$MEMBERS" =~ ^[1-9][0-9]*$ ]] || die "--members $MEMBERS: must be a positive integer"
 
-if [ -n "${LAUNCHER:-}" ]; then read -r -a TRAIN <<< "$LAUNCHER -m fairseq_cli.train"
-else TRAIN=("${BIN}fairseq-train"); fi
-
 for k in $(seq 1 "$MEMBERS"); do
   dir="$OUT/$MODE/seed$k"
   if [ -f "$dir/checkpoint_swa.pt" ]; then
@@ -50,7 +47,7 @@ for k in $(seq 1 "$MEMBERS"); do
   mkdir -p "$dir"
   echo "[teachers] $MODE member $k/$MEMBERS: training seed $k, $MAX_EPOCH epochs -> $dir"
   # --keep-last-epochs keeps exactly the epoch checkpoints SWA averages (the tail of the run).
-  "${TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task "$TEACHER_TASK" \
+  "${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task "$TEACHER_TASK" \
     "${ARCH_ARGS[@]}" "${TRAIN_ARGS[@]}" \
     --criterion label_smoothed_cross_entropy --label-smoothing "$EPS" \
     --seed "$k" --max-epoch "$MAX_EPOCH" --save-dir "$dir" --keep-last-epochs "$SWA_EPOCHS" \
