@@ -43,14 +43,16 @@ load_config "$CONFIG"
 TOPK="${TOPK_OPT:-$TOPK}"
 export OMP_NUM_THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
 
-# run_parallel CMD...: each argument is one shell command; at most $JOBS run at once; fails if any fails.
+# run_parallel CMD...: each argument is one shell command; at most $JOBS run at once, a new one
+# starting as soon as any finishes (wait -n); fails if any fails.
 run_parallel() {
-  local pids=() failed=0 cmd pid
+  local running=0 failed=0 cmd
   for cmd in "$@"; do
-    bash -c "$cmd" & pids+=($!)
-    if [ "${#pids[@]}" -ge "$JOBS" ]; then wait "${pids[0]}" || failed=1; pids=("${pids[@]:1}"); fi
+    bash -c "$cmd" &
+    running=$((running + 1))
+    if [ "$running" -ge "$JOBS" ]; then wait -n || failed=1; running=$((running - 1)); fi
   done
-  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  while [ "$running" -gt 0 ]; do wait -n || failed=1; running=$((running - 1)); done
   [ "$failed" -eq 0 ] || die "a job of this stage failed (see its message above)"
 }
 
