@@ -1,0 +1,108 @@
+"""The one teacher-forced pass over a data split (fairseq glue), shared by every reader of models.
+
+    checkpoints --load_models--> models --plan_batches--> id batches --samples--> fairseq samples
+    sample --member_log_probs--> each member's ln p_k (B, T, V) --ensemble_log_probs--> ln((1/K) Σ p_k)
+
+`ensdist-memoize` (the ensemble's top-V' and precision, from the members one at a time),
+`ensdist-evaluate` (calibration of the ensemble mean) and the uncertainty measures (each member
+on the model's own hypotheses) all go through these functions, so batching, device placement,
+eval mode and the ensemble's mean are decided here once.
+
+Batching: sentences sorted by length (stable), then fairseq's batch_by_size with
+required_batch_size_multiple=1 (fairseq 0.12 drops a last batch that is not a multiple of it),
+then a check that every requested sentence is in exactly one batch.
+"""
+import math
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+
+def load_models(paths: Sequence[str], data_dir: str, device: torch.device = torch.device("cpu")):
+    """(models in eval mode on `device`, task) for the checkpoints `paths` on `data_dir`."""
+    from fairseq import checkpoint_utils
+
+    from . import register_with_fairseq
+
+    register_with_fairseq()  # the checkpoints may name our task or model
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        list(paths), arg_overrides={"data": data_dir})
+    # eval(): dropout off, the test-time predictive distribution
+    return [m.to(device).eval() for m in models], task
+
+
+def max_positions(task, models):
+    """(source, target) positions every model and the task accept (None = unbounded)."""
+    from fairseq import utils
+
+    limit = utils.resolve_max_positions(task.max_positions(), *[m.max_positions() for m in models])
+    return limit if isinstance(limit, tuple) else (limit, limit)
+
+
+def check_sizes(dataset, positions, max_tokens: Optional[int], where: str) -> None:
+    """ValueError naming the first sentence that no batch could hold or no model could read."""
+    n = len(dataset)
+    if n == 0:
+        return
+    num_tokens = dataset.num_tokens_vec(np.arange(n))
+    if max_tokens is not None and num_tokens.max() > max_tokens:
+        i = int(num_tokens.argmax())
+        raise ValueError(f"--max-tokens {max_tokens}: sentence {i} of {where} has {num_tokens[i]} tokens")
+    for sizes, limit, side in ((dataset.src_sizes, positions[0], "source"),
+                               (dataset.tgt_sizes, positions[1], "target")):
+        if sizes is not None and limit is not None and sizes.max() > limit:
+            i = int(sizes.argmax())
+            raise ValueError(f"{where}: {side} of sentence {i} has {sizes[i]} tokens, "
+                             f"more than the models' {limit} positions")
+
+
+def plan_batches(dataset, ids: Optional[np.ndarray] = None, max_tokens: Optional[int] = None,
+                 batch_size: Optional[int] = None) -> List[np.ndarray]:
+    """Batches (arrays of dataset indices) covering `ids` (default: every sentence) exactly once."""
+    from fairseq.data import data_utils
+
+    ids = np.arange(len(dataset), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+    if len(ids) == 0:
+        return []
+    num_tokens = dataset.num_tokens_vec(ids).astype(np.int64)  # the Cython batcher wants int64
+    order = np.argsort(num_tokens, kind="mergesort")  # similar lengths together: little padding
+    batches = data_utils.batch_by_size(
+        ids[order], dataset.num_tokens, num_tokens_vec=num_tokens[order], max_tokens=max_tokens,
+        max_sentences=batch_size, required_batch_size_multiple=1)
+    covered = np.sort(np.concatenate(batches)) if batches else np.array([], dtype=np.int64)
+    if not np.array_equal(covered, np.sort(ids)):
+        raise RuntimeError(f"batching covered {len(covered)} of {len(ids)} sentences")
+    return batches
+
+
+def samples(dataset, batches: Sequence[np.ndarray], device: torch.device) -> Iterator[dict]:
+    """The collated fairseq sample of each batch, on `device`."""
+    from fairseq import utils
+
+    for batch in batches:
+        sample = dataset.collater([dataset[int(i)] for i in batch])
+        if device.type == "cuda":
+            sample = utils.move_to_cuda(sample, device=device)
+        yield sample
+
+
+def member_log_probs(models: Sequence[torch.nn.Module], net_input: dict) -> Iterator[torch.Tensor]:
+    """Each member's ln p_k over the vocabulary, (B, T, V) float32, one at a time (memory of one).
+
+    model.get_normalized_probs is the model's own predictive distribution (a Dirichlet student's
+    choice included), so every consumer scores what fairseq-generate decodes with."""
+    for model in models:
+        yield model.get_normalized_probs(model(**net_input), log_probs=True).float()
+
+
+def ensemble_log_probs(models: Sequence[torch.nn.Module], net_input: dict) -> torch.Tensor:
+    """ln((1/K) Σ_k p_k), (B, T, V) float32: the mean of the members' probabilities (Reich et al.
+    2020 §3), in log space; not a mean of logits or of log-probabilities."""
+    total = None
+    for lp in member_log_probs(models, net_input):
+        # Running logaddexp: memory of one member's output, whatever K is.
+        total = lp if total is None else torch.logaddexp(total, lp, out=total)
+    if len(models) > 1:
+        total.sub_(math.log(len(models)))  # in place: no second (tokens × V) buffer
+    return total
