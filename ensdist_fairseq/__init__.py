@@ -16,8 +16,13 @@ safe_loading.allow_fairseq_checkpoints()
 
 
 def register_with_fairseq() -> None:
-    """Register the task, criterion and models with fairseq's registries (idempotent)."""
-    from . import criterions, models, tasks  # noqa: F401
+    """Register the task, criterion and models with fairseq's registries (idempotent).
+
+    Also makes an EnsdistError raised inside fairseq's commands print one ``error:`` line
+    instead of a traceback (errors.install_excepthook; other exceptions are untouched)."""
+    from . import criterions, errors, models, tasks  # noqa: F401
+
+    errors.install_excepthook()
 
 
 if "fairseq" in sys.modules:

@@ -18,7 +18,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 import ensdist_fairseq
 import ensdist_fairseq.tasks.translation_distill  # noqa: F401  (registers the task)
 from ensdist_fairseq.store import format as store_format
-from ensdist_fairseq.store.provenance import Provenance
+from ensdist_fairseq.store.provenance import Provenance, StoreError
 
 BIN = os.path.dirname(sys.executable)
 TOPK = 8
@@ -113,7 +113,7 @@ def test_valid_split_and_no_store_are_plain_translation(coded_store, tiny_data):
 def test_mismatching_store_is_refused(override, message, tiny_data, tmp_path):
     store = write_coded_store(str(tmp_path / "bad.h5"), tiny_data, **override)
     task = make_task(tiny_data, "--teacher-store", store)
-    with pytest.raises(SystemExit, match="^error: .*" + message):
+    with pytest.raises(StoreError, match=message):
         task.load_dataset("train")
 
 
@@ -122,16 +122,16 @@ def test_wrong_sentence_lengths_are_refused(tiny_data, tmp_path):
     lengths = [len(t) for t in tgt]
     lengths[5] += 1
     store = write_coded_store(str(tmp_path / "len.h5"), tiny_data, lengths=lengths)
-    with pytest.raises(SystemExit, match=f"sentence 5 has {lengths[5]} rows, its target has {lengths[5] - 1} tokens"):
+    with pytest.raises(StoreError, match=f"sentence 5 has {lengths[5]} rows, its target has {lengths[5] - 1} tokens"):
         make_task(tiny_data, "--teacher-store", store).load_dataset("train")
 
 
 def test_topk_larger_than_stored_and_broken_files_are_refused(coded_store, tiny_data, tmp_path):
-    with pytest.raises(SystemExit, match=r"error: --teacher-topk 9: .* holds V'=8"):
+    with pytest.raises(StoreError, match=r"--teacher-topk 9: .* holds V'=8"):
         make_task(tiny_data, "--teacher-store", coded_store, "--teacher-topk", "9").load_dataset("train")
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(open(coded_store, "rb").read()[:-100])
-    with pytest.raises(SystemExit, match="error: .*truncated.h5"):
+    with pytest.raises(StoreError, match="truncated.h5"):
         make_task(tiny_data, "--teacher-store", str(truncated)).load_dataset("train")
 
 

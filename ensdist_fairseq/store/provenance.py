@@ -9,10 +9,12 @@ from typing import Iterable, Optional, Tuple
 
 import numpy as np
 
+from ..errors import EnsdistError
+
 FORMAT_VERSION = 1
 
 
-class StoreError(ValueError):
+class StoreError(EnsdistError):
     """A teacher store is unreadable, corrupt, or does not belong to the data it is used with.
     The message is one line and starts with the file it is about."""
 

@@ -69,7 +69,7 @@ class TranslationDistillTask(TranslationTask):
         # The store is opened only with the training split: a student checkpoint keeps this
         # task's config, and generating with it must not need the store.
         if self.cfg.teacher_store and split == self.cfg.train_subset:
-            self.datasets[split] = _refuse_on_error(lambda: self._wrap(self.datasets[split]))
+            self.datasets[split] = self._wrap(self.datasets[split])
 
     def _wrap(self, dataset) -> TeacherStoreDataset:
         reader, path = self._open_store(), self.cfg.teacher_store
@@ -104,11 +104,3 @@ class TranslationDistillTask(TranslationTask):
         super().reduce_metrics(logging_outputs, criterion)
         calibration_logging.reduce_calibration_metrics(logging_outputs)
 
-
-def _refuse_on_error(make):
-    """fairseq-train shows exceptions as tracebacks; a store that does not fit the data is bad
-    input, reported as one line and a non-zero exit."""
-    try:
-        return make()
-    except StoreError as e:
-        raise SystemExit(f"error: {e}") from None

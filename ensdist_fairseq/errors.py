@@ -1,0 +1,67 @@
+"""The package's one error type, and how it reaches a user of fairseq's own commands (pure Python).
+
+An EnsdistError is bad input: its message is one line that starts with the file or the flag it
+is about. Our CLIs print it as ``error: <message>`` and exit 1. Inside fairseq-train,
+fairseq-generate and fairseq-validate the plugin cannot wrap fairseq's main(), so registering
+the plugin installs a sys.excepthook that prints an EnsdistError the same way; every other
+exception keeps the previous hook (a traceback: those are bugs, not bad input).
+
+An EnsdistError raised in a torch DataLoader worker reaches the main process re-created by
+torch as ``type(e)("Caught X in DataLoader worker process N.\\nOriginal Traceback ...")``;
+`one_line` recovers the original message from that text.
+"""
+import sys
+
+_WORKER_PREFIX = "Caught "
+
+
+class EnsdistError(ValueError):
+    """Bad input: a one-line message starting with the file or flag it is about."""
+
+
+def one_line(e: BaseException) -> str:
+    """The user-facing line of an EnsdistError (also when re-raised from a DataLoader worker)."""
+    text = str(e).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and text.startswith(_WORKER_PREFIX) and "Original Traceback" in text:
+        last = lines[-1]  # "<module>.<Class>: <original message>"
+        name = type(e).__name__ + ": "
+        i = last.find(name)
+        return last[i + len(name):] if i >= 0 else last
+    return lines[0] if lines else type(e).__name__
+
+
+def report(e: BaseException, file=None) -> None:
+    print(f"error: {one_line(e)}", file=file or sys.stderr, flush=True)
+
+
+def _hook(previous):
+    def excepthook(exc_type, exc, tb):
+        if isinstance(exc, EnsdistError):
+            report(exc)
+            return  # the interpreter then exits with status 1
+        previous(exc_type, exc, tb)
+
+    excepthook.ensdist = True
+    return excepthook
+
+
+def install_excepthook() -> None:
+    """Make an uncaught EnsdistError print one ``error:`` line (idempotent)."""
+    if not getattr(sys.excepthook, "ensdist", False):
+        sys.excepthook = _hook(sys.excepthook)
+
+
+def exit_on_error(main):
+    """Decorator for our console scripts: EnsdistError -> ``error: ...`` and exit status 1."""
+    import functools
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except EnsdistError as e:
+            report(e)
+            sys.exit(1)
+
+    return wrapped
