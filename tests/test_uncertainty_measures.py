@@ -1,0 +1,166 @@
+"""Token and sequence uncertainty measures against independent computation (float64 references,
+brute force over member pairs, Monte Carlo from torch.distributions.Dirichlet)."""
+import math
+
+import pytest
+import torch
+
+from ensdist_fairseq.uncertainty import measures as M
+from ensdist_fairseq.uncertainty import sequence as S
+
+
+def brute_force_ensemble(lp):
+    """Every ensemble measure by definition, in float64, with explicit loops over members."""
+    lp = lp.double()
+    K = lp.size(0)
+    p = lp.exp()
+    mean = p.mean(0)
+    H = lambda q: -(q * q.log()).sum(-1)  # noqa: E731
+    KL = lambda a, b: (a * (a.log() - b.log())).sum(-1)  # noqa: E731
+    total = H(mean)
+    data = sum(H(p[k]) for k in range(K)) / K
+    mi = sum(KL(p[k], mean) for k in range(K)) / K
+    rmi = sum(KL(mean, p[k]) for k in range(K)) / K
+    epkl = sum(KL(p[k], p[j]) for k in range(K) for j in range(K)) / K ** 2
+    return {"total": total, "data": data, "mi": mi, "rmi": rmi, "epkl": epkl}
+
+
+def random_members(K=4, shape=(3, 5), V=7, scale=2.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(scale * torch.randn(K, *shape, V, generator=g, dtype=torch.float64), -1)
+
+
+def test_ensemble_measures_match_brute_force_and_identities():
+    lp = random_members()
+    got = M.ensemble_measures(lp)
+    ref = brute_force_ensemble(lp)
+    for name in M.ENSEMBLE_MEASURES:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got["mi"], got["total"] - got["data"], rtol=1e-10, atol=1e-12)
+    # EPKL = MI + RMI holds for the brute-force pairwise definition, not only by construction
+    torch.testing.assert_close(ref["epkl"], ref["mi"] + ref["rmi"], rtol=1e-10, atol=1e-12)
+
+
+def test_ensemble_measures_float32_close_to_float64():
+    lp = random_members(seed=1)
+    got32 = M.ensemble_measures(lp.float())
+    ref = brute_force_ensemble(lp)
+    for name in M.ENSEMBLE_MEASURES:
+        assert got32[name].dtype == torch.float32
+        torch.testing.assert_close(got32[name].double(), ref[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_knowledge_is_never_negative_for_near_identical_members(dtype):
+    g = torch.Generator().manual_seed(2)
+    base = 5 * torch.randn(64, 4000, generator=g, dtype=torch.float64)
+    for eps in (0.0, 1e-9, 1e-7, 1e-5, 1e-3):
+        noise = eps * torch.randn(3, 64, 4000, generator=g, dtype=torch.float64)
+        lp = torch.log_softmax(base + noise, -1).to(dtype)
+        got = M.ensemble_measures(lp)
+        for name in M.KNOWLEDGE_MEASURES:
+            assert (got[name] >= 0).all(), (name, eps, got[name].min())
+        if eps == 0.0:  # identical members: only the rounding of logsumexp − ln K is left
+            for name in M.KNOWLEDGE_MEASURES:
+                assert (got[name] < 1e-5).all()
+
+
+def test_naive_difference_would_go_negative_in_float32():
+    """Why measures.py avoids total − data: the naive form is negative here, ours is not."""
+    g = torch.Generator().manual_seed(3)
+    base = 5 * torch.randn(256, 4000, generator=g)
+    lp = torch.log_softmax(base.unsqueeze(0) + 1e-6 * torch.randn(3, 256, 4000, generator=g), -1)
+    got = M.ensemble_measures(lp)
+    naive = got["total"] - got["data"]
+    assert (naive < 0).any()
+    assert (got["mi"] >= 0).all()
+
+
+def test_single_member_has_no_knowledge_uncertainty():
+    lp = random_members(K=1)
+    got = M.ensemble_measures(lp)
+    assert torch.equal(got["mi"], torch.zeros_like(got["mi"]))
+    torch.testing.assert_close(M.single_measures(lp[0])["total"], got["total"])
+
+
+def mc_dirichlet(alpha, n=400_000, seed=0):
+    """Monte Carlo estimates of every Dirichlet measure from samples π ~ Dir(α) (float64)."""
+    torch.manual_seed(seed)
+    pi = torch.distributions.Dirichlet(alpha).sample((n,)).clamp(min=1e-300)
+    log_pi = pi.log()
+    mean = alpha / alpha.sum()
+    total = -(mean * mean.log()).sum()
+    data = -(pi * log_pi).sum(-1).mean()
+    e_log_pi = log_pi.mean(0)
+    rmi = (mean * (mean.log() - e_log_pi)).sum()  # E_π KL(P̄ ‖ π)
+    # EPKL from independent pairs: E_{π,π'} KL(π ‖ π') = E Σ π ln π − Σ E[π] E[ln π']
+    epkl = (pi * log_pi).sum(-1).mean() - (pi.mean(0) * e_log_pi).sum()
+    mi = (pi * (log_pi - mean.log())).sum(-1).mean()  # E_π KL(π ‖ P̄)
+    return {"total": total, "data": data, "mi": mi, "rmi": rmi, "epkl": epkl}, n
+
+
+@pytest.mark.parametrize("logits", [[0.5, -1.0, 2.0, 0.0, 1.0], [3.0, -2.0, -2.0, 1.0]])
+def test_dirichlet_closed_forms_match_monte_carlo(logits):
+    z = torch.tensor(logits, dtype=torch.float64)
+    alpha = z.exp() + 1
+    got = M.dirichlet_measures(z)
+    mc, n = mc_dirichlet(alpha)
+    for name in M.DIRICHLET_MEASURES:
+        # MC error ~ sd / sqrt(n); these quantities have sd < 1, so 5e-3 is > 3 standard errors
+        assert abs(float(got[name]) - float(mc[name])) < 5e-3, (name, float(got[name]), float(mc[name]))
+
+
+def test_dirichlet_identities_and_non_negativity():
+    g = torch.Generator().manual_seed(4)
+    # from flat (alpha ~ 1) to very confident students (alpha_0 ~ 1e13)
+    z = torch.cat([0.1 * torch.randn(8, 4000, generator=g), 30 * torch.rand(8, 4000, generator=g) - 20])
+    z[:, 0] += torch.linspace(0, 30, 16)
+    for dtype in (torch.float32, torch.float64):
+        got = M.dirichlet_measures(z.to(dtype))
+        alpha0 = (z.double().exp() + 1).sum(-1)
+        torch.testing.assert_close(got["epkl"], (4000 - 1) / alpha0, rtol=1e-9, atol=0)
+        torch.testing.assert_close(got["mi"] + got["rmi"], got["epkl"], rtol=1e-6, atol=1e-15)
+        for name in M.KNOWLEDGE_MEASURES:
+            assert (got[name] >= 0).all(), name
+        assert (got["data"] > 0).all()
+
+
+def test_dirichlet_digamma_forms_match_the_textbook_expressions():
+    """data and rmi written with ψ directly (float64, moderate α where nothing cancels)."""
+    z = torch.tensor([[0.3, -0.7, 1.5, 2.2, -3.0, 0.0]], dtype=torch.float64)
+    alpha = z.exp() + 1
+    a0 = alpha.sum(-1, keepdim=True)
+    mean = alpha / a0
+    data = -(mean * (torch.digamma(alpha + 1) - torch.digamma(a0 + 1))).sum(-1)
+    rmi = (mean * mean.log()).sum(-1) - (mean * (torch.digamma(alpha) - torch.digamma(a0))).sum(-1)
+    got = M.dirichlet_measures(z)
+    torch.testing.assert_close(got["data"], data, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got["rmi"], rmi, rtol=1e-12, atol=1e-12)
+
+
+def test_phi_chi_asymptotic_branch_is_continuous():
+    x = torch.tensor([9.999999, 10.0, 10.000001, 50.0], dtype=torch.float64)
+    exact_phi = torch.digamma(x + 1) - x.log()
+    torch.testing.assert_close(M._phi(x), exact_phi, rtol=1e-9, atol=0)
+    torch.testing.assert_close(M._chi(x), x.log() - torch.digamma(x), rtol=1e-9, atol=0)
+
+
+def test_sequence_estimator_by_hand():
+    # two hypotheses: lengths 3 and 2, log-probs ln 0.3 and ln 0.1
+    tok = {"total": torch.tensor([[1.0, 2.0, 3.0], [4.0, 6.0, 100.0]])}
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    lp = torch.tensor([math.log(0.3), math.log(0.1)])
+    got = S.sequence_measures(tok, mask, lp)
+    w = torch.tensor([0.75, 0.25])
+    assert got["total"] == pytest.approx(float(w[0] * 2.0 + w[1] * 5.0))
+    # T -> large: uniform average over the beam
+    assert S.sequence_measures(tok, mask, lp, temperature=1e9)["total"] == pytest.approx(3.5)
+
+
+def test_hypothesis_log_probs_sum_the_picked_tokens():
+    lp = torch.log_softmax(torch.randn(2, 3, 5, dtype=torch.float64), -1)
+    tokens = torch.tensor([[1, 2, 0], [4, 4, 3]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    got = S.hypothesis_log_probs(lp, tokens, mask)
+    ref = torch.tensor([lp[0, 0, 1] + lp[0, 1, 2], lp[1, 0, 4] + lp[1, 1, 4] + lp[1, 2, 3]])
+    torch.testing.assert_close(got, ref)
