@@ -1,7 +1,7 @@
 """--task translation_distill: teacher entries aligned to fairseq's batches; provenance refused.
 
 The stores here are synthetic and encode what they belong to: row t of sentence i has index
-column 0 = the t-th target token, column 1 = i mod V, and precision i + t/8. A batch is aligned
+column 0 = the t-th target token, column 1 = i mod V, and precision i + 1 + t/8. A batch is aligned
 when those codes match the batch's own target and ids."""
 import hashlib
 import os
@@ -56,7 +56,7 @@ def write_coded_store(path, data, **override):
         indices[:, 0] = tgt[i][:n] if n <= len(tgt[i]) else np.resize(tgt[i], n)
         indices[:, 1] = i % vocab_size
         probs = np.tile(np.arange(TOPK, 0, -1) / 64, (n, 1))
-        writer.write_sentence(i, indices, probs, i + np.arange(n) / 8)
+        writer.write_sentence(i, indices, probs, i + 1 + np.arange(n) / 8)
     writer.close()
     return path
 
@@ -84,7 +84,7 @@ def test_entries_follow_shuffled_padded_batches(coded_store, tiny_data, extra, n
         assert torch.equal(teacher["indices"][..., 0][mask], target[mask])
         for b, sid in enumerate(batch["id"].tolist()):
             assert torch.all(teacher["indices"][b, mask[b], 1] == sid % vocab)
-            expected = sid + torch.arange(int(mask[b].sum())) / 8
+            expected = sid + 1 + torch.arange(int(mask[b].sum())) / 8
             torch.testing.assert_close(teacher["precision"][b, mask[b]], expected)
         torch.testing.assert_close(teacher["probs"][mask], torch.tensor([8, 7, 6, 5.]).div(64).expand(int(mask.sum()), 4))
         assert not teacher["probs"][~mask].any() and not teacher["precision"][~mask].any()
@@ -104,9 +104,10 @@ def test_valid_split_and_no_store_are_plain_translation(coded_store, tiny_data):
 
 
 @pytest.mark.parametrize("override, message", [
-    (dict(dictionary_sha256="1" * 64), "made with another dictionary than .*dict.de.txt"),
-    (dict(split="valid"), "memoizes split 'valid', training uses 'train'"),
-    (dict(lengths=[5] * 299, num_sentences=299), "299 sentences, split 'train' has 300"),
+    (dict(dictionary_sha256="1" * 64), "dictionary sha256 differs: store 111111111111…, expected "),
+    (dict(vocab_size=1000), "vocabulary size differs: store 1000, expected "),
+    (dict(split="valid"), "split differs: store 'valid', expected 'train'"),
+    (dict(lengths=[5] * 299, num_sentences=299), "number of sentences differs: store 299, expected 300"),
     (dict(target_checksum="2" * 64), "target token checksum differs"),
     (dict(source_checksum="3" * 64), "source token checksum differs"),
 ])
@@ -127,7 +128,7 @@ def test_wrong_sentence_lengths_are_refused(tiny_data, tmp_path):
 
 
 def test_topk_larger_than_stored_and_broken_files_are_refused(coded_store, tiny_data, tmp_path):
-    with pytest.raises(StoreError, match=r"--teacher-topk 9: .* holds V'=8"):
+    with pytest.raises(StoreError, match=r"--teacher-topk 9: must be in 1..8 .* holds V'=8"):
         make_task(tiny_data, "--teacher-store", coded_store, "--teacher-topk", "9").load_dataset("train")
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(open(coded_store, "rb").read()[:-100])

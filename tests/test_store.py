@@ -10,6 +10,7 @@ import pytest
 from ensdist_fairseq.store import format as store_format
 from ensdist_fairseq.store import shards
 from ensdist_fairseq.store.provenance import Provenance, StoreError
+from ensdist_fairseq.store.validate import PRECISION_MAX
 
 
 def provenance(vocab_size=100, topk=4, num_sentences=6, **kw):
@@ -73,12 +74,58 @@ def test_index_dtype_widens_for_large_vocabularies():
     assert store_format.index_dtype(65537) == np.int32
 
 
-def test_infinite_precision_survives(tmp_path):
-    prov = provenance(num_sentences=1)
+def test_version_1_infinite_precision_reads_as_the_cap(tmp_path):
+    """Version 1 stored beta0 = +inf where members agree; version 2 stores the float32 cap."""
     rows = random_rows([2], 4, 100)
     rows[0] = (rows[0][0], rows[0][1], np.array([np.inf, 5.0]))
-    write_store(str(tmp_path / "s.h5"), [2], prov, rows)
-    assert np.isinf(store_format.StoreReader(str(tmp_path / "s.h5")).read(0)[2][0])
+    write_store(str(tmp_path / "v1.h5"), [2], provenance(num_sentences=1, format_version=1), rows)
+    precision = store_format.StoreReader(str(tmp_path / "v1.h5")).read(0)[2]
+    assert precision.tolist() == [PRECISION_MAX, 5.0] and precision.dtype == np.float32
+    write_store(str(tmp_path / "v2.h5"), [2], provenance(num_sentences=1), rows)
+    with pytest.raises(StoreError, match="v2.h5: sentence 0 row 0: precision inf"):
+        store_format.StoreReader(str(tmp_path / "v2.h5")).read(0)
+
+
+def _bad_rows(what):
+    idx, probs, prec = random_rows([3], 4, 100)[0]
+    probs, idx, prec = probs.copy(), idx.copy(), prec.copy()
+    if what == "nan":
+        probs[1, 2] = np.nan
+    elif what == "negative":
+        probs[1, 0] = -0.25
+    elif what == "above one":
+        probs[1, 0] = 2.0
+    elif what == "sum":
+        probs[1] = 0.5
+    elif what == "index":
+        idx[1, 3] = 100
+    elif what == "zero precision":
+        prec[1] = 0.0
+    elif what == "nan precision":
+        prec[1] = np.nan
+    return idx, probs, prec
+
+
+@pytest.mark.parametrize("what, message", [
+    ("nan", "probability nan is not in \\[0, 1\\]"),
+    ("negative", "probability -0.25 is not in \\[0, 1\\]"),
+    ("above one", "probability 2.0 is not in \\[0, 1\\]"),
+    ("sum", "probabilities sum to 2 > 1"),
+    ("index", "token index 100 is not in 0..99"),
+    ("zero precision", "precision 0.0 is not finite and > 0"),
+    ("nan precision", "precision nan is not finite and > 0"),
+])
+def test_rows_that_are_not_a_distribution_are_refused_on_read(tmp_path, what, message):
+    path = str(tmp_path / "bad.h5")
+    write_store(path, [3], provenance(num_sentences=1), [_bad_rows(what)])  # valid CRC, bad content
+    with pytest.raises(StoreError, match=f"^{path}: sentence 0 row 1: {message}$"):
+        store_format.StoreReader(path).read(0)
+
+
+def test_reads_return_the_stored_dtypes(store):
+    indices, probs, precision = store_format.StoreReader(store[0]).read(0)
+    assert (indices.dtype, probs.dtype, precision.dtype) == (np.int64, np.float16, np.float32)
+    assert probs.flags.writeable and precision.flags.writeable  # torch.from_numpy without a warning
 
 
 def test_truncated_file_is_refused(store):
@@ -170,7 +217,7 @@ def test_stitched_chunks_equal_a_store_written_at_once(tmp_path):
             writer.write_sentence(i - chunk[0], *rows[i])
         writer.close()
         assert shards.is_complete(path, chunk, prov, offsets)
-    with pytest.raises(StoreError, match="other inputs .*split"):
+    with pytest.raises(StoreError, match="split differs: store 'train', expected 'valid' .*other inputs"):
         shards.is_complete(shards.chunk_path(output, chunks[0]), chunks[0], provenance(split="valid"), offsets)
     shards.stitch(output, chunks, prov, offsets, block_rows=2)  # small blocks: several copies per chunk
     assert not os.path.exists(shards.shard_dir(output))
@@ -180,3 +227,42 @@ def test_stitched_chunks_equal_a_store_written_at_once(tmp_path):
     for name in store_format.ROW_DATASETS:
         count = len(lengths) if name == "crc32" else int(offsets[-1])
         assert a.raw_rows(name, 0, count) == b.raw_rows(name, 0, count)
+
+
+def test_one_writer_per_output_and_only_dead_writers_temporaries_are_removed(tmp_path):
+    output = str(tmp_path / "out.h5")
+    lock = shards.OutputLock(output)
+    with pytest.raises(StoreError, match="^--output .*out.h5: another ensdist-memoize is writing this store"):
+        shards.OutputLock(output)
+    lock.release(remove=True)
+    shards.OutputLock(output).release(remove=False)  # free again
+    child = multiprocessing.get_context("fork").Process(target=os._exit, args=(0,))
+    child.start()
+    child.join()  # a pid that is surely dead now
+    dead, live = f"{output}.tmp-{child.pid}", f"{output}.tmp-{os.getppid()}"
+    for p in (dead, live, f"{output}.tmp-{os.getpid()}"):
+        open(p, "w").close()
+    removed = shards.remove_stale_temporaries(output)
+    assert sorted(removed) == sorted([dead, f"{output}.tmp-{os.getpid()}"]) and os.path.exists(live)
+
+
+def test_failed_stitch_keeps_the_chunks_and_names_them(tmp_path, monkeypatch):
+    lengths = [2, 3]
+    prov = provenance(num_sentences=2)
+    rows = random_rows(lengths, prov.topk, prov.vocab_size)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    output = str(tmp_path / "out.h5")
+    os.makedirs(shards.shard_dir(output))
+    chunk = (0, 2)
+    write_store(shards.chunk_path(output, chunk), lengths, prov, rows)
+    with h5py.File(shards.chunk_path(output, chunk), "r+") as f:
+        f.attrs["first_sentence"] = 0
+
+    def disk_full(*a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shards.os, "pwrite", disk_full)
+    with pytest.raises(StoreError, match=r"^--output .*out.h5: writing the store failed \(No space left on device\); "
+                                         r"the complete chunks are kept in .*out.h5.shards: rerun"):
+        shards.stitch(output, [chunk], prov, offsets, block_rows=2)
+    assert os.listdir(tmp_path) == ["out.h5.shards"] and os.listdir(shards.shard_dir(output))

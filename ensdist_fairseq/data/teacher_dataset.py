@@ -5,7 +5,6 @@ collated tensors are filled through the collated target's non-pad mask, so the e
 the target through fairseq's shuffling, length sorting, bucketing and left or right padding
 without assuming any of them. Everything else is delegated to the wrapped dataset.
 """
-import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset
 
@@ -18,9 +17,7 @@ class TeacherStoreDataset(BaseWrapperDataset):
     "precision": (B, T) float}, aligned to sample["target"], zeros at pads."""
 
     def __init__(self, dataset, reader: StoreReader, topk: int, pad_idx: int):
-        super().__init__(dataset)
-        if len(dataset) != reader.num_sentences:
-            raise StoreError(f"{reader.path}: {reader.num_sentences} sentences, the split has {len(dataset)}")
+        super().__init__(dataset)  # the task checked the store against the dataset (StoreReader.check_data)
         self.reader, self.topk, self.pad_idx = reader, topk, pad_idx
 
     def __getitem__(self, index):
@@ -48,8 +45,8 @@ class TeacherStoreDataset(BaseWrapperDataset):
         precision = torch.zeros(B, T, dtype=torch.float)
         # boolean-mask assignment walks the batch row-major: sentence b's tokens in order
         indices[mask] = torch.cat([e[0] for e in entries])
-        probs[mask] = torch.cat([e[1] for e in entries])
-        precision[mask] = torch.cat([e[2] for e in entries])
+        probs[mask] = torch.cat([e[1] for e in entries]).to(probs.dtype)  # stored: float16
+        precision[mask] = torch.cat([e[2] for e in entries]).to(precision.dtype)  # stored: float32
         batch["teacher"] = {"indices": indices, "probs": probs, "precision": precision}
         return batch
 
@@ -69,8 +66,3 @@ class TeacherStoreDataset(BaseWrapperDataset):
     def buckets(self):
         return self.dataset.buckets
 
-
-def store_lengths_match(reader: StoreReader, lengths: np.ndarray):
-    """Index of the first sentence whose stored row count differs from `lengths`, or None."""
-    diff = np.flatnonzero(np.diff(reader.offsets) != lengths)
-    return int(diff[0]) if len(diff) else None

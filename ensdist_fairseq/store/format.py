@@ -20,6 +20,7 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .provenance import Provenance, StoreError  # noqa: E402
+from .validate import PRECISION_MAX, first_problem  # noqa: E402
 
 OFFSETS, INDICES, PROBS, PRECISION, CRC32 = "offsets", "indices", "probs", "precision", "crc32"
 ROW_DATASETS = (INDICES, PROBS, PRECISION, CRC32)
@@ -192,13 +193,17 @@ class StoreReader:
     def _pread(self, name: str, first: int, count: int) -> np.ndarray:
         row_nbytes = self.layout.row_nbytes(name)
         nbytes = count * row_nbytes
-        buf = os.pread(self._descriptor(), nbytes, self.layout.byte_offset[name] + first * row_nbytes)
-        if len(buf) != nbytes:
+        buf = bytearray(nbytes)  # writable: consumers may torch.from_numpy the rows
+        if os.preadv(self._descriptor(), [buf], self.layout.byte_offset[name] + first * row_nbytes) != nbytes:
             raise StoreError(f"{self.path}: truncated while reading '{name}'")
         return np.frombuffer(buf, dtype=self.layout.dtype[name])
 
     def read(self, i: int, topk: Optional[int] = None):
-        """(indices (n, topk) int64, probs (n, topk) float32, precision (n,) float32) of sentence i."""
+        """(indices (n, topk) int64, probs (n, topk) float16, precision (n,) float32) of sentence i,
+        in the stored dtypes (float16 probabilities are exact; consumers convert).
+
+        Every read checks the CRC-32 and that the rows are a distribution (store/validate.py):
+        a bad sentence raises StoreError naming the file, the sentence and the row."""
         if not 0 <= i < self.num_sentences:
             raise IndexError(f"{self.path}: sentence {i} out of range 0..{self.num_sentences - 1}")
         first, n, k = int(self.offsets[i]), self.num_rows(i), self.layout.topk
@@ -208,9 +213,33 @@ class StoreReader:
         crc = int(self._pread(CRC32, i, 1)[0])
         if sentence_crc(indices, probs, precision) != crc:
             raise StoreError(f"{self.path}: corrupt data for sentence {i} (CRC-32 mismatch)")
+        if self.provenance.format_version == 1:  # version 1 stored +inf where members agree
+            precision = np.minimum(precision, np.float32(PRECISION_MAX))
+        problem = first_problem(indices, probs, precision, self.provenance.vocab_size)
+        if problem is not None:
+            raise StoreError(f"{self.path}: sentence {i} {problem}")
         topk = k if topk is None else topk
-        return (indices[:, :topk].astype(np.int64), probs[:, :topk].astype(np.float32),
-                precision.astype(np.float32))
+        return indices[:, :topk].astype(np.int64), probs[:, :topk], precision
+
+    def check_data(self, expected: dict, target_lengths: np.ndarray, context: str) -> None:
+        """StoreError unless this is a whole store (not a chunk) whose provenance agrees with
+        `expected` (Provenance.first_difference) and whose sentence i owns target_lengths[i] rows."""
+        if self.first_sentence != 0 or self.provenance.num_sentences != self.num_sentences:
+            raise StoreError(f"{self.path}: holds sentences {self.first_sentence}.."
+                             f"{self.first_sentence + self.num_sentences - 1} of a split: a chunk, not a whole store")
+        self.provenance.check_against(self.path, expected, context)
+        self.check_lengths(target_lengths)
+
+    def check_lengths(self, target_lengths: np.ndarray, first: int = 0) -> None:
+        """StoreError naming the first sentence whose row count differs from its target's length."""
+        lengths = np.asarray(target_lengths, dtype=np.int64)
+        if len(lengths) != self.num_sentences:
+            raise StoreError(f"{self.path}: {self.num_sentences} sentences, the data has {len(lengths)}")
+        bad = np.flatnonzero(np.diff(self.offsets) != lengths)
+        if len(bad):
+            b = int(bad[0])
+            raise StoreError(f"{self.path}: sentence {first + b} has {self.num_rows(b)} rows, "
+                             f"its target has {lengths[b]} tokens")
 
     def raw_rows(self, name: str, first: int, count: int) -> bytes:
         """Raw bytes of `count` rows (or CRCs) of a dataset, for stitching chunk files."""

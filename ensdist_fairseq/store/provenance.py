@@ -11,12 +11,41 @@ import numpy as np
 
 from ..errors import EnsdistError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 stored β̂₀ = +inf where the members agree; version 2 stores it finite (capped at the
+# largest float32). Version 1 stores are still read: the reader maps +inf to that cap.
+READABLE_VERSIONS = (1, 2)
+# What a consumer can recompute from its data directory and split (the rest describes the teachers).
+DATA_FIELDS = ("vocab_size", "dictionary_sha256", "split", "num_sentences", "target_checksum",
+               "source_checksum")
+_LABELS = {"vocab_size": "vocabulary size", "dictionary_sha256": "dictionary sha256",
+           "num_sentences": "number of sentences", "target_checksum": "target token checksum",
+           "source_checksum": "source token checksum", "teacher_sha256": "teacher checkpoints' sha256",
+           "num_teachers": "number of teachers", "topk": "V'"}
 
 
 class StoreError(EnsdistError):
     """A teacher store is unreadable, corrupt, or does not belong to the data it is used with.
     The message is one line and starts with the file it is about."""
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes (checkpoints, dictionaries)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_topk(requested: Optional[int], available: int, flag: str, why: str) -> int:
+    """The one check of V': `requested` (None = all of `available`) must be in 1..available.
+    StoreError '<flag> <requested>: must be in 1..<available> (<why>)' otherwise."""
+    if requested is None:
+        return available
+    if not 1 <= requested <= available:
+        raise StoreError(f"{flag} {requested}: must be in 1..{available} ({why})")
+    return requested
 
 
 def token_checksum(sentences: Iterable[np.ndarray]) -> str:
@@ -64,24 +93,43 @@ class Provenance:
             else:
                 v = v.decode() if isinstance(v, bytes) else str(v)
             values[f.name] = v
-        if values["format_version"] != FORMAT_VERSION:
+        if values["format_version"] not in READABLE_VERSIONS:
             raise StoreError(f"{path}: store format version {values['format_version']}, "
-                             f"this package reads version {FORMAT_VERSION}")
+                             f"this package reads versions {', '.join(map(str, READABLE_VERSIONS))}")
         return cls(**values)
 
-    def first_difference(self, other: "Provenance", ignore=("package_version",)) -> Optional[str]:
-        """'name: mine != other' for the first field that differs, or None."""
+    def first_difference(self, expected: dict) -> Optional[str]:
+        """'<what>: store <mine>, expected <theirs>' for the first field of `expected` (field
+        name -> value) that differs from this provenance, in field order; None when all agree.
+
+        The one comparison of a store with what it is used for: memoize's resume (every field
+        but package_version) and the distillation task (DATA_FIELDS, from its own data)."""
+        unknown = set(expected) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise KeyError(f"not provenance fields: {sorted(unknown)}")
         for f in dataclasses.fields(self):
-            if f.name in ignore:
+            if f.name not in expected:
                 continue
-            a, b = getattr(self, f.name), getattr(other, f.name)
+            a, b = getattr(self, f.name), expected[f.name]
+            if isinstance(a, tuple):
+                b = tuple(b)
             if a != b:
-                return f"{f.name}: {_short(a)} != {_short(b)}"
+                return f"{_LABELS.get(f.name, f.name)} differs: store {_short(a)}, expected {_short(b)}"
         return None
+
+    def check_against(self, path: str, expected: dict, context: str) -> None:
+        """StoreError '<path>: <what> differs: store .., expected .. (<context>)' on the first difference."""
+        diff = self.first_difference(expected)
+        if diff is not None:
+            raise StoreError(f"{path}: {diff} ({context})")
+
+    def as_expected(self, ignore=("package_version",)) -> dict:
+        """Every field but `ignore`, as `first_difference` takes them."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ignore}
 
 
 def _short(v) -> str:
     if isinstance(v, tuple):
         return "[" + ",".join(_short(x) for x in v) + "]"
-    s = str(v)
+    s = repr(v) if isinstance(v, str) and len(v) != 64 else str(v)
     return s[:12] + "…" if len(s) == 64 else s  # sha256 hex digests: a prefix identifies them

@@ -42,13 +42,72 @@ def chunk_path(output: str, chunk: Chunk) -> str:
 
 def temporary_path(final: str) -> str:
     """A name no reader looks at, unique to this process."""
-    return f"{final}.tmp-{os.getpid()}"
+    return f"{final}{TMP_MARK}{os.getpid()}"
 
 
-def remove_stale_temporaries(final: str) -> None:
-    """Temporary files of `final` left by an interrupted run (any pid)."""
-    for p in glob.glob(glob.escape(final) + ".tmp-*"):
-        os.remove(p)
+TMP_MARK = ".tmp-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: str) -> List[str]:
+    """Remove the temporary files of `final` whose writer process is gone (a killed run's);
+    a live process's temporary file (another rank of this run) is never touched. Returns them."""
+    removed = []
+    for p in glob.glob(glob.escape(final) + TMP_MARK + "*"):
+        pid = p[len(final) + len(TMP_MARK):]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        try:
+            os.remove(p)
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+class OutputLock:
+    """One writer per store: an exclusive flock on `<output>.lock`, taken without waiting.
+
+    Held by the process that stitches (rank 0) from before any work until the store is in place;
+    the kernel releases it when the process dies, so a killed run never blocks its rerun."""
+
+    def __init__(self, output: str):
+        import fcntl
+
+        self.path = output + ".lock"
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"--output {output}: cannot create {self.path} ({e.strerror}): "
+                             "is the directory writable?") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise StoreError(f"--output {output}: another ensdist-memoize is writing this store "
+                             f"(it holds {self.path})") from None
+
+    def release(self, remove: bool) -> None:
+        """Unlock; `remove` deletes the lock file (only once the store exists: a later run that
+        still locks the unlinked file then finds the store and stops)."""
+        if self._fd is None:
+            return
+        if remove:
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+        os.close(self._fd)  # releases the flock
+        self._fd = None
 
 
 def commit(tmp: str, final: str) -> None:
@@ -66,12 +125,12 @@ def is_complete(path: str, chunk: Chunk, provenance: Provenance, offsets: np.nda
     if not os.path.exists(path):
         return False
     reader = store_format.StoreReader(path)
-    diff = reader.provenance.first_difference(provenance)
-    if diff is not None:
-        raise StoreError(f"{path}: left by a run with other inputs ({diff}); delete {os.path.dirname(path)} to start over")
-    local = offsets[chunk[0]:chunk[1] + 1] - offsets[chunk[0]]
-    if reader.first_sentence != chunk[0] or not np.array_equal(reader.offsets, local):
-        raise StoreError(f"{path}: does not cover sentences {chunk[0]}..{chunk[1] - 1} as expected")
+    reader.provenance.check_against(
+        path, provenance.as_expected(), f"left by a run with other inputs; delete {os.path.dirname(path)} to start over")
+    if reader.first_sentence != chunk[0]:
+        raise StoreError(f"{path}: starts at sentence {reader.first_sentence}, expected {chunk[0]}")
+    reader.check_lengths(np.diff(offsets[chunk[0]:chunk[1] + 1]), first=chunk[0])
+    reader.close()
     return True
 
 
@@ -80,6 +139,22 @@ def stitch(output: str, chunks: Sequence[Chunk], provenance: Provenance, offsets
     """Copy the chunk files' rows into `output` (block by block: memory stays flat), verify it,
     rename it into place and remove the chunk directory."""
     tmp = temporary_path(output)
+    try:
+        _copy_rows(tmp, output, chunks, provenance, offsets, block_rows)
+        store_format.StoreReader(tmp).verify()
+        commit(tmp, output)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError):  # disk full, permissions changed, ...: the chunks are intact
+            raise StoreError(f"--output {output}: writing the store failed ({e.strerror or e}); the "
+                             f"complete chunks are kept in {shard_dir(output)}: rerun the same command "
+                             "to stitch them") from None
+        raise
+    shutil.rmtree(shard_dir(output))
+
+
+def _copy_rows(tmp, output, chunks, provenance, offsets, block_rows):
     layout = store_format.create(tmp, offsets, provenance)
     fd = os.open(tmp, os.O_RDWR)
     try:
@@ -96,6 +171,3 @@ def stitch(output: str, chunks: Sequence[Chunk], provenance: Provenance, offsets
         os.fsync(fd)
     finally:
         os.close(fd)
-    store_format.StoreReader(tmp).verify()
-    commit(tmp, output)
-    shutil.rmtree(shard_dir(output))

@@ -16,11 +16,10 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from .. import calibration_logging
-from ..checkpoint_checks import sha256_of_file
 from ..data.split_fingerprint import fingerprint
-from ..data.teacher_dataset import TeacherStoreDataset, store_lengths_match
+from ..data.teacher_dataset import TeacherStoreDataset
 from ..store.format import StoreReader
-from ..store.provenance import StoreError
+from ..store.provenance import StoreError, check_topk, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -44,24 +43,11 @@ class TranslationDistillTask(TranslationTask):
     cfg: TranslationDistillConfig
 
     def _open_store(self) -> StoreReader:
+        """The store, and the V' this run uses (the store's, or fewer with --teacher-topk)."""
         cfg = self.cfg
         reader = StoreReader(cfg.teacher_store)
-        p = reader.provenance
-        paths = utils.split_paths(cfg.data)
-        if len(paths) != 1:
-            raise StoreError(f"--teacher-store: one store covers one data directory, --data has {len(paths)}")
-        dict_path = os.path.join(paths[0], f"dict.{cfg.target_lang}.txt")
-        if sha256_of_file(dict_path) != p.dictionary_sha256 or len(self.tgt_dict) != p.vocab_size:
-            raise StoreError(f"{cfg.teacher_store}: made with another dictionary than {dict_path}")
-        if p.split != cfg.train_subset:
-            raise StoreError(f"{cfg.teacher_store}: memoizes split '{p.split}', training uses '{cfg.train_subset}'")
-        if reader.first_sentence != 0 or p.num_sentences != reader.num_sentences:
-            raise StoreError(f"{cfg.teacher_store}: holds sentences {reader.first_sentence}.. of a split: "
-                             "a chunk, not a whole store")
-        if cfg.teacher_topk is None:
-            cfg.teacher_topk = p.topk
-        if not 1 <= cfg.teacher_topk <= p.topk:
-            raise StoreError(f"--teacher-topk {cfg.teacher_topk}: the store {cfg.teacher_store} holds V'={p.topk}")
+        cfg.teacher_topk = check_topk(cfg.teacher_topk, reader.provenance.topk, "--teacher-topk",
+                                      f"the store {cfg.teacher_store} holds V'={reader.provenance.topk}")
         return reader
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
@@ -72,22 +58,23 @@ class TranslationDistillTask(TranslationTask):
             self.datasets[split] = self._wrap(self.datasets[split])
 
     def _wrap(self, dataset) -> TeacherStoreDataset:
-        reader, path = self._open_store(), self.cfg.teacher_store
-        p = reader.provenance
-        if len(dataset) != p.num_sentences:
-            raise StoreError(f"{path}: {p.num_sentences} sentences, split '{p.split}' has {len(dataset)}")
+        """The training split with its teacher entries, after the store's provenance (one
+        comparison: Provenance.first_difference) and every sentence's length were checked."""
+        cfg = self.cfg
+        paths = utils.split_paths(cfg.data)
+        if len(paths) != 1:
+            raise StoreError(f"--teacher-store: one store covers one data directory, --data has {len(paths)}")
+        reader = self._open_store()
+        dict_path = os.path.join(paths[0], f"dict.{cfg.target_lang}.txt")
         fp = fingerprint(dataset)
-        bad = store_lengths_match(reader, fp.target_lengths)
-        if bad is not None:
-            raise StoreError(f"{path}: sentence {bad} has {reader.num_rows(bad)} rows, "
-                             f"its target has {fp.target_lengths[bad]} tokens")
-        if fp.target_checksum != p.target_checksum:
-            raise StoreError(f"{path}: target token checksum differs from split '{p.split}' of the data")
-        if fp.source_checksum != p.source_checksum:
-            raise StoreError(f"{path}: source token checksum differs from split '{p.split}' of the data")
-        logger.info(f"teacher store {path}: K={p.num_teachers}, V'={self.cfg.teacher_topk} of {p.topk}, "
-                    f"{p.num_sentences} sentences, provenance checked")
-        return TeacherStoreDataset(dataset, reader, self.cfg.teacher_topk, self.tgt_dict.pad())
+        expected = dict(vocab_size=len(self.tgt_dict), dictionary_sha256=file_sha256(dict_path),
+                        split=cfg.train_subset, num_sentences=len(dataset),
+                        target_checksum=fp.target_checksum, source_checksum=fp.source_checksum)
+        reader.check_data(expected, fp.target_lengths, f"split '{cfg.train_subset}' of {paths[0]}")
+        p = reader.provenance
+        logger.info(f"teacher store {cfg.teacher_store}: K={p.num_teachers}, V'={cfg.teacher_topk} of "
+                    f"{p.topk}, {p.num_sentences} sentences, provenance checked")
+        return TeacherStoreDataset(dataset, reader, cfg.teacher_topk, self.tgt_dict.pad())
 
     def valid_step(self, sample, model, criterion):
         """The criterion's validation loss, plus ECE-1/ECE-5 histograms of the model's
