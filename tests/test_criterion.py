@@ -131,9 +131,11 @@ def test_proxy_dirichlet_matches_torch_distributions_and_refuses_softmax_models(
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-def test_dirichlet_student_predictive_is_what_fairseq_generate_scores():
+@pytest.mark.parametrize("predictive", ["softmax", "mean"])  # --dirichlet-predictive (H4, issue 11)
+def test_dirichlet_student_predictive_is_what_fairseq_generate_scores(predictive):
     task = make_task()
     model = make_model(task, arch="dirichlet_transformer").eval()
+    model.args.dirichlet_predictive = predictive
     sample = make_sample(task)
     generator = SequenceGenerator([model], task.target_dictionary, beam_size=1, max_len_b=8)
     hypos = generator.generate([model], sample)
@@ -143,7 +145,8 @@ def test_dirichlet_student_predictive_is_what_fairseq_generate_scores():
         src = {k: v[i : i + 1] for k, v in sample["net_input"].items() if k != "prev_output_tokens"}
         z = model(**src, prev_output_tokens=prev[None])[0][0].double()
         alpha = z.exp() + 1
-        expected = (alpha / alpha.sum(-1, keepdim=True)).log().gather(-1, tokens[:, None]).squeeze(-1)
+        dist = alpha / alpha.sum(-1, keepdim=True) if predictive == "mean" else z.softmax(-1)
+        expected = dist.log().gather(-1, tokens[:, None]).squeeze(-1)
         torch.testing.assert_close(hypo["positional_scores"].double(), expected, rtol=1e-4, atol=1e-4)
 
 
