@@ -5,6 +5,7 @@ flushed to disk, then renamed (os.replace is atomic on POSIX): an interrupted jo
 either the old file or none, never half a file that a later stage would take as finished.
 """
 import os
+import tempfile
 from contextlib import contextmanager
 
 
@@ -25,3 +26,49 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
 def write_text_atomically(path: str, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+# --- Finished work is never lost (issue 10) --------------------------------------------------
+# A command checks its output locations before it starts (check_writable), and if the final
+# write still fails (disk full, directory removed or made read-only meanwhile) it saves the
+# result in the temp directory and names that file in its one-line error (write_or_keep).
+
+
+def check_writable(path: str, flag: str) -> None:
+    """EnsdistError now, before any work, if `path` could not be written at the end."""
+    from .errors import EnsdistError
+
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise EnsdistError(f"{flag} {path}: directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise EnsdistError(f"{flag} {path}: is a directory")
+    try:  # really create a file: os.access says yes to root on a read-only mount
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".ensdist-write-check-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise EnsdistError(f"{flag} {path}: cannot write in {directory} "
+                           f"({e.strerror or type(e).__name__})") from None
+
+
+def write_or_keep(path: str, text: str, flag: str) -> None:
+    """Write `text` to `path` atomically; if that fails, save it to a file in the temp
+    directory and raise EnsdistError naming that file (or, failing that too, print it)."""
+    from .errors import EnsdistError
+
+    try:
+        write_text_atomically(path, text)
+        return
+    except OSError as e:
+        cause = e.strerror or type(e).__name__
+    stem, ext = os.path.splitext(os.path.basename(path))
+    try:
+        fd, kept = tempfile.mkstemp(prefix=f"{stem or 'result'}-", suffix=ext or ".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        where = f"it was saved to {kept}"
+    except OSError:
+        print(text, flush=True)
+        where = "it is printed on stdout above"
+    raise EnsdistError(f"{flag} {path}: cannot write ({cause}); {where}")

@@ -63,3 +63,31 @@ def test_same_hypotheses_and_scores_as_fairseq_generate(tiny_data, tiny_checkpoi
 def test_unknown_generation_option_is_refused():
     with pytest.raises(ValueError, match="nosuch"):
         decoding.generation_config(nosuch=1)
+
+
+def test_bleu_equals_fairseq_generate_bleu(tiny_data, tiny_checkpoints):
+    from ensdist_fairseq import bleu
+
+    ref = fairseq_generate(tiny_data, tiny_checkpoints, "--beam", 3, "--max-tokens", 4000)
+    ids = sorted(ref)
+    expected = bleu.corpus_bleu([ref[i][1][0][1] for i in ids], [ref[i][0] for i in ids])
+    models, task = teacher_forcing.load_models(tiny_checkpoints, tiny_data)
+    task.load_dataset("test")
+    ds = task.dataset("test")
+    got = bleu.decode_bleu(models, task, ds, decoding.generation_config(beam=3),
+                           teacher_forcing.plan_batches(ds, max_tokens=64))
+    assert got == expected and got.num_sentences == len(ds)
+
+
+def test_accepted_options_have_fairseq_defaults():
+    import argparse
+
+    from fairseq.dataclass.configs import GenerationConfig
+
+    from ensdist_fairseq.evaluation import generation_options
+
+    ap = argparse.ArgumentParser()
+    generation_options.add_generation_options(ap)
+    overrides = generation_options.generation_overrides(ap.parse_args([]))
+    defaults = GenerationConfig()
+    assert overrides == {k: getattr(defaults, k) for k in overrides}

@@ -10,7 +10,7 @@ import torch
 
 from ensdist_fairseq.calibration import expected_calibration_error
 from ensdist_fairseq.cli import evaluate, report as report_cli
-from ensdist_fairseq.ensemble_scoring import ensemble_log_probs
+from ensdist_fairseq.teacher_forcing import ensemble_log_probs
 
 
 class FixedLogits(torch.nn.Module):

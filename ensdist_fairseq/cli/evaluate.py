@@ -1,22 +1,21 @@
 """`ensdist-evaluate`: BLEU and token-level calibration of one model or an ensemble.
 
-Teacher-forces the references of a split (ensemble = mean of the members' probabilities) for
-ECE-1, ECE-5, Brier, NLL and accuracy, and decodes the split with fairseq-generate + sacreBLEU
-for BLEU. Writes one JSON per system (schema: docs/evaluation.md) and prints one summary line.
+Loads the checkpoints once, then over the same batches (teacher_forcing.plan_batches):
+teacher-forces the references (ensemble = mean of the members' probabilities) for ECE-1, ECE-5,
+Brier, NLL and accuracy, and decodes in-process with fairseq's SequenceGenerator for sacreBLEU.
+Writes one JSON per system (schema: docs/evaluation.md) and prints one summary line.
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from typing import List, Optional
 
-import torch
-
-from .. import bleu
+from ..atomic_files import check_writable, write_or_keep
 from ..calibration import DEFAULT_NUM_BINS, CalibrationAccumulator
-from ..checkpoint_checks import check_ensemble
-from ..atomic_files import write_text_atomically
+from ..evaluation import generation_options as gen_opts
 
 SCHEMA_VERSION = 1
 KINDS = ("individual", "ensemble", "student")
@@ -37,45 +36,71 @@ def build_parser() -> argparse.ArgumentParser:
                     help="students: size of the teacher ensemble (the report's #models)")
     ap.add_argument("--output-json", required=True)
     ap.add_argument("--bleu", action=argparse.BooleanOptionalAction, default=True,
-                    help="also decode with fairseq-generate and score with sacreBLEU")
-    ap.add_argument("--beam", type=int, default=5)
-    ap.add_argument("--lenpen", type=float, default=1.0)
-    ap.add_argument("--max-tokens", type=int, default=4000)
+                    help="also decode (in-process beam search) and score with sacreBLEU")
+    ap.add_argument("--max-tokens", type=int, default=4000,
+                    help="at most this many tokens a batch (teacher forcing and decoding)")
     ap.add_argument("--num-bins", type=int, default=DEFAULT_NUM_BINS,
-                    help="equal-count bins for ECE")
+                    help="equal-count bins for ECE (at most the split's number of target tokens)")
     ap.add_argument("--reference", help="raw reference file of the split (BLEU; default: "
                                         "fairseq's detokenized targets)")
     ap.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
     ap.add_argument("--log-interval", type=int, default=100,
                     help="report progress to stderr every this many batches")
+    gen_opts.add_generation_options(ap)
     return ap
 
 
 def flag_error(args) -> Optional[str]:
     """The first impossible flag value, as an error message, or None."""
-    for flag, value in (("--num-bins", args.num_bins), ("--beam", args.beam),
-                        ("--max-tokens", args.max_tokens), ("--log-interval", args.log_interval)):
+    for flag, value in (("--num-bins", args.num_bins), ("--max-tokens", args.max_tokens),
+                        ("--log-interval", args.log_interval)):
         if value < 1:
             return f"{flag} must be >= 1, got {value}"
+    problem = gen_opts.generation_error(args)
+    if problem:
+        return problem
     if args.num_teachers is not None and (args.kind != "student" or args.num_teachers < 1):
         return f"--num-teachers must be >= 1 and needs --kind student, got {args.num_teachers}"
     if args.reference and not os.path.isfile(args.reference):
         return f"--reference {args.reference}: file not found"
-    out_dir = os.path.dirname(os.path.abspath(args.output_json))
-    if not os.path.isdir(out_dir):
-        return f"--output-json {args.output_json}: directory {out_dir} does not exist"
     return None
 
 
-def evaluate(args, paths: List[str], cuda: bool) -> dict:
-    from ..ensemble_scoring import load_models, score_split  # imports fairseq: keep --help fast
+def _load(paths: List[str], data: str, device):
+    from ..errors import EnsdistError
+    from ..teacher_forcing import load_models  # imports fairseq: keep --help fast
 
     try:
-        models, task = load_models(paths, args.data, cuda)
+        return load_models(paths, data, device)
     except (RuntimeError, KeyError, AttributeError, AssertionError) as e:  # fairseq load failures
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         first = first if len(first) <= MAX_CAUSE_CHARS else first[:MAX_CAUSE_CHARS] + "..."
-        raise ValueError(f"{':'.join(paths)}: cannot load as a fairseq model ({first})") from None
+        raise EnsdistError(f"{':'.join(paths)}: cannot load as a fairseq model ({first})") from None
+
+
+def check_num_bins(num_bins: int, num_tokens: int, where: str) -> None:
+    """Equal-count bins need a pair each: more ECE-1 bins than tokens would leave bins empty
+    (and ECE silently averaged over fewer bins than asked for)."""
+    from ..errors import EnsdistError
+
+    if num_bins > num_tokens:
+        raise EnsdistError(f"--num-bins {num_bins}: more bins than the {num_tokens} target "
+                           f"tokens of {where}")
+
+
+def evaluate(args, paths: List[str], device) -> dict:
+    from .. import bleu, teacher_forcing
+    from ..ensemble_scoring import score_split
+    from ..evaluation import decoding
+
+    models, task = _load(paths, args.data, device)
+    task.load_dataset(args.split)
+    dataset = task.dataset(args.split)
+    where = f"split {args.split} of {args.data}"
+    teacher_forcing.check_sizes(dataset, teacher_forcing.max_positions(task, models),
+                                args.max_tokens, where)
+    check_num_bins(args.num_bins, int(dataset.tgt_sizes.sum()), where)
+    batches = teacher_forcing.plan_batches(dataset, None, args.max_tokens, args.batch_size)
     accumulator = CalibrationAccumulator(num_bins=args.num_bins)
     start = time.perf_counter()
 
@@ -85,10 +110,9 @@ def evaluate(args, paths: List[str], cuda: bool) -> dict:
             print(f"[evaluate] {args.name}: batch {done}/{total}, {tokens} tokens, "
                   f"{rate:.0f} tokens/s", file=sys.stderr, flush=True)
 
-    num_sentences = score_split(models, task, args.split, accumulator, args.max_tokens, cuda,
-                                progress)
+    num_sentences = score_split(models, dataset, batches, task.target_dictionary.pad(),
+                                accumulator, device, names=paths, where=where, progress=progress)
     seconds = time.perf_counter() - start
-    del models  # free them before fairseq-generate loads its own copies
     result = {
         "schema_version": SCHEMA_VERSION, "name": args.name, "method": args.method,
         "kind": args.kind or ("individual" if len(paths) == 1 else "ensemble"),
@@ -100,13 +124,28 @@ def evaluate(args, paths: List[str], cuda: bool) -> dict:
         "bleu": None, "bleu_signature": None,
     }
     if args.bleu:
-        print(f"[evaluate] {args.name}: decoding with fairseq-generate (beam {args.beam})",
-              file=sys.stderr, flush=True)
-        b = bleu.bleu_of(args.data, paths, args.split, reference_file=args.reference,
-                         beam=args.beam, lenpen=args.lenpen, max_tokens=args.max_tokens,
-                         cpu=not cuda, extra_args=args.generate_args)
-        result.update(bleu=b.bleu, bleu_signature=b.signature)
+        print(f"[evaluate] {args.name}: decoding (beam {args.beam})", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        gen_cfg = decoding.generation_config(**gen_opts.generation_overrides(args))
+        b = bleu.decode_bleu(models, task, dataset, gen_cfg, batches, device,
+                             reference_file=args.reference,
+                             post_process=gen_opts.post_process(args))
+        result.update(bleu=b.bleu, bleu_signature=b.signature,
+                      decoding_seconds=time.perf_counter() - start)
     return result
+
+
+def non_finite_field(value, key: str = "") -> Optional[str]:
+    """The first number in a result that is NaN or infinite (its key path), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key
+    items = (value.items() if isinstance(value, dict) else
+             enumerate(value) if isinstance(value, list) else ())
+    for k, v in items:
+        found = non_finite_field(v, f"{key}.{k}" if key else str(k))
+        if found:
+            return found
+    return None
 
 
 def summary_line(r: dict) -> str:
@@ -120,23 +159,30 @@ def summary_line(r: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    # Options it does not know (e.g. --max-len-a 1.5) are passed on to fairseq-generate.
-    args, args.generate_args = build_parser().parse_known_args(argv)
-    if args.generate_args and not args.bleu:
-        print(f"error: unrecognized arguments: {' '.join(args.generate_args)}", file=sys.stderr)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # decoding is in-process now: nothing is passed on to fairseq-generate
+        print(f"error: {gen_opts.unknown_options_error(unknown)}", file=sys.stderr)
         return 2
     problem = flag_error(args)
     paths = [p for p in args.path.split(":") if p]
     try:
         if problem:
             raise ValueError(problem)
+        check_writable(args.output_json, "--output-json")  # before any work (issue 10)
+        from ..checkpoint_checks import check_ensemble
+        import torch
+
         check_ensemble(paths, args.data)
-        result = evaluate(args, paths, cuda=torch.cuda.is_available() and not args.cpu)
+        use_cuda = torch.cuda.is_available() and not args.cpu
+        result = evaluate(args, paths, torch.device("cuda" if use_cuda else "cpu"))
+        bad = non_finite_field(result)
+        if bad:  # never write NaN as a result
+            raise ValueError(f"{':'.join(paths)}: {bad} is not a finite number on {args.split}")
+        write_or_keep(args.output_json, json.dumps(result, indent=2) + "\n", "--output-json")
     except (ValueError, RuntimeError, OSError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {message}", file=sys.stderr)
         return 1
-    write_text_atomically(args.output_json, json.dumps(result, indent=2) + "\n")
     print(summary_line(result))
     return 0
 
