@@ -16,11 +16,12 @@ safe_loading.allow_fairseq_checkpoints()
 
 
 def register_with_fairseq() -> None:
-    """Register the task, criterion and models with fairseq's registries (idempotent).
+    """Register the task, criterion, models and ECE scorer with fairseq (idempotent).
 
     Also makes an EnsdistError raised inside fairseq's commands print one ``error:`` line
     instead of a traceback (errors.install_excepthook; other exceptions are untouched)."""
     from . import criterions, errors, models, tasks  # noqa: F401
+    from .evaluation import ece_scorer  # noqa: F401  (fairseq-generate --scoring ece)
 
     errors.install_excepthook()
 
