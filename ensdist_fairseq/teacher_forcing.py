@@ -18,16 +18,22 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .errors import EnsdistError
 
-def load_models(paths: Sequence[str], data_dir: str, device: torch.device = torch.device("cpu")):
-    """(models in eval mode on `device`, task) for the checkpoints `paths` on `data_dir`."""
+
+def load_models(paths: Sequence[str], data_dir: str, device: torch.device = torch.device("cpu"),
+                overrides: Optional[dict] = None):
+    """(models in eval mode on `device`, task) for the checkpoints `paths` on `data_dir`.
+
+    overrides: model options set at load time, like fairseq's --model-overrides (e.g.
+    {"dirichlet_predictive": "mean"} for a Proxy-Dirichlet student)."""
     from fairseq import checkpoint_utils
 
     from . import register_with_fairseq
 
     register_with_fairseq()  # the checkpoints may name our task or model
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        list(paths), arg_overrides={"data": data_dir})
+        list(paths), arg_overrides={**(overrides or {}), "data": data_dir})
     # eval(): dropout off, the test-time predictive distribution
     return [m.to(device).eval() for m in models], task
 
@@ -41,19 +47,19 @@ def max_positions(task, models):
 
 
 def check_sizes(dataset, positions, max_tokens: Optional[int], where: str) -> None:
-    """ValueError naming the first sentence that no batch could hold or no model could read."""
+    """EnsdistError naming the first sentence that no batch could hold or no model could read."""
     n = len(dataset)
     if n == 0:
         return
     num_tokens = dataset.num_tokens_vec(np.arange(n))
     if max_tokens is not None and num_tokens.max() > max_tokens:
         i = int(num_tokens.argmax())
-        raise ValueError(f"--max-tokens {max_tokens}: sentence {i} of {where} has {num_tokens[i]} tokens")
+        raise EnsdistError(f"--max-tokens {max_tokens}: sentence {i} of {where} has {num_tokens[i]} tokens")
     for sizes, limit, side in ((dataset.src_sizes, positions[0], "source"),
                                (dataset.tgt_sizes, positions[1], "target")):
         if sizes is not None and limit is not None and sizes.max() > limit:
             i = int(sizes.argmax())
-            raise ValueError(f"{where}: {side} of sentence {i} has {sizes[i]} tokens, "
+            raise EnsdistError(f"{where}: {side} of sentence {i} has {sizes[i]} tokens, "
                              f"more than the models' {limit} positions")
 
 

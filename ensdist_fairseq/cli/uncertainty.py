@@ -1,0 +1,177 @@
+"""`ensdist-uncertainty`: sequence-level uncertainty of one system, per sentence, in- and out-of-domain.
+
+    ensdist-uncertainty DATA --path a.pt[:b.pt...] --name NAME --out DIR
+        [--subset test] [--ood-dir OOD] [--ood NAME=FILE ...] [--group single|ensemble|mean-kd|
+        proxy-dirichlet] [--measures total,rmi] [--beam 5] [--dirichlet-predictive softmax|mean]
+
+Decodes DATA's --subset (in-domain, with references: sentence chrF) and every OOD set of OOD
+(built by ensdist-ood-sets) or given as raw source-language text with --ood, with beam B, and
+writes per sentence its output and the sequence-level measures (docs/uncertainty.md):
+    DIR/<set>.jsonl   one JSON object per sentence
+    DIR/system.json   name, group, kind, measures, sets (lines, seconds), written last
+`ensdist-report RESULTS` reads RESULTS/uncertainty/*/system.json.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+import torch
+
+from ..atomic_files import write_text_atomically
+from ..checkpoint_checks import check_ensemble
+from ..uncertainty.ood_sets import sha256_of as sha256_of_file
+
+GROUPS = ("single", "ensemble", "mean-kd", "proxy-dirichlet", "other")
+SCHEMA_VERSION = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ensdist-uncertainty", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", help="fairseq binarized data directory (the system's dictionary)")
+    ap.add_argument("--path", required=True, help="checkpoint(s); an ensemble as a.pt:b.pt:c.pt")
+    ap.add_argument("--name", required=True, help="system name (a row of the report)")
+    ap.add_argument("--out", required=True, help="output directory of this system")
+    ap.add_argument("--group", choices=GROUPS,
+                    help="report row (default: ensemble for K > 1, proxy-dirichlet for a "
+                         "Dirichlet model, else single; use mean-kd for mean-KD students)")
+    ap.add_argument("--subset", default="test", help="in-domain split of DATA")
+    ap.add_argument("--ood-dir", help="OOD sets built by ensdist-ood-sets (all of them)")
+    ap.add_argument("--ood", action="append", default=[], metavar="NAME=FILE",
+                    help="an extra OOD set: raw source-language text, one sentence a line")
+    ap.add_argument("--spm-model", help="SentencePiece model for --ood files "
+                                        "(default: DATA/../spm/spm.model)")
+    ap.add_argument("--measures", help="comma-separated (default: every measure the system has)")
+    ap.add_argument("--beam", type=int, default=5, help="beam size = hypotheses per sentence")
+    ap.add_argument("--lenpen", type=float, default=1.0)
+    ap.add_argument("--max-len-a", type=float, default=0.0)
+    ap.add_argument("--max-len-b", type=int, default=200)
+    ap.add_argument("--temperature", type=float, default=1.0,
+                    help="of the importance weights over the beam (sequence.py)")
+    ap.add_argument("--dirichlet-predictive", choices=("softmax", "mean"),
+                    help="override a Dirichlet student's predictive (default: its own option)")
+    ap.add_argument("--max-tokens", type=int, default=4000)
+    ap.add_argument("--sentences-per-chunk", type=int, default=16)
+    ap.add_argument("--cpu", action="store_true")
+    return ap
+
+
+def _ood_files(args, src_lang: str):
+    """[(name, kind, path)] of the OOD sets to score, after checking they fit DATA."""
+    from ..uncertainty.ood_sets import read_manifest
+
+    sets = []
+    if args.ood_dir:
+        manifest = read_manifest(args.ood_dir)
+        data_dict = os.path.join(args.data, f"dict.{manifest['src']}.txt")
+        if not os.path.isfile(data_dict) or sha256_of_file(data_dict) != manifest["dict_sha256"]:
+            raise ValueError(f"--ood-dir {args.ood_dir}: built with another dictionary than {data_dict}")
+        if manifest["src"] != src_lang:
+            raise ValueError(f"--ood-dir {args.ood_dir}: source language {manifest['src']}, the "
+                             f"system reads {src_lang}")
+        sets += [(s["name"], "bin", os.path.join(args.ood_dir, s["bin"])) for s in manifest["sets"]]
+    for item in args.ood:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--ood {item}: expected NAME=FILE")
+        if not os.path.isfile(path):
+            raise ValueError(f"--ood {path}: file not found")
+        sets.append((name, "raw", path))
+    names = [s[0] for s in sets] + [args.subset]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise ValueError(f"--ood {dup}: set name used twice (or equal to --subset)")
+    return sets
+
+
+def _raw_dataset(task, path: str, spm_model: str):
+    """Encode a raw text file with the corpus's SentencePiece model and the task's dictionary."""
+    import sentencepiece as spm
+
+    if not os.path.isfile(spm_model):
+        raise ValueError(f"--spm-model {spm_model}: not found (needed for --ood files)")
+    sp = spm.SentencePieceProcessor(model_file=spm_model)
+    d = task.source_dictionary
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    if not lines:
+        raise ValueError(f"--ood {path}: no non-empty lines")
+    tokens = [d.encode_line(" ".join(sp.encode(line, out_type=str)), add_if_not_exist=False,
+                            append_eos=True).long() for line in lines]
+    return task.build_dataset_for_inference(tokens, [t.numel() for t in tokens])
+
+
+def run(args, paths: List[str], device: torch.device) -> dict:
+    from .. import teacher_forcing
+    from ..evaluation.decoding import generation_config
+    from ..uncertainty import runner
+
+    overrides = {"dirichlet_predictive": args.dirichlet_predictive} if args.dirichlet_predictive else None
+    models, task = teacher_forcing.load_models(paths, args.data, device, overrides=overrides)
+    kind = runner.system_kind(models)
+    measures = runner.check_measures(
+        kind, args.measures.split(",") if args.measures else runner.AVAILABLE[kind])
+    group = args.group or {"ensemble": "ensemble", "dirichlet": "proxy-dirichlet"}.get(kind, "single")
+    task.load_dataset(args.subset)
+    sets = [(args.subset, "in-domain", task.dataset(args.subset))]
+    spm_model = args.spm_model or os.path.join(os.path.dirname(os.path.abspath(args.data)), "spm", "spm.model")
+    for name, how, path in _ood_files(args, task.cfg.source_lang):
+        sets.append((name, "ood", runner.ood_dataset(task, path) if how == "bin"
+                     else _raw_dataset(task, path, spm_model)))
+    gen_cfg = generation_config(beam=args.beam, nbest=args.beam, lenpen=args.lenpen,
+                                max_len_a=args.max_len_a, max_len_b=args.max_len_b)
+    os.makedirs(args.out, exist_ok=True)
+    summary = []
+    for name, role, dataset in sets:
+        start, n = time.perf_counter(), 0
+        path = os.path.join(args.out, f"{name}.jsonl")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            for record in runner.score_split(models, task, dataset, name, gen_cfg, measures,
+                                             args.max_tokens, args.sentences_per_chunk,
+                                             args.temperature, chrf=(role == "in-domain")):
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(path + ".tmp", path)
+        seconds = time.perf_counter() - start
+        summary.append({"name": name, "role": role, "file": os.path.basename(path),
+                        "sentences": n, "seconds": round(seconds, 3)})
+        print(f"[uncertainty] {args.name}: {name} ({role}) {n} sentences in {seconds:.1f} s",
+              file=sys.stderr, flush=True)
+    predictive = getattr(models[0], "dirichlet_predictive", None)
+    return {"schema_version": SCHEMA_VERSION, "name": args.name, "group": group, "kind": kind,
+            "num_models": len(paths), "paths": [os.path.abspath(p) for p in paths],
+            "data": os.path.abspath(args.data), "measures": measures,
+            "knowledge": [m for m in measures if m != "total" and m != "data"],
+            "beam": args.beam, "lenpen": args.lenpen, "temperature": args.temperature,
+            "dirichlet_predictive": predictive, "sets": summary}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    paths = [p for p in args.path.split(":") if p]
+    try:
+        for flag, value in (("--beam", args.beam), ("--max-tokens", args.max_tokens),
+                            ("--sentences-per-chunk", args.sentences_per_chunk)):
+            if value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
+        if not args.temperature > 0:
+            raise ValueError(f"--temperature must be > 0, got {args.temperature}")
+        check_ensemble(paths, args.data)
+        device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+        result = run(args, paths, device)
+    except (ValueError, OSError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    write_text_atomically(os.path.join(args.out, "system.json"), json.dumps(result, indent=2) + "\n")
+    total = sum(s["seconds"] for s in result["sets"])
+    print(f"{args.name} ({result['group']}, {result['kind']}, {len(paths)} model(s)): "
+          f"{', '.join(result['measures'])} on {len(result['sets'])} sets in {total:.1f} s -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

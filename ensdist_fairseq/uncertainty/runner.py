@@ -1,0 +1,155 @@
+"""Per-sentence sequence-level uncertainty of a system on a split (fairseq glue).
+
+    dataset --evaluation.decoding.decode (beam B, n-best B)--> each sentence's B hypotheses
+    hypotheses --teacher-forced through every member (one batch per chunk of sentences)-->
+    token measures (measures.py) + ln P(y|x) --sequence.py--> one record per sentence
+
+Systems (SYSTEM_KINDS): "single" (one ordinary model, incl. a mean-KD student: entropy only),
+"ensemble" (K >= 2 members, the mean of their probabilities decodes; measures from the members),
+"dirichlet" (one Proxy-Dirichlet student: decodes with its predictive option; the measures from
+α = exp(z) + 1 of its raw logits, never from get_normalized_probs).
+Nothing is kept across chunks: memory is flat in the size of the split.
+"""
+from typing import Dict, Iterator, List, Sequence
+
+import torch
+
+from . import measures as M
+from . import sequence as S
+
+SYSTEM_KINDS = ("single", "ensemble", "dirichlet")
+AVAILABLE = {"single": M.SINGLE_MEASURES, "ensemble": M.ENSEMBLE_MEASURES,
+             "dirichlet": M.DIRICHLET_MEASURES}
+POSITIONS_PER_CHUNK = 2048  # token positions per measure computation: bounds K x P x V buffers
+
+
+def system_kind(models: Sequence[torch.nn.Module]) -> str:
+    if len(models) > 1:
+        return "ensemble"
+    return "dirichlet" if getattr(models[0], "predicts_dirichlet", False) else "single"
+
+
+def check_measures(kind: str, requested: Sequence[str]) -> List[str]:
+    """The requested measures, or ValueError naming one the system cannot give."""
+    for name in requested:
+        if name not in M.ENSEMBLE_MEASURES:
+            raise ValueError(f"--measures {name}: unknown (one of {', '.join(M.ENSEMBLE_MEASURES)})")
+        if name not in AVAILABLE[kind]:
+            raise ValueError(
+                f"--measures {name}: a single model (or mean-KD student) gives only total "
+                "uncertainty (its entropy); knowledge uncertainty needs an ensemble "
+                "(--path a.pt:b.pt) or a Proxy-Dirichlet student")
+    return list(requested)
+
+
+def hypothesis_batch(dataset, decoded: Sequence, device) -> dict:
+    """One teacher-forcing batch of every hypothesis of `decoded` (source repeated per hypothesis)."""
+    from fairseq.data import data_utils
+
+    pad, eos = dataset.src_dict.pad(), dataset.src_dict.eos()
+    sources, hyps = [], []
+    for d in decoded:
+        src = dataset[d.id]["source"]
+        for h in d.hypotheses:
+            sources.append(src)
+            hyps.append(h.tokens)
+    tgt_pad, tgt_eos = dataset.tgt_dict.pad(), dataset.tgt_dict.eos()
+    batch = {
+        "src_tokens": data_utils.collate_tokens(sources, pad, eos, left_pad=dataset.left_pad_source),
+        "src_lengths": torch.tensor([s.numel() for s in sources]),
+        "prev_output_tokens": data_utils.collate_tokens(hyps, tgt_pad, tgt_eos, left_pad=False,
+                                                        move_eos_to_beginning=True),
+    }
+    target = data_utils.collate_tokens(hyps, tgt_pad, tgt_eos, left_pad=False)
+    return {k: v.to(device) for k, v in batch.items()}, target.to(device), target.ne(tgt_pad).to(device)
+
+
+def _chunked(fn, *position_tensors) -> Dict[str, torch.Tensor]:
+    """fn over slices of the position dimension (dim -2), concatenated: bounded memory."""
+    n = position_tensors[0].size(-2)
+    parts = [fn(*(t[..., i:i + POSITIONS_PER_CHUNK, :] for t in position_tensors))
+             for i in range(0, n, POSITIONS_PER_CHUNK)]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+
+@torch.no_grad()
+def token_measures(models, kind: str, net_input: dict, target: torch.Tensor, mask: torch.Tensor):
+    """({measure: (N, T) values, 0 at pads}, (N,) ln P(y|x) under the system's predictive)."""
+    per_member, logits = [], None
+    for model in models:
+        net_output = model(**net_input)
+        per_member.append(model.get_normalized_probs(net_output, log_probs=True).float())
+        if kind == "dirichlet":
+            logits = net_output[0]
+    if kind == "ensemble":
+        stacked = torch.stack(per_member)  # (K, N, T, V)
+        log_pred = M.ensemble_log_mean(stacked)
+        flat = _chunked(M.ensemble_measures, stacked[:, mask])
+    elif kind == "dirichlet":
+        log_pred = per_member[0]
+        flat = _chunked(M.dirichlet_measures, logits[mask])
+    else:
+        log_pred = per_member[0]
+        flat = _chunked(M.single_measures, log_pred[mask])
+    values = {}
+    for name, v in flat.items():
+        full = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
+        full[mask] = v.double()
+        values[name] = full
+    return values, S.hypothesis_log_probs(log_pred, target, mask)
+
+
+def score_split(models, task, dataset, set_name: str, gen_cfg, measures: Sequence[str],
+                max_tokens: int, sentences_per_chunk: int = 16, temperature: float = 1.0,
+                chrf: bool = True) -> Iterator[dict]:
+    """Yield one record per sentence of `dataset`: its output and sequence-level measures."""
+    from ..evaluation.decoding import decode
+
+    kind = system_kind(models)
+    device = next(iter(models[0].parameters())).device
+    chunk: List = []
+
+    def flush():
+        net_input, target, mask = hypothesis_batch(dataset, chunk, device)
+        values, hyp_lp = token_measures(models, kind, net_input, target, mask)
+        start = 0
+        for d in chunk:
+            b = len(d.hypotheses)
+            rows = slice(start, start + b)
+            start += b
+            seq = S.sequence_measures({m: values[m][rows] for m in measures}, mask[rows],
+                                      hyp_lp[rows], temperature)
+            best = d.hypotheses[0]
+            record = {"set": set_name, "id": d.id, "output": best.text, "source": d.source,
+                      "reference": d.reference, "score": best.score, "num_hypotheses": b,
+                      "log_prob": float(hyp_lp[rows][0]), "length": int(mask[rows][0].sum()),
+                      "uncertainty": seq}
+            if chrf and d.reference is not None:
+                record["chrf"] = sentence_chrf(best.text, d.reference)
+            yield record
+
+    for d in decode(models, task, dataset, gen_cfg, max_tokens=max_tokens, where=set_name):
+        if not d.hypotheses:  # fairseq found nothing (cannot happen with min_len 1): skip it
+            continue
+        chunk.append(d)
+        if len(chunk) == sentences_per_chunk:
+            yield from flush()
+            chunk = []
+    if chunk:
+        yield from flush()
+
+
+def sentence_chrf(hypothesis: str, reference: str) -> float:
+    import sacrebleu
+
+    return float(sacrebleu.sentence_chrf(hypothesis, [reference]).score)
+
+
+def ood_dataset(task, bin_prefix: str):
+    """A source-only inference dataset of a binarized OOD set (task's source dictionary)."""
+    from fairseq.data import data_utils
+
+    src = data_utils.load_indexed_dataset(bin_prefix, task.source_dictionary, dataset_impl="mmap")
+    if src is None:
+        raise ValueError(f"{bin_prefix}.bin/.idx: not found")
+    return task.build_dataset_for_inference(src, src.sizes)
