@@ -143,6 +143,10 @@ def test_bad_inputs_give_one_line_errors(tiny_data, tiny_checkpoints, tmp_path, 
                                                        "output_projection.weight"))]:
         state["model"][k] = state["model"][k][:-3]
     torch.save(state, other_dict)
+    nan_model = tmp_path / "nan_model.pt"  # outputs NaN at every position
+    state = torch.load(good, weights_only=True)
+    state["model"]["decoder.layers.0.final_layer_norm.bias"][0] = float("nan")
+    torch.save(state, nan_model)
     out = tmp_path / "r.json"
     cases = [
         ([tmp_path / "nope", "--path", good], "nope"),
@@ -152,6 +156,13 @@ def test_bad_inputs_give_one_line_errors(tiny_data, tiny_checkpoints, tmp_path, 
         ([tiny_data, "--path", good, "--num-bins", 0], "--num-bins"),
         ([tiny_data, "--path", good, "--split", "nosuchsplit"], "nosuchsplit"),
         ([tiny_data, "--path", good, "--output-json", tmp_path / "no" / "dir.json"], "--output-json"),
+        # issue 10: checked before any work (the missing data directory is not reached)
+        ([tmp_path / "nodata", "--path", good, "--output-json", "/sys/r.json"], "--output-json /sys"),
+        ([tiny_data, "--path", f"{good}:{nan_model}"], "nan_model.pt: non-finite probabilities"),
+        ([tiny_data, "--path", good, "--max-tokens", 3], "--max-tokens 3"),
+        ([tiny_data, "--path", good, "--num-bins", 100000], "--num-bins 100000: more bins than"),
+        ([tiny_data, "--path", good, "--beam", 0], "--beam"),
+        ([tiny_data, "--path", good, "--nbest", 2], "unrecognized arguments: --nbest 2"),
     ]
     for args, named in cases:
         if "--output-json" not in args:
@@ -169,3 +180,22 @@ def test_bad_flag_from_the_command_line_exits_without_traceback(tmp_path):
                        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert p.returncode != 0
     assert _single_error_line(p.stderr) == "error: --num-bins must be >= 1, got 0"
+
+
+def test_failed_final_write_keeps_the_result(tiny_data, tiny_checkpoints, tmp_path, capsys,
+                                             monkeypatch):
+    from ensdist_fairseq import atomic_files
+
+    def disk_full(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic_files, "write_text_atomically", disk_full)
+    rc, _out, err = run_cli([tiny_data, "--path", tiny_checkpoints[0], "--name", "kept",
+                             "--no-bleu", "--cpu", "--output-json", tmp_path / "r.json"], capsys)
+    line = _single_error_line(err)
+    assert rc == 1 and "--output-json" in line and "No space left on device" in line
+    kept = line.rsplit("saved to ", 1)[1]
+    try:
+        assert json.loads(open(kept).read())["name"] == "kept"
+    finally:
+        os.remove(kept)
