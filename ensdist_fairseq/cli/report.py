@@ -13,7 +13,9 @@ from typing import List, Optional
 
 from .. import report
 from ..paper_pattern import pattern_checks, pattern_markdown
+from ..evaluation.regime import regime_markdown
 from ..atomic_files import write_text_atomically
+from ..uncertainty.report_section import section as uncertainty_section
 
 
 def load_results(results_dir: str):
@@ -54,8 +56,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         checks = pattern_checks(results, args.ce_method, args.ls_method)
         text = (report.report_markdown(results) + "\n## Does the paper's pattern hold here?\n\n"
                 + pattern_markdown(checks))
+        regime = regime_markdown(results)  # where each model stopped (from its train.log)
+        text += "\n" + regime if regime else ""
+        # Uncertainty section (H4, issue 11): RESULTS/uncertainty/*/ from ensdist-uncertainty
+        unc_text, unc_pngs = uncertainty_section(args.results_dir, out)
+        text += unc_text
         write_text_atomically(os.path.join(out, "report.md"), text)
-        pngs = report.write_reliability_diagrams(results, out)
+        pngs = report.write_reliability_diagrams(results, out) + unc_pngs
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
