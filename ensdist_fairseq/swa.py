@@ -1,14 +1,16 @@
-"""Stochastic weight averaging (SWA) of a fairseq training run, from its tail snapshots.
+"""Stochastic weight averaging (SWA) of a fairseq training run, from its epoch snapshots.
 
-Schedule (documented in docs/teachers.md): fairseq-train runs to ``--max-epoch E`` and writes
-a checkpoint at the end of every epoch (``checkpoint<epoch>.pt``, ``--keep-last-epochs N`` keeps
-the tail); the learning-rate schedule is left as it is (inverse-sqrt decays slowly there, so the
-snapshots sample one basin). The SWA model is the equal-weight mean of the parameters of the
-last N epoch checkpoints, as Reich et al. did with their last 10 epochs, and what
-torch.optim.swa_utils.AveragedModel computes with its default averaging function. Epoch ends
-rather than --save-interval-updates: fairseq skips an interval snapshot that falls on an epoch
-end, which would make the schedule depend on the data size. Transformers use LayerNorm, not
-BatchNorm, so SWA's BatchNorm pass (swa_utils.update_bn) has nothing to do.
+Schedule (docs/teachers.md): fairseq-train stops by the early-stopping rule (``--patience P``:
+P validations without a new best validation loss, ``--max-epoch`` as a cap) and writes a
+checkpoint at the end of every epoch (``--keep-last-epochs N+P`` keeps the tail). The SWA model
+is the equal-weight mean of the parameters of the N epoch checkpoints ENDING AT THE BEST
+VALIDATION EPOCH (epochs b-N+1 .. b; fewer when b < N): the window around the plateau, chosen
+by a rule fixed before training and not by the test numbers it is judged on. Reich et al.
+average their last 10 epochs of a fixed-length run, which is the same window when the run stops
+at its plateau. The mean is what torch.optim.swa_utils.AveragedModel computes with its default
+averaging function. Epoch ends rather than --save-interval-updates: fairseq skips an interval
+snapshot that falls on an epoch end, which would make the schedule depend on the data size.
+Transformers use LayerNorm, not BatchNorm, so SWA's BatchNorm pass (update_bn) has nothing to do.
 
 Averaging works on checkpoints rather than a live model so a finished run can be averaged
 without retraining and the result is an ordinary fairseq checkpoint (fairseq-generate reads it).
@@ -21,15 +23,37 @@ import torch
 from .atomic_files import atomic_open
 from .safe_loading import load_checkpoint
 
+def best_epoch(save_dir: str) -> int:
+    """The epoch whose end produced SAVE_DIR/checkpoint_best.pt (the best validation loss).
+
+    fairseq stores the epoch iterator's state, which at an epoch end already points at the
+    next epoch (epoch + 1, 0 iterations in it); a checkpoint saved mid-epoch keeps its epoch."""
+    path = os.path.join(save_dir, "checkpoint_best.pt")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: missing (the run validated no epoch, or is not a fairseq run)")
+    state = (load_checkpoint(path).get("extra_state") or {}).get("train_iterator") or {}
+    if "epoch" not in state:
+        raise ValueError(f"{path}: no epoch in its train_iterator state")
+    return state["epoch"] - 1 if state.get("iterations_in_epoch", 0) == 0 else state["epoch"]
+
+
+def swa_window(end_epoch: int, num_epochs: int) -> List[int]:
+    """Epochs end_epoch-num_epochs+1 .. end_epoch, starting at epoch 1 at the earliest."""
+    if num_epochs < 1 or end_epoch < 1:
+        raise ValueError(f"SWA window: need num_epochs >= 1 and end epoch >= 1, got "
+                         f"{num_epochs} ending at {end_epoch}")
+    return list(range(max(1, end_epoch - num_epochs + 1), end_epoch + 1))
+
+
 def epoch_snapshots(save_dir: str, last_epoch: int, num_epochs: int) -> List[str]:
-    """The epoch checkpoints last_epoch-num_epochs+1 .. last_epoch of `save_dir`, in order;
+    """The epoch checkpoints of swa_window(last_epoch, num_epochs) in `save_dir`, in order;
     ValueError naming the first one missing."""
-    paths = [os.path.join(save_dir, f"checkpoint{e}.pt")
-             for e in range(last_epoch - num_epochs + 1, last_epoch + 1)]
+    paths = [os.path.join(save_dir, f"checkpoint{e}.pt") for e in swa_window(last_epoch, num_epochs)]
     for p in paths:
         if not os.path.isfile(p):
-            raise ValueError(f"{p}: epoch checkpoint missing (needed for SWA over the last "
-                             f"{num_epochs} of {last_epoch} epochs)")
+            raise ValueError(f"{p}: epoch checkpoint missing (needed for SWA over the "
+                             f"{num_epochs} epochs ending at epoch {last_epoch}; keep at least "
+                             f"SWA epochs + patience with --keep-last-epochs)")
     return paths
 
 

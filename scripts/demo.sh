@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
 # The main job, in one command: the paper's comparison on the built-in corpus (or your data).
 #
-#   bash scripts/demo.sh [--out runs/demo] [--config configs/builtin_cpu.sh]
+#   bash scripts/demo.sh [--out runs/demo] [--config CONFIG]
 #        [--data BIN_DIR --reference RAW_TEST_TARGET] [--members K] [--topk V']
 #        [--students "intra_mean_kd mean_kd proxy_dirichlet"] [--jobs N] [--max-pairs N]
+#        [--print-config]
 #
 # Stages: setup -> prepare the corpus -> K CE+SWA and K LS+SWA teachers -> memoize the CE
 # ensemble (top-V') -> distill the students -> evaluate every member, the ensembles of 1..K and
-# every student (BLEU, ECE-1, ECE-5) -> report (table + reliability diagrams) in OUT/results.
+# every student (BLEU, ECE-1, ECE-5) -> uncertainty -> report (table, regime, reliability
+# diagrams) in OUT/results. Every training stops by the rule of docs/teachers.md (early
+# stopping on validation loss, SWA ending at the best epoch).
+# CONFIG defaults to configs/builtin_gpu.sh when the venv's torch sees a CUDA device, else
+# configs/builtin_cpu.sh (ENSDIST_CUDA=0|1 overrides the detection; --print-config shows the
+# choice and exits). --topk V' is the one V' of the run: the store, the students and their names.
 # Every stage skips finished work, so re-running is cheap and an interrupted run resumes.
-# --jobs N runs up to N trainings/evaluations at once (default: the number of CPU cores), each
-# with OMP_NUM_THREADS = cores / N.
+# --jobs N runs up to N trainings/evaluations at once (default: the config's JOBS, else the
+# number of CPU cores), each with OMP_NUM_THREADS = cores / N.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="$ROOT/runs/demo" CONFIG="$ROOT/configs/builtin_cpu.sh" DATA="" REFERENCE="" MEMBERS=3
+OUT="$ROOT/runs/demo" CONFIG="" DATA="" REFERENCE="" MEMBERS=3 PRINT_CONFIG=0
 # Students are launched in this order: the longest (intra-distillation, K passes) first, so the
 # shorter ones share the other slots.
-TOPK_OPT="" STUDENTS="intra_mean_kd mean_kd proxy_dirichlet" JOBS="$(nproc)" MAX_PAIRS=()
+TOPK_OPT="" STUDENTS="intra_mean_kd mean_kd proxy_dirichlet" JOBS_OPT="" MAX_PAIRS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="$2"; shift 2 ;;
@@ -26,22 +32,34 @@ while [ $# -gt 0 ]; do
     --members) MEMBERS="$2"; shift 2 ;;
     --topk) TOPK_OPT="$2"; shift 2 ;;
     --students) STUDENTS="$2"; shift 2 ;;
-    --jobs) JOBS="$2"; shift 2 ;;
+    --jobs) JOBS_OPT="$2"; shift 2 ;;
     --max-pairs) MAX_PAIRS=(--max-pairs "$2"); shift 2 ;;  # a small slice of the built-in corpus
+    --print-config) PRINT_CONFIG=1; shift ;;
     *) echo "error: unknown option $1 (see the header of $0)" >&2; exit 1 ;;
   esac
 done
-[[ "$MEMBERS" =~ ^[1-9][0-9]*$ ]] || { echo "error: --members $MEMBERS: must be a positive integer" >&2; exit 1; }
-[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "error: --jobs $JOBS: must be a positive integer" >&2; exit 1; }
 STARTED=$(date +%s)
 stage() { echo; echo "=== [demo] $1 ($(( $(date +%s) - STARTED ))s elapsed)"; }
 
 stage "setup: .venv"
 bash "$ROOT/scripts/setup_env.sh"
 source "$ROOT/scripts/lib.sh"
+[[ "$MEMBERS" =~ ^[1-9][0-9]*$ ]] || die "--members $MEMBERS: must be a positive integer"
+[ -z "$TOPK_OPT" ] || [[ "$TOPK_OPT" =~ ^[1-9][0-9]*$ ]] || die "--topk $TOPK_OPT: must be a positive integer"
+if [ -z "$CONFIG" ]; then
+  if cuda_visible; then CONFIG="$ROOT/configs/builtin_gpu.sh"; else CONFIG="$ROOT/configs/builtin_cpu.sh"; fi
+fi
+echo "[demo] config: $CONFIG"
+[ "$PRINT_CONFIG" = 0 ] || exit 0
+# V' of this run: --topk, else the config's. Exported so every script that sources the config
+# (TOPK=${TOPK:-...}) keeps it.
+[ -z "$TOPK_OPT" ] || export TOPK="$TOPK_OPT"
 load_config "$CONFIG"
-TOPK="${TOPK_OPT:-$TOPK}"
+export TOPK
+JOBS="${JOBS_OPT:-${JOBS:-$(nproc)}}"
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || die "--jobs $JOBS: must be a positive integer"
 export OMP_NUM_THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
+STUDENT_SWA_EPOCHS="${STUDENT_SWA_EPOCHS:-$SWA_EPOCHS}"
 
 # run_parallel CMD...: each argument is one shell command; at most $JOBS run at once, a new one
 # starting as soon as any finishes (wait -n); fails if any fails.
@@ -65,7 +83,7 @@ fi
 [ -d "$DATA" ] || die "--data $DATA: no such directory"
 [ -z "$REFERENCE" ] || [ -f "$REFERENCE" ] || die "--reference $REFERENCE: no such file"
 
-stage "teachers: $MEMBERS CE+SWA and $MEMBERS LS+SWA members"
+stage "teachers: $MEMBERS CE+SWA and $MEMBERS LS+SWA members (patience $PATIENCE, at most $MAX_EPOCH epochs)"
 train() { printf 'bash %q --config %q --data %q --out %q --mode %s --members %s' \
   "$ROOT/scripts/train_ensemble.sh" "$CONFIG" "$DATA" "$OUT/teachers" "$1" "$MEMBERS"; }
 run_parallel "$(train ce)" "$(train ls)"
@@ -84,7 +102,7 @@ else  # one process: give it every core
     "${DEVICE_ARGS[@]}" --output "$STORE"
 fi
 
-stage "distill: $STUDENTS"
+stage "distill: $STUDENTS (V'=$TOPK from the store)"
 distill_cmds=()
 for v in $STUDENTS; do
   distill_cmds+=("$(printf 'bash %q --config %q --data %q --store %q --variant %s --out %q' \
@@ -112,10 +130,12 @@ for mode in ce ls; do
   done
 done
 for v in $STUDENTS; do
-  eval_cmds+=("$(evaluate "student-$v-k$MEMBERS-v$TOPK" "CE+SWA" "$STUDENTS_DIR/$v/checkpoint_last.pt" \
-    --kind student --num-teachers "$MEMBERS")")
+  eval_cmds+=("$(evaluate "student-$v-k$MEMBERS-v$TOPK" "CE+SWA" \
+    "$(final_checkpoint "$STUDENTS_DIR/$v" "$STUDENT_SWA_EPOCHS")" --kind student --num-teachers "$MEMBERS")")
 done
 run_parallel "${eval_cmds[@]}"
+
+# (uncertainty stage: see H4's interface)
 
 stage "report -> $RES/report.md"
 "${BIN}ensdist-report" "$RES"

@@ -2,26 +2,32 @@
 # Distill a memoized teacher store into one student.
 #
 #   bash scripts/distill.sh --config configs/builtin_cpu.sh --data DATA_BIN --store STORE.h5 \
-#        --variant mean_kd|proxy_dirichlet|intra_mean_kd --out DIR [-- extra fairseq-train args]
+#        --variant mean_kd|proxy_dirichlet|intra_mean_kd --out DIR [--topk V'] \
+#        [-- extra fairseq-train args]
 #
-# Variants (criterion token_kd, docs/criterion.md):
+# Variants (criterion token_kd with its defaults, docs/criterion.md):
 #   mean_kd          ensemble-mean KD, (1-β)·NLL^LS + β·KD over the stored top-V′ (Reich et al.)
 #   proxy_dirichlet  Proxy-Dirichlet reverse KL with the Dirichlet student (Ryabinin et al.)
-#   intra_mean_kd    mean_kd plus intra-distillation over K dropout passes (Xu et al.)
-# The student trains from scratch (random init, as the paper found best) for STUDENT_MAX_UPDATE
-# updates into DIR/<variant>/; its final model is checkpoint_last.pt. A finished student
-# (DIR/<variant>/done) is skipped; an interrupted one resumes from checkpoint_last.pt.
+#   intra_mean_kd    mean_kd plus intra-distillation over INTRA_PASSES (3) dropout passes (Xu et al.)
+# V′ is the store's (the task reads it); --topk asks for fewer. The student trains from scratch
+# (random init, as the paper found best) into DIR/<variant>/ by the teachers' stopping rule
+# (docs/teachers.md): early stopping on validation loss with PATIENCE, capped at MAX_EPOCH
+# epochs and STUDENT_MAX_UPDATE updates (intra-distillation's α schedule runs over the latter);
+# with STUDENT_SWA_EPOCHS > 0 its model is checkpoint_swa.pt (SWA ending at the best epoch),
+# else checkpoint_best.pt. A finished student (DIR/<variant>/done) is skipped; an interrupted
+# one resumes from checkpoint_last.pt.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-CONFIG="" DATA="" STORE="" VARIANT="" OUT="" EXTRA=()
+CONFIG="" DATA="" STORE="" VARIANT="" OUT="" TOPK_ARGS=() EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --config) CONFIG="$2"; shift 2 ;;
-    --data) DATA="$2"; shift 2 ;;
-    --store) STORE="$2"; shift 2 ;;
-    --variant) VARIANT="$2"; shift 2 ;;
-    --out) OUT="$2"; shift 2 ;;
+    --config) need_value "$@"; CONFIG="$2"; shift 2 ;;
+    --data) need_value "$@"; DATA="$2"; shift 2 ;;
+    --store) need_value "$@"; STORE="$2"; shift 2 ;;
+    --variant) need_value "$@"; VARIANT="$2"; shift 2 ;;
+    --out) need_value "$@"; OUT="$2"; shift 2 ;;
+    --topk) need_value "$@"; TOPK_ARGS=(--teacher-topk "$2"); shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) die "unknown option $1 (see the header of $0)" ;;
   esac
@@ -30,33 +36,46 @@ load_config "$CONFIG"
 [ -d "$DATA" ] || die "--data ${DATA:-(none)}: no such directory"
 [ -f "$STORE" ] || die "--store ${STORE:-(none)}: no such file (run ensdist-memoize first)"
 [ -n "$OUT" ] || die "--out: no output directory given"
+STUDENT_SWA_EPOCHS="${STUDENT_SWA_EPOCHS:-$SWA_EPOCHS}"
 
 ARCH=("${ARCH_ARGS[@]}")
-KD=(--criterion token_kd --label-smoothing "$LS_EPSILON" --kd-weight "$KD_WEIGHT")
+KD=(--criterion token_kd)
 case "$VARIANT" in
   mean_kd) KD+=(--kd-loss mean_kd) ;;
   proxy_dirichlet)
-    KD+=(--kd-loss proxy_dirichlet --precision-limit "$PRECISION_LIMIT")
+    KD+=(--kd-loss proxy_dirichlet)
     # the same network, read as Dirichlet concentrations exp(z)+1 (docs/criterion.md)
     for i in "${!ARCH[@]}"; do
-      [ "${ARCH[$i]}" = "--arch" ] && ARCH[i+1]="$DIRICHLET_ARCH"
+      if [ "${ARCH[$i]}" = "--arch" ]; then
+        case "${ARCH[i+1]}" in
+          transformer|transformer_wmt_en_de) ARCH[i+1]=dirichlet_transformer ;;
+          transformer_iwslt_de_en) ARCH[i+1]=dirichlet_transformer_iwslt_de_en ;;
+          *) ARCH[i+1]="${DIRICHLET_ARCH:?$CONFIG: no Dirichlet variant of --arch ${ARCH[i+1]} known; set DIRICHLET_ARCH}" ;;
+        esac
+      fi
     done ;;
-  intra_mean_kd)
-    KD+=(--kd-loss mean_kd --intra-passes "$INTRA_PASSES" --intra-alpha "$INTRA_ALPHA"
-         --intra-p "$INTRA_P" --intra-q "$INTRA_Q") ;;
+  intra_mean_kd) KD+=(--kd-loss mean_kd --intra-passes "${INTRA_PASSES:-3}") ;;
   *) die "--variant ${VARIANT:-(none)}: must be mean_kd, proxy_dirichlet or intra_mean_kd" ;;
 esac
+mapfile -t STOP < <(stop_rule_args "$MAX_EPOCH" "$PATIENCE" "$STUDENT_SWA_EPOCHS")
 
 dir="$OUT/$VARIANT"
+final="$(final_checkpoint "$dir" "$STUDENT_SWA_EPOCHS")"
 if [ -f "$dir/done" ]; then
-  echo "[distill] $VARIANT: done ($dir/checkpoint_last.pt), skipping"; exit 0
+  echo "[distill] $VARIANT: done ($final), skipping"; exit 0
 fi
 mkdir -p "$dir"
-echo "[distill] $VARIANT: $STUDENT_MAX_UPDATE updates from $STORE -> $dir"
-"${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task translation_distill --teacher-store "$STORE" \
-  --teacher-topk "$TOPK" "${ARCH[@]}" "${TRAIN_ARGS[@]}" "${KD[@]}" --seed 1 \
-  --max-update "$STUDENT_MAX_UPDATE" --save-dir "$dir" --no-epoch-checkpoints \
-  --log-format simple "${EXTRA[@]}" > "$dir/train.log" 2>&1 \
-  || { tail -n 5 "$dir/train.log" >&2; die "distilling $VARIANT failed (log: $dir/train.log)"; }
-grep "| train |" "$dir/train.log" | tail -n 1 | sed "s/^.*| train |/    last epoch:/"
+if [ ! -f "$dir/trained" ]; then
+  echo "[distill] $VARIANT: from $STORE (patience $PATIENCE, at most $MAX_EPOCH epochs / $STUDENT_MAX_UPDATE updates) -> $dir"
+  run_logged "$dir/train.log" "distilling $VARIANT" \
+    "${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task translation_distill \
+    --teacher-store "$STORE" "${TOPK_ARGS[@]}" "${ARCH[@]}" "${TRAIN_ARGS[@]}" "${EVAL_ARGS[@]}" \
+    "${KD[@]}" "${STUDENT_ARGS[@]}" --seed 1 "${STOP[@]}" --max-update "$STUDENT_MAX_UPDATE" \
+    --save-dir "$dir" --log-format simple "${EXTRA[@]}"
+  touch "$dir/trained"
+fi
+last_epoch_line "$dir/train.log"
+if [ "$STUDENT_SWA_EPOCHS" -gt 0 ]; then
+  "$PYTHON" -m ensdist_fairseq.cli.swa --save-dir "$dir" --epochs "$STUDENT_SWA_EPOCHS" --remove-snapshots
+fi
 touch "$dir/done"

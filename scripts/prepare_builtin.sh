@@ -6,12 +6,13 @@
 #
 # Stage 1 extracts DIR/raw/{train,valid,test}.{en,de} (ensdist_fairseq.corpus.ding), stage 2
 # runs scripts/prepare_raw.sh (SentencePiece, fairseq-preprocess) into DIR/spm and DIR/bin.
-# The config provides SRC, TGT (en and de, either direction) and SPM_VOCAB_SIZE.
+# The config provides SRC, TGT (en and de, either direction) and SPM_VOCAB_SIZE, and may set
+# MAX_PAIRS (default for --max-pairs) and CLEAN_MAX_LEN (drop training pairs with a side longer
+# than this many pieces: the demo's sentence-length filter).
 # Each stage writes a marker last and is skipped when its marker matches; see docs/corpus.md.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-die() { echo "error: $*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 # The one file of the Debian package; the recipe and the counts in docs/corpus.md are for 1.9-6.
@@ -20,13 +21,12 @@ DING_VERSION=1.9-6
 
 CONFIG="$ROOT/configs/builtin_cpu.sh"
 OUT="$ROOT/runs/builtin"
-MAX_PAIRS=""
-need_value() { [ "$#" -ge 2 ] || die "$1 needs a value"; }
+MAX_PAIRS_OPT=""
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --config) need_value "$@"; CONFIG="$2"; shift 2 ;;
     --out) need_value "$@"; OUT="$2"; shift 2 ;;
-    --max-pairs) need_value "$@"; MAX_PAIRS="$2"; shift 2 ;;
+    --max-pairs) need_value "$@"; MAX_PAIRS_OPT="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
@@ -34,8 +34,10 @@ done
 
 # ---- inputs, checked before anything is written ------------------------------------------
 [ -f "$CONFIG" ] || die "--config $CONFIG: no such file"
+CLEAN_MAX_LEN="" MAX_PAIRS=""
 # shellcheck source=/dev/null
 source "$CONFIG"
+MAX_PAIRS="${MAX_PAIRS_OPT:-$MAX_PAIRS}"
 for var in SRC TGT SPM_VOCAB_SIZE; do
   [ -n "${!var:-}" ] || die "$CONFIG does not set $var"
 done
@@ -49,9 +51,7 @@ installed="$(dpkg-query -W -f='${Version}' trans-de-en 2>/dev/null || echo unkno
 [ "$installed" = "$DING_VERSION" ] \
   || echo "[prepare_builtin] warning: trans-de-en $installed installed, docs/corpus.md describes $DING_VERSION" >&2
 
-if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON="$(command -v python3 || true)"; fi
 [ -n "$PYTHON" ] || die "no python: run scripts/setup_env.sh"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # ---- stage 1: extraction -----------------------------------------------------------------
 RAW="$OUT/raw"
@@ -83,5 +83,5 @@ fi
 t0=$SECONDS
 echo "[prepare_builtin] stage 2/2: sentencepiece ($SPM_VOCAB_SIZE) + fairseq-preprocess into $OUT/bin"
 bash "$ROOT/scripts/prepare_raw.sh" --src "$SRC" --tgt "$TGT" --raw "$RAW" --out "$OUT" \
-  --vocab-size "$SPM_VOCAB_SIZE"
+  --vocab-size "$SPM_VOCAB_SIZE" ${CLEAN_MAX_LEN:+--clean-max-len "$CLEAN_MAX_LEN"}
 echo "[prepare_builtin] stage 2/2 took $((SECONDS - t0)) s; data for fairseq: $OUT/bin"

@@ -17,8 +17,7 @@
 # from the encoded training data. See docs/corpus.md.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-die() { echo "error: $*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 OUT="$ROOT/runs/iwslt14_de_en"
@@ -30,7 +29,6 @@ VALID_EVERY=23        # fairseq's prepare-iwslt14.sh: line numbers divisible by 
 URL="http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz"
 MOSES_REPO="https://github.com/moses-smt/mosesdecoder.git"
 
-need_value() { [ "$#" -ge 2 ] || die "$1 needs a value"; }
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --out) need_value "$@"; OUT="$2"; shift 2 ;;

@@ -4,7 +4,7 @@
 #
 #   bash scripts/prepare_raw.sh --src en --tgt de --raw RAWDIR --out OUTDIR \
 #        [--vocab-size 8000] [--workers 1] [--spm-threads 1] [--spm-sample 0] \
-#        [--clean-max-len N] [--clean-ratio R]
+#        [--clean-max-len N] [--clean-ratio R] [--model-type unigram|bpe]
 #
 # RAWDIR holds {train,valid,test}.{SRC,TGT}: plain UTF-8 text, one sentence per line, the two
 # sides of a split aligned line by line. Writes
@@ -15,8 +15,7 @@
 # the same inputs and settings skips; with different ones it stops instead of mixing the two.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-die() { echo "error: $*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 SRC="" TGT="" RAW="" OUT=""
@@ -26,8 +25,8 @@ SPM_THREADS=1       # SentencePiece trainer threads (the model is reproducible p
 SPM_SAMPLE=0        # lines sampled to train SentencePiece (0: all)
 CLEAN_MAX_LEN=""    # drop train pairs with a side longer than this many pieces (empty: keep)
 CLEAN_RATIO=""      # drop train pairs whose piece-length ratio exceeds this (empty: keep)
+MODEL_TYPE=unigram  # SentencePiece model: unigram (its default) or bpe (Reich et al.'s BPE)
 
-need_value() { [ "$#" -ge 2 ] || die "$1 needs a value"; }
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --src) need_value "$@"; SRC="$2"; shift 2 ;;
@@ -40,6 +39,7 @@ while [ "$#" -gt 0 ]; do
     --spm-sample) need_value "$@"; SPM_SAMPLE="$2"; shift 2 ;;
     --clean-max-len) need_value "$@"; CLEAN_MAX_LEN="$2"; shift 2 ;;
     --clean-ratio) need_value "$@"; CLEAN_RATIO="$2"; shift 2 ;;
+    --model-type) need_value "$@"; MODEL_TYPE="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
@@ -59,6 +59,7 @@ positive_int --spm-threads "$SPM_THREADS"
 [ -z "$CLEAN_MAX_LEN" ] || positive_int --clean-max-len "$CLEAN_MAX_LEN"
 [ -z "$CLEAN_RATIO" ] || [[ "$CLEAN_RATIO" =~ ^[0-9]+(\.[0-9]+)?$ ]] \
   || die "--clean-ratio must be a number >= 1, got '$CLEAN_RATIO'"
+case "$MODEL_TYPE" in unigram|bpe) ;; *) die "--model-type must be unigram or bpe, got '$MODEL_TYPE'" ;; esac
 [ -d "$RAW" ] || die "--raw $RAW: no such directory"
 for split in train valid test; do
   for lang in "$SRC" "$TGT"; do
@@ -66,18 +67,15 @@ for split in train valid test; do
   done
 done
 
-# The venv next to the repo if there is one, else whatever is on PATH.
-if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON="$(command -v python3 || true)"; fi
-if [ -x "$ROOT/.venv/bin/fairseq-preprocess" ]; then PREPROCESS="$ROOT/.venv/bin/fairseq-preprocess"; else PREPROCESS="$(command -v fairseq-preprocess || true)"; fi
+PREPROCESS="$(tool fairseq-preprocess)"
 [ -n "$PYTHON" ] || die "no python: run scripts/setup_env.sh"
 [ -n "$PREPROCESS" ] || die "no fairseq-preprocess: run scripts/setup_env.sh"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # ---- skip if already done with the same inputs -------------------------------------------
 MARKER="$OUT/bin/.prepared"
 # One checksum per file (with its name), so that moving lines between files changes it too.
 raw_sum="$(cd "$RAW" && sha256sum train."$SRC" train."$TGT" valid."$SRC" valid."$TGT" test."$SRC" test."$TGT" | sha256sum | cut -c1-64)"
-fingerprint="src=$SRC tgt=$TGT vocab_size=$VOCAB_SIZE spm_threads=$SPM_THREADS spm_sample=$SPM_SAMPLE clean_max_len=$CLEAN_MAX_LEN clean_ratio=$CLEAN_RATIO raw_sha256=$raw_sum"
+fingerprint="src=$SRC tgt=$TGT vocab_size=$VOCAB_SIZE spm_threads=$SPM_THREADS spm_sample=$SPM_SAMPLE clean_max_len=$CLEAN_MAX_LEN clean_ratio=$CLEAN_RATIO model_type=$MODEL_TYPE raw_sha256=$raw_sum"
 if [ -f "$MARKER" ]; then
   if [ "$(cat "$MARKER")" = "$fingerprint" ]; then
     echo "[prepare_raw] $OUT/bin is complete ($MARKER): skipping"
@@ -90,12 +88,12 @@ mkdir -p "$OUT"
 WORK="$(mktemp -d "$OUT/.prepare_raw.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
-echo "[prepare_raw] sentencepiece: joint model (vocabulary $VOCAB_SIZE) on $RAW/train.{$SRC,$TGT}"
+echo "[prepare_raw] sentencepiece: joint $MODEL_TYPE model (vocabulary $VOCAB_SIZE) on $RAW/train.{$SRC,$TGT}"
 clean_args=()
 [ -z "$CLEAN_MAX_LEN" ] || clean_args+=(--clean-max-len "$CLEAN_MAX_LEN")
 [ -z "$CLEAN_RATIO" ] || clean_args+=(--clean-ratio "$CLEAN_RATIO")
 "$PYTHON" -m ensdist_fairseq.corpus.sentencepiece_prep --raw "$RAW" --src "$SRC" --tgt "$TGT" \
-  --vocab-size "$VOCAB_SIZE" --threads "$SPM_THREADS" --sample-sentences "$SPM_SAMPLE" \
+  --vocab-size "$VOCAB_SIZE" --model-type "$MODEL_TYPE" --threads "$SPM_THREADS" --sample-sentences "$SPM_SAMPLE" \
   --out "$WORK/spm" ${clean_args[@]+"${clean_args[@]}"}
 
 echo "[prepare_raw] fairseq-preprocess: joined dictionary, $WORKERS worker(s)"

@@ -2,7 +2,9 @@
 # WMT16 English-German as in the paper (Reich et al. 2020, "We follow the procedure provided by
 # (Ott et al., 2019)"): the WMT16 En-De training data of Vaswani et al. / fairseq's scaling_nmt
 # (Europarl v7 + Common Crawl + News Commentary v11, about 4.5M pairs), newstest2013 as
-# validation, newstest2014 (full, 3003 sentences) as test; a joint 32k SentencePiece model.
+# validation, newstest2014 (full, 3003 sentences) as test; a joint 32K BPE vocabulary ("a joint
+# source and target byte-pair-encoding with a vocabulary of 32K symbols"), learned here with
+# SentencePiece's BPE trainer (--model-type bpe).
 # NEEDS INTERNET (about 1.5 GB from statmt.org) and is not run by the tests.
 #
 #   bash scripts/prepare_wmt16.sh [--out runs/wmt16_en_de] [--src en --tgt de] [--workers N]
@@ -12,8 +14,7 @@
 # writes OUT/spm and OUT/bin. Re-running skips finished steps (markers written last).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-die() { echo "error: $*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 OUT="$ROOT/runs/wmt16_en_de"
@@ -26,7 +27,6 @@ SPM_SAMPLE=4000000       # lines of train.en+train.de (9M) sampled to train Sent
 CLEAN_MAX_LEN=250        # fairseq's WMT recipe: clean-corpus-n 1..250 subwords, ratio 1.5,
 CLEAN_RATIO=1.5          # applied to the training split only
 
-need_value() { [ "$#" -ge 2 ] || die "$1 needs a value"; }
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --out) need_value "$@"; OUT="$2"; shift 2 ;;
@@ -42,7 +42,7 @@ case "$SRC-$TGT" in en-de|de-en) ;; *) die "--src/--tgt must be en and de, got $
 [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive integer, got '$WORKERS'"
 [[ "$SPM_THREADS" =~ ^[1-9][0-9]*$ ]] || die "--spm-threads must be a positive integer, got '$SPM_THREADS'"
 
-if [ -x "$ROOT/.venv/bin/sacrebleu" ]; then SACREBLEU="$ROOT/.venv/bin/sacrebleu"; else SACREBLEU="$(command -v sacrebleu || true)"; fi
+SACREBLEU="$(tool sacrebleu)"
 [ -n "$SACREBLEU" ] || die "no sacrebleu (validation/test sets): run scripts/setup_env.sh"
 if command -v wget >/dev/null; then FETCH=(wget -q -O); elif command -v curl >/dev/null; then FETCH=(curl -fsSL -o); else die "need wget or curl"; fi
 command -v tar >/dev/null || die "need tar"
@@ -102,4 +102,5 @@ fi
 
 bash "$ROOT/scripts/prepare_raw.sh" --src "$SRC" --tgt "$TGT" --raw "$RAW" --out "$OUT" \
   --vocab-size "$VOCAB_SIZE" --workers "$WORKERS" --spm-threads "$SPM_THREADS" \
-  --spm-sample "$SPM_SAMPLE" --clean-max-len "$CLEAN_MAX_LEN" --clean-ratio "$CLEAN_RATIO"
+  --spm-sample "$SPM_SAMPLE" --clean-max-len "$CLEAN_MAX_LEN" --clean-ratio "$CLEAN_RATIO" \
+  --model-type bpe

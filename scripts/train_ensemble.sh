@@ -5,8 +5,10 @@
 #        [--mode ce|ls] [--members K] [-- extra fairseq-train arguments]
 #
 # Member k is written to DIR/<mode>/seed<k>/; its SWA model is checkpoint_swa.pt there.
-# Finished members (checkpoint_swa.pt present) are skipped; an interrupted member resumes from
-# its checkpoint_last.pt (fairseq-train restores it by itself).
+# Stopping rule (docs/teachers.md): early stopping on validation loss (PATIENCE epochs without a
+# new best, MAX_EPOCH as a cap); SWA averages the SWA_EPOCHS epoch checkpoints ending at the
+# best validation epoch. Finished members (checkpoint_swa.pt present) are skipped; an
+# interrupted member resumes from its checkpoint_last.pt (fairseq-train restores it by itself).
 # Multi-GPU: fairseq-train uses every visible GPU (one process each) unless the config passes
 # --cpu. Multi-node: set LAUNCHER, e.g. LAUNCHER="torchrun --nnodes 2 --nproc_per_node 8
 # --rdzv_backend c10d --rdzv_endpoint HOST:29500", and the run goes through
@@ -18,11 +20,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 CONFIG="" DATA="" OUT="" MODE=ce MEMBERS=3 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --config) CONFIG="$2"; shift 2 ;;
-    --data) DATA="$2"; shift 2 ;;
-    --out) OUT="$2"; shift 2 ;;
-    --mode) MODE="$2"; shift 2 ;;
-    --members) MEMBERS="$2"; shift 2 ;;
+    --config) need_value "$@"; CONFIG="$2"; shift 2 ;;
+    --data) need_value "$@"; DATA="$2"; shift 2 ;;
+    --out) need_value "$@"; OUT="$2"; shift 2 ;;
+    --mode) need_value "$@"; MODE="$2"; shift 2 ;;
+    --members) need_value "$@"; MEMBERS="$2"; shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) die "unknown option $1 (see the header of $0)" ;;
   esac
@@ -37,6 +39,8 @@ case "$MODE" in
   *) die "--mode $MODE: must be ce or ls" ;;
 esac
 [[ "$MEMBERS" =~ ^[1-9][0-9]*$ ]] || die "--members $MEMBERS: must be a positive integer"
+[ "$SWA_EPOCHS" -ge 1 ] || die "$CONFIG: SWA_EPOCHS must be >= 1 for teachers"
+mapfile -t STOP < <(stop_rule_args "$MAX_EPOCH" "$PATIENCE" "$SWA_EPOCHS")
 
 for k in $(seq 1 "$MEMBERS"); do
   dir="$OUT/$MODE/seed$k"
@@ -45,16 +49,17 @@ for k in $(seq 1 "$MEMBERS"); do
     continue
   fi
   mkdir -p "$dir"
-  echo "[teachers] $MODE member $k/$MEMBERS: training seed $k, $MAX_EPOCH epochs -> $dir"
-  # --keep-last-epochs keeps exactly the epoch checkpoints SWA averages (the tail of the run).
-  "${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task "$TEACHER_TASK" \
-    "${ARCH_ARGS[@]}" "${TRAIN_ARGS[@]}" \
-    --criterion label_smoothed_cross_entropy --label-smoothing "$EPS" \
-    --seed "$k" --max-epoch "$MAX_EPOCH" --save-dir "$dir" --keep-last-epochs "$SWA_EPOCHS" \
-    --log-format simple "${EXTRA[@]}" > "$dir/train.log" 2>&1 \
-    || { tail -n 5 "$dir/train.log" >&2; die "training $MODE member $k failed (log: $dir/train.log)"; }
-  grep "| train |" "$dir/train.log" | tail -n 1 | sed "s/^.*| train |/    last epoch:/"
-  echo "[teachers] $MODE member $k/$MEMBERS: SWA over the last $SWA_EPOCHS epochs"
-  "$PYTHON" -m ensdist_fairseq.cli.swa --save-dir "$dir" --last-epoch "$MAX_EPOCH" \
-    --epochs "$SWA_EPOCHS" --remove-snapshots
+  if [ ! -f "$dir/trained" ]; then  # a finished run is not restarted (fairseq would train on)
+    echo "[teachers] $MODE member $k/$MEMBERS: training seed $k (patience $PATIENCE, at most $MAX_EPOCH epochs) -> $dir"
+    run_logged "$dir/train.log" "training $MODE member $k" \
+      "${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task "$TEACHER_TASK" \
+      "${ARCH_ARGS[@]}" "${TRAIN_ARGS[@]}" "${EVAL_ARGS[@]}" \
+      --criterion label_smoothed_cross_entropy --label-smoothing "$EPS" \
+      --seed "$k" "${STOP[@]}" --save-dir "$dir" \
+      --log-format simple "${EXTRA[@]}"
+    touch "$dir/trained"
+  fi
+  last_epoch_line "$dir/train.log"
+  echo "[teachers] $MODE member $k/$MEMBERS: SWA over the $SWA_EPOCHS epochs ending at the best validation epoch"
+  "$PYTHON" -m ensdist_fairseq.cli.swa --save-dir "$dir" --epochs "$SWA_EPOCHS" --remove-snapshots
 done

@@ -53,14 +53,46 @@ def test_swa_checkpoint_of_real_run(tiny_data, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
 
 
+def test_swa_window_ends_at_the_best_epoch(tiny_data, tmp_path):
+    """The rule of docs/teachers.md: early stopping keeps best+patience epochs; the SWA window is
+    the N epoch checkpoints ending at the best validation epoch, found from checkpoint_best.pt."""
+    import tiny_fairseq
+    from ensdist_fairseq.evaluation.train_logs import read_train_log
+    from ensdist_fairseq.swa import best_epoch, swa_window
+
+    assert swa_window(5, 3) == [3, 4, 5] and swa_window(2, 3) == [1, 2]
+    save = tmp_path / "run"
+    p = tiny_fairseq.run([
+        os.path.join(tiny_fairseq.BIN, "fairseq-train"), tiny_data, *tiny_fairseq.TINY_ARCH_ARGS,
+        "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10",
+        "--max-tokens", "600", "--max-epoch", "6", "--seed", "3", "--cpu", "--save-dir", str(save),
+        "--keep-last-epochs", "6", "--log-format", "simple", "--dropout", "0.1"])
+    (save / "train.log").write_text(p.stdout + p.stderr)
+    b = best_epoch(str(save))
+    run = read_train_log(str(save / "train.log"))
+    assert b == run.best_epoch  # the checkpoint and the log agree on the best epoch
+    vl = {e: load_checkpoint(str(save / f"checkpoint{e}.pt"))["extra_state"]["val_loss"] for e in range(1, 7)}
+    assert b == min(vl, key=lambda e: (vl[e], e))
+    r = subprocess.run([sys.executable, "-m", "ensdist_fairseq.cli.swa", "--save-dir", str(save),
+                        "--epochs", "2", "--remove-snapshots"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"checkpoint{max(1, b - 1)}.pt .. checkpoint{b}.pt" in r.stdout
+    swa = load_checkpoint(str(save / "checkpoint_swa.pt"))
+    assert swa["extra_state"]["swa"]["snapshots"] == [f"checkpoint{e}.pt" for e in swa_window(b, 2)]
+    assert not list(save.glob("checkpoint[0-9]*.pt"))  # snapshots removed, best/last kept
+    assert (save / "checkpoint_best.pt").is_file()
+
+
 def test_swa_cli_errors(tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "ensdist_fairseq.cli.swa", *args],
                               capture_output=True, text=True)
 
-    r = run("--save-dir", str(tmp_path / "nope"), "--last-epoch", "5", "--epochs", "2")
+    r = run("--save-dir", str(tmp_path / "nope"), "--epochs", "2")
     assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
-    r = run("--save-dir", str(tmp_path), "--last-epoch", "5", "--epochs", "9")
+    r = run("--save-dir", str(tmp_path), "--epochs", "0")
     assert r.returncode == 2 and "--epochs" in r.stderr
-    r = run("--save-dir", str(tmp_path), "--last-epoch", "5", "--epochs", "2")
-    assert r.returncode == 1 and "checkpoint4.pt" in r.stderr
+    r = run("--save-dir", str(tmp_path), "--epochs", "2")
+    assert r.returncode == 1 and "checkpoint_best.pt" in r.stderr
+    r = run("--save-dir", str(tmp_path), "--end-epoch", "5", "--epochs", "2")
+    assert r.returncode == 1 and "checkpoint4.pt" in r.stderr and "patience" in r.stderr
