@@ -1,26 +1,34 @@
 """Checks that a set of checkpoints can be used together on a data directory.
 
 An ensemble averages the members' probabilities index by index, so every member must use the
-data directory's target dictionary; fairseq itself would fail late with a shape error (or,
-for dictionaries of equal size, silently mix up tokens).
+data directory's target dictionary; fairseq itself would fail late with a shape error (or, for
+dictionaries of equal size, silently mix up tokens).
+
+What is compared, and why it is sound (docs/store-format.md, "Dictionaries"):
+  - the decoder's output size against the data's dictionary size: always known;
+  - the dictionary's CONTENT: `--task translation_distill` records the sha256 of the target
+    dictionary it trained with in its config (`target_dictionary_sha256`), which fairseq saves in
+    every checkpoint; it is compared with the sha256 of the data's dictionary file. A checkpoint of
+    another task has no such record: its training data path (cfg.task.data) was given relative to
+    a training directory we do not know, so it is never resolved against the current directory;
+    only an absolute recorded path whose dictionary differs gives a warning.
 """
-import hashlib
+import logging
 import os
 from typing import Sequence
 
+from .errors import EnsdistError
 from .safe_loading import load_checkpoint
+from .store.provenance import file_sha256
 
+logger = logging.getLogger(__name__)
 
-def sha256_of_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+# The key under cfg["task"] where translation_distill records its target dictionary's sha256.
+DICTIONARY_SHA256_KEY = "target_dictionary_sha256"
 
 
 def _num_dictionary_lines(path: str) -> int:
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         return sum(1 for _ in f)
 
 
@@ -31,39 +39,58 @@ def _inferred_target_lang(data_dir: str):
     return infer_language_pair(data_dir)[1]
 
 
-def check_ensemble(paths: Sequence[str], data_dir: str) -> None:
-    """Raise ValueError naming the first checkpoint that does not fit `data_dir`.
+def _get(cfg, key, default=None):
+    """cfg may be a dict (dataclass checkpoints) or an argparse.Namespace (legacy ones)."""
+    if cfg is None:
+        return default
+    return cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)
 
-    Each member must be a fairseq checkpoint whose decoder output size equals the data's target
-    dictionary (4 special symbols + the dictionary file's lines) and, when the dictionary it
-    was trained with still exists, whose dictionary file is byte-identical to the data's."""
+
+def check_ensemble(paths: Sequence[str], data_dir: str) -> None:
+    """Raise EnsdistError naming the first checkpoint that does not fit `data_dir`."""
     if not os.path.isdir(data_dir):
-        raise ValueError(f"{data_dir}: data directory not found")
+        raise EnsdistError(f"{data_dir}: data directory not found")
     if not paths:
-        raise ValueError("--path: no checkpoints given")
+        raise EnsdistError("--path: no checkpoints given")
     for p in paths:
         if not os.path.isfile(p):
-            raise ValueError(f"{p}: checkpoint not found")
-    state0 = None
+            raise EnsdistError(f"{p}: checkpoint not found")
+    first = None
     for p in paths:
         state = load_checkpoint(p)
         if not isinstance(state, dict) or "model" not in state or "cfg" not in state:
-            raise ValueError(f"{p}: not a fairseq checkpoint (no 'model'/'cfg' entries)")
-        task = (state["cfg"] or {}).get("task") or {}
-        tgt = task.get("target_lang") or _inferred_target_lang(data_dir)
+            raise EnsdistError(f"{p}: not a fairseq checkpoint (no 'model'/'cfg' entries)")
+        task = _get(state["cfg"], "task") or {}
+        tgt = _get(task, "target_lang") or _inferred_target_lang(data_dir)
         data_dict = os.path.join(data_dir, f"dict.{tgt}.txt")
         if tgt is None or not os.path.isfile(data_dict):
-            raise ValueError(f"{data_dir}: no dict.{tgt}.txt for the target language of {p}")
+            raise EnsdistError(f"{data_dir}: no dict.{tgt}.txt for the target language of {p}")
         out = state["model"].get("decoder.output_projection.weight",
                                  state["model"].get("decoder.embed_tokens.weight"))
         expected = 4 + _num_dictionary_lines(data_dict)
         if out is not None and out.shape[0] != expected:
-            raise ValueError(f"{p}: output vocabulary {out.shape[0]} != {expected} symbols of {data_dict} "
-                             "(trained with a different dictionary)")
-        trained_dict = os.path.join(str(task.get("data", "")).split(":")[0], f"dict.{tgt}.txt")
-        if os.path.isfile(trained_dict) and sha256_of_file(trained_dict) != sha256_of_file(data_dict):
-            raise ValueError(f"{p}: trained with {trained_dict}, which differs from {data_dict}")
-        if state0 is None:
-            state0 = (p, tgt)
-        elif tgt != state0[1]:
-            raise ValueError(f"{p}: target language {tgt} differs from {state0[0]}'s {state0[1]}")
+            raise EnsdistError(f"{p}: output vocabulary {out.shape[0]} != {expected} symbols of {data_dict} "
+                               "(trained with a different dictionary)")
+        check_dictionary_record(p, task, data_dict)
+        if first is None:
+            first = (p, tgt)
+        elif tgt != first[1]:
+            raise EnsdistError(f"{p}: target language {tgt} differs from {first[0]}'s {first[1]}")
+
+
+def check_dictionary_record(checkpoint: str, task_cfg, data_dict: str) -> None:
+    """Compare the dictionary sha256 recorded in a checkpoint's task config with `data_dict`."""
+    recorded = _get(task_cfg, DICTIONARY_SHA256_KEY)
+    if recorded:
+        actual = file_sha256(data_dict)
+        if recorded != actual:
+            raise EnsdistError(f"{checkpoint}: trained with another dictionary than {data_dict} "
+                               f"(sha256 {recorded[:12]}… recorded in the checkpoint, {actual[:12]}… in the file)")
+        return
+    trained_data = str(_get(task_cfg, "data", "") or "").split(":")[0]
+    trained_dict = os.path.join(trained_data, os.path.basename(data_dict))
+    if os.path.isabs(trained_data) and os.path.isfile(trained_dict) and \
+            os.path.realpath(trained_dict) != os.path.realpath(data_dict) and \
+            file_sha256(trained_dict) != file_sha256(data_dict):
+        logger.warning(f"{checkpoint}: records no dictionary checksum, and {trained_dict} (its training "
+                       f"data path) differs from {data_dict}; the dictionary there may have changed since")

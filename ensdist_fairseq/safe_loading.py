@@ -22,7 +22,10 @@ def allow_fairseq_checkpoints() -> None:
 
 
 def load_checkpoint(path: str, map_location="cpu"):
-    """torch.load a fairseq checkpoint with the safe loader; raise ValueError naming the file."""
+    """torch.load a fairseq checkpoint with the safe loader; raise EnsdistError naming the file
+    (truncated, not a checkpoint, or pickling a type outside the allow-list)."""
+    from .errors import EnsdistError
+
     allow_fairseq_checkpoints()
     try:
         with open(path, "rb") as f:
@@ -31,4 +34,4 @@ def load_checkpoint(path: str, map_location="cpu"):
         raise
     except Exception as e:  # pickle errors, zip errors, truncated files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a loadable fairseq checkpoint ({first})") from None
+        raise EnsdistError(f"{path}: not a loadable fairseq checkpoint ({first})") from None

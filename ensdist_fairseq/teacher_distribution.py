@@ -14,15 +14,33 @@ Members are consumed one at a time (running logsumexp and running sum of log-pro
 is O(positions x V) whatever K is.
 """
 import math
-from typing import Iterable, NamedTuple
+from typing import Optional
 
 import torch
 
+from .store.validate import PRECISION_MAX
 
-class TeacherEntries(NamedTuple):
-    indices: torch.Tensor  # (N, V') int64, by descending probability
-    probs: torch.Tensor  # (N, V') float32, ensemble-mean probabilities of `indices`
-    precision: torch.Tensor  # (N,) float32, beta0; +inf where the members agree exactly
+# ln of the smallest normal float32: a member's probability that is exactly 0 (ln = -inf) counts
+# as this in β̂₀'s sum of member log-probabilities, so β̂₀ stays finite and > 0 where a member
+# rules out an event another member allows (the raw formula gives β̂₀ = 0 there).
+LOG_PROB_FLOOR = math.log(torch.finfo(torch.float32).tiny)
+
+
+class NonFiniteMemberOutput(ValueError):
+    """A member's log-probabilities hold NaN or +inf; `row` is the first bad position."""
+
+    def __init__(self, row: int, value: float):
+        super().__init__(f"position {row}: log-probability {value}")
+        self.row, self.value = row, value
+
+
+def first_non_finite_row(log_probs: torch.Tensor) -> Optional[int]:
+    """The first row (position) of (N, V) log-probabilities holding NaN or +inf, or None.
+    -inf is a valid log-probability (probability 0)."""
+    bad = torch.isnan(log_probs) | torch.isposinf(log_probs)
+    if not bool(bad.any()):
+        return None
+    return int(bad.any(-1).nonzero()[0, 0])
 
 
 class EnsembleMean:
@@ -31,19 +49,25 @@ class EnsembleMean:
     def __init__(self):
         self.num_members = 0
         self._log_sum_probs = None  # ln sum_k q_k
-        self._sum_log_probs = None  # sum_k ln q_k
+        self._sum_log_probs = None  # sum_k max(ln q_k, LOG_PROB_FLOOR if ln q_k = -inf)
 
     def add(self, member_log_probs: torch.Tensor) -> None:
+        """Raises NonFiniteMemberOutput on NaN/+inf: a broken teacher must not become a store
+        whose NaN would read as 'the members agree'."""
         lp = member_log_probs.float()
+        row = first_non_finite_row(lp)
+        if row is not None:
+            raise NonFiniteMemberOutput(row, float(lp[row][torch.isnan(lp[row]) | torch.isposinf(lp[row])][0]))
+        floored = torch.where(torch.isneginf(lp), torch.full_like(lp, LOG_PROB_FLOOR), lp)
         if self._log_sum_probs is None:
             self._log_sum_probs = lp.clone()
-            self._sum_log_probs = lp.clone()
+            self._sum_log_probs = floored
         else:
             if lp.shape != self._log_sum_probs.shape:
                 raise ValueError(f"member log-probs of shape {tuple(lp.shape)} do not match "
                                  f"{tuple(self._log_sum_probs.shape)}")
             torch.logaddexp(self._log_sum_probs, lp, out=self._log_sum_probs)
-            self._sum_log_probs.add_(lp)
+            self._sum_log_probs.add_(floored)
         self.num_members += 1
 
     def log_probs(self) -> torch.Tensor:
@@ -52,34 +76,25 @@ class EnsembleMean:
         return self._log_sum_probs - math.log(self.num_members)
 
     def precision(self) -> torch.Tensor:
-        """beta0 per position, (N,), float32, +inf where the members agree (always for K = 1)."""
+        """beta0 per position, (N,), float32, finite and > 0: capped at PRECISION_MAX (the largest
+        float32), which it reaches where the members agree (always for K = 1)."""
         log_q = self.log_probs()
         vocab_size = log_q.shape[-1]
         # ln q_v >= (1/K) sum_k ln q_k,v termwise (Jensen), so every term of the sum is >= 0:
         # summing non-negative terms has no cancellation in fp32; clamping only removes rounding.
+        # An event every member gives probability 0 has ln q_v = -inf and a finite floored sum:
+        # gap -inf, clamped to 0, times q_v = 0: it contributes 0 (no NaN can arise: inputs are
+        # checked in add()).
         gap = torch.add(log_q, self._sum_log_probs, alpha=-1.0 / self.num_members).clamp_min_(0)
-        # nansum: an event every member gives probability 0 has q_v = 0 and gap -inf + inf = nan;
-        # it contributes 0.
-        mean_kl = log_q.exp_().mul_(gap).nansum(-1)
-        return (vocab_size - 1) / (2 * mean_kl)  # x / 0 = +inf in IEEE arithmetic
+        mean_kl = log_q.exp_().mul_(gap).sum(-1)
+        return ((vocab_size - 1) / (2 * mean_kl)).clamp_(max=PRECISION_MAX)  # x / 0 = +inf -> cap
 
     def top_k(self, k: int):
-        """(indices, probs) of the k most probable events of q, sorted descending."""
-        log_q = self.log_probs()
-        if not 0 < k <= log_q.shape[-1]:
-            raise ValueError(f"top-k {k} is not in 1..{log_q.shape[-1]} (vocabulary size)")
-        values, indices = torch.topk(log_q, k, dim=-1, largest=True, sorted=True)
+        """(indices, probs) of the k most probable events of q, sorted descending
+        (k is checked by the caller: store.provenance.check_topk)."""
+        values, indices = torch.topk(self.log_probs(), k, dim=-1, largest=True, sorted=True)
         return indices, values.exp()
 
     def _require_members(self):
         if self.num_members == 0:
             raise ValueError("no ensemble members were added")
-
-
-def teacher_entries(member_log_probs: Iterable[torch.Tensor], topk: int) -> TeacherEntries:
-    """Top-`topk` ensemble-mean events and beta0 from an iterable of (N, V) member log-probs."""
-    mean = EnsembleMean()
-    for lp in member_log_probs:
-        mean.add(lp)
-    indices, probs = mean.top_k(topk)
-    return TeacherEntries(indices, probs, mean.precision())

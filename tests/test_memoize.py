@@ -5,7 +5,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -25,8 +24,8 @@ def memoize_args(tiny_data, tiny_checkpoints, output, *extra):
             "--cpu", "--max-tokens", "200", "--chunk-sentences", "64", *extra]
 
 
-def run_cli(args, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def run_cli(args, env_extra=None, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
     return subprocess.run(args, capture_output=True, text=True, env=env, **kw)
 
 
@@ -81,11 +80,19 @@ def test_provenance(store, tiny_data, tiny_checkpoints):
 
 def test_two_processes_write_the_same_store(store, tiny_data, tiny_checkpoints, tmp_path):
     out = str(tmp_path / "two.h5")
-    p = run_cli([os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", "29611",
+    p = run_cli([os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
                  os.path.join(BIN, "ensdist-memoize"), *memoize_args(tiny_data, tiny_checkpoints, out)], timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "[rank 1/2]" in p.stderr
     assert_same_store(store, out)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def assert_same_store(a, b):
@@ -98,30 +105,43 @@ def assert_same_store(a, b):
             np.testing.assert_array_equal(fa.attrs[k], fb.attrs[k])
 
 
-def test_killed_run_resumes_to_the_same_store(store, tiny_data, tiny_checkpoints, tmp_path):
+@pytest.mark.parametrize("kill_at", ["chunk-started:3", "stitch-started"])
+def test_killed_run_resumes_to_the_same_store(kill_at, store, tiny_data, tiny_checkpoints, tmp_path):
+    """SIGKILL at a fixed point (a test hook in memoize.py, no timing race): after 3 chunks are
+    committed and the 4th has its temporary file, or once the stitched temporary store exists."""
     out = str(tmp_path / "resumed.h5")
     args = [os.path.join(BIN, "ensdist-memoize"), *memoize_args(tiny_data, tiny_checkpoints, out)]
     args[args.index("--chunk-sentences") + 1] = "20"  # 15 chunks
-    args[args.index("--max-tokens") + 1] = "30"  # many small batches: slow enough to be killed midway
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    killed = run_cli(args, timeout=300, env_extra={"ENSDIST_TEST_KILL_AT": kill_at})
+    assert killed.returncode == -signal.SIGKILL and not os.path.exists(out)
     shard_dir = out + ".shards"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(shard_dir) and any(n.endswith(".h5") for n in os.listdir(shard_dir)):
-            break
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not os.path.exists(out), "the run finished before it could be killed"
-    done = [n for n in os.listdir(shard_dir) if n.endswith(".h5")]
-    assert 1 <= len(done) < 15
+    done = sorted(n for n in os.listdir(shard_dir) if n.endswith(".h5"))
+    left = [n for n in os.listdir(shard_dir) if ".tmp-" in n] + \
+        [n for n in os.listdir(tmp_path) if n.startswith("resumed.h5.tmp-")]
+    assert len(done) == (3 if kill_at.startswith("chunk") else 15) and len(left) == 1
     p = run_cli(args, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"{len(done)} of this rank's 15 chunks are already complete" in p.stderr
-    reference = str(tmp_path / "reference.h5")
-    main([reference if a == out else a for a in args[1:]])  # the same arguments, never interrupted
-    assert_same_store(reference, out)
+    assert sorted(os.listdir(tmp_path)) == ["resumed.h5"]  # stale temporaries and the lock are gone
+    assert_same_store(store_with_chunks_of_20(tmp_path, tiny_data, tiny_checkpoints, args), out)
+
+
+def store_with_chunks_of_20(tmp_path, tiny_data, tiny_checkpoints, args):
+    reference = str(tmp_path.parent / (tmp_path.name + "-reference.h5"))
+    main([reference if a.endswith("resumed.h5") else a for a in args[1:]])  # never interrupted
+    return reference
+
+
+def test_second_writer_is_refused_at_once(tiny_data, tiny_checkpoints, tmp_path):
+    from ensdist_fairseq.store import shards
+
+    out = str(tmp_path / "locked.h5")
+    lock = shards.OutputLock(out)  # as a live memoize holds it
+    try:
+        with pytest.raises(SystemExit, match=r"^error: --output .*locked.h5: another ensdist-memoize is writing"):
+            main(memoize_args(tiny_data, tiny_checkpoints, out))
+    finally:
+        lock.release(remove=True)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from ensdist_fairseq.teacher_distribution import EnsembleMean, teacher_entries
+from ensdist_fairseq.store.validate import PRECISION_MAX
+from ensdist_fairseq.teacher_distribution import LOG_PROB_FLOOR, EnsembleMean, NonFiniteMemberOutput
+
+
+def teacher_entries(members, topk):
+    mean = EnsembleMean()
+    for lp in members:
+        mean.add(lp)
+    indices, probs = mean.top_k(topk)
+    return indices, probs, mean.precision()
 
 
 def reference(member_logits: np.ndarray):
@@ -26,22 +35,51 @@ def test_matches_reference(scale):
     members = [torch.log_softmax(torch.tensor(l, dtype=torch.float32), -1) for l in logits]
     got = teacher_entries(members, topk=10)
     order = np.argsort(-mean, axis=1, kind="stable")[:, :10]
-    np.testing.assert_array_equal(got.indices.numpy(), order)
-    np.testing.assert_allclose(got.probs.numpy(), np.take_along_axis(mean, order, 1), rtol=1e-5, atol=1e-30)
-    np.testing.assert_allclose(got.precision.numpy(), beta0, rtol=1e-4)
-    assert got.probs.dtype == torch.float32 and torch.all(got.probs[:, :-1] >= got.probs[:, 1:])
+    indices, probs, precision = got
+    np.testing.assert_array_equal(indices.numpy(), order)
+    np.testing.assert_allclose(probs.numpy(), np.take_along_axis(mean, order, 1), rtol=1e-5, atol=1e-30)
+    np.testing.assert_allclose(precision.numpy(), beta0, rtol=1e-4)
+    assert probs.dtype == torch.float32 and torch.all(probs[:, :-1] >= probs[:, 1:])
 
 
 def test_probs_are_not_renormalized():
     members = [torch.log_softmax(torch.randn(4, 30), -1) for _ in range(2)]
     got = teacher_entries(members, topk=5)
-    assert torch.all(got.probs.sum(-1) < 1 - 1e-3)
+    assert torch.all(got[1].sum(-1) < 1 - 1e-3)
 
 
-def test_single_member_and_identical_members_give_infinite_precision():
+def test_single_member_and_identical_members_give_the_capped_precision():
     lp = torch.log_softmax(torch.randn(3, 20), -1)
-    assert torch.all(torch.isinf(teacher_entries([lp], topk=4).precision))
-    assert torch.all(torch.isinf(teacher_entries([lp, lp.clone()], topk=4).precision))
+    assert torch.all(teacher_entries([lp], topk=4)[2] == PRECISION_MAX)
+    assert torch.all(teacher_entries([lp, lp.clone()], topk=4)[2] == PRECISION_MAX)
+
+
+def test_zero_probabilities_give_a_finite_positive_precision():
+    """A member ruling an event out (ln p = -inf) counts as the smallest normal float32 there;
+    an event every member rules out contributes nothing (no NaN)."""
+    a = torch.log_softmax(torch.tensor([[0.0, 1.0, 2.0, 0.5]]), -1)
+    b = a.clone()
+    b[0, 0] = -math.inf  # b rules event 0 out, a allows it
+    b[0, 3] = -math.inf
+    a[0, 3] = -math.inf  # both rule event 3 out
+    precision = teacher_entries([a, b], topk=2)[2]
+    qa, qb = a.exp().double(), b.exp().double()
+    q = (qa + qb) / 2
+    la, lb = a.double().clamp(min=LOG_PROB_FLOOR), b.double().clamp(min=LOG_PROB_FLOOR)
+    terms = torch.where(q > 0, q * (q.log() - (la + lb) / 2), torch.zeros_like(q))
+    expected = 3 / (2 * terms.sum(-1))
+    assert torch.isfinite(precision).all() and (precision > 0).all()
+    torch.testing.assert_close(precision.double(), expected, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_member_output_is_refused_with_its_position(bad):
+    lp = torch.log_softmax(torch.randn(4, 10), -1)
+    lp[2, 7] = bad
+    mean = EnsembleMean()
+    with pytest.raises(NonFiniteMemberOutput, match=f"position 2: log-probability {bad}") as e:
+        mean.add(lp)
+    assert e.value.row == 2
 
 
 def test_members_one_at_a_time_equal_a_stacked_logsumexp():
@@ -60,5 +98,5 @@ def test_bad_arguments():
     mean.add(torch.zeros(2, 5))
     with pytest.raises(ValueError, match="do not match"):
         mean.add(torch.zeros(2, 6))
-    with pytest.raises(ValueError, match="top-k 6"):
+    with pytest.raises(RuntimeError):  # V' itself is checked by store.provenance.check_topk
         mean.top_k(6)

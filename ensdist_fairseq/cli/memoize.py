@@ -11,7 +11,6 @@ import logging
 import sys
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ensdist-memoize", description=__doc__.split("\n\n")[0])
     p.add_argument("data", help="fairseq binarized data directory (the teachers' dictionary)")
@@ -34,10 +33,11 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     # fairseq's import leaves the root logger at DEBUG (h5py then logs every type conversion).
     logging.basicConfig(level=logging.WARNING, force=True, format="%(levelname)s | %(name)s | %(message)s")
+    from ..errors import EnsdistError, one_line
     from ..memoize import MemoizeConfig, memoize  # imports fairseq and h5py: after logging is set
-    from ..store.provenance import StoreError
 
-    for flag in ("topk", "max_tokens", "batch_size", "chunk_sentences"):
+    # --topk is checked against the vocabulary, in one place (store.provenance.check_topk).
+    for flag in ("max_tokens", "batch_size", "chunk_sentences"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             sys.exit(f"error: --{flag.replace('_', '-')} must be >= 1, got {value}")
@@ -47,8 +47,10 @@ def main(argv=None) -> None:
         chunk_sentences=args.chunk_sentences, cpu=args.cpu, log_interval=args.log_interval)
     try:
         memoize(cfg)
-    except (ValueError, FileNotFoundError, StoreError) as e:  # StoreError is a ValueError; listed for the reader
-        sys.exit(f"error: {e}")
+    except EnsdistError as e:
+        sys.exit(f"error: {one_line(e)}")
+    except OSError as e:  # an input that vanished or cannot be read: name the file, no traceback
+        sys.exit(f"error: {e.filename or '--output ' + args.output}: {e.strerror or e}")
 
 
 if __name__ == "__main__":

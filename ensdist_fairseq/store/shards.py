@@ -10,7 +10,7 @@ under a temporary name, verified, renamed) and removes the chunk directory.
 import glob
 import os
 import shutil
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -135,12 +135,12 @@ def is_complete(path: str, chunk: Chunk, provenance: Provenance, offsets: np.nda
 
 
 def stitch(output: str, chunks: Sequence[Chunk], provenance: Provenance, offsets: np.ndarray,
-           block_rows: int) -> None:
+           block_rows: int, after_create: Optional[Callable[[], None]] = None) -> None:
     """Copy the chunk files' rows into `output` (block by block: memory stays flat), verify it,
     rename it into place and remove the chunk directory."""
     tmp = temporary_path(output)
     try:
-        _copy_rows(tmp, output, chunks, provenance, offsets, block_rows)
+        _copy_rows(tmp, output, chunks, provenance, offsets, block_rows, after_create)
         store_format.StoreReader(tmp).verify()
         commit(tmp, output)
     except BaseException as e:
@@ -154,8 +154,10 @@ def stitch(output: str, chunks: Sequence[Chunk], provenance: Provenance, offsets
     shutil.rmtree(shard_dir(output))
 
 
-def _copy_rows(tmp, output, chunks, provenance, offsets, block_rows):
+def _copy_rows(tmp, output, chunks, provenance, offsets, block_rows, after_create):
     layout = store_format.create(tmp, offsets, provenance)
+    if after_create is not None:
+        after_create()  # tests: a kill here leaves the temporary store behind
     fd = os.open(tmp, os.O_RDWR)
     try:
         for chunk in chunks:

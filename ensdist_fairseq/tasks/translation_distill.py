@@ -3,7 +3,8 @@
 Without --teacher-store it is fairseq's translation task (used to train the teachers). With it,
 the training split is wrapped in TeacherStoreDataset after the store's provenance has been
 checked against the data (once per process, when the split is loaded); valid and test splits
-are untouched. Validation (fairseq-train, fairseq-validate) also logs ECE-1 and ECE-5.
+are untouched. With --eval-calibration, validation (fairseq-train, fairseq-validate) also logs
+ECE-1 and ECE-5. train_step hands the update number to the criterion (set_num_updates).
 """
 import logging
 import os
@@ -12,6 +13,7 @@ from typing import Optional
 
 import torch
 from fairseq import utils
+from omegaconf import DictConfig, open_dict
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
@@ -19,6 +21,7 @@ from .. import calibration_logging
 from ..data.split_fingerprint import fingerprint
 from ..data.teacher_dataset import TeacherStoreDataset
 from ..store.format import StoreReader
+from ..errors import EnsdistError
 from ..store.provenance import StoreError, check_topk, file_sha256
 
 logger = logging.getLogger(__name__)
@@ -31,16 +34,33 @@ class TranslationDistillConfig(TranslationConfig):
         metadata={"help": "teacher store written by ensdist-memoize for the training split; "
                           "without it the task is plain translation"},
     )
+    target_dictionary_sha256: Optional[str] = field(
+        default=None,
+        metadata={"help": "set by the task, not by hand: sha256 of the target dictionary it was set up "
+                          "with. fairseq saves it in every checkpoint; a checkpoint used with a data "
+                          "directory whose dictionary differs is refused"},
+    )
     teacher_topk: Optional[int] = field(
         default=None,
         metadata={"help": "V': teacher events per token passed to the criterion, at most the "
                           "stored V' (default: the stored V')"},
+    )
+    eval_calibration: bool = field(
+        default=False,
+        metadata={"help": "validation also logs ECE-1/ECE-5 (percent) of the model's predictive "
+                          "distribution: one extra no-grad forward pass per batch (like --eval-bleu)"},
     )
 
 
 @register_task("translation_distill", dataclass=TranslationDistillConfig)
 class TranslationDistillTask(TranslationTask):
     cfg: TranslationDistillConfig
+
+    @classmethod
+    def setup_task(cls, cfg, **kwargs):
+        task = super().setup_task(cfg, **kwargs)
+        _record_dictionary(cfg)
+        return task
 
     def _open_store(self) -> StoreReader:
         """The store, and the V' this run uses (the store's, or fewer with --teacher-topk)."""
@@ -76,15 +96,24 @@ class TranslationDistillTask(TranslationTask):
                     f"{p.topk}, {p.num_sentences} sentences, provenance checked")
         return TeacherStoreDataset(dataset, reader, cfg.teacher_topk, self.tgt_dict.pad())
 
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        """fairseq's train step; the criterion is told the update number first (token_kd's
+        adaptive intra-distillation weight), as fairseq tells the model."""
+        if hasattr(criterion, "set_num_updates"):
+            criterion.set_num_updates(update_num)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
     def valid_step(self, sample, model, criterion):
-        """The criterion's validation loss, plus ECE-1/ECE-5 histograms of the model's
-        predictive distribution. One extra forward pass (no grad): the criterion does not hand
-        its log-probs out, and this works for any criterion (teachers use fairseq's own)."""
+        """The criterion's validation loss; with --eval-calibration also ECE-1/ECE-5 histograms of
+        the model's predictive distribution. That costs one extra forward pass (no grad): the
+        criterion does not hand its log-probs out, and this works for any criterion (teachers
+        use fairseq's own)."""
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
-        with torch.no_grad():
-            lprobs = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)
-        logging_output.update(calibration_logging.calibration_logging_output(
-            lprobs, sample["target"], self.target_dictionary.pad()))
+        if getattr(self.cfg, "eval_calibration", False):  # absent from older checkpoints
+            with torch.no_grad():
+                lprobs = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)
+            logging_output.update(calibration_logging.calibration_logging_output(
+                lprobs, sample["target"], self.target_dictionary.pad()))
         return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion):
@@ -107,3 +136,19 @@ class TranslationDistillTask(TranslationTask):
             scorer.add_calibration(summarize_batch(models, sample, self.target_dictionary.pad()))
         return hypos
 
+
+def _record_dictionary(cfg) -> None:
+    """Compare the dictionary sha256 a checkpoint recorded with the data's, or record it: the one
+    sound check that a model meets the dictionary it was trained with (a path saved in the
+    checkpoint may be relative to an unknown directory; a reordered dictionary has the same size)."""
+    dict_path = os.path.join(utils.split_paths(cfg.data)[0], f"dict.{cfg.target_lang}.txt")
+    actual = file_sha256(dict_path)
+    recorded = getattr(cfg, "target_dictionary_sha256", None)
+    if recorded and recorded != actual:
+        raise EnsdistError(f"{dict_path}: not the dictionary the model was trained with (sha256 "
+                           f"{actual[:12]}…, its checkpoint records {recorded[:12]}…)")
+    if isinstance(cfg, DictConfig):
+        with open_dict(cfg):  # a checkpoint's config from before this field has no such key
+            cfg.target_dictionary_sha256 = actual
+    else:
+        cfg.target_dictionary_sha256 = actual
