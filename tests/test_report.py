@@ -1,0 +1,73 @@
+"""The report refuses what it cannot compare or place (report.check_result, check_comparable),
+through the functions and through `ensdist-report`; the paper-pattern checks need strict wins."""
+import json
+
+import pytest
+
+from ensdist_fairseq import report
+from ensdist_fairseq.cli import report as report_cli
+from ensdist_fairseq.paper_pattern import pattern_checks
+
+
+def full_result(name, method="CE+SWA", kind="individual", n=1, bleu=20.0, ece1=3.0,
+                split="test", num_bins=10):
+    bins = {"confidence": [0.2, 0.8], "accuracy": [0.25, 0.7], "count": [5, 5]}
+    return {"schema_version": 1, "name": name, "method": method, "kind": kind, "num_models": n,
+            "split": split, "num_bins": num_bins, "bleu": bleu, "bleu_signature": "nrefs:1",
+            "ece1": {"unweighted": ece1 / 100, "weighted": ece1 / 100},
+            "ece5": {"unweighted": 0.01, "weighted": 0.01}, "brier": 0.5, "nll": 2.0,
+            "accuracy": 0.5, "num_tokens": 10, "reliability": {"top1": bins, "top5": bins}}
+
+
+def write_results(directory, results):
+    for r in results:
+        (directory / f"{r['name']}.json").write_text(json.dumps(r))
+
+
+def run_report(tmp_path, results, capsys):
+    res = tmp_path / "results"
+    res.mkdir()
+    write_results(res, results)
+    rc = report_cli.main([str(res), "--out", str(tmp_path / "out")])
+    return rc, capsys.readouterr().err
+
+
+def test_a_comparable_run_reports(tmp_path, capsys):
+    rc, err = run_report(tmp_path, [full_result("a"), full_result("b", bleu=21.0)], capsys)
+    assert rc == 0, err
+    assert "| CE+SWA | Individual | Avg (n=2) |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_unknown_kind_is_refused(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"x\.json: kind 'teacher' is not one of"):
+        report.check_result(full_result("t", kind="teacher"), "x.json")
+    report.check_result(full_result("ok"), "ok.json")  # a good one passes
+    rc, err = run_report(tmp_path, [full_result("a"), full_result("t", kind="teacher")], capsys)
+    assert rc == 1 and "t.json: kind 'teacher'" in err and not (tmp_path / "out" / "report.md").exists()
+
+
+@pytest.mark.parametrize("key,value", [("split", "valid"), ("num_bins", 15)])
+def test_results_of_another_split_or_binning_are_refused(tmp_path, capsys, key, value):
+    results = [full_result("a"), full_result("b", **{key: value})]
+    with pytest.raises(ValueError, match=f"b.json: {key} .* differs from a.json"):
+        report.check_comparable(results, ["a.json", "b.json"])
+    report.check_comparable(results[:1] * 2, ["a.json", "a2.json"])
+    rc, err = run_report(tmp_path, results, capsys)
+    assert rc == 1 and f"b.json: {key}" in err and not (tmp_path / "out" / "report.md").exists()
+
+
+def test_ties_are_not_wins():
+    """Equal numbers do not show the paper's claims: every comparison is strict."""
+    members = [full_result("m1", bleu=20.0, ece1=4.0), full_result("m2", bleu=22.0, ece1=2.0)]
+    tie_bleu = [*members, full_result("e", kind="ensemble", n=2, bleu=21.0, ece1=1.0),
+                full_result("s", kind="student", bleu=21.0, ece1=1.0),
+                full_result("ls", method="LS+SWA", kind="ensemble", n=2, bleu=21.0, ece1=1.0)]
+    assert [c[1] for c in pattern_checks(tie_bleu)] == [False, False, False]
+    tie_ece = [*members, full_result("e", kind="ensemble", n=2, bleu=23.0, ece1=3.0),
+               full_result("s", kind="student", bleu=23.0, ece1=3.0)]
+    assert [c[1] for c in pattern_checks(tie_ece)] == [False, False, None]
+    # just past the tie, each claim holds: the comparisons above failed on the tie alone
+    wins = [*members, full_result("e", kind="ensemble", n=2, bleu=21.01, ece1=2.99),
+            full_result("s", kind="student", bleu=21.01, ece1=2.99),
+            full_result("ls", method="LS+SWA", kind="ensemble", n=2, bleu=21.0, ece1=2.995)]
+    assert [c[1] for c in pattern_checks(wins)] == [True, True, True]
