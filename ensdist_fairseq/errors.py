@@ -4,7 +4,9 @@ An EnsdistError is bad input: its message is one line that starts with the file 
 is about. Our CLIs print it as ``error: <message>`` and exit 1. Inside fairseq-train,
 fairseq-generate and fairseq-validate the plugin cannot wrap fairseq's main(), so registering
 the plugin installs a sys.excepthook that prints an EnsdistError the same way; every other
-exception keeps the previous hook (a traceback: those are bugs, not bad input).
+exception keeps the previous hook (a traceback: those are bugs, not bad input), with one
+exception: a checkpoint that fairseq's own loader cannot unpickle (a truncated
+checkpoint_last.pt when fairseq-train resumes) is reported as one line naming the file.
 
 An EnsdistError raised in a torch DataLoader worker reaches the main process re-created by
 torch as ``type(e)("Caught X in DataLoader worker process N.\\nOriginal Traceback ...")``;
@@ -35,11 +37,32 @@ def report(e: BaseException, file=None) -> None:
     print(f"error: {one_line(e)}", file=file or sys.stderr, flush=True)
 
 
+def _unloadable_checkpoint(exc, tb):
+    """The checkpoint path when `exc` escaped fairseq's checkpoint_utils.load_checkpoint_to_cpu
+    while unpickling (a truncated checkpoint_last.pt on resume, a file that is no checkpoint)."""
+    path = None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "load_checkpoint_to_cpu" and code.co_filename.endswith(
+                ("fairseq/checkpoint_utils.py", "fairseq\\checkpoint_utils.py")):
+            path = tb.tb_frame.f_locals.get("path")
+        tb = tb.tb_next
+    if path is None or not isinstance(exc, (RuntimeError, EOFError, OSError, ValueError)) \
+            or isinstance(exc, FileNotFoundError):
+        return None
+    import pickle
+    return path if not isinstance(exc, pickle.PicklingError) else None
+
+
 def _hook(previous):
     def excepthook(exc_type, exc, tb):
         if isinstance(exc, EnsdistError):
             report(exc)
             return  # the interpreter then exits with status 1
+        path = _unloadable_checkpoint(exc, tb)
+        if path is not None:
+            report(EnsdistError(f"{path}: not a loadable fairseq checkpoint ({one_line(exc)})"))
+            return
         previous(exc_type, exc, tb)
 
     excepthook.ensdist = True

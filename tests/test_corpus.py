@@ -200,7 +200,7 @@ def test_prepare_raw_bad_inputs(tmp_path):
     (raw / "valid.de").rename(tmp_path / "valid.de.bak")
     p = _prepare_raw(*base, "--out", tmp_path / "o1")
     assert p.returncode != 0
-    assert p.stderr.strip().splitlines() == [f"error: missing raw file {raw}/valid.de"]
+    assert p.stderr.strip().splitlines() == [f"error: missing raw file {raw}/valid.de"]  # prepare_raw.sh
     assert not (tmp_path / "o1").exists()
     (tmp_path / "valid.de.bak").rename(raw / "valid.de")
 
@@ -276,3 +276,47 @@ def test_prepare_builtin_small_sample(tmp_path):
     assert (tmp_path / "b" / "bin" / "train.en-de.de.bin").exists()
     bad = subprocess.run(cmd[:3] + [str(tmp_path / "missing.sh")], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.startswith("error: --config")
+
+
+# ---- lines end at "\n" only; pairs end together; bytes are UTF-8 ----------------------------
+
+def test_lone_carriage_return_does_not_shift_pairs(tmp_path):
+    """Text mode would end a line at the lone \r: every later pair shifted, the last dropped."""
+    from ensdist_fairseq.corpus.text_lines import read_lines, read_pairs
+
+    (tmp_path / "a.en").write_bytes(b"one\rtwo.\nthree.\r\nfour.\n")
+    (tmp_path / "a.de").write_bytes(b"eins zwei.\ndrei.\nvier.\n")
+    assert list(read_lines(str(tmp_path / "a.en"))) == ["one two.", "three.", "four."]
+    assert list(read_pairs(str(tmp_path / "a.en"), str(tmp_path / "a.de"))) == [
+        ("one two.", "eins zwei."), ("three.", "drei."), ("four.", "vier.")]
+
+
+def test_sentencepiece_prep_keeps_pairs_aligned_across_a_carriage_return(tmp_path):
+    raw = tmp_path / "raw"
+    _write_tiny_raw(raw)
+    lines = (raw / "train.en").read_bytes().split(b"\n")
+    lines[5] = lines[5].replace(b" ", b"\r", 1)
+    (raw / "train.en").write_bytes(b"\n".join(lines))
+    out = tmp_path / "spm"
+    assert sentencepiece_prep.main(["--raw", str(raw), "--src", "en", "--tgt", "de", "--vocab-size", "60",
+                                    "--out", str(out)]) == 0
+    en = (out / "train.en").read_text(encoding="utf-8").split("\n")
+    de = (out / "train.de").read_text(encoding="utf-8").split("\n")
+    assert len(en) == len(de) == 301  # 300 pairs and the final newline
+    sp = spm.SentencePieceProcessor(model_file=str(out / "spm.model"))
+    n_words = [len(sp.decode(x.split()).split()) for x in en[:-1]]
+    assert n_words == [len(sp.decode(x.split()).split()) for x in de[:-1]]  # word-by-word corpus
+
+
+def test_invalid_utf8_and_uneven_files_are_named(tmp_path, capsys):
+    from ensdist_fairseq.corpus.text_lines import read_pairs
+    from ensdist_fairseq.errors import EnsdistError
+
+    (tmp_path / "a.en").write_bytes(b"ok.\nbad \xff byte.\n")
+    (tmp_path / "a.de").write_bytes(b"gut.\nschlecht.\n")
+    with pytest.raises(EnsdistError, match=r"a.en: line 2: invalid UTF-8 \(byte 0xff at column 5\)$"):
+        list(read_pairs(str(tmp_path / "a.en"), str(tmp_path / "a.de")))
+    (tmp_path / "b.de").write_bytes(b"gut.\n")
+    (tmp_path / "b.en").write_bytes(b"ok.\nmore.\n")
+    with pytest.raises(EnsdistError, match=r"b.de: ends after line 1, .*b.en goes on$"):
+        list(read_pairs(str(tmp_path / "b.en"), str(tmp_path / "b.de")))

@@ -19,6 +19,8 @@ import re
 import sys
 from typing import Dict, Iterable, List, Tuple
 
+from .text_lines import read_lines
+
 Pair = Tuple[str, str]  # (english, german)
 SPLITS = ("train", "valid", "test")
 
@@ -220,8 +222,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_args(args)
-        with open(args.source, encoding="utf-8") as f:
-            pairs = extract_pairs(f, args.min_words)
+        pairs = extract_pairs(read_lines(args.source), args.min_words)
         n_extracted = len(pairs)
         if args.max_pairs is not None and args.max_pairs < len(pairs):
             keep = set(rank_pairs(pairs, args.seed)[:args.max_pairs])
@@ -233,8 +234,11 @@ def main(argv=None) -> int:
                              f"(raise --max-pairs or --max-heldout-fraction)")
         splits = split_pairs(pairs, valid_size, test_size, args.seed)
         write_splits(args.out, splits)
-    except (ValueError, OSError, UnicodeDecodeError) as e:
+    except ValueError as e:  # EnsdistError included: one line naming the file
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
         return 2
     en = [p[0] for p in pairs]
     de = [p[1] for p in pairs]

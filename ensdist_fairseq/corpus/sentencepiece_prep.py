@@ -18,6 +18,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import sentencepiece as spm
 
+from .text_lines import read_lines, read_pairs
+
 SPLITS = ("train", "valid", "test")
 
 
@@ -37,11 +39,11 @@ def check_raw_files(raw_dir: str, src: str, tgt: str) -> Dict[str, int]:
     for split in SPLITS:
         for lang in (src, tgt):
             if not os.path.isfile(raw_path(raw_dir, split, lang)):
-                raise ValueError(f"missing raw file {raw_path(raw_dir, split, lang)}")
+                raise ValueError(f"{raw_path(raw_dir, split, lang)}: raw file not found")
         n_src = count_lines(raw_path(raw_dir, split, src))
         n_tgt = count_lines(raw_path(raw_dir, split, tgt))
         if n_src != n_tgt:
-            raise ValueError(f"{raw_path(raw_dir, split, src)} has {n_src} lines but "
+            raise ValueError(f"{raw_path(raw_dir, split, src)}: {n_src} lines, but "
                              f"{raw_path(raw_dir, split, tgt)} has {n_tgt}")
         if n_src == 0:
             raise ValueError(f"{raw_path(raw_dir, split, src)} is empty")
@@ -51,9 +53,7 @@ def check_raw_files(raw_dir: str, src: str, tgt: str) -> Dict[str, int]:
 
 def _lines(paths: Sequence[str]) -> Iterator[str]:
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                yield line.rstrip("\n")
+        yield from read_lines(path)
 
 
 def train_model(train_files: Sequence[str], vocab_size: int, model_type: str,
@@ -79,8 +79,13 @@ def train_model(train_files: Sequence[str], vocab_size: int, model_type: str,
             most = f" (at most {limit.group(1)} for this data)" if limit else ""
             raise ValueError(f"--vocab-size {vocab_size} does not fit the training data "
                              f"{', '.join(train_files)}{most}: {reason}") from None
-        raise ValueError(f"sentencepiece training failed: {e}") from None
+        raise ValueError(f"sentencepiece training failed: {_first_line(e)}") from None
     return out.getvalue()
+
+
+def _first_line(e) -> str:
+    lines = [x for x in str(e).splitlines() if x.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 def vocab_text(sp: spm.SentencePieceProcessor) -> str:
@@ -107,11 +112,11 @@ def encode_split(sp, src_in: str, tgt_in: str, src_out: str, tgt_out: str,
     """Encode one aligned split line by line (streaming: WMT does not fit in memory twice).
     Returns (kept, dropped); only `clean` splits (train) are filtered."""
     kept = dropped = 0
-    with open(src_in, encoding="utf-8") as fs, open(tgt_in, encoding="utf-8") as ft, \
-            open(src_out, "w", encoding="utf-8") as gs, open(tgt_out, "w", encoding="utf-8") as gt:
-        for s_line, t_line in zip(fs, ft):
-            s = sp.encode(s_line.rstrip("\n"), out_type=str)
-            t = sp.encode(t_line.rstrip("\n"), out_type=str)
+    with open(src_out, "w", encoding="utf-8", newline="\n") as gs, \
+            open(tgt_out, "w", encoding="utf-8", newline="\n") as gt:
+        for s_line, t_line in read_pairs(src_in, tgt_in):
+            s = sp.encode(s_line, out_type=str)
+            t = sp.encode(t_line, out_type=str)
             if clean and not keep_pair(s, t, max_len, max_ratio):
                 dropped += 1
                 continue
@@ -204,8 +209,11 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
         counts = run(a)
-    except (ValueError, OSError, UnicodeDecodeError) as e:
+    except ValueError as e:  # EnsdistError included
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
         return 2
     print(f"sentencepiece: {a.model_type}, vocabulary {a.vocab_size} -> {a.out}/spm.model")
     for split, (kept, dropped) in counts.items():
