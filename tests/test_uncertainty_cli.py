@@ -1,0 +1,160 @@
+"""ensdist-ood-sets and ensdist-uncertainty on tiny models (single, ensemble, Dirichlet student),
+the report section, and the Dirichlet predictive option at load time."""
+import copy
+import filecmp
+import json
+import os
+
+import pytest
+import torch
+
+import tiny_fairseq
+from ensdist_fairseq.cli import uncertainty as cli
+from ensdist_fairseq.uncertainty import measures as M
+from ensdist_fairseq.uncertainty import ood_sets, report_section
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A prepared corpus (raw/, spm/, bin/) and three tiny models: two members, one Dirichlet."""
+    from ensdist_fairseq.corpus import sentencepiece_prep as sp
+
+    root = tmp_path_factory.mktemp("unc")
+    tiny_fairseq.write_synthetic_raw(str(root / "data" / "raw"), n_train=200, n_test=30)
+    sp.run(sp.build_parser().parse_args([
+        "--raw", str(root / "data" / "raw"), "--src", "en", "--tgt", "de", "--vocab-size", "48",
+        "--out", str(root / "data" / "spm")]))
+    bin_dir = tiny_fairseq.binarize(str(root / "data" / "spm"), str(root / "data" / "bin"))
+    # One training; the second member and the Dirichlet student are derived from it (a
+    # dirichlet_transformer has the Transformer's parameters: only the output reading differs).
+    ckpt = {"m1": tiny_fairseq.train_tiny(bin_dir, str(root / "m1"), seed=1, max_update=20)}
+    state = torch.load(ckpt["m1"], weights_only=False)
+    g = torch.Generator().manual_seed(0)
+    for name, kind in (("m2", "transformer"), ("dir", "dirichlet_transformer")):
+        derived = dict(state, model={k: v + 0.05 * torch.randn(v.shape, generator=g)
+                                     if v.is_floating_point() else v for k, v in state["model"].items()})
+        derived["cfg"] = dict(state["cfg"], model=copy.copy(state["cfg"]["model"]))
+        derived["cfg"]["model"].arch = derived["cfg"]["model"]._name = kind
+        ckpt[name] = str(root / f"{name}.pt")
+        torch.save(derived, ckpt[name])
+    assert ood_sets.main(["--data-dir", str(root / "data"), "--out", str(root / "ood"), "--size", "12"]) == 0
+    return root, bin_dir, ckpt
+
+
+def run_cli(root, bin_dir, path, name, *extra):
+    out = root / "results" / "uncertainty" / name
+    code = cli.main([bin_dir, "--path", path, "--name", name, "--out", str(out), "--cpu",
+                     "--ood-dir", str(root / "ood"), "--beam", "3", "--max-len-a", "1.5",
+                     "--max-len-b", "10", *extra])
+    return code, out
+
+
+def records(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_ood_sets_are_deterministic_and_binarized(corpus, tmp_path):
+    root, _, _ = corpus
+    manifest = ood_sets.read_manifest(str(root / "ood"))
+    assert [s["name"] for s in manifest["sets"]] == ["permuted", "target", "domain", "third"]
+    assert all(s["lines"] == 12 for s in manifest["sets"])
+    assert ood_sets.main(["--data-dir", str(root / "data"), "--out", str(tmp_path), "--size", "12"]) == 0
+    for s in manifest["sets"]:
+        for rel in (s["raw"], s["bin"] + ".bin", s["bin"] + ".idx"):
+            assert filecmp.cmp(root / "ood" / rel, tmp_path / rel, shallow=False), rel
+    permuted = (root / "ood" / "raw" / "permuted.en").read_text().splitlines()
+    test = (root / "data" / "raw" / "test.en").read_text().splitlines()
+    assert all(sorted(p.split()) in [sorted(t.split()) for t in test] for p in permuted)
+    third = (root / "ood" / "raw" / "third.en").read_text()
+    assert any(w in third for w in (" le ", " la ", " les ", " de "))  # French
+
+
+def test_ood_sets_errors(corpus, tmp_path, capsys):
+    root, _, _ = corpus
+    assert ood_sets.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert "no bin/test" in capsys.readouterr().err
+    assert ood_sets.main(["--data-dir", str(root / "data"), "--out", str(tmp_path / "o"),
+                          "--size", "1000"]) == 1
+    assert "only 30 usable lines, --size asks for 1000" in capsys.readouterr().err
+
+
+def test_three_kinds_of_system_and_the_report(corpus, capsys):
+    root, bin_dir, ckpt = corpus
+    code, single = run_cli(root, bin_dir, ckpt["m1"], "m1")
+    assert code == 0
+    code, ens = run_cli(root, bin_dir, f"{ckpt['m1']}:{ckpt['m2']}", "ens")
+    assert code == 0
+    code, pd = run_cli(root, bin_dir, ckpt["dir"], "pd")
+    assert code == 0
+    meta = {n: json.loads((d / "system.json").read_text()) for n, d in
+            (("m1", single), ("ens", ens), ("pd", pd))}
+    assert meta["m1"]["measures"] == ["total"] and meta["m1"]["group"] == "single"
+    assert meta["ens"]["kind"] == "ensemble" and "rmi" in meta["ens"]["measures"]
+    assert meta["pd"]["group"] == "proxy-dirichlet" and meta["pd"]["dirichlet_predictive"] == "softmax"
+    rows = records(ens / "test.jsonl")
+    assert sorted(r["id"] for r in rows) == list(range(30))
+    for r in rows:
+        u = r["uncertainty"]
+        assert u["mi"] >= 0 and u["rmi"] >= 0
+        assert u["epkl"] == pytest.approx(u["mi"] + u["rmi"], rel=1e-6)  # float32 members
+        assert u["mi"] == pytest.approx(u["total"] - u["data"], abs=1e-5)
+        assert 0 <= r["chrf"] <= 100 and r["num_hypotheses"] == 3
+        # ln P(best|x) of the teacher-forced pass is the beam's score x length (lenpen 1)
+        assert r["log_prob"] == pytest.approx(r["score"] * r["length"], abs=1e-3)
+    assert len(records(ens / "third.jsonl")) == 12
+    text, pngs = report_section.section(str(root / "results"), str(root / "results"))
+    assert "| Single (m1) |" in text and "| Ensemble (ens) |" in text and "| PD student (pd) |" in text
+    assert "Do the PD paper's uncertainty findings hold here?" in text
+    assert all(os.path.getsize(p) > 1000 for p in pngs) and len(pngs) == 2
+
+
+def test_dirichlet_measures_come_from_alpha_whatever_the_predictive(corpus):
+    root, bin_dir, ckpt = corpus
+    code, soft = run_cli(root, bin_dir, ckpt["dir"], "pd-soft", "--ood-dir", str(root / "ood"))
+    code2, mean = run_cli(root, bin_dir, ckpt["dir"], "pd-mean", "--dirichlet-predictive", "mean")
+    assert code == code2 == 0
+    assert json.loads((mean / "system.json").read_text())["dirichlet_predictive"] == "mean"
+    a = {r["id"]: r for r in records(soft / "test.jsonl")}
+    b = {r["id"]: r for r in records(mean / "test.jsonl")}
+    # different predictive: different scores of the best hypothesis
+    assert any(abs(a[i]["log_prob"] - b[i]["log_prob"]) > 1e-4 for i in a)
+
+
+def test_predictive_override_at_load_time(corpus):
+    from ensdist_fairseq import teacher_forcing
+
+    _, bin_dir, ckpt = corpus
+    (soft,), task = teacher_forcing.load_models([ckpt["dir"]], bin_dir)
+    (mean,), _ = teacher_forcing.load_models([ckpt["dir"]], bin_dir,
+                                             overrides={"dirichlet_predictive": "mean"})
+    assert soft.dirichlet_predictive == "softmax" and mean.dirichlet_predictive == "mean"
+    src = torch.tensor([[5, 6, 7, 2]])
+    net_input = {"src_tokens": src, "src_lengths": torch.tensor([4]),
+                 "prev_output_tokens": torch.tensor([[2, 5, 6]])}
+    with torch.no_grad():
+        out = soft(**net_input)
+        z = out[0].double()
+        torch.testing.assert_close(soft.get_normalized_probs(out, True).double(),
+                                   torch.log_softmax(z, -1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mean.get_normalized_probs(out, True).double(),
+                                   M.dirichlet_log_alpha(z) - torch.logsumexp(M.dirichlet_log_alpha(z), -1, keepdim=True),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_errors(corpus, tmp_path, capsys):
+    root, bin_dir, ckpt = corpus
+    out = str(tmp_path / "x")
+    assert cli.main([bin_dir, "--path", ckpt["m1"], "--name", "x", "--out", out,
+                     "--measures", "total,rmi", "--cpu"]) == 1
+    assert "error: --measures rmi: a single model" in capsys.readouterr().err
+    assert cli.main([bin_dir, "--path", str(tmp_path / "no.pt"), "--name", "x", "--out", out]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert cli.main([bin_dir, "--path", ckpt["m1"], "--name", "x", "--out", out,
+                     "--ood", f"a={tmp_path / 'missing.txt'}", "--cpu"]) == 1
+    assert "file not found" in capsys.readouterr().err
+    (tmp_path / "user.txt").write_text("s1 s2 s3\ns4 s5\n")
+    assert cli.main([bin_dir, "--path", ckpt["m1"], "--name", "x", "--out", out, "--cpu",
+                     "--ood", f"mine={tmp_path / 'user.txt'}",
+                     "--spm-model", str(root / "data" / "spm" / "spm.model")]) == 0
+    assert len(records(tmp_path / "x" / "mine.jsonl")) == 2
