@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--reference", help="raw reference file of the split (BLEU; default: "
                                         "fairseq's detokenized targets)")
     ap.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    ap.add_argument("--dirichlet-predictive", choices=("softmax", "mean"),
+                    help="Proxy-Dirichlet students: score and decode with softmax(z) or the "
+                         "Dirichlet mean alpha/alpha_0 (default: the checkpoint's own option)")
     ap.add_argument("--log-interval", type=int, default=100,
                     help="report progress to stderr every this many batches")
     gen_opts.add_generation_options(ap)
@@ -66,12 +69,12 @@ def flag_error(args) -> Optional[str]:
     return None
 
 
-def _load(paths: List[str], data: str, device):
+def _load(paths: List[str], data: str, device, overrides=None):
     from ..errors import EnsdistError
     from ..teacher_forcing import load_models  # imports fairseq: keep --help fast
 
     try:
-        return load_models(paths, data, device)
+        return load_models(paths, data, device, overrides=overrides)
     except (RuntimeError, KeyError, AttributeError, AssertionError) as e:  # fairseq load failures
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         first = first if len(first) <= MAX_CAUSE_CHARS else first[:MAX_CAUSE_CHARS] + "..."
@@ -93,7 +96,8 @@ def evaluate(args, paths: List[str], device) -> dict:
     from ..ensemble_scoring import score_split
     from ..evaluation import decoding
 
-    models, task = _load(paths, args.data, device)
+    models, task = _load(paths, args.data, device, overrides=(
+        {"dirichlet_predictive": args.dirichlet_predictive} if args.dirichlet_predictive else None))
     task.load_dataset(args.split)
     dataset = task.dataset(args.split)
     where = f"split {args.split} of {args.data}"
