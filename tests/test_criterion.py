@@ -1,5 +1,7 @@
 """The token_kd criterion and the dirichlet_transformer model on tiny in-process fairseq models."""
 import argparse
+import json
+import math
 import os
 import sys
 from types import SimpleNamespace
@@ -16,6 +18,8 @@ from torch.distributions import Categorical, Dirichlet, kl_divergence
 
 import ensdist_fairseq.models  # noqa: F401  (registers dirichlet_transformer)
 from ensdist_fairseq.criterions.token_kd import TokenKDCriterion
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.losses import adaptive_alpha
 
 import tiny_fairseq
 
@@ -66,14 +70,16 @@ def make_sample(task, stored=None, seed=0):
     }
 
 
-def make_criterion(task, **overrides):
+def make_criterion(task, num_updates=0, **overrides):
     cfg = dict(
         label_smoothing=0.1, kd_loss="mean_kd", kd_weight=0.5, kd_temperature=1.0, kd_truncation="tail",
-        precision_limit=1e6, intra_passes=1, intra_alpha=5.0, intra_adaptive=True, intra_p=5.0, intra_q=10.0,
-        intra_forward="stacked", max_update=1000, sentence_avg=False,
+        precision_limit=1e6, precision_floor=1.0, intra_passes=1, intra_alpha=5.0, no_intra_adaptive=False,
+        intra_p=5.0, intra_q=10.0, intra_forward="stacked", max_update=1000, sentence_avg=False,
     )
     cfg.update(overrides)
-    return TokenKDCriterion(task, **cfg)
+    criterion = TokenKDCriterion(task, **cfg)
+    criterion.set_num_updates(num_updates)  # as TranslationDistillTask.train_step does
+    return criterion
 
 
 def run(criterion, model, sample, seed=1):
@@ -177,7 +183,32 @@ def test_adaptive_intra_needs_max_update_and_a_valid_schedule():
         make_criterion(make_task(), intra_passes=3, max_update=0)
     with pytest.raises(ValueError, match="p < q"):
         make_criterion(make_task(), intra_passes=3, intra_p=10.0, intra_q=5.0)
-    make_criterion(make_task(), intra_passes=3, max_update=0, intra_adaptive=False)  # fixed alpha: fine
+    make_criterion(make_task(), intra_passes=3, max_update=0, no_intra_adaptive=True)  # fixed alpha: fine
+
+
+def reference_pass_losses(model, sample, passes, forward, kd_weight, seed=1):
+    """(per-pass (1 - beta) LS + beta KL, per-pass NLL, X) in float64, computed independently of
+    the criterion from the same dropout masks (same seed, same forward calls)."""
+    torch.manual_seed(seed)
+    net_input = sample["net_input"]
+    if forward == "stacked":
+        logits = model(**{k: torch.cat([v] * passes) for k, v in net_input.items()})[0].chunk(passes)
+    else:
+        logits = [model(**net_input)[0] for _ in range(passes)]
+    non_pad = sample["target"].ne(1)
+    ls_ref = LabelSmoothedCrossEntropyCriterion(make_task(), False, 0.1)
+    losses, nlls, lps = [], [], []
+    for z in logits:
+        ls, nll = ls_ref.compute_loss(model, (z.double(), {"attn": [None]}), sample)
+        lp = torch.log_softmax(z.double(), -1)
+        kl = kl_divergence(Categorical(probs=sample["teacher_full"].double()), Categorical(logits=lp))[non_pad].sum()
+        losses.append((1 - kd_weight) * ls + kd_weight * kl)
+        nlls.append(nll)
+        lps.append(lp)
+    p = torch.stack(lps).exp()
+    p_bar = p.mean(0)
+    x = sum(((pi - p_bar) * (pi.log() - p_bar.log())).sum(-1)[non_pad].sum() for pi in p) / passes
+    return losses, nlls, x
 
 
 @pytest.mark.parametrize("forward", ["sequential", "stacked"])
@@ -190,31 +221,105 @@ def test_intra_distillation_is_mean_pass_loss_plus_weighted_x_divergence(forward
     loss, log, _ = run(make_criterion(task, intra_passes=3, intra_forward=forward), model, sample)
     assert log["intra_loss"].item() == pytest.approx(0.0, abs=1e-5)
     assert loss.item() == pytest.approx(single.item(), rel=1e-5)
-    # With dropout they differ; alpha_t follows the schedule at the trainer's update count.
+    # With dropout they differ: L = mean over the passes + alpha_t X, checked against an
+    # independent float64 computation. Catches training on one pass only and a dropped alpha_t X.
     model = make_model(task, dropout=0.3)
-    metrics.reset()
-    metrics.log_scalar("num_updates", 100, weight=0)  # what fairseq's trainer does; N/q = 1000/10
-    loss, log, grads = run(make_criterion(task, intra_passes=3, intra_forward=forward), model, sample)
+    criterion = make_criterion(task, kd_weight=0.3, intra_passes=3, intra_forward=forward, intra_alpha=5.0)
+    criterion.set_num_updates(100)  # what the task's train_step does; N/q = 1000/10: alpha_t = 1
+    loss, log, grads = run(criterion, model, sample)
+    with torch.no_grad():
+        losses, nlls, x = reference_pass_losses(model, sample, 3, forward, kd_weight=0.3)
+    mean = sum(losses) / 3
     assert log["intra_alpha"] / log["sample_size"] == pytest.approx(1.0)
-    assert log["intra_loss"].item() > 0 and all(torch.isfinite(g).all() for g in grads)
+    assert loss.item() == pytest.approx((mean + x).item(), rel=1e-5)
+    assert log["intra_loss"].item() == pytest.approx(x.item(), rel=1e-4)
+    assert log["nll_loss"].item() == pytest.approx((sum(nlls) / 3).item(), rel=1e-5)
+    # the test is sensitive: pass 1 alone, or no X, would be off by far more than rel=1e-5
+    assert abs(losses[0] - mean) > 1e-3 * mean and x > 1e-3 * mean
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_adaptive_alpha_needs_the_update_number_from_the_task():
+    task = make_task()
+    model, sample = make_model(task), make_sample(task)
+    criterion = TokenKDCriterion(task, sentence_avg=False, intra_passes=2, max_update=1000)
+    with pytest.raises(EnsdistError, match="translation_distill"):
+        criterion(model.train(), sample)
+    # fairseq's plain tasks never call set_num_updates: a fixed alpha needs no update number
+    fixed = TokenKDCriterion(task, sentence_avg=False, intra_passes=2, no_intra_adaptive=True, intra_alpha=2.0)
+    _, _, log = fixed(model, sample)
+    assert log["intra_alpha"] / log["sample_size"] == 2.0
+
+
+def test_translation_distill_train_step_hands_the_update_number_to_the_criterion(tiny_data):
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    import ensdist_fairseq.tasks.translation_distill  # noqa: F401
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [tiny_data, "--task", "translation_distill", "--arch", "transformer"])
+    distill_task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+    task = make_task()
+    model, sample = make_model(task), make_sample(task)
+    criterion = make_criterion(task, intra_passes=2)
+    optimizer = SimpleNamespace(backward=lambda loss: loss.backward())
+    for update, expected in ((0, 0.0), (100, 1.0), (200, 5.0)):  # N = 1000: 0, N/q, N/p
+        _, sample_size, log = distill_task.train_step(sample, model, criterion, optimizer, update)
+        assert criterion.num_updates == update
+        assert log["intra_alpha"] / sample_size == pytest.approx(expected)
+
+
+def test_reduce_false_returns_per_token_losses_like_fairseq():
+    task = make_task()
+    model, sample = make_model(task, dropout=0.0), make_sample(task, stored=8)
+    non_pad = sample["target"].ne(1).view(-1, 1)
+    # beta = 0: fairseq's own per-token label-smoothed losses
+    torch.manual_seed(1)
+    ours, _, _ = make_criterion(task, kd_weight=0.0)(model.train(), sample, reduce=False)
+    torch.manual_seed(1)
+    ref, _, _ = LabelSmoothedCrossEntropyCriterion(task, False, 0.1)(model, sample, reduce=False)
+    assert ours.shape == ref.shape == (sample["target"].numel(), 1) and torch.equal(ours, ref)
+    for kd_loss, arch, passes in (("mean_kd", "transformer", 3), ("proxy_dirichlet", "dirichlet_transformer", 2)):
+        model = make_model(task, arch=arch, dropout=0.0).train()
+        criterion = make_criterion(task, kd_loss=kd_loss, intra_passes=passes, no_intra_adaptive=True)
+        per_token, _, log = criterion(model, sample, reduce=False)
+        total, _, _ = criterion(model, sample)
+        assert per_token.shape == (sample["target"].numel(), 1)
+        assert not per_token[~non_pad].any() and (per_token[non_pad] > 0).all()
+        assert per_token.sum().item() == pytest.approx(total.item(), rel=1e-5)
+        assert log["loss"].item() == pytest.approx(total.item(), rel=1e-5)
 
 
 def test_logged_statistics_ignore_pads_and_reduce_per_token():
+    """Every logged value against an independent computation, in the units fairseq prints
+    (losses in bits per token: a kd_loss logged in nats is caught)."""
     task = make_task()
-    model, sample = make_model(task), make_sample(task, stored=4)
+    model, sample = make_model(task, dropout=0.0), make_sample(task)
     sample["teacher"]["precision"][0, 0] = float("inf")  # members agreed: bounded by the limit
-    _, log, _ = run(make_criterion(task, intra_passes=2, intra_adaptive=False, intra_alpha=2.0, precision_limit=1e4), model, sample)
+    sample["teacher"]["precision"][0, 1] = 0.0  # a member with log-prob -inf: raised to the floor
+    criterion = make_criterion(task, kd_weight=0.3, intra_passes=2, no_intra_adaptive=True, intra_alpha=2.0,
+                               precision_limit=1e4, precision_floor=2.0)
+    _, log, _ = run(criterion, model, sample)
     non_pad = sample["target"].ne(task.target_dictionary.pad())
     teacher = sample["teacher"]
     coverage = teacher["probs"].sum(-1)[non_pad].mean().item()
-    precision = teacher["precision"].clamp(max=1e4)[non_pad].mean().item()
+    precision = teacher["precision"].clamp(min=2.0, max=1e4)[non_pad].mean().item()
+    with torch.no_grad():
+        losses, nlls, x = reference_pass_losses(model, sample, 2, "stacked", kd_weight=0.3)
+        lp = torch.log_softmax(model(**sample["net_input"])[0].double(), -1)
+    kl = kl_divergence(Categorical(probs=sample["teacher_full"].double()), Categorical(logits=lp))[non_pad].sum()
+    ntokens, bits = sample["ntokens"], math.log(2)
     with metrics.aggregate() as agg:
         TokenKDCriterion.reduce_metrics([log])
     values = agg.get_smoothed_values()
     assert values["teacher_coverage"] == pytest.approx(coverage, abs=1e-4)
     assert values["teacher_precision"] == pytest.approx(precision, abs=0.1)
     assert values["intra_alpha"] == pytest.approx(2.0)
-    assert {"loss", "nll_loss", "ppl", "kd_loss", "intra_loss"} <= set(values)
+    assert values["kd_loss"] == pytest.approx(kl.item() / ntokens / bits, abs=2e-3)
+    assert values["intra_loss"] == pytest.approx(x.item() / ntokens / bits, abs=2e-3)
+    assert values["loss"] == pytest.approx((sum(losses) / 2 + 2.0 * x).item() / ntokens / bits, abs=2e-3)
+    assert values["nll_loss"] == pytest.approx(nlls[0].item() / ntokens / bits, abs=2e-3)
+    assert values["ppl"] == pytest.approx(2 ** values["nll_loss"], rel=1e-2)
 
 
 @pytest.mark.parametrize("kd_loss,arch", [("mean_kd", "transformer"), ("proxy_dirichlet", "dirichlet_transformer")])
@@ -244,24 +349,30 @@ def test_half_precision_models_give_finite_losses(dtype):
 
 
 def test_fairseq_train_runs_intra_distillation_alone_on_the_translation_task(tiny_data, tmp_path):
-    """--kd-loss none --intra-passes 3 on fairseq's plain translation task, then fairseq-generate."""
+    """--kd-loss none --intra-passes 3 on translation_distill without a store (fairseq's translation
+    plus the update number for alpha_t), then fairseq-generate."""
     # A user dir importing our registrations explicitly, independent of the package's __init__.
     plugin = tmp_path / "token_kd_plugin"
     plugin.mkdir()
     (plugin / "__init__.py").write_text(
         "import ensdist_fairseq.criterions.token_kd  # noqa\nimport ensdist_fairseq.models  # noqa\n"
+        "import ensdist_fairseq.tasks.translation_distill  # noqa\n"
     )
     save = tmp_path / "ckpt"
     out = tiny_fairseq.run([
         os.path.join(tiny_fairseq.BIN, "fairseq-train"), tiny_data, "--user-dir", str(plugin),
-        *tiny_fairseq.TINY_ARCH_ARGS[2:], "--arch", "dirichlet_transformer",
-        "--criterion", "token_kd", "--kd-loss", "none", "--intra-passes", "3", "--max-update", "4",
+        "--task", "translation_distill", *tiny_fairseq.TINY_ARCH_ARGS[2:], "--arch", "dirichlet_transformer",
+        "--criterion", "token_kd", "--kd-loss", "none", "--intra-passes", "3", "--max-update", "20",
         "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "400", "--cpu", "--log-format", "json",
         "--log-interval", "1", "--save-dir", str(save), "--no-epoch-checkpoints", "--seed", "1",
     ])
     log = out.stdout + out.stderr
     assert '"train_intra_alpha"' in log and '"train_intra_loss"' in log and '"valid_nll_loss"' in log
     assert '"valid_intra_loss"' not in log
+    # alpha_t per update t = 0, 1, ... with N = 20, p = 5, q = 10: alpha (t p / N)^gamma up to N/p = 4
+    inner = [json.loads(line[line.index('{"'):]) for line in log.splitlines() if '{"' in line and "train_inner" in line]
+    assert [float(r["intra_alpha"]) for r in inner[:6]] == pytest.approx(
+        [adaptive_alpha(5.0, t, 20, 5.0, 10.0) for t in range(6)], abs=1e-3)
     gen = tiny_fairseq.run([
         os.path.join(tiny_fairseq.BIN, "fairseq-generate"), tiny_data, "--user-dir", str(plugin),
         "--path", str(save / "checkpoint_last.pt"), "--beam", "2", "--max-sentences", "8", "--cpu",

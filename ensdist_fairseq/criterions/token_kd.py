@@ -4,20 +4,35 @@ optionally with intra-distillation over K dropout passes. The math lives in ensd
     L_pass = (1 - beta) * L_NLL^LS + beta * L_KD        (L_KD = 0 with --kd-loss none)
     L      = 1/K sum_i L_pass(i) + alpha_t * X(p_1..p_K)  (K = --intra-passes; K = 1: L = L_pass)
 
-Validation (model.eval()) uses neither the teacher nor the extra passes: loss = label-smoothed NLL.
+Built on fairseq's label_smoothed_cross_entropy: its config (--label-smoothing, --report-accuracy,
+--sentence-avg), its label_smoothed_nll_loss and its loss/nll_loss/ppl/accuracy logging; this
+class adds the KD and intra-distillation terms and their statistics. Validation (model.eval())
+uses neither the teacher nor the extra passes: loss = label-smoothed NLL, as fairseq's criterion.
+
+Mixed precision: the batch's teacher arrives as float16 probabilities and float64 precisions
+(fairseq's --fp16/--bf16 sample conversion only narrows float32), the model's log-probs are
+float32, and every loss is computed in float32 (float64 for a float64 model) outside autocast.
 """
 import math
 from dataclasses import dataclass, field
 
 import torch
 from fairseq import utils
-from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.criterions import register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import (
+    LabelSmoothedCrossEntropyCriterion,
+    LabelSmoothedCrossEntropyCriterionConfig,
+    label_smoothed_nll_loss,
+)
+from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 from omegaconf import II
 
+from ..errors import EnsdistError
 from ..losses import (
+    DEFAULT_PRECISION_FLOOR,
+    DEFAULT_PRECISION_LIMIT,
+    MAX_PRECISION_LIMIT,
     TRUNCATION_POLICIES,
     adaptive_alpha,
     bound_precision,
@@ -32,7 +47,7 @@ INTRA_FORWARDS = ("sequential", "stacked")
 
 
 @dataclass
-class TokenKDConfig(FairseqDataclass):
+class TokenKDConfig(LabelSmoothedCrossEntropyCriterionConfig):
     label_smoothing: float = field(default=0.1, metadata={"help": "epsilon for label smoothing of the NLL term"})
     kd_loss: ChoiceEnum(KD_LOSSES) = field(
         default="mean_kd", metadata={"help": "distillation term; needs sample['teacher'] unless 'none'"}
@@ -43,99 +58,97 @@ class TokenKDConfig(FairseqDataclass):
         default="tail", metadata={"help": "mean_kd use of the top-V' events: none | renormalize | tail (docs/criterion.md)"}
     )
     precision_limit: float = field(
-        default=1e6, metadata={"help": "upper bound on the stored Proxy-Dirichlet precision beta0_hat (> 0)"}
+        default=DEFAULT_PRECISION_LIMIT,
+        metadata={"help": f"upper bound on the stored Proxy-Dirichlet precision beta0_hat (<= {MAX_PRECISION_LIMIT:g})"},
+    )
+    precision_floor: float = field(
+        default=DEFAULT_PRECISION_FLOOR,
+        metadata={"help": "lower bound on beta0_hat (> 0): 0 (a member with log-prob -inf) would make the loss infinite"},
     )
     intra_passes: int = field(default=1, metadata={"help": "K dropout passes for intra-distillation; 1 = off"})
     intra_alpha: float = field(default=5.0, metadata={"help": "weight alpha of the X-divergence"})
-    intra_adaptive: bool = field(default=True, metadata={"help": "ramp alpha with the p/q schedule over N = --max-update"})
+    no_intra_adaptive: bool = field(
+        default=False, metadata={"help": "alpha_t = --intra-alpha from the first update (default: the p/q ramp over --max-update)"}
+    )
     intra_p: float = field(default=5.0, metadata={"help": "alpha_t reaches alpha at update N/p"})
     intra_q: float = field(default=10.0, metadata={"help": "alpha_t reaches 1 at update N/q (q > p)"})
     intra_forward: ChoiceEnum(INTRA_FORWARDS) = field(
         default="stacked", metadata={"help": "one forward pass on the K-times stacked batch, or K passes one after another"}
     )
     max_update: int = II("optimization.max_update")
-    sentence_avg: bool = II("optimization.sentence_avg")
-
-
-def _current_update():
-    # fairseq 0.12 gives the update number to task.train_step and the model, never to the
-    # criterion; the trainer logs it to the always-active "default" aggregator after every update
-    # and on checkpoint restore, so this is the update being computed (0 before the first one).
-    meter = metrics.get_meter("default", "num_updates")
-    return 0 if meter is None or meter.val is None else meter.val
 
 
 @register_criterion("token_kd", dataclass=TokenKDConfig)
-class TokenKDCriterion(FairseqCriterion):
+class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
     def __init__(
-        self, task, label_smoothing, kd_loss, kd_weight, kd_temperature, kd_truncation, precision_limit,
-        intra_passes, intra_alpha, intra_adaptive, intra_p, intra_q, intra_forward, max_update, sentence_avg,
+        self, task, sentence_avg, label_smoothing=0.1, ignore_prefix_size=0, report_accuracy=False,
+        kd_loss="mean_kd", kd_weight=0.5, kd_temperature=1.0, kd_truncation="tail",
+        precision_limit=DEFAULT_PRECISION_LIMIT, precision_floor=DEFAULT_PRECISION_FLOOR,
+        intra_passes=1, intra_alpha=5.0, no_intra_adaptive=False, intra_p=5.0, intra_q=10.0,
+        intra_forward="stacked", max_update=0,
     ):
-        super().__init__(task)
-        if not 0 <= label_smoothing < 1:
-            raise ValueError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
-        if not 0 <= kd_weight <= 1:
-            raise ValueError(f"--kd-weight (beta) must be in [0, 1], got {kd_weight}")
-        if not kd_temperature > 0:
-            raise ValueError(f"--kd-temperature must be > 0, got {kd_temperature}")
-        if kd_truncation == "none" and kd_temperature != 1:
-            raise ValueError("--kd-truncation none is only defined for --kd-temperature 1")
-        if kd_loss == "proxy_dirichlet" and kd_temperature != 1:
-            raise ValueError("--kd-temperature applies to mean_kd only; proxy_dirichlet needs 1")
-        if not precision_limit > 0:
-            raise ValueError(f"--precision-limit must be > 0, got {precision_limit}")
-        if intra_passes < 1:
-            raise ValueError(f"--intra-passes must be >= 1 (1 = off), got {intra_passes}")
-        if intra_passes > 1 and intra_adaptive:
-            check_adaptive_schedule(intra_alpha, intra_p, intra_q)
-            if max_update <= 0:
-                raise ValueError("--intra-adaptive takes N from --max-update, which must then be > 0")
-        if intra_alpha < 0:
-            raise ValueError(f"--intra-alpha must be >= 0, got {intra_alpha}")
-        self.eps = label_smoothing
+        super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        _check_flags(label_smoothing, ignore_prefix_size, kd_loss, kd_weight, kd_temperature, kd_truncation,
+                     precision_limit, precision_floor, intra_passes, intra_alpha, no_intra_adaptive,
+                     intra_p, intra_q, max_update)
         self.kd_loss = kd_loss
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
         self.kd_truncation = kd_truncation
         self.precision_limit = precision_limit
+        self.precision_floor = precision_floor
         self.intra_passes = intra_passes
         self.intra_alpha = intra_alpha
-        self.intra_adaptive = intra_adaptive
+        self.intra_adaptive = not no_intra_adaptive
         self.intra_p = intra_p
         self.intra_q = intra_q
         self.intra_forward = intra_forward
         self.max_update = max_update
-        self.sentence_avg = sentence_avg
+        self.num_updates = None  # set by the task's train_step (set_num_updates)
+
+    def set_num_updates(self, num_updates):
+        """The update being computed, from TranslationDistillTask.train_step's update_num."""
+        self.num_updates = num_updates
 
     def forward(self, model, sample, reduce=True):
+        """(loss, sample_size, logging_output); with reduce=False the loss is per target token,
+        shaped (B*T, 1) like fairseq's label_smoothed_cross_entropy, zero at pads."""
         teacher = self.get_teacher(model, sample)
         passes = self.intra_passes if model.training else 1
         net_outputs = self.run_passes(model, sample["net_input"], passes)
-        losses, nll_losses, kd_losses, lprobs = zip(
-            *(self.compute_loss(model, net_output, sample, teacher) for net_output in net_outputs)
-        )
-        loss = sum(losses) / passes
+        with _no_autocast(sample["target"]):
+            losses, nll_losses, kd_losses, lprobs = zip(
+                *(self.pass_loss(model, net_output, sample, teacher, reduce) for net_output in net_outputs)
+            )
+            loss = sum(losses) / passes if passes > 1 else losses[0]
+            logging_output = {}
+            if passes > 1:
+                non_pad = sample["target"].ne(self.padding_idx).view(-1, 1)
+                intra = x_divergence([lp.view(-1, lp.size(-1)) for lp in lprobs]).view(-1, 1)
+                intra = torch.where(non_pad, intra, torch.zeros_like(intra))
+                intra = intra.sum() if reduce else intra
+                alpha_t = self.intra_weight()
+                loss = loss + alpha_t * intra
+                logging_output["intra_loss"] = _total(intra)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {}
-        if teacher is not None:
-            logging_output.update(self.teacher_stats(sample, teacher))
-            logging_output["kd_loss"] = (sum(kd_losses) / passes).data
         if passes > 1:
-            non_pad = sample["target"].ne(self.padding_idx)
-            intra = x_divergence(lprobs)[non_pad].sum()
-            alpha_t = self.intra_weight()
-            loss = loss + alpha_t * intra
-            logging_output["intra_loss"] = intra.data
             # Stored times sample_size so that summing over workers and dividing by the summed
             # sample_size gives alpha_t back.
             logging_output["intra_alpha"] = alpha_t * sample_size
+        if teacher is not None:
+            logging_output.update(self.teacher_stats(sample, teacher))
+            logging_output["kd_loss"] = _total(sum(kd_losses)) / passes
         logging_output.update(
-            loss=loss.data,
-            nll_loss=(sum(nll_losses) / passes).data,
+            loss=_total(loss),
+            nll_loss=_total(sum(nll_losses) / passes if passes > 1 else nll_losses[0]),
             ntokens=sample["ntokens"],
             nsentences=sample["target"].size(0),
             sample_size=sample_size,
         )
+        if self.report_accuracy:
+            n_correct, total = self.compute_accuracy(model, net_outputs[0], sample)
+            logging_output["n_correct"] = utils.item(n_correct.data)
+            logging_output["total"] = utils.item(total.data)
         return loss, sample_size, logging_output
 
     def get_teacher(self, model, sample):
@@ -143,13 +156,13 @@ class TokenKDCriterion(FairseqCriterion):
         if self.kd_loss == "none" or not model.training:
             return None
         if "teacher" not in sample:
-            raise ValueError(f"--kd-loss {self.kd_loss} needs sample['teacher']: train with the memoized-teacher task")
+            raise EnsdistError(f"--kd-loss {self.kd_loss} needs sample['teacher']: train with --task translation_distill --teacher-store")
         if self.kd_loss == "proxy_dirichlet" and not getattr(model, "predicts_dirichlet", False):
-            raise ValueError("--kd-loss proxy_dirichlet needs a Dirichlet student: --arch dirichlet_transformer[_*]")
+            raise EnsdistError("--kd-loss proxy_dirichlet needs a Dirichlet student: --arch dirichlet_transformer[_*]")
         teacher = sample["teacher"]
         if teacher["indices"].shape[:2] != sample["target"].shape:
-            raise ValueError(
-                f"teacher entries {tuple(teacher['indices'].shape[:2])} are not aligned to the target {tuple(sample['target'].shape)}"
+            raise EnsdistError(
+                f"--teacher-store: teacher entries {tuple(teacher['indices'].shape[:2])} are not aligned to the target {tuple(sample['target'].shape)}"
             )
         return teacher
 
@@ -161,34 +174,31 @@ class TokenKDCriterion(FairseqCriterion):
         logits, extra = model(**stacked)
         return [(chunk, extra) for chunk in logits.chunk(passes)]
 
-    def compute_loss(self, model, net_output, sample, teacher):
-        """(loss, nll_loss, kd_loss or None, lprobs) of one pass, summed over non-pad tokens."""
-        lprobs = model.get_normalized_probs(net_output, log_probs=True)
-        target = sample["target"]
-        ls_loss, nll_loss = label_smoothed_nll_loss(
-            lprobs.view(-1, lprobs.size(-1)), target.view(-1), self.eps, ignore_index=self.padding_idx
-        )
+    def pass_loss(self, model, net_output, sample, teacher, reduce):
+        """(loss, nll_loss, kd_loss or None, lprobs (B*T, V)) of one pass: sums over the
+        non-pad tokens, or (B*T, 1) per-token values with reduce=False."""
+        lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
+        ls_loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce)
         if teacher is None:
             return ls_loss, nll_loss, None, lprobs
         non_pad = target.ne(self.padding_idx)
+        indices = teacher["indices"].reshape(-1, teacher["indices"].size(-1))
+        probs = teacher["probs"].reshape(-1, teacher["probs"].size(-1))
         if self.kd_loss == "mean_kd":
-            kd = ensemble_mean_kd(
-                lprobs, teacher["indices"], teacher["probs"], self.kd_temperature, self.kd_truncation
-            )
+            kd = ensemble_mean_kd(lprobs, indices, probs, self.kd_temperature, self.kd_truncation)
         else:
-            # Pads carry precision 0; any positive value keeps their (masked) rows finite.
-            precision = torch.where(non_pad, teacher["precision"], torch.ones_like(teacher["precision"]))
-            kd = proxy_dirichlet_rkl(
-                net_output[0], teacher["indices"], teacher["probs"], precision, self.precision_limit
-            )
-        kd = torch.where(non_pad, kd, torch.zeros_like(kd)).sum()
+            logits = net_output[0].reshape(-1, net_output[0].size(-1))
+            kd = proxy_dirichlet_rkl(logits, indices, probs, teacher["precision"].reshape(-1),
+                                     self.precision_limit, self.precision_floor)
+        kd = torch.where(non_pad, kd, torch.zeros_like(kd))
+        kd = kd.sum() if reduce else kd.unsqueeze(-1)
         loss = (1 - self.kd_weight) * ls_loss + self.kd_weight * kd
         return loss, nll_loss, kd, lprobs
 
     @torch.no_grad()
     def teacher_stats(self, sample, teacher):
         non_pad = sample["target"].ne(self.padding_idx)
-        precision = bound_precision(teacher["precision"].float(), self.precision_limit)
+        precision = bound_precision(teacher["precision"].double(), self.precision_limit, self.precision_floor)
         return {
             "teacher_ntokens": non_pad.sum().data,
             "teacher_coverage": teacher["probs"].float().sum(-1)[non_pad].sum().data,
@@ -198,19 +208,23 @@ class TokenKDCriterion(FairseqCriterion):
     def intra_weight(self):
         if not self.intra_adaptive:
             return self.intra_alpha
-        return adaptive_alpha(self.intra_alpha, _current_update(), self.max_update, self.intra_p, self.intra_q)
+        if self.num_updates is None:
+            raise EnsdistError(
+                "--intra-passes with the adaptive alpha needs the update number, which only "
+                "--task translation_distill hands to the criterion: use that task (without "
+                "--teacher-store it is fairseq's translation) or --no-intra-adaptive"
+            )
+        return adaptive_alpha(self.intra_alpha, self.num_updates, self.max_update, self.intra_p, self.intra_q)
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
-        """Aggregate logging outputs from data parallel training (losses in bits, like fairseq)."""
+        """fairseq's loss / nll_loss / ppl (/ accuracy), then the KD and intra statistics (bits)."""
+        super().reduce_metrics(logging_outputs)
 
         def total(key):
             return utils.item(sum(log.get(key, 0) for log in logging_outputs))
 
-        sample_size, ntokens = total("sample_size"), total("ntokens")
-        metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
-        metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
-        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+        sample_size = total("sample_size")
         teacher_ntokens = total("teacher_ntokens")
         if teacher_ntokens > 0:
             metrics.log_scalar("kd_loss", total("kd_loss") / sample_size / math.log(2), sample_size, round=3)
@@ -220,6 +234,45 @@ class TokenKDCriterion(FairseqCriterion):
             metrics.log_scalar("intra_loss", total("intra_loss") / sample_size / math.log(2), sample_size, round=3)
             metrics.log_scalar("intra_alpha", total("intra_alpha") / sample_size, sample_size, round=3)
 
-    @staticmethod
-    def logging_outputs_can_be_summed() -> bool:
-        return True
+
+def _total(x):
+    """A logging value: the (detached) sum, also for reduce=False per-token tensors."""
+    return (x if x.dim() == 0 else x.sum()).data
+
+
+def _no_autocast(like):
+    """Losses run outside --amp's autocast: its float16 casts are not ours to take."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
+
+
+def _check_flags(label_smoothing, ignore_prefix_size, kd_loss, kd_weight, kd_temperature, kd_truncation,
+                 precision_limit, precision_floor, intra_passes, intra_alpha, no_intra_adaptive, intra_p,
+                 intra_q, max_update):
+    """Refuse impossible settings, naming the flag."""
+    if not 0 <= label_smoothing < 1:
+        raise EnsdistError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
+    if ignore_prefix_size:
+        raise EnsdistError("--ignore-prefix-size is not supported by --criterion token_kd (the teacher covers every target token)")
+    if not 0 <= kd_weight <= 1:
+        raise EnsdistError(f"--kd-weight (beta) must be in [0, 1], got {kd_weight}")
+    if not kd_temperature > 0:
+        raise EnsdistError(f"--kd-temperature must be > 0, got {kd_temperature}")
+    if kd_truncation == "none" and kd_temperature != 1:
+        raise EnsdistError("--kd-truncation none is only defined for --kd-temperature 1")
+    if kd_loss == "proxy_dirichlet" and kd_temperature != 1:
+        raise EnsdistError("--kd-temperature applies to mean_kd only; proxy_dirichlet needs 1")
+    if not 0 < precision_limit <= MAX_PRECISION_LIMIT:
+        raise EnsdistError(f"--precision-limit must be in (0, {MAX_PRECISION_LIMIT:g}], got {precision_limit}")
+    if not 0 < precision_floor <= precision_limit:
+        raise EnsdistError(f"--precision-floor must be in (0, --precision-limit], got {precision_floor}")
+    if intra_passes < 1:
+        raise EnsdistError(f"--intra-passes must be >= 1 (1 = off), got {intra_passes}")
+    if intra_alpha < 0:
+        raise EnsdistError(f"--intra-alpha must be >= 0, got {intra_alpha}")
+    if intra_passes > 1 and not no_intra_adaptive:
+        try:
+            check_adaptive_schedule(intra_alpha, intra_p, intra_q)
+        except ValueError as e:
+            raise EnsdistError(f"--intra-p/--intra-q: {e}") from None
+        if max_update <= 0:
+            raise EnsdistError("--max-update must be > 0 with the adaptive --intra-alpha schedule (it is N), or pass --no-intra-adaptive")

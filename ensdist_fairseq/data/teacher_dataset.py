@@ -13,8 +13,8 @@ from ..store.provenance import StoreError
 
 
 class TeacherStoreDataset(BaseWrapperDataset):
-    """sample["teacher"] = {"indices": (B, T, V') long, "probs": (B, T, V') float,
-    "precision": (B, T) float}, aligned to sample["target"], zeros at pads."""
+    """sample["teacher"] = {"indices": (B, T, V') long, "probs": (B, T, V') float16,
+    "precision": (B, T) float64}, aligned to sample["target"], zeros at pads."""
 
     def __init__(self, dataset, reader: StoreReader, topk: int, pad_idx: int):
         super().__init__(dataset)  # the task checked the store against the dataset (StoreReader.check_data)
@@ -41,8 +41,11 @@ class TeacherStoreDataset(BaseWrapperDataset):
         mask = target.ne(self.pad_idx)
         B, T = target.shape
         indices = torch.zeros(B, T, self.topk, dtype=torch.long)
-        probs = torch.zeros(B, T, self.topk, dtype=torch.float)
-        precision = torch.zeros(B, T, dtype=torch.float)
+        # float16 probabilities (the store's dtype, so lossless) and float64 precisions: fairseq's
+        # --fp16/--bf16 sample conversion narrows float32 tensors only, and beta0_hat goes beyond
+        # half's 65504. The criterion computes in float32 (docs/criterion.md, mixed precision).
+        probs = torch.zeros(B, T, self.topk, dtype=torch.float16)
+        precision = torch.zeros(B, T, dtype=torch.float64)
         # boolean-mask assignment walks the batch row-major: sentence b's tokens in order
         indices[mask] = torch.cat([e[0] for e in entries])
         probs[mask] = torch.cat([e[1] for e in entries]).to(probs.dtype)  # stored: float16

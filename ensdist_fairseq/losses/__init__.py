@@ -1,13 +1,25 @@
 """Distillation losses as plain torch functions (no fairseq import), one concept per module."""
 from .ensemble_mean_kd import TRUNCATION_POLICIES, ensemble_mean_kd, teacher_distribution
 from .intra_distillation import adaptive_alpha, check_adaptive_schedule, x_divergence
-from .proxy_dirichlet import bound_precision, dirichlet_log_predictive, proxy_dirichlet_rkl
+from .proxy_dirichlet import (
+    DEFAULT_PRECISION_FLOOR,
+    DEFAULT_PRECISION_LIMIT,
+    MAX_PRECISION_LIMIT,
+    bound_precision,
+    check_precision_bounds,
+    dirichlet_log_predictive,
+    proxy_dirichlet_rkl,
+)
 
 __all__ = [
+    "DEFAULT_PRECISION_FLOOR",
+    "DEFAULT_PRECISION_LIMIT",
+    "MAX_PRECISION_LIMIT",
     "TRUNCATION_POLICIES",
     "adaptive_alpha",
     "bound_precision",
     "check_adaptive_schedule",
+    "check_precision_bounds",
     "dirichlet_log_predictive",
     "ensemble_mean_kd",
     "proxy_dirichlet_rkl",

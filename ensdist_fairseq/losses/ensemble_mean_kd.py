@@ -17,17 +17,18 @@ import torch.nn.functional as F
 TRUNCATION_POLICIES = ("none", "renormalize", "tail")
 
 
-def teacher_distribution(probs, temperature=1.0, truncation="tail"):
+def teacher_distribution(probs, temperature=1.0, truncation="tail", dtype=torch.float32):
     """Weights and log-weights of the V' stored events under a truncation policy.
 
-    probs: (..., V') stored teacher probabilities (0 where nothing is stored, e.g. pads).
-    Returns (weights, log_weights); log_weights is -inf where weights are 0.
+    probs: (..., V') stored teacher probabilities (0 where nothing is stored, e.g. pads), any
+    float dtype (the store's float16 is exact in float32). Returns (weights, log_weights) in
+    `dtype`; log_weights is -inf where weights are 0.
     """
     if truncation not in TRUNCATION_POLICIES:
         raise ValueError(f"truncation must be one of {TRUNCATION_POLICIES}, got {truncation!r}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    probs = probs.float()
+    probs = probs.to(dtype)
     log_probs = torch.log(probs)
     if truncation == "none":
         if temperature != 1:
@@ -54,10 +55,12 @@ def ensemble_mean_kd(student_lprobs, teacher_indices, teacher_probs, temperature
     p_T is the student distribution tempered by T (log_softmax(log p / T), which equals
     log_softmax(z / T) for a softmax model). The q~ log q~ term has no gradient; it is kept so the
     value is a divergence (0 when the student matches) and readable in the logs.
-    Returns (...) per-position losses; the caller masks pads and reduces.
+    Returns (...) per-position losses in float32 (float64 for float64 student log-probs); the
+    caller masks pads and reduces.
     """
-    weights, log_weights = teacher_distribution(teacher_probs, temperature, truncation)
-    lprobs = student_lprobs.float()
+    dtype = torch.float64 if student_lprobs.dtype == torch.float64 else torch.float32
+    weights, log_weights = teacher_distribution(teacher_probs, temperature, truncation, dtype)
+    lprobs = student_lprobs.to(dtype)
     if temperature != 1:
         lprobs = F.log_softmax(lprobs / temperature, dim=-1)
     student_at_events = lprobs.gather(-1, teacher_indices)

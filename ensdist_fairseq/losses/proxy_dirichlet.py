@@ -2,23 +2,29 @@
 
 Student: alpha_v = exp(z_v) + 1, alpha_0 = sum_v alpha_v; predictive distribution alpha / alpha_0.
 Target:  beta_v = pi_v * beta0_hat + 1 from the stored top-V' ensemble mean pi and its precision
-         beta0_hat (estimated over the full vocabulary at memoize time, bounded here by a limit).
+         beta0_hat (estimated over the full vocabulary at memoize time, bounded here).
 Loss:    KL[Dir(alpha) || Dir(beta)] / beta0_hat per target position.
 
 Tail rule: pi is only known on the V' stored events; the remaining mass 1 - sum(top-V') is spread
 uniformly over the other V - V' classes, so beta is the same for every non-stored class and the
 full-vocabulary target is never materialized in the forward pass.
 
+Precision bounds: beta0_hat is clamped to [floor, limit] (defaults 1 and 1e6): 0 (a member
+with log-prob -inf where the mean has mass) would make the loss infinite, inf (members agree)
+a point-mass target.
+
 Numerics (why a custom autograd function): written as lgamma/digamma sums, autograd's gradient
 is a difference of O(1) terms multiplied by exp(z), which loses all precision once alpha is large.
 The closed form
     dKL/dz_v = (alpha_v - 1) * [(alpha_v - beta_v) psi'(alpha_v) - (alpha_0 - beta_0) psi'(alpha_0)]
-has the same rounding but is divided by beta0_hat, which is of the order of alpha_0 for a student
-that is anywhere near its target, so float32 is enough; half/bfloat16 logits are promoted to float32,
-float64 logits stay float64. It also needs one trigamma instead of autograd's saved intermediates.
-Logits above the largest value whose alpha_0 * log(alpha_0) is still finite in the compute dtype are
-clamped for the forward pass, with the gradient passed straight through so the loss can pull them
-back (a zero gradient would freeze them).
+is divided by beta0_hat, which is of the order of alpha_0 for a student near its target; its
+bracket still cancels (both terms ~1) for an overconfident student, so for alpha_v >= 64 it is
+recomputed with the ones removed analytically (_recompute_large). Float32 is then enough;
+half/bfloat16 logits are promoted to float32, float64 logits stay float64, and teacher inputs of
+any dtype (float16 probabilities, float64 precisions) are converted to the compute dtype after
+bounding. Logits above the largest value whose alpha_0 * log(alpha_0) is still finite in the
+compute dtype are clamped for the forward pass, with the gradient passed straight through so the
+loss can pull them back (a zero gradient would freeze them).
 """
 import math
 
@@ -26,17 +32,42 @@ import torch
 import torch.nn.functional as F
 
 
+def compute_dtype(dtype):
+    """float64 stays float64; float32, float16 and bfloat16 are computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def dirichlet_log_predictive(logits):
-    """log(alpha / alpha_0) for alpha = exp(z) + 1, computed as softplus(z) - logsumexp(softplus(z))."""
-    log_alpha = F.softplus(logits.float())
+    """log(alpha / alpha_0) for alpha = exp(z) + 1, computed as softplus(z) - logsumexp(softplus(z))
+    in float32 (float64 for float64 logits)."""
+    log_alpha = F.softplus(logits.to(compute_dtype(logits.dtype)))
     return log_alpha - torch.logsumexp(log_alpha, dim=-1, keepdim=True)
 
 
-def bound_precision(precision, limit):
-    """beta0_hat is unbounded (inf) when the ensemble members agree: cap it at `limit`."""
-    if not limit > 0:
-        raise ValueError(f"precision limit must be > 0, got {limit}")
-    return precision.clamp(max=limit)
+# beta0_hat = (V - 1) / (2 mean_m KL(pi_hat || pi_m)) is 0 when a member gives an event log-prob
+# -inf where the mean has mass, and infinite when the members agree exactly.
+DEFAULT_PRECISION_FLOOR = 1.0
+DEFAULT_PRECISION_LIMIT = 1e6
+# Largest limit whose target beta = pi beta0_hat + 1 and lgamma(beta_0) stay finite in float32.
+MAX_PRECISION_LIMIT = 1e30
+
+
+def check_precision_bounds(floor, limit):
+    """Raise for bounds that make the target meaningless or overflow float32."""
+    if not 0 < limit <= MAX_PRECISION_LIMIT:
+        raise ValueError(f"precision limit must be in (0, {MAX_PRECISION_LIMIT:g}], got {limit}")
+    if not 0 < floor <= limit:
+        raise ValueError(f"precision floor must be in (0, limit={limit:g}], got {floor}")
+
+
+def bound_precision(precision, limit=DEFAULT_PRECISION_LIMIT, floor=DEFAULT_PRECISION_FLOOR):
+    """beta0_hat clamped to [floor, limit], in its own dtype (float64 stays float64).
+
+    Below the floor the loss KL / beta0_hat blows up (inf at 0); above the limit (inf when the
+    members agree) the target is a point mass. NaN stays NaN: the store reader refuses it.
+    """
+    check_precision_bounds(floor, limit)
+    return precision.clamp(min=floor, max=limit)
 
 
 def max_safe_logit(vocab_size, dtype):
@@ -45,16 +76,12 @@ def max_safe_logit(vocab_size, dtype):
     return log_max - math.log(vocab_size) - math.log(log_max)
 
 
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 class _ProxyDirichletRKL(torch.autograd.Function):
     """Rows of KL[Dir(exp(z)+1) || Dir(beta)] / beta0_hat with the closed-form gradient."""
 
     @staticmethod
     def forward(ctx, logits, indices, probs, precision):
-        dtype = _compute_dtype(logits.dtype)
+        dtype = compute_dtype(logits.dtype)
         vocab, stored = logits.size(-1), indices.size(-1)
         z = logits.to(dtype).clamp(max=max_safe_logit(vocab, dtype))
         probs, precision = probs.to(dtype), precision.to(dtype)
@@ -94,21 +121,63 @@ class _ProxyDirichletRKL(torch.autograd.Function):
         bracket = (alpha - beta_rest.unsqueeze(-1)) * trigamma
         bracket.scatter_add_(-1, indices, (beta_rest.unsqueeze(-1) - beta_top) * trigamma.gather(-1, indices))
         bracket -= ((alpha0 - beta0) * torch.polygamma(1, alpha0)).unsqueeze(-1)
+        _recompute_large(bracket, alpha, alpha0, beta_top, beta_rest, beta0, indices)
         scale = (grad_out.to(alpha.dtype) / precision).unsqueeze(-1)
         grad = (alpha - 1) * bracket * scale
         return grad.to(ctx.input_dtype), None, None, None
 
 
-def proxy_dirichlet_rkl(logits, teacher_indices, teacher_probs, precision, precision_limit=None):
+# Above this alpha the bracket is recomputed without cancellation; below it the plain difference
+# is off by at most ~eps in the bracket, i.e. SERIES_FROM * eps / beta0_hat in the gradient.
+SERIES_FROM = 64.0
+
+
+def _x_trigamma_minus_one(x):
+    """s(x) = x psi'(x) - 1 without forming x psi'(x) ~ 1: the asymptotic series
+    1/(2x) + 1/(6x^2) - 1/(30x^4) + 1/(42x^6) - 1/(30x^8) (next term 5/(66x^10): relative
+    error < 1e-17 for x >= SERIES_FROM), and the direct form below SERIES_FROM."""
+    u = 1 / x.clamp(min=SERIES_FROM)
+    u2 = u * u
+    series = u * (0.5 + u * (1 / 6 + u2 * (-1 / 30 + u2 * (1 / 42 - u2 / 30))))
+    return torch.where(x >= SERIES_FROM, series, x * torch.polygamma(1, x) - 1)
+
+
+def _recompute_large(bracket, alpha, alpha0, beta_top, beta_rest, beta0, indices):
+    """Overwrite bracket_v for alpha_v >= SERIES_FROM with a cancellation-free form (in place).
+
+    bracket_v = (alpha_v - beta_v) psi'(alpha_v) - (alpha_0 - beta_0) psi'(alpha_0) is a difference
+    of two numbers close to 1 once alpha_v is large (x psi'(x) = 1 + 1/(2x) + ...), and (alpha_v - 1)
+    then multiplies the rounding error: at alpha_v = e^30 the float32 top-class gradient was exactly
+    0 instead of ~9. With f(x, b) = (x - b) psi'(x) = 1 + s(x) - b psi'(x) the ones cancel exactly:
+        bracket_v = s(alpha_v) - s(alpha_0) - beta_v psi'(alpha_v) + beta_0 psi'(alpha_0),
+    a sum of terms that are each computed to relative precision. Only a few classes per row are
+    that large (alpha_0 >= their sum), so they are gathered rather than recomputed everywhere.
+    """
+    rows, cols = torch.nonzero(alpha >= SERIES_FROM, as_tuple=True)
+    if rows.numel() == 0:
+        return
+    a, a0 = alpha[rows, cols], alpha0[rows]
+    # beta at the gathered classes: the stored event's beta if the class is stored, else beta_rest
+    hit = indices[rows] == cols.unsqueeze(-1)
+    beta = torch.where(hit.any(-1), (beta_top[rows] * hit).sum(-1), beta_rest[rows])
+    exact = (
+        _x_trigamma_minus_one(a) - _x_trigamma_minus_one(a0)
+        - beta * torch.polygamma(1, a) + beta0[rows] * torch.polygamma(1, a0)
+    )
+    bracket[rows, cols] = exact
+
+
+def proxy_dirichlet_rkl(logits, teacher_indices, teacher_probs, precision,
+                        precision_limit=DEFAULT_PRECISION_LIMIT, precision_floor=DEFAULT_PRECISION_FLOOR):
     """Per-position KL[Dir(alpha) || Dir(beta)] / beta0_hat (see the module docstring).
 
-    logits: (..., V) raw student outputs z; teacher_indices / teacher_probs: (..., V') stored
-    events and ensemble-mean probabilities; precision: (...) beta0_hat, must be > 0 (give pad
-    positions any positive value and mask them afterwards). precision_limit: optional cap on beta0_hat.
-    Returns (...) losses in float32 (float64 for float64 logits).
+    logits: (..., V) raw student outputs z (any float dtype); teacher_indices / teacher_probs:
+    (..., V') stored events and ensemble-mean probabilities (float16 as stored is fine);
+    precision: (...) beta0_hat of any magnitude (float64 keeps values beyond float16/bfloat16
+    range exact), clamped to [precision_floor, precision_limit]. Pads may carry any value: mask
+    them afterwards. Returns (...) losses in float32 (float64 for float64 logits).
     """
-    if precision_limit is not None:
-        precision = bound_precision(precision, precision_limit)
+    precision = bound_precision(precision, precision_limit, precision_floor)
     shape = logits.shape[:-1]
     loss = _ProxyDirichletRKL.apply(
         logits.reshape(-1, logits.size(-1)),

@@ -1,0 +1,30 @@
+"""fairseq-train that honours --bf16 on a GPU or CPU (fairseq 0.12 turns --bf16 into --tpu).
+
+fairseq 0.12's option post-processing sets `args.tpu = True` whenever --bf16 is given, so plain
+`fairseq-train --bf16` asks for torch_xla and fails on CUDA and on the CPU alike ("'NoneType'
+object has no attribute 'xla_device'"). Its trainer supports bfloat16 without a TPU (model in
+bfloat16, FP16Optimizer with float32 master weights, no loss scaling); only the flag is wired to
+the TPU. This runs fairseq-train's own main() with the same arguments, keeping --tpu only when
+it was asked for:
+
+    python benchmarks/train_bf16.py DATA --user-dir "$(ensdist-path)" ... --bf16
+"""
+import sys
+
+from fairseq import options
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.distributed import utils as distributed_utils
+from fairseq_cli.train import main
+
+
+def cli_main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, input_args=argv)
+    if args.bf16 and "--tpu" not in argv:
+        args.tpu = False
+    distributed_utils.call_main(convert_namespace_to_omegaconf(args), main)
+
+
+if __name__ == "__main__":
+    cli_main()
