@@ -84,9 +84,10 @@ def test_entries_follow_shuffled_padded_batches(coded_store, tiny_data, extra, n
         assert torch.equal(teacher["indices"][..., 0][mask], target[mask])
         for b, sid in enumerate(batch["id"].tolist()):
             assert torch.all(teacher["indices"][b, mask[b], 1] == sid % vocab)
-            expected = sid + 1 + torch.arange(int(mask[b].sum())) / 8
-            torch.testing.assert_close(teacher["precision"][b, mask[b]], expected)
-        torch.testing.assert_close(teacher["probs"][mask], torch.tensor([8, 7, 6, 5.]).div(64).expand(int(mask.sum()), 4))
+            expected = sid + 1 + torch.arange(int(mask[b].sum()), dtype=torch.float64) / 8
+            torch.testing.assert_close(teacher["precision"][b, mask[b]], expected)  # float64: never narrowed
+        # float16, the store's own dtype (fairseq's --fp16/--bf16 sample conversion leaves it alone)
+        torch.testing.assert_close(teacher["probs"][mask], torch.tensor([8, 7, 6, 5.], dtype=torch.float16).div(64).expand(int(mask.sum()), 4))
         assert not teacher["probs"][~mask].any() and not teacher["precision"][~mask].any()
         assert not teacher["indices"][~mask].any()
         seen += batch["id"].tolist()
