@@ -223,3 +223,136 @@ def test_adaptive_alpha_hits_one_at_n_over_q_and_alpha_at_n_over_p():
         adaptive_alpha(alpha, 10, n, 10.0, 5.0)
     with pytest.raises(ValueError, match="max_update"):
         adaptive_alpha(alpha, 10, 0, p, q)
+
+
+# --- numerical edges against float64 / high-precision references (issue 9) ------------------------
+
+
+def _mp_rkl_gradient(z, indices, probs, precision, classes):
+    """dKL/dz_v / beta0_hat at 40 digits (mpmath), from the closed form
+    (alpha_v - 1)[(alpha_v - beta_v) psi'(alpha_v) - (alpha_0 - beta_0) psi'(alpha_0)] / beta0_hat."""
+    mpmath = pytest.importorskip("mpmath")
+    mp = mpmath.mp.clone() if hasattr(mpmath.mp, "clone") else mpmath.mp
+    mp.dps = 40
+    vocab, stored = z.numel(), indices.numel()
+    alpha = [mp.e ** mp.mpf(float(v)) + 1 for v in z]
+    tail = (1 - mp.fsum(mp.mpf(float(p)) for p in probs)) / (vocab - stored)
+    beta = [tail * precision + 1] * vocab
+    for i, p in zip(indices.tolist(), probs.tolist()):
+        beta[i] = mp.mpf(p) * precision + 1
+    a0, b0 = mp.fsum(alpha), mp.fsum(beta)
+    last = (a0 - b0) * mp.psi(1, a0)
+    return [float((alpha[v] - 1) * ((alpha[v] - beta[v]) * mp.psi(1, alpha[v]) - last) / precision) for v in classes]
+
+
+@pytest.mark.parametrize("top_logit", [10.0, 25.0, 30.0, 50.0, 70.0])
+def test_rkl_float32_gradient_of_an_overconfident_student_matches_high_precision(top_logit):
+    """V = 8000, beta0_hat = 1e3: the top-class gradient was exactly 0 at z = 30 (8.58 at z = 25)
+    instead of ~9, the bracket of the closed form cancelling in float32."""
+    g = torch.Generator().manual_seed(0)
+    vocab, stored, precision = 8000, 64, 1e3
+    z = torch.randn(1, vocab, generator=g)
+    z[0, 0] = top_logit
+    probs, indices = torch.softmax(torch.randn(1, vocab, generator=g, dtype=torch.float64) * 3, -1).topk(stored)
+    probs = probs.float()
+    logits = z.clone().requires_grad_()
+    proxy_dirichlet_rkl(logits, indices, probs, torch.tensor([precision])).sum().backward()
+    classes = [0, int(indices[0, 0]), int(indices[0, 5]), 1, 2, 3]
+    expected = _mp_rkl_gradient(z[0].double(), indices[0], probs[0].double(), precision, classes)
+    got = logits.grad[0, classes].double()
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-7)
+    assert top_logit < 25 or got[0] > 8.9  # the pull back towards the target survives
+
+
+def test_rkl_float32_gradient_over_the_whole_vocabulary_matches_float64():
+    """Rows from calibrated to overconfident, beta0_hat from 1 to 1e6: float32 against float64."""
+    g = torch.Generator().manual_seed(1)
+    vocab, stored = 2000, 32
+    z = torch.randn(6, vocab, generator=g, dtype=torch.float64) * 2
+    z[:, 0] = torch.tensor([0.0, 5.0, 10.0, 15.0, 20.0, 24.0], dtype=torch.float64)
+    probs, indices = torch.softmax(torch.randn(6, vocab, generator=g, dtype=torch.float64) * 3, -1).topk(stored)
+    probs = probs.float().double()  # what float32 sees
+    precision = torch.tensor([1.0, 30.0, 1e3, 1e4, 1e5, 1e6], dtype=torch.float64)
+    ref = z.clone().requires_grad_()
+    proxy_dirichlet_rkl(ref, indices, probs, precision).sum().backward()
+    ours = z.float().requires_grad_()
+    proxy_dirichlet_rkl(ours, indices, probs.float(), precision.float()).sum().backward()
+    scale = ref.grad.abs().amax(-1, keepdim=True)
+    assert ((ours.grad.double() - ref.grad).abs() / scale).max() < 1e-4
+
+
+def test_rkl_precision_floor_keeps_a_zero_precision_finite():
+    """beta0_hat = 0 (a member gave log-prob -inf where the mean has mass): raised to the floor."""
+    full, indices, probs = _teacher(3, 12, 12)
+    logits = torch.randn(3, 12, dtype=torch.float64, requires_grad=True)
+    loss = proxy_dirichlet_rkl(logits, indices, probs, torch.tensor([0.0, 0.5, 40.0], dtype=torch.float64),
+                               precision_limit=1e6, precision_floor=2.0)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(logits.grad).all()
+    expected = _reference_rkl(logits.detach(), full, torch.tensor([2.0, 2.0, 40.0], dtype=torch.float64))
+    torch.testing.assert_close(loss.detach(), expected)
+    for floor, limit in ((0.0, 1e6), (2e6, 1e6), (1.0, 1e31)):
+        with pytest.raises(ValueError, match="precision"):
+            proxy_dirichlet_rkl(logits, indices, probs, torch.ones(3, dtype=torch.float64), limit, floor)
+
+
+def test_rkl_takes_float16_probabilities_and_float64_precisions_beyond_half_range():
+    """The collated teacher (float16 probs, float64 beta0_hat) with half logits: the float32 result."""
+    full, indices, probs = _teacher(4, 50, 8)
+    precision = torch.tensor([1e5, 7e5, 1e6, float("inf")], dtype=torch.float64)
+    z = (torch.randn(4, 50) * 3).half()
+    got = proxy_dirichlet_rkl(z, indices, probs.half(), precision)
+    expected = proxy_dirichlet_rkl(z.float(), indices, probs.half().float(), precision.float())
+    assert got.dtype == torch.float32 and torch.equal(got, expected) and torch.isfinite(got).all()
+
+
+def _textbook_x(lprobs):
+    """1/K sum_i [KL(p_i || p_bar) + KL(p_bar || p_i)], p_bar not detached, float64."""
+    p = lprobs.exp()
+    p_bar = p.mean(0)
+    return sum(((pi - p_bar) * (lp - p_bar.log())).sum(-1) for pi, lp in zip(p, lprobs)) / len(p)
+
+
+@pytest.mark.parametrize("spread", [1e-1, 1e-3, 1e-4])
+def test_x_divergence_is_accurate_and_non_negative_when_passes_nearly_agree(spread):
+    """X ~ 6e-7 per token at spread 1e-3 (V = 8000): the textbook float32 difference was 8 % off
+    and could be negative; float32 inputs against float64 arithmetic on the same inputs."""
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(6, 8000, generator=g) * 3
+    lprobs = torch.log_softmax(base + spread * torch.randn(3, 6, 8000, generator=g), -1)
+    got = x_divergence(lprobs)
+    expected = _textbook_x(lprobs.double())
+    assert got.dtype == torch.float32 and (got >= 0).all()
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=0)
+
+
+def test_x_divergence_gradient_matches_float64_autograd_through_p_bar():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 4, 50, generator=g, dtype=torch.float64) * 2
+    ref_logits = logits.clone().requires_grad_()
+    _textbook_x(torch.log_softmax(ref_logits, -1)).sum().backward()
+    ours = logits.float().requires_grad_()
+    x_divergence(torch.log_softmax(ours, -1)).sum().backward()
+    torch.testing.assert_close(ours.grad.double(), ref_logits.grad, rtol=1e-4, atol=1e-6)
+    # the test tells a detached p_bar apart (that would be R-Drop-like, not the X-divergence)
+    detached = logits.clone().requires_grad_()
+    lp = torch.log_softmax(detached, -1)
+    p_bar = lp.exp().mean(0).detach()
+    (sum(((pi - p_bar) * (l - p_bar.log())).sum(-1) for pi, l in zip(lp.exp(), lp)) / 3).sum().backward()
+    assert not torch.allclose(detached.grad, ref_logits.grad, rtol=1e-2, atol=1e-4)
+
+
+def test_x_divergence_float64_stays_float64_and_dead_classes_contribute_nothing():
+    lprobs = torch.log_softmax(torch.randn(2, 3, 7, dtype=torch.float64), -1)
+    assert x_divergence(lprobs).dtype == torch.float64
+    assert dirichlet_log_predictive(torch.randn(2, 7, dtype=torch.float64)).dtype == torch.float64
+    assert dirichlet_log_predictive(torch.randn(2, 7).half()).dtype == torch.float32
+    # a class every pass gives probability 0 (log-prob -inf) adds 0, gradient finite
+    dead = lprobs.clone()
+    dead[..., 0] = -math.inf
+    dead = torch.log_softmax(dead, -1).requires_grad_()
+    x = x_divergence(dead)
+    x.sum().backward()
+    expected = _textbook_x(dead.detach()[..., 1:])
+    torch.testing.assert_close(x.detach(), expected)
+    assert torch.isfinite(dead.grad).all()

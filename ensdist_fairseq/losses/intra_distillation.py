@@ -76,13 +76,12 @@ class _XDivergence(torch.autograd.Function):
         k = len(lprobs)
         ref, m, deltas = _log_mean_offsets(lprobs)
         mean_d = sum(deltas) / k - m
-        # grad_out / K * p_bar, zero where every pass is -inf (p_bar = 0 there, but m is NaN)
-        scale = torch.exp(ref + m).mul_(grad_out.to(dtype).unsqueeze(-1) / k)
-        scale = torch.where(ref > -math.inf, scale, torch.zeros_like(scale))
+        scale = torch.exp(ref + m).mul_(grad_out.to(dtype).unsqueeze(-1) / k)  # p_bar / K
+        dead = ref == -math.inf  # every pass -inf: no gradient (m and d are NaN there)
         grads = []
         for d, in_dtype in zip(deltas, ctx.input_dtypes):
             d -= m
-            g = torch.exp(d).mul_(d - mean_d).add_(torch.expm1(d)).mul_(scale)
+            g = torch.exp(d).mul_(d - mean_d).add_(torch.expm1(d)).mul_(scale).masked_fill_(dead, 0)
             grads.append(g.to(in_dtype))
         return tuple(grads)
 
