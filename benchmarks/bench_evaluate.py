@@ -1,16 +1,23 @@
-"""Benchmark: `ensdist-evaluate --no-bleu` against `fairseq-validate` on the same data and model.
+"""Benchmark: `ensdist-evaluate` against fairseq's own commands on the same data and model.
 
-Measures, in one run, (1) throughput: target tokens per wall-clock second of each command on
-the same split (the whole command: start-up, model loading, scoring), as a ratio; and (2) the
-peak resident memory of ensdist-evaluate on the split and on the split repeated 4 times, which
-should stay flat (only the batch is ever of size V; per token it keeps 5 confidence/correct
-pairs). Prints a markdown table (BENCHMARKS.md).
+Measures, in one run, on the split and on the split repeated 4 times:
+(1) calibration: `ensdist-evaluate --no-bleu` against `fairseq-validate`, target tokens per
+wall-clock second of each whole command (start-up, model loading, scoring), as a ratio;
+(2) with BLEU (`--bleu`): `ensdist-evaluate` (teacher forcing + in-process beam search, models
+loaded once) against `fairseq-validate` + `fairseq-generate --quiet` of the same model with the
+same search options, the ratio of the summed wall times to evaluate's (issue 13: >= 0.9);
+(3) the peak resident memory of each, which should stay flat from 1x to 4x (only the batch is
+ever of size V; per token evaluate keeps 5 confidence/correct pairs; hypotheses are strings).
+Prints markdown tables (BENCHMARKS.md).
 
 Without --data/--path it builds a synthetic corpus (a 16k-word joined vocabulary, sentences of
 10-40 words) and a small transformer trained for a few updates; throughput does not depend on
 how well the model translates.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_evaluate.py [--data DIR --path CKPT]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_evaluate.py [--data DIR --path CKPT] \
+        [--bleu] [--repeats N] [--work DIR]
+
+--work keeps the synthetic model (and the 4x copy) between runs.
 """
 import argparse
 import json
@@ -100,6 +107,9 @@ def replicate_split(data, split, factor, out):
     return out
 
 
+GEN_ARGS = ["--beam", "4", "--lenpen", "1.0", "--max-len-a", "1.5", "--max-len-b", "10"]  # the demo's
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="binarized data directory (default: synthetic)")
@@ -107,13 +117,24 @@ def main():
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-tokens", type=int, default=4000)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per command (median)")
+    ap.add_argument("--bleu", action="store_true",
+                    help="also time evaluate with BLEU against fairseq-validate + fairseq-generate")
+    ap.add_argument("--work", help="keep the synthetic model and the 4x copy here (reused)")
     args = ap.parse_args()
     if (args.data is None) != (args.path is None):
         sys.exit("error: give both --data and --path, or neither")
-    work = tempfile.mkdtemp(prefix="bench_evaluate_")
+    work = args.work or tempfile.mkdtemp(prefix="bench_evaluate_")
+    os.makedirs(work, exist_ok=True)
     try:
-        data, ckpt = (args.data, args.path) if args.data else synthetic_model(work)
-        data4 = replicate_split(data, args.split, 4, os.path.join(work, "bin4x"))
+        if args.data:
+            data, ckpt = args.data, args.path
+        elif os.path.isfile(os.path.join(work, "model", "checkpoint_last.pt")):
+            data, ckpt = os.path.join(work, "bin"), os.path.join(work, "model", "checkpoint_last.pt")
+        else:
+            data, ckpt = synthetic_model(work)
+        data4 = os.path.join(work, "bin4x")
+        if not os.path.isdir(data4):
+            replicate_split(data, args.split, 4, data4)
         common = ["--max-tokens", str(args.max_tokens), "--cpu"]
 
         def validate(d):
@@ -122,17 +143,27 @@ def main():
                     "--task", "translation", "--path", ckpt, "--valid-subset",
                     args.split, "--required-batch-size-multiple", "1", *common]
 
-        def evaluate(d, tag):
-            return [os.path.join(BIN, "ensdist-evaluate"), d, "--path", ckpt, "--split",
-                    args.split, "--name", tag, "--no-bleu", *common,
-                    "--output-json", os.path.join(work, f"{tag}.json")]
+        def generate(d):
+            return [os.path.join(BIN, "fairseq-generate"), d, "--user-dir", PLUGIN_DIR,
+                    "--path", ckpt, "--gen-subset", args.split, "--post-process", "sentencepiece",
+                    "--required-batch-size-multiple", "1", "--quiet", *GEN_ARGS, *common]
 
+        def evaluate(d, tag, bleu):
+            return [os.path.join(BIN, "ensdist-evaluate"), d, "--path", ckpt, "--split",
+                    args.split, "--name", tag, "--bleu" if bleu else "--no-bleu", *common,
+                    *(GEN_ARGS if bleu else []), "--output-json", os.path.join(work, f"{tag}.json")]
+
+        commands = {"validate": validate, "evaluate": lambda d, tag: evaluate(d, tag, False)}
+        if args.bleu:
+            commands.update(generate=lambda d, tag: generate(d),
+                            evaluate_bleu=lambda d, tag: evaluate(d, tag, True))
         rows, tokens = {}, {}
         for tag, d in (("1x", data), ("4x", data4)):
-            times = {"validate": [], "evaluate": []}
+            times = {name: [] for name in commands}
             rss = {}
-            for _ in range(args.repeats):  # alternate so load on the shared cores hits both
-                for name, cmd in (("validate", validate(d)), ("evaluate", evaluate(d, tag))):
+            for _ in range(args.repeats):  # alternate so load on the shared cores hits all
+                for name, make in commands.items():
+                    cmd = make(d, tag) if name != "validate" else make(d)
                     seconds, mib = measure(cmd)
                     times[name].append(seconds)
                     rss[name] = max(rss.get(name, 0.0), mib)
@@ -140,18 +171,33 @@ def main():
                 tokens[tag] = json.load(f)["num_tokens"]
             rows[tag] = ({n: statistics.median(t) for n, t in times.items()}, rss)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
 
     print(f"model: {ckpt if args.path else 'synthetic 3+3-layer d=256 transformer'}; "
-          f"split {args.split}; --max-tokens {args.max_tokens}; median of {args.repeats} runs\n")
-    print("| test set | target tokens | fairseq-validate s | ensdist-evaluate s | throughput ratio "
-          "(evaluate / validate) | peak RSS validate MiB | peak RSS evaluate MiB |")
+          f"split {args.split}; --max-tokens {args.max_tokens}; median of {args.repeats} runs; "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n")
+    print("| test set | target tokens | fairseq-validate s | ensdist-evaluate --no-bleu s | "
+          "throughput ratio (validate / evaluate time) | peak RSS validate MiB | "
+          "peak RSS evaluate MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for tag, (t, rss) in rows.items():
         print(f"| {tag} | {tokens[tag]} | {t['validate']:.2f} | {t['evaluate']:.2f} | "
               f"{t['validate'] / t['evaluate']:.2f} | {rss['validate']:.0f} | {rss['evaluate']:.0f} |")
     growth = rows["4x"][1]["evaluate"] / rows["1x"][1]["evaluate"]
-    print(f"\nensdist-evaluate peak RSS 4x / 1x: {growth:.3f}")
+    print(f"\nensdist-evaluate --no-bleu peak RSS 4x / 1x: {growth:.3f}")
+    if args.bleu:
+        print(f"\nWith BLEU ({' '.join(GEN_ARGS)}):\n")
+        print("| test set | fairseq-validate s | fairseq-generate s | sum s | ensdist-evaluate s | "
+              "ratio (sum / evaluate) | peak RSS generate MiB | peak RSS evaluate MiB |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for tag, (t, rss) in rows.items():
+            both = t["validate"] + t["generate"]
+            print(f"| {tag} | {t['validate']:.2f} | {t['generate']:.2f} | {both:.2f} | "
+                  f"{t['evaluate_bleu']:.2f} | {both / t['evaluate_bleu']:.2f} | "
+                  f"{rss['generate']:.0f} | {rss['evaluate_bleu']:.0f} |")
+        growth = rows["4x"][1]["evaluate_bleu"] / rows["1x"][1]["evaluate_bleu"]
+        print(f"\nensdist-evaluate (BLEU) peak RSS 4x / 1x: {growth:.3f}")
 
 
 if __name__ == "__main__":

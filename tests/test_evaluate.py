@@ -199,3 +199,26 @@ def test_failed_final_write_keeps_the_result(tiny_data, tiny_checkpoints, tmp_pa
         assert json.loads(open(kept).read())["name"] == "kept"
     finally:
         os.remove(kept)
+
+
+def test_bleu_table_decodes_in_process_like_evaluate(tiny_data, tiny_checkpoints, tmp_path, capsys):
+    from ensdist_fairseq.cli import bleu_table
+
+    gen = ["--beam", "3", "--max-len-a", "1.5", "--max-len-b", "10", "--post-process", "none"]
+    assert bleu_table.main([tiny_data, "--path", ":".join(tiny_checkpoints), *gen,
+                            "--output-json", str(tmp_path / "t.json"),
+                            "--output-md", str(tmp_path / "t.md")]) == 0
+    table = json.loads((tmp_path / "t.json").read_text())
+    assert [e["size"] for e in table["ensembles"]] == [1, 2]
+    assert all(m["num_sentences"] == 40 for m in table["members"])
+    for name, paths, bleu in (("m2", tiny_checkpoints[1:], table["members"][1]["bleu"]),
+                              ("e2", tiny_checkpoints, table["ensembles"][1]["bleu"])):
+        rc, _o, err = run_cli([tiny_data, "--path", ":".join(paths), "--name", name, "--cpu", *gen,
+                               "--output-json", tmp_path / f"{name}.json"], capsys)
+        assert rc == 0, err
+        assert json.loads((tmp_path / f"{name}.json").read_text())["bleu"] == bleu
+    capsys.readouterr()
+    assert bleu_table.main([tiny_data, "--path", tiny_checkpoints[0], "--nbest", "2",
+                            "--output-json", str(tmp_path / "u.json"),
+                            "--output-md", str(tmp_path / "u.md")]) == 2
+    assert "unrecognized arguments: --nbest 2" in _single_error_line(capsys.readouterr().err)
