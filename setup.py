@@ -6,7 +6,11 @@ setup(
     description="Ensemble distillation for NMT as a fairseq user-dir plugin",
     packages=find_packages(include=["ensdist_fairseq", "ensdist_fairseq.*"]),
     license="MIT",
-    python_requires=">=3.8",
+    # 3.9: argparse.BooleanOptionalAction (cli/evaluate.py) and torch>=2.6 need it; the code's
+    # syntax parses as 3.8 (checked with ast feature_version), so these are the real floor.
+    # Tested: 3.11 (CPU, ve-fairseq cp311 wheel) and 3.12 (GPU, ve-fairseq cp312 wheel); on 3.9
+    # and 3.10 pip takes the official fairseq 0.12.2, which this project has not been tested with.
+    python_requires=">=3.9",
     install_requires=[
         # torch>=2.6: torch.serialization.add_safe_globals and weights_only=True by default.
         # A range, not a pin, so an installed CUDA torch is kept; scripts/setup_env.sh installs

@@ -28,12 +28,18 @@ def main(log_path, run_dir):
     for name, t in times:
         print(f"| {name} | {t} | {t / max(total, 1):.0%} |")
     print(f"| **total** | **{total}** | |\n")
-    print("| run | words/s (last epoch) | train_wall per epoch (s) |\n|---|---:|---:|")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from ensdist_fairseq.evaluation.train_logs import read_train_log
+
+    print("| run | words/s (last epoch) | train_wall per epoch (s) | epochs | best epoch | stop |\n"
+          "|---|---:|---:|---:|---:|---|")
     for log in sorted(glob.glob(os.path.join(run_dir, "**", "train.log"), recursive=True)):
         lines = [m for m in map(WPS.search, open(log, encoding="utf-8")) if m]
+        run = read_train_log(log)
         if lines:
             print(f"| {os.path.relpath(os.path.dirname(log), run_dir)} | {float(lines[-1].group(1)):.0f} "
-                  f"| {lines[-1].group(2)} |")
+                  f"| {lines[-1].group(2)} | {run.last_epoch} | {run.best_epoch} "
+                  f"| {'early stop' if run.stopped_early else 'cap'} |")
 
 
 if __name__ == "__main__":

@@ -51,10 +51,11 @@ if [ -z "$CONFIG" ]; then
 fi
 echo "[demo] config: $CONFIG"
 [ "$PRINT_CONFIG" = 0 ] || exit 0
-# V' of this run: --topk, else the config's. Exported so every script that sources the config
-# (TOPK=${TOPK:-...}) keeps it.
-[ -z "$TOPK_OPT" ] || export TOPK="$TOPK_OPT"
 load_config "$CONFIG"
+# V' of this run, the one variable: --topk, else the config's. It sizes the store (memoize) and
+# names it and the students; the students take V' from the store (distill.sh passes no
+# --teacher-topk), so they train on exactly this many entries. Exported for the child scripts.
+TOPK="${TOPK_OPT:-$TOPK}"
 export TOPK
 JOBS="${JOBS_OPT:-${JOBS:-$(nproc)}}"
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || die "--jobs $JOBS: must be a positive integer"

@@ -23,7 +23,7 @@ def tiny_config(tmp_path):
     cfg.write_text(
         f"source {ROOT}/configs/builtin_cpu.sh\n"
         "ARCH_ARGS=(" + " ".join(tiny_fairseq.TINY_ARCH_ARGS) + ")\n"
-        "MAX_EPOCH=6\nSWA_EPOCHS=3\nGEN_ARGS=(--beam 2 --max-tokens 4000)\n"
+        "MAX_EPOCH=6\nPATIENCE=2\nSWA_EPOCHS=3\nGEN_ARGS=(--beam 2 --max-tokens 4000)\n"
     )
     return str(cfg)
 
@@ -48,6 +48,19 @@ def test_two_member_ensemble_with_swa_and_bleu_table(tiny_data, tmp_path):
     from ensdist_fairseq.safe_loading import load_checkpoint
     w = [load_checkpoint(p)["model"]["decoder.output_projection.weight"] for p in members]
     assert not torch.equal(w[0], w[1])
+    # the stopping rule reached fairseq, and SWA averaged the window ending at the best epoch
+    from ensdist_fairseq.evaluation.train_logs import read_train_log
+    from ensdist_fairseq.swa import swa_window
+    for k in (1, 2):
+        d = out / "ce" / f"seed{k}"
+        cfg_ck = load_checkpoint(str(d / "checkpoint_best.pt"))["cfg"]["checkpoint"]
+        assert cfg_ck["patience"] == 2 and cfg_ck["keep_last_epochs"] == 3 + 2
+        run = read_train_log(str(d / "train.log"))
+        assert "ece1" in run.valid[run.best_epoch]  # validation calibration is on (--eval-calibration)
+        assert run.stopped_early or run.last_epoch == 6
+        snaps = load_checkpoint(str(d / "checkpoint_swa.pt"))["extra_state"]["swa"]["snapshots"]
+        assert snaps == [f"checkpoint{e}.pt" for e in swa_window(run.best_epoch, 3)]
+        assert not list(d.glob("checkpoint[0-9]*.pt"))
     # a second run skips finished members
     r2 = sh("scripts/train_ensemble.sh", "--config", cfg, "--data", tiny_data, "--out", str(out),
             "--mode", "ce", "--members", "2")
