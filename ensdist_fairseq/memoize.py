@@ -66,6 +66,9 @@ class Run:
         use_cuda = torch.cuda.is_available() and not cfg.cpu
         self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu")
         self.models, task = teacher_forcing.load_models(cfg.paths, cfg.data, self.device)
+        empty = _empty_split_file(cfg.data, cfg.split, task.cfg.source_lang, task.cfg.target_lang)
+        if empty is not None:  # fairseq's mmap reader fails on it and then again in __del__
+            raise EnsdistError(f"--split {cfg.split}: the split in {cfg.data} has no sentences ({empty} is empty)")
         try:
             # combine=True: the same (train, train1, ...) concatenation and indices as fairseq-train
             task.load_dataset(cfg.split, combine=True)
@@ -79,8 +82,11 @@ class Run:
         self.pad = task.target_dictionary.pad()
         vocab_size = len(task.target_dictionary)
         check_topk(cfg.topk, vocab_size, "--topk", "the target vocabulary size")
-        teacher_forcing.check_sizes(self.dataset, teacher_forcing.max_positions(task, self.models),
-                                    cfg.max_tokens, f"split '{cfg.split}' of {cfg.data}")
+        try:
+            teacher_forcing.check_sizes(self.dataset, teacher_forcing.max_positions(task, self.models),
+                                        cfg.max_tokens, f"split '{cfg.split}' of {cfg.data}")
+        except ValueError as e:  # bad input by design (an EnsdistError in newer teacher_forcing)
+            raise EnsdistError(str(e)) from None
         fp = fingerprint(self.dataset)
         self.offsets = np.concatenate([[0], np.cumsum(fp.target_lengths)]).astype(np.int64)
         self.provenance = Provenance(
@@ -160,6 +166,15 @@ class Run:
                 writer.write_sentence(sid - chunk[0], indices, probs, precision)
                 written[sid - chunk[0]] = True
             progress(len(batch), int(sum(self.offsets[i + 1] - self.offsets[i] for i in batch)))
+
+
+def _empty_split_file(data: str, split: str, src: str, tgt: str) -> Optional[str]:
+    for pair in (f"{src}-{tgt}", f"{tgt}-{src}"):
+        for lang in (src, tgt):
+            path = os.path.join(data, f"{split}.{pair}.{lang}.bin")
+            if os.path.isfile(path) and os.path.getsize(path) == 0:
+                return path
+    return None
 
 
 def _human(nbytes: int) -> str:

@@ -18,6 +18,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import sentencepiece as spm
 
+from ..errors import EnsdistError
 from .text_lines import read_lines, read_pairs
 
 SPLITS = ("train", "valid", "test")
@@ -51,9 +52,14 @@ def check_raw_files(raw_dir: str, src: str, tgt: str) -> Dict[str, int]:
     return counts
 
 
-def _lines(paths: Sequence[str]) -> Iterator[str]:
-    for path in paths:
-        yield from read_lines(path)
+def _lines(paths: Sequence[str], errors: list) -> Iterator[str]:
+    """The training text. An error (invalid UTF-8) raised inside sentencepiece's C++ iteration
+    would come back as a RuntimeError holding a traceback: keep it and stop instead."""
+    try:
+        for path in paths:
+            yield from read_lines(path)
+    except EnsdistError as e:
+        errors.append(e)
 
 
 def train_model(train_files: Sequence[str], vocab_size: int, model_type: str,
@@ -64,14 +70,16 @@ def train_model(train_files: Sequence[str], vocab_size: int, model_type: str,
     # Seeds the sampling of --sample-sentences and the unigram trainer; with a fixed thread
     # count the model is then identical on every run (threads change the summation order).
     spm.set_random_generator_seed(seed)
-    out = io.BytesIO()
+    out, errors = io.BytesIO(), []
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_lines(train_files), model_writer=out, vocab_size=vocab_size,
+            sentence_iterator=_lines(train_files, errors), model_writer=out, vocab_size=vocab_size,
             model_type=model_type, character_coverage=character_coverage,
             input_sentence_size=sample_sentences, shuffle_input_sentence=True,
             num_threads=threads, minloglevel=2)
     except RuntimeError as e:
+        if errors:
+            raise errors[0] from None
         # sentencepiece reports "Vocabulary size too high (N). Please set it to a value <= M."
         reason = str(e).splitlines()[-1].split("] ", 1)[-1]  # drop the C++ file/assert prefix
         limit = re.search(r"<=\s*(\d+)", reason)
@@ -80,6 +88,8 @@ def train_model(train_files: Sequence[str], vocab_size: int, model_type: str,
             raise ValueError(f"--vocab-size {vocab_size} does not fit the training data "
                              f"{', '.join(train_files)}{most}: {reason}") from None
         raise ValueError(f"sentencepiece training failed: {_first_line(e)}") from None
+    if errors:
+        raise errors[0]
     return out.getvalue()
 
 
