@@ -6,6 +6,11 @@ load from other processes hits them alike; the median step time is reported, as 
 label-smoothed baseline (intra-distillation also against K x baseline).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_criterion.py
+    python benchmarks/bench_criterion.py --device cuda [--precision fp16] --sentences 256 --length 32
+
+On CUDA each step is synchronized before the clock stops. --precision fp16/bf16 puts the models
+in that dtype (fairseq's --fp16/--bf16; Adam then steps half weights, which only matters for
+timing) and converts the batch as fairseq's trainer does.
 """
 import argparse
 import copy
@@ -14,6 +19,7 @@ import time
 from types import SimpleNamespace
 
 import torch
+from fairseq import utils
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 from fairseq.criterions.label_smoothed_cross_entropy_with_rdrop import RdropLabelSmoothedCrossEntropyCriterion
 from fairseq.data import Dictionary
@@ -33,6 +39,8 @@ def parse_args():
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--rounds", type=int, default=6, help="timed steps per variant (after one warm-up)")
     p.add_argument("--intra-passes", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     return p.parse_args()
 
 
@@ -69,15 +77,29 @@ def make_batch(task, args, seed):
         "net_input": {"src_tokens": src, "src_lengths": torch.full((n,), length), "prev_output_tokens": prev},
         "target": target,
         "ntokens": n * length,
-        "teacher": {"indices": indices, "probs": probs, "precision": torch.rand(n, length, generator=g) * 1e4 + 10},
+        # the collater's dtypes: float16 probabilities, float64 precisions
+        "teacher": {"indices": indices, "probs": probs.half(),
+                    "precision": torch.rand(n, length, generator=g, dtype=torch.float64) * 1e4 + 10},
     }
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def to_device(sample, device, precision):
+    """fairseq's trainer: float32 tensors -> the training dtype, then to the device."""
+    dtype = DTYPES[precision]
+
+    def convert(t):
+        return (t.to(dtype) if t.dtype is torch.float32 else t).to(device)
+
+    return utils.apply_to_sample(convert, sample)
 
 
 def token_kd(task, **overrides):
     cfg = dict(
         label_smoothing=0.1, kd_loss="none", kd_weight=0.5, kd_temperature=1.0, kd_truncation="tail",
-        precision_limit=1e6, intra_passes=1, intra_alpha=5.0, intra_adaptive=False, intra_p=5.0,
-        intra_q=10.0, intra_forward="sequential", max_update=0, sentence_avg=False,
+        intra_passes=1, intra_alpha=5.0, no_intra_adaptive=True, intra_forward="sequential", sentence_avg=False,
     )
     cfg.update(overrides)
     return TokenKDCriterion(task, **cfg)
@@ -101,21 +123,26 @@ def main():
         "token_kd intra K=2 stacked": (softmax_model, token_kd(task, intra_passes=2, intra_forward="stacked")),
     }
     passes = {name: (k if f"K={k}" in name else 2 if "K=2" in name else 1) for name in variants}
+    device, dtype = torch.device(args.device), DTYPES[args.precision]
     states = {}
     for name, (model, criterion) in variants.items():
-        m = copy.deepcopy(model).train()
-        states[name] = (m, criterion, torch.optim.Adam(m.parameters(), lr=1e-4))
-    batches = [make_batch(task, args, seed) for seed in range(args.rounds + 1)]
+        m = copy.deepcopy(model).to(device=device, dtype=dtype).train()
+        # eps representable in half precision (Adam's default 1e-8 underflows in float16)
+        states[name] = (m, criterion, torch.optim.Adam(m.parameters(), lr=1e-4, eps=1e-8 if args.precision == "fp32" else 1e-4))
+    batches = [to_device(make_batch(task, args, seed), device, args.precision) for seed in range(args.rounds + 1)]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step(name, batch):
         model, criterion, optimizer = states[name]
         # R-Drop duplicates net_input in place: give every step its own shallow copy.
         sample = {**batch, "net_input": dict(batch["net_input"])}
+        sync()
         start = time.perf_counter()
         optimizer.zero_grad()
         loss, _, _ = criterion(model, sample)
         loss.backward()
         optimizer.step()
+        sync()
         return time.perf_counter() - start
 
     times = {name: [] for name in variants}
@@ -129,13 +156,17 @@ def main():
     print(
         f"vocab {args.vocab}, V' {args.stored}, {args.sentences}x{args.length} target tokens, "
         f"d={args.embed_dim}, {args.layers}+{args.layers} layers, {args.rounds} rounds, "
-        f"torch threads {torch.get_num_threads()}\n"
+        f"{_device_name(device)}, {args.precision}, torch threads {torch.get_num_threads()}\n"
     )
     print("| variant | median step (s) | ratio to LS | ratio to passes x LS |")
     print("|---|---|---|---|")
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"| {name} | {med:.3f} | {med / base:.3f} | {med / (passes[name] * base):.3f} |")
+
+
+def _device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 if __name__ == "__main__":

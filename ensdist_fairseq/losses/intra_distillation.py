@@ -18,70 +18,70 @@ def x_divergence(lprobs):
     """Per-position X-divergence of K passes.
 
     lprobs: (K, ..., V) tensor or a sequence of K (..., V) tensors: log-probabilities of the passes
-    (computed in float32; float64 stays float64). Returns (...) per-position divergences >= 0; the
-    caller masks pads and reduces. The gradient flows into every pass, through p_bar too.
+    (computed in float32; float64 stays float64), finite. Returns (...) per-position divergences
+    >= 0; the caller masks pads and reduces. The gradient flows into every pass, through p_bar too.
     """
     if len(lprobs) < 2:
         raise ValueError(f"x_divergence needs at least 2 passes, got {len(lprobs)}")
     return _XDivergence.apply(*lprobs)
 
 
-def _log_mean_offsets(lprobs):
-    """(ref, m, deltas): ref = max_i log p_i, delta_i = log p_i - ref (exact when passes are close),
-    m = log p_bar - ref = log1p(mean_i expm1(delta_i)), accurate to a relative eps of its size."""
-    ref = lprobs[0].clone()
-    for lp in lprobs[1:]:
+def _offsets(lprobs):
+    """ref = max_i log p_i, and per pass delta_i = log p_i - ref (exact when passes are close:
+    Sterbenz) and e_i = expm1(delta_i) = p_i / e^ref - 1 (to its own relative precision)."""
+    ref = torch.maximum(lprobs[0], lprobs[1])
+    for lp in lprobs[2:]:
         torch.maximum(ref, lp, out=ref)
     deltas = [lp - ref for lp in lprobs]
-    m = torch.zeros_like(ref)
-    for d in deltas:
-        m += torch.expm1(d)
-    return ref, m.div_(len(lprobs)).log1p_(), deltas
+    return ref, deltas, [torch.expm1(d) for d in deltas]
 
 
 class _XDivergence(torch.autograd.Function):
-    """X from the offsets d_i = log p_i - log p_bar, never from log p_i - log p_bar directly.
+    """X from offsets to the largest pass, never from O(log V) log-probabilities directly.
 
-    With p_i - p_bar = p_bar expm1(d_i):  X = 1/K sum_v p_bar_v sum_i d_i,v expm1(d_i,v). Every term
-    is >= 0 and small offsets are carried to their own relative precision, so X is accurate (and
-    never negative) when the passes nearly agree; the textbook difference of O(log V) logs lost
-    8 % of X at 6e-7 per token in float32 and could come out negative. d_i <= log K (ref is the max),
-    so nothing overflows; d_i = -inf (a pass gives probability 0 where p_bar has mass) makes X inf,
-    as KL(p_bar || p_i) is. Positions where every pass is -inf contribute 0.
+    Any reference r independent of i may replace log p_bar, because sum_i (p_i - p_bar) = 0:
+        X_v = 1/K sum_i (p_i,v - p_bar_v)(log p_i,v - r_v).
+    With r = ref, p_i - p_bar = e^ref (e_i - mean e) and log p_i - ref = delta_i, so
+        X_v = e^ref_v / K [sum_i e_i delta_i - (sum_i e_i)(sum_i delta_i) / K]
+    (a covariance of e and delta, which cannot cancel badly: the largest pass has delta = 0).
+    Every factor is carried to its own relative precision, so X is accurate when the passes
+    nearly agree: the textbook difference of logs lost 8 % of X at 6e-7 per token in float32 and
+    could come out negative. Rounding can still leave a per-position X of ~1e-20 below 0, hence
+    the final clamp. Log-probabilities must be finite (log_softmax of finite logits is).
 
-    Gradient w.r.t. log p_j (chain through log_softmax is autograd's):
-        dX/d log p_j,v = 1/K [p_j,v (d_j,v - mean_i d_i,v) + (p_j,v - p_bar_v)]
-    recomputed from the inputs in backward (saving ref and m would cost two V-sized tensors per token).
+    Gradient w.r.t. log p_j (autograd chains it through log_softmax), p_bar not detached:
+        dX/d log p_j = 1/K [p_j (log p_j - mean_i log p_i) + (p_j - p_bar)]
+                     = e^ref / K [(1 + e_j)(delta_j - mean delta) + (e_j - mean e)],
+    recomputed from the inputs in backward (saving the offsets would cost 2K V-sized tensors
+    per token).
     """
 
     @staticmethod
     def forward(ctx, *lprobs):
         ctx.input_dtypes = [lp.dtype for lp in lprobs]
-        dtype = torch.float64 if lprobs[0].dtype == torch.float64 else torch.float32
         ctx.save_for_backward(*lprobs)
-        lprobs = [lp.to(dtype) for lp in lprobs]
-        ref, m, deltas = _log_mean_offsets(lprobs)
-        terms = torch.zeros_like(ref)
-        for d in deltas:
-            d -= m
-            terms += d * torch.expm1(d)
-        x = terms.mul_(torch.exp(ref + m))
-        x = torch.where(ref > -math.inf, x, torch.zeros_like(x))
-        return x.sum(-1) / len(lprobs)
+        dtype = torch.float64 if lprobs[0].dtype == torch.float64 else torch.float32
+        k = len(lprobs)
+        ref, deltas, es = _offsets([lp.to(dtype) for lp in lprobs])
+        sum_d, sum_e, cov = deltas[0].clone(), es[0].clone(), es[0] * deltas[0]
+        for d, e in zip(deltas[1:], es[1:]):
+            sum_d += d
+            sum_e += e
+            cov.addcmul_(e, d)
+        cov.addcmul_(sum_e, sum_d, value=-1 / k)
+        return (cov.mul_(ref.exp_()).sum(-1) / k).clamp_(min=0)
 
     @staticmethod
     def backward(ctx, grad_out):
         dtype = torch.float64 if ctx.input_dtypes[0] == torch.float64 else torch.float32
-        lprobs = [lp.to(dtype) for lp in ctx.saved_tensors]
-        k = len(lprobs)
-        ref, m, deltas = _log_mean_offsets(lprobs)
-        mean_d = sum(deltas) / k - m
-        scale = torch.exp(ref + m).mul_(grad_out.to(dtype).unsqueeze(-1) / k)  # p_bar / K
-        dead = ref == -math.inf  # every pass -inf: no gradient (m and d are NaN there)
+        k = len(ctx.input_dtypes)
+        ref, deltas, es = _offsets([lp.to(dtype) for lp in ctx.saved_tensors])
+        mean_d, mean_e = sum(deltas) / k, sum(es) / k
+        scale = ref.exp_().mul_(grad_out.to(dtype).unsqueeze(-1) / k)  # e^ref / K
         grads = []
-        for d, in_dtype in zip(deltas, ctx.input_dtypes):
-            d -= m
-            g = torch.exp(d).mul_(d - mean_d).add_(torch.expm1(d)).mul_(scale).masked_fill_(dead, 0)
+        for d, e, in_dtype in zip(deltas, es, ctx.input_dtypes):
+            t = d.sub_(mean_d)
+            g = torch.addcmul(t, e, t).add_(e).sub_(mean_e).mul_(scale)
             grads.append(g.to(in_dtype))
         return tuple(grads)
 
