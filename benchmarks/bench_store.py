@@ -125,9 +125,11 @@ def write_synthetic_store(path, gigabytes, topk=64, vocab=32000, sentence_tokens
     writer = store_format.RowWriter(path, store_format.create(path, offsets, prov), offsets)
     rng = np.random.default_rng(0)
     idx = rng.integers(0, vocab, size=(sentence_tokens, topk)).astype(np.uint16)
-    probs = np.sort(rng.random((sentence_tokens, topk)).astype(np.float16), axis=1)[:, ::-1]
+    # a distribution's top-V' (rows sum to < 1) and beta0 > 0: what every read validates
+    raw = np.sort(rng.random((sentence_tokens, topk)), axis=1)[:, ::-1]
+    probs = (raw / (1.05 * raw.sum(1, keepdims=True))).astype(np.float16)
     for i in range(n):
-        writer.write_sentence(i, idx, probs, np.full(sentence_tokens, float(i), dtype=np.float32))
+        writer.write_sentence(i, idx, probs, np.full(sentence_tokens, float(i + 1), dtype=np.float32))
     writer.close()
     return n, sentence_tokens
 
