@@ -164,3 +164,32 @@ def test_hypothesis_log_probs_sum_the_picked_tokens():
     got = S.hypothesis_log_probs(lp, tokens, mask)
     ref = torch.tensor([lp[0, 0, 1] + lp[0, 1, 2], lp[1, 0, 4] + lp[1, 1, 4] + lp[1, 2, 3]])
     torch.testing.assert_close(got, ref)
+
+
+# ---- fast_measures: the same numbers with fewer passes (the exact forms where sums cancel) ----
+from ensdist_fairseq.uncertainty import fast_measures as F  # noqa: E402
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-7, 1e-3, 1.0])
+def test_fast_ensemble_matches_exact_and_stays_non_negative(eps):
+    g = torch.Generator().manual_seed(5)
+    base = 4 * torch.randn(200, 500, generator=g, dtype=torch.float64)
+    lp = torch.log_softmax(base + eps * torch.randn(3, 200, 500, generator=g, dtype=torch.float64), -1)
+    fast, ref = F.ensemble_measures(lp.float()), brute_force_ensemble(lp.float())
+    for name in M.ENSEMBLE_MEASURES:
+        torch.testing.assert_close(fast[name], ref[name], rtol=1e-6, atol=1e-9)
+    for name in M.KNOWLEDGE_MEASURES:
+        assert (fast[name] >= 0).all(), name
+
+
+def test_fast_dirichlet_matches_exact_from_flat_to_very_confident():
+    g = torch.Generator().manual_seed(6)
+    z = torch.cat([0.1 * torch.randn(8, 4000, generator=g),            # flat: every class in the head
+                   3 * torch.randn(8, 4000, generator=g) - 12,          # trained-like: tail + a few
+                   torch.full((4, 4000), -30.0)])                       # everything in the tail
+    z[8:, 0] += torch.linspace(0, 60, 12)  # alpha_0 up to ~1e21: the exact fallback
+    fast, exact = F.dirichlet_measures(z), M.dirichlet_measures(z)
+    for name in M.DIRICHLET_MEASURES:
+        torch.testing.assert_close(fast[name], exact[name], rtol=1e-6, atol=1e-12)
+    for name in M.KNOWLEDGE_MEASURES:
+        assert (fast[name] >= 0).all(), name

@@ -14,6 +14,7 @@ from typing import Dict, Iterator, List, Sequence
 
 import torch
 
+from . import fast_measures as F
 from . import measures as M
 from . import sequence as S
 
@@ -84,10 +85,10 @@ def token_measures(models, kind: str, net_input: dict, target: torch.Tensor, mas
     if kind == "ensemble":
         stacked = torch.stack(per_member)  # (K, N, T, V)
         log_pred = M.ensemble_log_mean(stacked)
-        flat = _chunked(M.ensemble_measures, stacked[:, mask])
+        flat = _chunked(F.ensemble_measures, stacked[:, mask])
     elif kind == "dirichlet":
         log_pred = per_member[0]
-        flat = _chunked(M.dirichlet_measures, logits[mask])
+        flat = _chunked(F.dirichlet_measures, logits[mask])
     else:
         log_pred = per_member[0]
         flat = _chunked(M.single_measures, log_pred[mask])
