@@ -50,7 +50,7 @@ def summarize_batch(models: Sequence[torch.nn.Module], sample: dict, pad: int,
         preds = summarize_predictions(lp, target, target.eq(pad), log_probs=True)
         del lp
         if not _finite(preds):
-            names = names or [f"model {i + 1}" for i in range(len(models))]
+            names = names or [f"--path member {i + 1} of {len(models)}" for i in range(len(models))]
             raise _first_non_finite(models, sample, names, where)
     return preds
 

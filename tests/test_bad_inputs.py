@@ -413,7 +413,80 @@ def _aligned(f, out):
 
 # ---- the evaluator's cases (H3): add them to EVALUATOR_CASES below, same Case format -----------
 # ----------------------------------------------------------------------------- (H3: start) -----
-EVALUATOR_CASES = []
+# The evaluator's progress lines on stderr are not errors either (startswith takes a tuple).
+PROGRESS = (PROGRESS, "[evaluate] ", "[bleu] ")
+
+
+def evaluate_entry():
+    from ensdist_fairseq.cli.evaluate import main
+    return main()
+
+
+def _evaluate_disk_full():
+    """ensdist-evaluate whose final write fails (disk full): the result is kept in the temp
+    directory (here the fixtures' root), and the one line names that file."""
+    import tempfile as _tempfile
+
+    from ensdist_fairseq import atomic_files
+
+    def disk_full(path, text):
+        raise OSError(28, "No space left on device")
+    atomic_files.write_text_atomically = disk_full  # in the forked child only
+    _tempfile.tempdir = os.path.dirname(sys.argv[sys.argv.index("--output-json") + 1])
+    os.makedirs(_tempfile.tempdir, exist_ok=True)
+    return evaluate_entry()
+
+
+def evaluate_with(*extra, paths=None, output=None, entry=evaluate_entry):
+    def build(f):
+        out = output(f) if output else str(f.root / f"eval-{abs(hash(extra))}.json")
+        return (entry, ["ensdist-evaluate", f.data, "--path", paths(f) if paths else f.ckpts[0],
+                        "--name", "x", "--cpu", "--no-bleu", "--output-json", out, *extra])
+    return build
+
+
+EVALUATOR_CASES = [
+    Case("evaluate --output-json in a read-only directory (refused before any work)", "fork",
+         evaluate_with(output=lambda f: "/sys/r.json"),
+         r"--output-json /sys/r.json: cannot write in /sys \(Permission denied\)"),
+    Case("evaluate: the final write fails (the result is kept and named)", "fork",
+         evaluate_with(output=lambda f: str(f.root / "full" / "r.json"), entry=_evaluate_disk_full),
+         r"--output-json .*/full/r.json: cannot write \(No space left on device\); "
+         r"it was saved to .*/full/r-\w+\.json"),
+    Case("evaluate: a member outputs NaN", "fork",
+         evaluate_with(paths=lambda f: f"{f.ckpts[0]}:{f.nan_teacher}"),
+         r".*nan_teacher.pt: non-finite probabilities for sentence \d+ of split test of .*"),
+    Case("evaluate --max-tokens smaller than a sentence", "fork", evaluate_with("--max-tokens", "3"),
+         r"--max-tokens 3: sentence \d+ of split test of .* has \d+ tokens"),
+    Case("evaluate --num-bins larger than the number of tokens", "fork",
+         evaluate_with("--num-bins", "100000"),
+         r"--num-bins 100000: more bins than the \d+ target tokens of split test of .*"),
+    Case("evaluate: an option decoding does not know", "fork", evaluate_with("--nbest", "2"),
+         r"unrecognized arguments: --nbest 2 \(decoding is in-process; .*\)"),
+    Case("bleu-table --output-md in a read-only directory", "fork",
+         lambda f: (_bleu_table_entry, ["ensdist-bleu-table", f.data, "--path", f.ckpts[0],
+                                        "--output-json", str(f.root / "t.json"),
+                                        "--output-md", "/sys/t.md"]),
+         r"--output-md /sys/t.md: cannot write in /sys \(Permission denied\)"),
+    Case("fairseq-generate --scoring ece: a member outputs NaN", "fork",
+         lambda f: (_generate_entry, ["fairseq-generate", f.data, "--user-dir", USER_DIR,
+                           "--task", "translation_distill", "--path", f"{f.ckpts[0]}:{f.nan_teacher}",
+                           "--scoring", "ece", "--cpu", "--quiet"]),
+         r"--path member 2 of 2: non-finite probabilities for sentence \d+ of the generated split"),
+]
+
+
+def _generate_entry():
+    import logging
+
+    from fairseq_cli import generate
+    logging.disable(logging.INFO)  # fairseq's own INFO lines (its config, dictionaries) are no errors
+    return generate.cli_main()
+
+
+def _bleu_table_entry():
+    from ensdist_fairseq.cli.bleu_table import main
+    return main()
 # ----------------------------------------------------------------------------- (H3: end) -------
 
 ALL_CASES = CASES + EVALUATOR_CASES

@@ -8,6 +8,7 @@ Writes a JSON results file and a markdown table.
 """
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import List, Optional
@@ -72,6 +73,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--output-md", required=True)
     gen_opts.add_generation_options(ap)
     args, unknown = ap.parse_known_args(argv)
+    # fairseq's INFO lines (dictionary sizes, examples loaded) before fairseq is imported: our own
+    # progress goes to stderr, and an error stays the one line a user sees.
+    logging.basicConfig(level=logging.WARNING, force=True,
+                        format="%(levelname)s | %(name)s | %(message)s")
     if unknown:
         print(f"error: {gen_opts.unknown_options_error(unknown)}", file=sys.stderr)
         return 2

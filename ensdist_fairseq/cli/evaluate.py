@@ -7,6 +7,7 @@ Writes one JSON per system (schema: docs/evaluation.md) and prints one summary l
 """
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -164,6 +165,10 @@ def summary_line(r: dict) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args, unknown = build_parser().parse_known_args(argv)
+    # fairseq's INFO lines (dictionary sizes, examples loaded) before fairseq is imported: our own
+    # progress goes to stderr, and an error stays the one line a user sees.
+    logging.basicConfig(level=logging.WARNING, force=True,
+                        format="%(levelname)s | %(name)s | %(message)s")
     if unknown:  # decoding is in-process now: nothing is passed on to fairseq-generate
         print(f"error: {gen_opts.unknown_options_error(unknown)}", file=sys.stderr)
         return 2

@@ -122,19 +122,20 @@ class TranslationDistillTask(TranslationTask):
 
     # --- fairseq-generate --scoring ece (evaluation, H3): the scorer's confidences ---------------
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
-        """fairseq's search; when a `--scoring ece` scorer is active, also teacher-force the
+        """fairseq's search; when a `--scoring ece` scorer is active, first teacher-force the
         batch's references through the same models and hand it their calibration summary
-        (scorers only ever receive strings or tokens: evaluation/ece_scorer.py)."""
-        hypos = super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
-                                       constraints=constraints)
+        (scorers only ever receive strings or tokens: evaluation/ece_scorer.py). First, so a
+        model with non-finite output gets our one-line error, not an assertion in the search."""
         from ..evaluation import ece_scorer  # registered with the plugin; imported lazily here
 
         scorer = ece_scorer.active_scorer()
         if scorer is not None and sample.get("target") is not None:
             from ..ensemble_scoring import summarize_batch
 
-            scorer.add_calibration(summarize_batch(models, sample, self.target_dictionary.pad()))
-        return hypos
+            scorer.add_calibration(summarize_batch(models, sample, self.target_dictionary.pad(),
+                                                   where="the generated split"))
+        return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
+                                      constraints=constraints)
 
 
 def _record_dictionary(cfg) -> None:
