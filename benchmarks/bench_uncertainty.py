@@ -27,18 +27,19 @@ PLUGIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 WRAPPER = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
            "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE); "
            "sys.stderr.write(rc.stderr.decode()[-2000:] if rc.returncode else ''); "
-           "print(rc.returncode, time.perf_counter() - t, "
-           "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+           "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+           "print(rc.returncode, time.perf_counter() - t, u.ru_utime + u.ru_stime, u.ru_maxrss)")
 
 
 def measure(cmd):
-    """(seconds, peak RSS MiB) of one whole command."""
+    """(CPU seconds, peak RSS MiB) of one whole command. CPU time (user + system, one thread)
+    rather than wall time: on a shared machine the wall time says more about the neighbours."""
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     p = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], capture_output=True, text=True, env=env)
-    rc, seconds, rss = p.stdout.split()
+    rc, _wall, cpu, rss = p.stdout.split()
     if rc != "0":
         sys.exit(f"error: {' '.join(cmd[:2])} failed:\n{p.stderr}")
-    return float(seconds), int(rss) / 1024
+    return float(cpu), int(rss) / 1024
 
 
 def main():
@@ -75,8 +76,8 @@ def main():
                 row["ood_seconds"], row["rss_ood"] = measure(uncertainty + ["--ood-dir", args.ood_dir])
             rows.append(row)
             print(f"[bench] {row}", file=sys.stderr, flush=True)
-    print(f"| system | K | fairseq-generate (s) | ensdist-uncertainty (s) | ratio (target <= 1.2) "
-          f"| peak RSS generate / uncertainty (MiB){' | + OOD sets: s, peak RSS' if args.ood_dir else ''} |")
+    print(f"| system | K | fairseq-generate (CPU s) | ensdist-uncertainty (CPU s) | ratio (target <= 1.2) "
+          f"| peak RSS generate / uncertainty (MiB){' | + OOD sets: CPU s, peak RSS' if args.ood_dir else ''} |")
     print("|---|---:|---:|---:|---:|---:|" + ("---:|" if args.ood_dir else ""))
     for r in rows:
         extra = f" | {r['ood_seconds']:.1f} s, {r['rss_ood']:.0f} MiB" if args.ood_dir else ""

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dirichlet-predictive", choices=("softmax", "mean"),
                     help="override a Dirichlet student's predictive (default: its own option)")
     ap.add_argument("--max-tokens", type=int, default=4000)
-    ap.add_argument("--sentences-per-chunk", type=int, default=16)
+    ap.add_argument("--sentences-per-chunk", type=int, default=64,
+                    help="sentences whose hypotheses are teacher-forced together")
     ap.add_argument("--cpu", action="store_true")
     return ap
 

@@ -43,17 +43,17 @@ def check_measures(kind: str, requested: Sequence[str]) -> List[str]:
     return list(requested)
 
 
-def hypothesis_batch(dataset, decoded: Sequence, device) -> dict:
-    """One teacher-forcing batch of every hypothesis of `decoded` (source repeated per hypothesis)."""
+def hypothesis_batch(dataset, decoded: Sequence, device):
+    """(net_input, target, mask, new_order) of every hypothesis of `decoded`: each source once
+    (net_input's src_*), new_order maps each hypothesis to its source, prev_output_tokens and
+    target are the hypotheses (</s> moved to the front / kept at the end), mask their positions."""
     from fairseq.data import data_utils
 
     pad, eos = dataset.src_dict.pad(), dataset.src_dict.eos()
-    sources, hyps = [], []
-    for d in decoded:
-        src = dataset[d.id]["source"]
-        for h in d.hypotheses:
-            sources.append(src)
-            hyps.append(h.tokens)
+    sources = [dataset[d.id]["source"] for d in decoded]
+    hyps = [h.tokens for d in decoded for h in d.hypotheses]
+    new_order = torch.repeat_interleave(torch.arange(len(decoded)),
+                                        torch.tensor([len(d.hypotheses) for d in decoded]))
     tgt_pad, tgt_eos = dataset.tgt_dict.pad(), dataset.tgt_dict.eos()
     batch = {
         "src_tokens": data_utils.collate_tokens(sources, pad, eos, left_pad=dataset.left_pad_source),
@@ -62,7 +62,8 @@ def hypothesis_batch(dataset, decoded: Sequence, device) -> dict:
                                                         move_eos_to_beginning=True),
     }
     target = data_utils.collate_tokens(hyps, tgt_pad, tgt_eos, left_pad=False)
-    return {k: v.to(device) for k, v in batch.items()}, target.to(device), target.ne(tgt_pad).to(device)
+    return ({k: v.to(device) for k, v in batch.items()}, target.to(device),
+            target.ne(tgt_pad).to(device), new_order.to(device))
 
 
 def _chunked(fn, *position_tensors) -> Dict[str, torch.Tensor]:
@@ -73,35 +74,54 @@ def _chunked(fn, *position_tensors) -> Dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
-@torch.no_grad()
-def token_measures(models, kind: str, net_input: dict, target: torch.Tensor, mask: torch.Tensor):
-    """({measure: (N, T) values, 0 at pads}, (N,) ln P(y|x) under the system's predictive)."""
-    per_member, logits = [], None
-    for model in models:
-        net_output = model(**net_input)
-        per_member.append(model.get_normalized_probs(net_output, log_probs=True).float())
-        if kind == "dirichlet":
-            logits = net_output[0]
-    if kind == "ensemble":
-        stacked = torch.stack(per_member)  # (K, N, T, V)
-        log_pred = M.ensemble_log_mean(stacked)
-        flat = _chunked(F.ensemble_measures, stacked[:, mask])
-    elif kind == "dirichlet":
-        log_pred = per_member[0]
-        flat = _chunked(F.dirichlet_measures, logits[mask])
+def _member_output(model, net_input: dict, new_order: torch.Tensor, mask: torch.Tensor):
+    """(raw logits, ln predictive) at the hypotheses' positions only, (P, V) each.
+
+    Each source is encoded once and its encoder output repeated for its hypotheses (fairseq's
+    reorder_encoder_out, as beam search does); the output projection runs on the P real
+    positions only, not on padding. Models without this encoder/decoder split run whole."""
+    decoder = getattr(model, "decoder", None)
+    if hasattr(model, "encoder") and hasattr(decoder, "extract_features") and hasattr(decoder, "output_layer"):
+        enc = model.encoder(net_input["src_tokens"], src_lengths=net_input["src_lengths"])
+        enc = model.encoder.reorder_encoder_out(enc, new_order)
+        features, extra = decoder.extract_features(net_input["prev_output_tokens"], encoder_out=enc)
+        net_output = (decoder.output_layer(features[mask]), extra)
     else:
-        log_pred = per_member[0]
-        flat = _chunked(M.single_measures, log_pred[mask])
+        full = model(src_tokens=net_input["src_tokens"].index_select(0, new_order),
+                     src_lengths=net_input["src_lengths"].index_select(0, new_order),
+                     prev_output_tokens=net_input["prev_output_tokens"])
+        net_output = (full[0][mask], full[1])
+    return net_output[0], model.get_normalized_probs(net_output, log_probs=True).float()
+
+
+@torch.no_grad()
+def token_measures(models, kind: str, net_input: dict, target: torch.Tensor, mask: torch.Tensor,
+                   new_order: torch.Tensor):
+    """({measure: (N, T) values, 0 at pads}, (N,) ln P(y|x) under the system's predictive)."""
+    outputs = [_member_output(m, net_input, new_order, mask) for m in models]
+    if kind == "ensemble":
+        stacked = torch.stack([lp for _, lp in outputs])  # (K, P, V)
+        log_pred = M.ensemble_log_mean(stacked)
+        flat = _chunked(F.ensemble_measures, stacked)
+    elif kind == "dirichlet":
+        log_pred = outputs[0][1]
+        flat = _chunked(F.dirichlet_measures, outputs[0][0])
+    else:
+        log_pred = outputs[0][1]
+        flat = _chunked(M.single_measures, log_pred)
     values = {}
     for name, v in flat.items():
         full = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
         full[mask] = v.double()
         values[name] = full
-    return values, S.hypothesis_log_probs(log_pred, target, mask)
+    picked = log_pred.gather(-1, target[mask].unsqueeze(-1)).squeeze(-1).double()
+    rows = mask.nonzero(as_tuple=True)[0]
+    hyp_lp = torch.zeros(mask.size(0), dtype=torch.float64, device=mask.device).index_add(0, rows, picked)
+    return values, hyp_lp
 
 
 def score_split(models, task, dataset, set_name: str, gen_cfg, measures: Sequence[str],
-                max_tokens: int, sentences_per_chunk: int = 16, temperature: float = 1.0,
+                max_tokens: int, sentences_per_chunk: int = 64, temperature: float = 1.0,
                 chrf: bool = True) -> Iterator[dict]:
     """Yield one record per sentence of `dataset`: its output and sequence-level measures."""
     from ..evaluation.decoding import decode
@@ -111,8 +131,8 @@ def score_split(models, task, dataset, set_name: str, gen_cfg, measures: Sequenc
     chunk: List = []
 
     def flush():
-        net_input, target, mask = hypothesis_batch(dataset, chunk, device)
-        values, hyp_lp = token_measures(models, kind, net_input, target, mask)
+        net_input, target, mask, new_order = hypothesis_batch(dataset, chunk, device)
+        values, hyp_lp = token_measures(models, kind, net_input, target, mask, new_order)
         start = 0
         for d in chunk:
             b = len(d.hypotheses)
