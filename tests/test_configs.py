@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ("builtin_cpu", "builtin_gpu", "wmt16_en_de_base", "iwslt14_de_en_small")
 ARRAYS = ("ARCH_ARGS", "TRAIN_ARGS", "EVAL_ARGS", "GEN_ARGS", "DEVICE_ARGS", "STUDENT_ARGS")
 SCALARS = ("SRC", "TGT", "LS_EPSILON", "MAX_EPOCH", "PATIENCE", "SWA_EPOCHS", "STUDENT_SWA_EPOCHS",
-           "STUDENT_MAX_UPDATE", "TOPK", "TEACHER_TASK", "JOBS")
+           "STUDENT_MAX_UPDATE", "TOPK", "TEACHER_TASK", "JOBS", "DEMO_STUDENTS")
 
 
 def load(name, **env):
@@ -88,6 +88,8 @@ def test_builtin_configs_stop_by_the_rule():
     assert "--cpu" in load("builtin_cpu")["TRAIN_ARGS"]
     g = load("builtin_gpu")
     assert "--fp16" in g["TRAIN_ARGS"] and "--cpu" not in g["TRAIN_ARGS"] and int(g["JOBS"]) > 1
+    assert g["DEVICE_ARGS"] == [] and g["DEMO_STUDENTS"].split()[0] == "intra_mean_kd"
+    assert set(load("builtin_cpu")["DEMO_STUDENTS"].split()) <= {"intra_mean_kd", "proxy_dirichlet", "mean_kd"}
 
 
 @pytest.mark.parametrize("name", CONFIGS)

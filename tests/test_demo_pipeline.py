@@ -26,7 +26,7 @@ def test_demo_on_a_small_slice_produces_everything_and_resumes(tmp_path):
     )
     out = tmp_path / "run"
     cmd = ["bash", "scripts/demo.sh", "--config", str(cfg), "--out", str(out), "--members", "2",
-           "--max-pairs", "300", "--topk", "32"]
+           "--max-pairs", "300", "--topk", "32", "--students", "intra_mean_kd proxy_dirichlet mean_kd"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
