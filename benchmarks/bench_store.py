@@ -50,7 +50,10 @@ def bench_memoize(data, ckpts, workdir, topk, max_tokens):
     cfg = MemoizeConfig(data=data, paths=ckpts, output=out, split="train", topk=topk, max_tokens=max_tokens,
                         batch_size=None, chunk_sentences=1000, cpu=True, log_interval=1e9)
     run = Run(cfg, 0, 1)
-    batches = [b for c in run.chunks for b in run.batches(c)]
+    from ensdist_fairseq import teacher_forcing
+
+    batches = [b for c in run.chunks
+               for b in teacher_forcing.plan_batches(run.dataset, np.arange(*c), max_tokens, None)]
 
     @torch.inference_mode()
     def raw():  # what fairseq's EnsembleModel does: members' log-softmax, averaged in log space

@@ -6,12 +6,13 @@ dictionaries of equal size, silently mix up tokens).
 
 What is compared, and why it is sound (docs/store-format.md, "Dictionaries"):
   - the decoder's output size against the data's dictionary size: always known;
-  - the dictionary's CONTENT: `--task translation_distill` records the sha256 of the target
-    dictionary it trained with in its config (`target_dictionary_sha256`), which fairseq saves in
-    every checkpoint; it is compared with the sha256 of the data's dictionary file. A checkpoint of
-    another task has no such record: its training data path (cfg.task.data) was given relative to
-    a training directory we do not know, so it is never resolved against the current directory;
-    only an absolute recorded path whose dictionary differs gives a warning.
+  - the dictionary's CONTENT: `--task translation_distill` returns the sha256 of its target
+    dictionary from task.state_dict(), which fairseq's Trainer saves in every checkpoint as
+    state["task_state"]["target_dictionary_sha256"]; it is compared with the sha256 of the data's
+    dictionary file. A checkpoint of another task has no such record: its training data path
+    (cfg.task.data) was given relative to a training directory we do not know, so it is never
+    resolved against the current directory; only an absolute recorded path whose dictionary
+    differs gives a warning.
 """
 import logging
 import os
@@ -23,7 +24,7 @@ from .store.provenance import file_sha256
 
 logger = logging.getLogger(__name__)
 
-# The key under cfg["task"] where translation_distill records its target dictionary's sha256.
+# The key under state["task_state"] where translation_distill records its target dictionary's sha256.
 DICTIONARY_SHA256_KEY = "target_dictionary_sha256"
 
 
@@ -71,16 +72,16 @@ def check_ensemble(paths: Sequence[str], data_dir: str) -> None:
         if out is not None and out.shape[0] != expected:
             raise EnsdistError(f"{p}: output vocabulary {out.shape[0]} != {expected} symbols of {data_dict} "
                                "(trained with a different dictionary)")
-        check_dictionary_record(p, task, data_dict)
+        check_dictionary_record(p, state.get("task_state") or {}, task, data_dict)
         if first is None:
             first = (p, tgt)
         elif tgt != first[1]:
             raise EnsdistError(f"{p}: target language {tgt} differs from {first[0]}'s {first[1]}")
 
 
-def check_dictionary_record(checkpoint: str, task_cfg, data_dict: str) -> None:
-    """Compare the dictionary sha256 recorded in a checkpoint's task config with `data_dict`."""
-    recorded = _get(task_cfg, DICTIONARY_SHA256_KEY)
+def check_dictionary_record(checkpoint: str, task_state: dict, task_cfg, data_dict: str) -> None:
+    """Compare the dictionary sha256 recorded in a checkpoint's task state with `data_dict`."""
+    recorded = task_state.get(DICTIONARY_SHA256_KEY) if isinstance(task_state, dict) else None
     if recorded:
         actual = file_sha256(data_dict)
         if recorded != actual:

@@ -189,13 +189,13 @@ def fx(tiny_data, tiny_checkpoints, tmp_path_factory):
         lines = open(p, encoding="utf-8").read().splitlines(keepends=True)
         lines[0], lines[1] = lines[1], lines[0]
         open(p, "w", encoding="utf-8").write("".join(lines))
-    # a teacher checkpoint of translation_distill, which records its dictionary's sha256
+    # a teacher trained by fairseq-train with --task translation_distill (as the recipes do),
+    # which records its dictionary's sha256 in the checkpoint
+    import tiny_fairseq
+    f.recording = tiny_fairseq.train_tiny(tiny_data, str(root / "recording"), seed=1, max_update=1,
+                                          extra=["--user-dir", USER_DIR, "--task", "translation_distill"])
     sha = hashlib.sha256(open(os.path.join(tiny_data, "dict.de.txt"), "rb").read()).hexdigest()
-
-    def record(state):
-        state["cfg"]["task"]["_name"] = "translation_distill"
-        state["cfg"]["task"]["target_dictionary_sha256"] = sha
-    f.recording = _checkpoint_with(tiny_checkpoints[0], str(root / "recording.pt"), record)
+    assert torch.load(f.recording, weights_only=True)["task_state"]["target_dictionary_sha256"] == sha
 
     def nan_output(state):
         w = state["model"]["decoder.output_projection.weight"]
@@ -311,11 +311,16 @@ CASES = [
     # dictionaries: content, never a path against the current directory
     Case("memoize: checkpoint recorded another dictionary (same size, reordered)", "fork",
          memoize_with(paths=lambda f: f.recording, data=lambda f: f.reordered),
-         r".*recording.pt: trained with another dictionary than .*reordered/dict.de.txt \(sha256 .*\)"),
+         r".*recording/checkpoint_last.pt: trained with another dictionary than .*reordered/dict.de.txt \(sha256 .*\)"),
     Case("fairseq-validate: checkpoint recorded another dictionary", "fork",
          lambda f: (_validate_entry, ["fairseq-validate", f.reordered, "--path", f.recording, "--user-dir", USER_DIR,
                                       "--task", "translation_distill", "--cpu", "--valid-subset", "valid",
                                       "--max-tokens", "500"]),
+         r".*reordered/dict.de.txt: not the dictionary the model was trained with \(sha256 .*\)"),
+    Case("fairseq-generate: checkpoint recorded another dictionary", "fork",
+         lambda f: (_generate_entry, ["fairseq-generate", f.reordered, "--path", f.recording, "--user-dir", USER_DIR,
+                                      "--task", "translation_distill", "--cpu", "--gen-subset", "valid",
+                                      "--max-tokens", "500", "--beam", "1"]),
          r".*reordered/dict.de.txt: not the dictionary the model was trained with \(sha256 .*\)"),
     Case("memoize from a directory holding an unrelated bin/ (valid input)", "fork",
          memoize_with(output=lambda f: str(f.root / "from_elsewhere.h5"), cwd=lambda f: f.cwd_with_bin),
@@ -365,6 +370,11 @@ CASES = [
          lambda f: (ding_entry, ["ding", "--source", _bad_ding(f), "--out", str(f.root / "ding_out")]),
          r".*ding_bad: line 2: invalid UTF-8 \(byte 0xfe at column 3\)"),
 ]
+
+
+def _generate_entry():
+    from fairseq_cli import generate
+    return generate.cli_main()
 
 
 def _validate_entry():

@@ -13,11 +13,11 @@ from typing import Optional
 
 import torch
 from fairseq import utils
-from omegaconf import DictConfig, open_dict
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from .. import calibration_logging
+from ..checkpoint_checks import DICTIONARY_SHA256_KEY
 from ..data.split_fingerprint import fingerprint
 from ..data.teacher_dataset import TeacherStoreDataset
 from ..store.format import StoreReader
@@ -33,12 +33,6 @@ class TranslationDistillConfig(TranslationConfig):
         default=None,
         metadata={"help": "teacher store written by ensdist-memoize for the training split; "
                           "without it the task is plain translation"},
-    )
-    target_dictionary_sha256: Optional[str] = field(
-        default=None,
-        metadata={"help": "set by the task, not by hand: sha256 of the target dictionary it was set up "
-                          "with. fairseq saves it in every checkpoint; a checkpoint used with a data "
-                          "directory whose dictionary differs is refused"},
     )
     teacher_topk: Optional[int] = field(
         default=None,
@@ -59,8 +53,25 @@ class TranslationDistillTask(TranslationTask):
     @classmethod
     def setup_task(cls, cfg, **kwargs):
         task = super().setup_task(cfg, **kwargs)
-        _record_dictionary(cfg)
+        task.dictionary_path = os.path.join(utils.split_paths(cfg.data)[0], f"dict.{cfg.target_lang}.txt")
+        task.dictionary_sha256 = file_sha256(task.dictionary_path)
         return task
+
+    # The target dictionary's sha256 travels in the checkpoint's "task_state" (fairseq's Trainer
+    # saves task.state_dict(); every checkpoint load, fairseq-generate's included, and a resumed
+    # training call task.load_state_dict). A model meeting another dictionary is refused there:
+    # the one sound check (a saved data path may be relative to an unknown directory, and a
+    # reordered dictionary has the same size). checkpoint_checks reads the same record.
+    def state_dict(self):
+        return {**super().state_dict(), DICTIONARY_SHA256_KEY: self.dictionary_sha256}
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict or {})
+        recorded = state_dict.pop(DICTIONARY_SHA256_KEY, None)
+        if recorded and recorded != self.dictionary_sha256:
+            raise EnsdistError(f"{self.dictionary_path}: not the dictionary the model was trained with "
+                               f"(sha256 {self.dictionary_sha256[:12]}…, its checkpoint records {recorded[:12]}…)")
+        super().load_state_dict(state_dict)
 
     def _open_store(self) -> StoreReader:
         """The store, and the V' this run uses (the store's, or fewer with --teacher-topk)."""
@@ -137,19 +148,3 @@ class TranslationDistillTask(TranslationTask):
         return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
                                       constraints=constraints)
 
-
-def _record_dictionary(cfg) -> None:
-    """Compare the dictionary sha256 a checkpoint recorded with the data's, or record it: the one
-    sound check that a model meets the dictionary it was trained with (a path saved in the
-    checkpoint may be relative to an unknown directory; a reordered dictionary has the same size)."""
-    dict_path = os.path.join(utils.split_paths(cfg.data)[0], f"dict.{cfg.target_lang}.txt")
-    actual = file_sha256(dict_path)
-    recorded = getattr(cfg, "target_dictionary_sha256", None)
-    if recorded and recorded != actual:
-        raise EnsdistError(f"{dict_path}: not the dictionary the model was trained with (sha256 "
-                           f"{actual[:12]}…, its checkpoint records {recorded[:12]}…)")
-    if isinstance(cfg, DictConfig):
-        with open_dict(cfg):  # a checkpoint's config from before this field has no such key
-            cfg.target_dictionary_sha256 = actual
-    else:
-        cfg.target_dictionary_sha256 = actual
