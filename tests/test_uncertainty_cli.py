@@ -112,13 +112,15 @@ def test_three_kinds_of_system_and_the_report(corpus, capsys):
 def test_dirichlet_measures_come_from_alpha_whatever_the_predictive(corpus):
     root, bin_dir, ckpt = corpus
     code, soft = run_cli(root, bin_dir, ckpt["dir"], "pd-soft", "--ood-dir", str(root / "ood"))
-    code2, mean = run_cli(root, bin_dir, ckpt["dir"], "pd-mean", "--dirichlet-predictive", "mean")
+    code2, mean = run_cli(root, bin_dir, ckpt["dir"], "pd-mean", "--dirichlet-predictive", "mean",
+                          "--limit", "20")
     assert code == code2 == 0
+    assert len(records(mean / "test.jsonl")) == 20 and len(records(mean / "third.jsonl")) == 12
     assert json.loads((mean / "system.json").read_text())["dirichlet_predictive"] == "mean"
     a = {r["id"]: r for r in records(soft / "test.jsonl")}
     b = {r["id"]: r for r in records(mean / "test.jsonl")}
     # different predictive: different scores of the best hypothesis
-    assert any(abs(a[i]["log_prob"] - b[i]["log_prob"]) > 1e-4 for i in a)
+    assert any(abs(a[i]["log_prob"] - b[i]["log_prob"]) > 1e-4 for i in b)
 
 
 def test_predictive_override_at_load_time(corpus):

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dirichlet-predictive", choices=("softmax", "mean"),
                     help="override a Dirichlet student's predictive (default: its own option)")
     ap.add_argument("--max-tokens", type=int, default=4000)
+    ap.add_argument("--limit", type=int,
+                    help="score only the first N sentences of each set (a cheaper, deterministic run)")
     ap.add_argument("--sentences-per-chunk", type=int, default=64,
                     help="sentences whose hypotheses are teacher-forced together")
     ap.add_argument("--cpu", action="store_true")
@@ -132,7 +134,8 @@ def run(args, paths: List[str], device: torch.device) -> dict:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             for record in runner.score_split(models, task, dataset, name, gen_cfg, measures,
                                              args.max_tokens, args.sentences_per_chunk,
-                                             args.temperature, chrf=(role == "in-domain")):
+                                             args.temperature, chrf=(role == "in-domain"),
+                                             limit=args.limit):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 n += 1
         os.replace(path + ".tmp", path)
@@ -147,6 +150,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
             "data": os.path.abspath(args.data), "measures": measures,
             "knowledge": [m for m in measures if m != "total" and m != "data"],
             "beam": args.beam, "lenpen": args.lenpen, "temperature": args.temperature,
+            "limit": args.limit,
             "dirichlet_predictive": predictive, "sets": summary}
 
 
@@ -155,7 +159,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     paths = [p for p in args.path.split(":") if p]
     try:
         for flag, value in (("--beam", args.beam), ("--max-tokens", args.max_tokens),
-                            ("--sentences-per-chunk", args.sentences_per_chunk)):
+                            ("--sentences-per-chunk", args.sentences_per_chunk),
+                            ("--limit", 1 if args.limit is None else args.limit)):
             if value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
         if not args.temperature > 0:

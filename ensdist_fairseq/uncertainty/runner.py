@@ -10,8 +10,9 @@ Systems (SYSTEM_KINDS): "single" (one ordinary model, incl. a mean-KD student: e
 α = exp(z) + 1 of its raw logits, never from get_normalized_probs).
 Nothing is kept across chunks: memory is flat in the size of the split.
 """
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from . import fast_measures as F
@@ -122,7 +123,7 @@ def token_measures(models, kind: str, net_input: dict, target: torch.Tensor, mas
 
 def score_split(models, task, dataset, set_name: str, gen_cfg, measures: Sequence[str],
                 max_tokens: int, sentences_per_chunk: int = 64, temperature: float = 1.0,
-                chrf: bool = True) -> Iterator[dict]:
+                chrf: bool = True, limit: Optional[int] = None) -> Iterator[dict]:
     """Yield one record per sentence of `dataset`: its output and sequence-level measures."""
     from ..evaluation.decoding import decode
 
@@ -149,7 +150,8 @@ def score_split(models, task, dataset, set_name: str, gen_cfg, measures: Sequenc
                 record["chrf"] = sentence_chrf(best.text, d.reference)
             yield record
 
-    for d in decode(models, task, dataset, gen_cfg, max_tokens=max_tokens, where=set_name):
+    ids = None if limit is None else np.arange(min(limit, len(dataset)), dtype=np.int64)
+    for d in decode(models, task, dataset, gen_cfg, max_tokens=max_tokens, ids=ids, where=set_name):
         if not d.hypotheses:  # fairseq found nothing (cannot happen with min_len 1): skip it
             continue
         chunk.append(d)
