@@ -6,12 +6,15 @@ fairseq-generate and fairseq-validate the plugin cannot wrap fairseq's main(), s
 the plugin installs a sys.excepthook that prints an EnsdistError the same way; every other
 exception keeps the previous hook (a traceback: those are bugs, not bad input), with one
 exception: a checkpoint that fairseq's own loader cannot unpickle (a truncated
-checkpoint_last.pt when fairseq-train resumes) is reported as one line naming the file.
+checkpoint_last.pt when fairseq-train resumes) is reported as one line naming the file, and an
+EnsdistError of a process started by torch.multiprocessing.spawn (fairseq-train on several
+GPUs) arrives as ProcessRaisedException holding its traceback text: its last line is used.
 
 An EnsdistError raised in a torch DataLoader worker reaches the main process re-created by
 torch as ``type(e)("Caught X in DataLoader worker process N.\\nOriginal Traceback ...")``;
 `one_line` recovers the original message from that text.
 """
+import re
 import sys
 
 _WORKER_PREFIX = "Caught "
@@ -54,11 +57,26 @@ def _unloadable_checkpoint(exc, tb):
     return path if not isinstance(exc, pickle.PicklingError) else None
 
 
+def _from_spawned_process(exc):
+    """The message of an EnsdistError raised in a process of torch.multiprocessing.spawn
+    (fairseq-train on several GPUs): the parent gets ProcessRaisedException holding the child's
+    traceback text, whose last line is '<module>.<Class>: <message>'."""
+    if type(exc).__name__ != "ProcessRaisedException":
+        return None
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    match = re.match(r"^ensdist_fairseq\.[\w.]*Error: (.*)$", lines[-1]) if lines else None
+    return match.group(1) if match else None
+
+
 def _hook(previous):
     def excepthook(exc_type, exc, tb):
         if isinstance(exc, EnsdistError):
             report(exc)
             return  # the interpreter then exits with status 1
+        spawned = _from_spawned_process(exc)
+        if spawned is not None:
+            print(f"error: {spawned}", file=sys.stderr, flush=True)
+            return
         path = _unloadable_checkpoint(exc, tb)
         if path is not None:
             report(EnsdistError(f"{path}: not a loadable fairseq checkpoint ({one_line(exc)})"))

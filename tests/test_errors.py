@@ -45,3 +45,19 @@ def test_checkpoint_fairseq_cannot_unpickle_is_one_line(tmp_path):
 
 def test_store_error_is_an_ensdist_error_and_a_value_error():
     assert issubclass(StoreError, EnsdistError) and issubclass(EnsdistError, ValueError)
+
+
+def _raise_in_child(i):
+    raise StoreError("teacher.h5: sentence 3 row 0: precision nan is not finite and > 0")
+
+
+def test_error_of_a_spawned_process_is_one_line():
+    """fairseq-train on several GPUs runs main() in torch.multiprocessing.spawn'ed processes."""
+    import torch.multiprocessing as mp
+
+    from ensdist_fairseq.errors import _from_spawned_process
+
+    with pytest.raises(mp.ProcessRaisedException) as e:
+        mp.spawn(_raise_in_child, nprocs=1, join=True)
+    assert _from_spawned_process(e.value) == "teacher.h5: sentence 3 row 0: precision nan is not finite and > 0"
+    assert _from_spawned_process(KeyError("x")) is None
