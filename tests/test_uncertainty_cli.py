@@ -160,3 +160,19 @@ def test_errors(corpus, tmp_path, capsys):
                      "--ood", f"mine={tmp_path / 'user.txt'}",
                      "--spm-model", str(root / "data" / "spm" / "spm.model")]) == 0
     assert len(records(tmp_path / "x" / "mine.jsonl")) == 2
+
+
+@pytest.mark.parametrize("system", ["ens", "dir", "m1"])
+def test_measures_inside_the_search_equal_the_teacher_forced_ones(corpus, system):
+    root, bin_dir, ckpt = corpus
+    path = f"{ckpt['m1']}:{ckpt['m2']}" if system == "ens" else ckpt[system]
+    _, fast = run_cli(root, bin_dir, path, f"{system}-search", "--limit", "15")
+    _, slow = run_cli(root, bin_dir, path, f"{system}-tf", "--limit", "15", "--teacher-forced")
+    for name in ("test", "permuted", "third"):
+        a = {r["id"]: r for r in records(fast / f"{name}.jsonl")}
+        b = {r["id"]: r for r in records(slow / f"{name}.jsonl")}
+        assert a.keys() == b.keys()
+        for i in a:
+            assert a[i]["log_prob"] == pytest.approx(b[i]["log_prob"], abs=1e-4)
+            for m, v in b[i]["uncertainty"].items():  # fairseq stores the in-search values in float32
+                assert a[i]["uncertainty"][m] == pytest.approx(v, rel=1e-4, abs=1e-7), (name, i, m)

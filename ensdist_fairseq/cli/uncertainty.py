@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dirichlet-predictive", choices=("softmax", "mean"),
                     help="override a Dirichlet student's predictive (default: its own option)")
     ap.add_argument("--max-tokens", type=int, default=4000)
+    ap.add_argument("--teacher-forced", action="store_true",
+                    help="measure by a second, teacher-forced pass over the hypotheses instead of "
+                         "inside the beam search (same values, about twice the cost; a cross-check)")
     ap.add_argument("--limit", type=int,
                     help="score only the first N sentences of each set (a cheaper, deterministic run)")
     ap.add_argument("--sentences-per-chunk", type=int, default=64,
@@ -135,7 +138,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
             for record in runner.score_split(models, task, dataset, name, gen_cfg, measures,
                                              args.max_tokens, args.sentences_per_chunk,
                                              args.temperature, chrf=(role == "in-domain"),
-                                             limit=args.limit):
+                                             limit=args.limit, teacher_forced=args.teacher_forced):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 n += 1
         os.replace(path + ".tmp", path)
@@ -150,7 +153,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
             "data": os.path.abspath(args.data), "measures": measures,
             "knowledge": [m for m in measures if m != "total" and m != "data"],
             "beam": args.beam, "lenpen": args.lenpen, "temperature": args.temperature,
-            "limit": args.limit,
+            "limit": args.limit, "teacher_forced": args.teacher_forced,
             "dirichlet_predictive": predictive, "sets": summary}
 
 

@@ -34,6 +34,9 @@ class Hypothesis:
     positional_scores: torch.Tensor  # (L,) float32 on the CPU: ln p(token_t | prefix, source)
     score: float                     # fairseq's hypothesis score (length-normalized, natural log)
     text: str                        # detokenized, as fairseq-generate's D- line
+    # (M, L) float32 per-position values a search_model returned in fairseq's attention slot
+    # (uncertainty/in_search.py: token measures carried along the beam); None otherwise
+    extra: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -71,7 +74,7 @@ def decode(models: Sequence[torch.nn.Module], task, dataset, gen_cfg=None,
            max_tokens: Optional[int] = None, batch_size: Optional[int] = None,
            ids: Optional[np.ndarray] = None, device: Optional[torch.device] = None,
            post_process: Optional[str] = "sentencepiece", where: str = "split",
-           batches: Optional[Sequence[np.ndarray]] = None) -> Iterator[Decoded]:
+           batches: Optional[Sequence[np.ndarray]] = None, search_model=None) -> Iterator[Decoded]:
     """Yield each sentence's n-best (gen_cfg.nbest, best first) as fairseq-generate finds them.
 
     models: loaded and on `device` (teacher_forcing.load_models); an ensemble is searched jointly.
@@ -90,7 +93,9 @@ def decode(models: Sequence[torch.nn.Module], task, dataset, gen_cfg=None,
     for model in models:
         # What fairseq-generate does before decoding (beamable matmul; no-op if done before).
         model.prepare_for_inference_(_Cfg(gen_cfg))
-    generator = task.build_generator(list(models), gen_cfg)
+    # search_model: an EnsembleModel (subclass) over `models` to search with instead of fairseq's
+    # own, e.g. one that returns per-step values in the attention slot (Hypothesis.extra).
+    generator = task.build_generator(list(models) if search_model is None else search_model, gen_cfg)
     tgt_dict, src_dict = task.target_dictionary, getattr(task, "source_dictionary", None)
     strip = symbols_to_strip(generator)
     nbest = gen_cfg.nbest
@@ -118,5 +123,6 @@ def decode(models: Sequence[torch.nn.Module], task, dataset, gen_cfg=None,
                         tokens=tokens, positional_scores=h["positional_scores"].float().cpu(),
                         score=float(h["score"]),
                         text=tgt_dict.string(tokens.int(), post_process,
-                                             extra_symbols_to_ignore=strip)))
+                                             extra_symbols_to_ignore=strip),
+                        extra=None if search_model is None else h["attention"].float().cpu()))
                 yield Decoded(id=sid, source=source, reference=reference, hypotheses=best)

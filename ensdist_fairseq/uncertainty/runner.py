@@ -1,8 +1,9 @@
 """Per-sentence sequence-level uncertainty of a system on a split (fairseq glue).
 
-    dataset --evaluation.decoding.decode (beam B, n-best B)--> each sentence's B hypotheses
-    hypotheses --teacher-forced through every member (one batch per chunk of sentences)-->
-    token measures (measures.py) + ln P(y|x) --sequence.py--> one record per sentence
+    dataset --evaluation.decoding.decode (beam B, n-best B; in_search.MeasuringEnsemble)-->
+    each sentence's B hypotheses with the token measures of every position (in_search.py)
+    [--teacher-forced: hypotheses --a second pass through every member--> token measures]
+    token measures + ln P(y|x) --sequence.py--> one record per sentence
 
 Systems (SYSTEM_KINDS): "single" (one ordinary model, incl. a mean-KD student: entropy only),
 "ensemble" (K >= 2 members, the mean of their probabilities decodes; measures from the members),
@@ -121,19 +122,41 @@ def token_measures(models, kind: str, net_input: dict, target: torch.Tensor, mas
     return values, hyp_lp
 
 
+def _in_search_values(chunk: Sequence, measures: Sequence[str]):
+    """({measure: (N, T)}, mask, (N,) ln P) from the measures the search carried (in_search.py)."""
+    hyps = [h for d in chunk for h in d.hypotheses]
+    longest = max(h.extra.size(1) for h in hyps)
+    mask = torch.zeros(len(hyps), longest, dtype=torch.bool)
+    stacked = torch.zeros(len(measures), len(hyps), longest, dtype=torch.float64)
+    for i, h in enumerate(hyps):
+        mask[i, :h.extra.size(1)] = True
+        stacked[:, i, :h.extra.size(1)] = h.extra.double()
+    hyp_lp = torch.tensor([float(h.positional_scores.double().sum()) for h in hyps], dtype=torch.float64)
+    return {m: stacked[j] for j, m in enumerate(measures)}, mask, hyp_lp
+
+
 def score_split(models, task, dataset, set_name: str, gen_cfg, measures: Sequence[str],
                 max_tokens: int, sentences_per_chunk: int = 64, temperature: float = 1.0,
-                chrf: bool = True, limit: Optional[int] = None) -> Iterator[dict]:
-    """Yield one record per sentence of `dataset`: its output and sequence-level measures."""
+                chrf: bool = True, limit: Optional[int] = None,
+                teacher_forced: bool = False) -> Iterator[dict]:
+    """Yield one record per sentence of `dataset`: its output and sequence-level measures.
+
+    Token measures come from inside the beam search (in_search.py, default) or, with
+    teacher_forced, from a second pass over the hypotheses (the same values, twice the cost)."""
     from ..evaluation.decoding import decode
+    from .in_search import MeasuringEnsemble
 
     kind = system_kind(models)
     device = next(iter(models[0].parameters())).device
+    measures = list(measures)
     chunk: List = []
 
     def flush():
-        net_input, target, mask, new_order = hypothesis_batch(dataset, chunk, device)
-        values, hyp_lp = token_measures(models, kind, net_input, target, mask, new_order)
+        if teacher_forced:
+            net_input, target, mask, new_order = hypothesis_batch(dataset, chunk, device)
+            values, hyp_lp = token_measures(models, kind, net_input, target, mask, new_order)
+        else:
+            values, mask, hyp_lp = _in_search_values(chunk, measures)
         start = 0
         for d in chunk:
             b = len(d.hypotheses)
@@ -150,8 +173,10 @@ def score_split(models, task, dataset, set_name: str, gen_cfg, measures: Sequenc
                 record["chrf"] = sentence_chrf(best.text, d.reference)
             yield record
 
+    search_model = None if teacher_forced else MeasuringEnsemble(models, kind, measures)
     ids = None if limit is None else np.arange(min(limit, len(dataset)), dtype=np.int64)
-    for d in decode(models, task, dataset, gen_cfg, max_tokens=max_tokens, ids=ids, where=set_name):
+    for d in decode(models, task, dataset, gen_cfg, max_tokens=max_tokens, ids=ids, where=set_name,
+                    search_model=search_model):
         if not d.hypotheses:  # fairseq found nothing (cannot happen with min_len 1): skip it
             continue
         chunk.append(d)

@@ -1,0 +1,64 @@
+"""Token measures computed inside fairseq's beam search, carried along with each hypothesis.
+
+Why: teacher-forcing the B hypotheses after the search runs the decoder over as many positions
+as the search itself did, so it doubles the cost (measured: 1.5-2x fairseq-generate on a CPU).
+But the search already computes, at every step and for every live beam, each member's
+distribution over the next token, and fairseq's SequenceGenerator already carries one per-step
+tensor along the beam's reorderings and hands it out with each finished hypothesis: the
+decoder's attention (`hypo["attention"]`, (width, L)). MeasuringEnsemble is fairseq's
+EnsembleModel with forward_decoder returning, in that slot, the token measures of the step's
+distributions instead of attention weights. A finished hypothesis then holds, at column l, the
+measures of the distribution its l-th token (</s> included) was chosen from: exactly the
+teacher-forced values (tests/test_uncertainty_cli.py checks the two paths agree).
+
+The measures are those of runner.py: the members' distributions for an ensemble, α = exp(z) + 1
+from the raw logits for a Dirichlet student, the entropy for a single model; fairseq stores
+them in float32. Cost: the measures for every live beam at every step, no second decoder pass.
+"""
+import math
+from typing import List, Sequence
+
+import torch
+from fairseq.sequence_generator import EnsembleModel
+
+from . import fast_measures as F
+from . import measures as M
+
+
+class MeasuringEnsemble(EnsembleModel):
+    """fairseq's EnsembleModel whose forward_decoder returns (ln predictive, token measures)."""
+
+    def __init__(self, models: Sequence[torch.nn.Module], kind: str, measures: Sequence[str]):
+        super().__init__(list(models))
+        self.kind = kind
+        self.measure_names: List[str] = list(measures)
+
+    def forward_decoder(self, tokens, encoder_outs, incremental_states, temperature: float = 1.0):
+        log_probs, logits = [], None
+        for i, model in enumerate(self.models):
+            encoder_out = encoder_outs[i] if self.has_encoder() else None
+            if self.has_incremental_states():
+                decoder_out = model.decoder.forward(tokens, encoder_out=encoder_out,
+                                                    incremental_state=incremental_states[i])
+            else:
+                decoder_out = model.decoder.forward(tokens, encoder_out=encoder_out)
+            last = decoder_out[0][:, -1:, :]
+            if self.kind == "dirichlet":
+                logits = last[:, -1, :]  # the trained α = exp(z) + 1, before any temperature
+            if temperature != 1.0:
+                last = last / temperature
+            extra = decoder_out[1] if len(decoder_out) > 1 else None
+            log_probs.append(model.get_normalized_probs((last, extra), log_probs=True)[:, -1, :])
+        if len(log_probs) == 1:
+            predictive = log_probs[0]
+        else:
+            stacked = torch.stack(log_probs)
+            predictive = torch.logsumexp(stacked, dim=0) - math.log(len(log_probs))
+        if self.kind == "ensemble":
+            values = F.ensemble_measures(stacked)
+        elif self.kind == "dirichlet":
+            values = F.dirichlet_measures(logits)
+        else:
+            values = M.single_measures(predictive)
+        # (rows, M): fairseq copies it into its attention buffer at this step's column
+        return predictive, torch.stack([values[m] for m in self.measure_names], dim=1).to(predictive)
