@@ -228,7 +228,8 @@ def _memoize_locked(cfg: MemoizeConfig, rank: int, world_size: int) -> bool:
             run.log("failed; the other ranks will not stitch")
             _all_ok(False, run.device)
         if isinstance(e, OSError):  # disk full, permissions: what is complete stays complete
-            raise EnsdistError(f"--output {cfg.output}: writing failed ({e.strerror or e}: {e.filename}); "
+            where = f" on {e.filename}" if e.filename else ""
+            raise EnsdistError(f"--output {cfg.output}: writing failed ({e.strerror or e}{where}); "
                                f"complete chunks are kept in {shards.shard_dir(cfg.output)}: rerun the "
                                "same command to resume") from None
         raise

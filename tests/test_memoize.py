@@ -176,3 +176,28 @@ def test_existing_output_is_not_overwritten(store, tiny_data, tiny_checkpoints):
     with pytest.raises(SystemExit, match="already exists"):
         main(memoize_args(tiny_data, tiny_checkpoints, store))
     assert sha256(store) == before
+
+
+def test_failed_chunk_write_keeps_complete_chunks_and_says_where(tiny_data, tiny_checkpoints, tmp_path, monkeypatch):
+    from ensdist_fairseq.store import format as fmt
+
+    out = str(tmp_path / "full.h5")
+    args = memoize_args(tiny_data, tiny_checkpoints, out)
+    args[args.index("--chunk-sentences") + 1] = "100"  # 3 chunks
+    calls = {"n": 0}
+    real = fmt.RowWriter.write_sentence
+
+    def disk_full_in_second_chunk(self, i, *a):
+        calls["n"] += 1
+        if calls["n"] > 150:
+            raise OSError(28, "No space left on device")
+        return real(self, i, *a)
+
+    monkeypatch.setattr(fmt.RowWriter, "write_sentence", disk_full_in_second_chunk)
+    with pytest.raises(SystemExit, match=r"^error: --output .*full.h5: writing failed \(No space left on device\); "
+                                         r"complete chunks are kept in .*full.h5.shards: rerun the same command to resume$"):
+        main(args)
+    assert os.listdir(out + ".shards") == ["chunk-000000000000-000000000100.h5"]  # no temporary left
+    monkeypatch.undo()
+    main(args)  # the rerun resumes and finishes
+    store_format.StoreReader(out).verify()
