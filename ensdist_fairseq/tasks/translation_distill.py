@@ -20,8 +20,8 @@ from .. import calibration_logging
 from ..checkpoint_checks import DICTIONARY_SHA256_KEY
 from ..data.split_fingerprint import fingerprint
 from ..data.teacher_dataset import TeacherStoreDataset
-from ..store.format import StoreReader
 from ..errors import EnsdistError
+from ..store.format import StoreReader
 from ..store.provenance import StoreError, check_topk, file_sha256
 
 logger = logging.getLogger(__name__)
@@ -63,12 +63,13 @@ class TranslationDistillTask(TranslationTask):
     # the one sound check (a saved data path may be relative to an unknown directory, and a
     # reordered dictionary has the same size). checkpoint_checks reads the same record.
     def state_dict(self):
-        return {**super().state_dict(), DICTIONARY_SHA256_KEY: self.dictionary_sha256}
+        sha = getattr(self, "dictionary_sha256", None)  # None: built without setup_task
+        return {**super().state_dict(), **({DICTIONARY_SHA256_KEY: sha} if sha else {})}
 
     def load_state_dict(self, state_dict):
         state_dict = dict(state_dict or {})
         recorded = state_dict.pop(DICTIONARY_SHA256_KEY, None)
-        if recorded and recorded != self.dictionary_sha256:
+        if recorded and getattr(self, "dictionary_sha256", None) and recorded != self.dictionary_sha256:
             raise EnsdistError(f"{self.dictionary_path}: not the dictionary the model was trained with "
                                f"(sha256 {self.dictionary_sha256[:12]}…, its checkpoint records {recorded[:12]}…)")
         super().load_state_dict(state_dict)
