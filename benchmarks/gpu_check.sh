@@ -7,8 +7,8 @@
 # --fp16 / --bf16, memoize on CUDA vs CPU, memoize vs raw forward, criterion step-time ratios).
 #
 # Install, offline: python3 must already hold CUDA torch (the GPU machines here: Python 3.12,
-# torch 2.11 + cu130, with h5py, sacrebleu, sentencepiece, numpy, regex, tqdm, scikit-learn,
-# cffi? no: fairseq does not import it at run time). The rest comes as wheels from --wheels DIR
+# torch 2.11 + cu130, torchaudio, h5py, sacrebleu, sentencepiece, numpy, regex, tqdm, scikit-learn;
+# fairseq's cffi/cython requirements are build-time only). The rest comes as wheels from --wheels DIR
 # (default .whl/ at the repository root), installed with --no-deps into $SITE (/tmp/ensdist_site),
 # which goes first on PYTHONPATH with the repository itself (nothing is installed into python3).
 # Fetch the wheels on a machine with network, at the repository root:
