@@ -104,3 +104,27 @@ def test_fairseq_train_accepts_the_arguments(name):
         parser = options.get_training_parser()
         args = options.parse_args_and_arch(parser, argv)  # SystemExit on an unknown flag
         assert args.arch == value(c["ARCH_ARGS"], "--arch")
+
+
+def test_prepare_raw_trains_bpe_when_asked(tmp_path):
+    """prepare_raw.sh --model-type bpe (the WMT16 recipe) gives a BPE SentencePiece model;
+    the choice is part of the marker, so a unigram directory is not silently reused."""
+    import tiny_fairseq
+
+    raw = tmp_path / "raw"
+    tiny_fairseq.write_synthetic_raw(str(raw))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(["bash", "scripts/prepare_raw.sh", "--src", "de", "--tgt", "en", "--raw", str(raw),
+                        "--out", str(tmp_path / "out"), "--vocab-size", "40", "--model-type", "bpe"],
+                       cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # BPE's vocabulary scores are the merge ranks (0, -1, -2, ...); unigram's are log-probabilities
+    vocab = (tmp_path / "out" / "spm" / "spm.vocab").read_text().splitlines()
+    scores = [float(line.split("\t")[1]) for line in vocab]
+    pieces = [s for s in scores if s != 0]
+    assert pieces and all(s == int(s) for s in scores), scores[:10]
+    assert "model_type=bpe" in (tmp_path / "out" / "bin" / ".prepared").read_text()
+    r = subprocess.run(["bash", "scripts/prepare_raw.sh", "--src", "de", "--tgt", "en", "--raw", str(raw),
+                        "--out", str(tmp_path / "out"), "--vocab-size", "40"],
+                       cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode != 0 and "other inputs or settings" in r.stderr
