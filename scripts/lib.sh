@@ -45,11 +45,12 @@ load_config() {  # load_config FILE: source a configs/*.sh file, with a clear er
 }
 
 # The early-stopping rule every training follows (docs/teachers.md): fairseq-train stops after
-# PATIENCE validations without a new best validation loss, or at MAX_EPOCH; epoch checkpoints
-# are kept for the SWA window (SWA_EPOCHS ending at the best epoch) and the PATIENCE epochs after.
+# PATIENCE validations without a new best validation NLL of the references (nll_loss: the same
+# quantity for CE, label-smoothed and distilled models), or at MAX_EPOCH; epoch checkpoints are
+# kept for the SWA window (SWA_EPOCHS ending at the best epoch) and the PATIENCE epochs after.
 stop_rule_args() {  # stop_rule_args MAX_EPOCH PATIENCE SWA_EPOCHS -> fairseq-train arguments
   local keep=$(( $3 + $2 ))
-  printf '%s\n' --max-epoch "$1"
+  printf '%s\n' --max-epoch "$1" --best-checkpoint-metric nll_loss
   [ "$2" -gt 0 ] && printf '%s\n' --patience "$2"
   if [ "$3" -gt 0 ]; then printf '%s\n' --keep-last-epochs "$keep"; else printf '%s\n' --no-epoch-checkpoints; fi
 }

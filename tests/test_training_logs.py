@@ -10,12 +10,12 @@ from ensdist_fairseq.evaluation.train_logs import parse_train_log
 P = "2026-11-28 00:00:00 | INFO | "
 
 
-def fake_log(losses, eces=None, early_stop=None):
+def fake_log(losses, eces=None, early_stop=None, nlls=None):
     lines = [P + "fairseq_cli.train | task: TranslationDistillTask"]
     for e, loss in enumerate(losses, 1):
         ece = f" | ece1 {eces[e - 1]} | ece5 0.5" if eces else ""
         lines.append(P + f"valid | epoch {e:03d} | valid on 'valid' subset | loss {loss} | "
-                         f"nll_loss {loss} | ppl 9{ece} | wps 1000 | num_updates {64 * e} | best_loss {min(losses[:e])}")
+                         f"nll_loss {nlls[e - 1] if nlls else loss} | ppl 9{ece} | wps 1000 | num_updates {64 * e} | best_loss {min(losses[:e])}")
         lines.append(P + f"valid | epoch {e:03d} | valid on 'test' subset | loss 1.0 | nll_loss 1.0")
         lines.append(P + f"train | epoch {e:03d} | loss 9 | nll_loss 9 | wps 6000 | train_wall {10 + e} | wall 99")
     if early_stop:
@@ -32,6 +32,13 @@ def test_parse_best_epoch_early_stop_and_subset():
     assert run.stopped_early and run.early_stop_patience == 3
     assert run.train[6]["train_wall"] == 16
     assert not parse_train_log(fake_log([7.0, 6.0])).stopped_early
+
+
+def test_best_epoch_is_by_the_references_nll_not_the_smoothed_loss():
+    # a label-smoothed member: its criterion loss and its NLL can have their minima apart;
+    # early stopping (--best-checkpoint-metric nll_loss) and the logs' reading follow the NLL
+    run = parse_train_log(fake_log([7.0, 6.0, 6.1, 6.2], nlls=[6.5, 5.6, 5.5, 5.7]))
+    assert run.metric == "nll_loss" and run.best_epoch == 3
 
 
 def test_curves_table_and_png(tmp_path):

@@ -7,8 +7,9 @@ table and a PNG (docs/learning_curves*.md / .png are made with this).
         --output-md docs/learning_curves_cpu.md --output-png docs/learning_curves_cpu.png
 
 Each --run is LABEL=TRAIN_LOG. The table has one row per epoch and, per run, the validation
-loss (bits, fairseq's base 2), ECE-1 (%) and a marker on the best epoch (the minimum of the
-validation loss, where early stopping anchors the SWA window). ECE-1 needs a validation that
+NLL of the references (bits, fairseq's base 2: the quantity early stopping watches, the same
+for CE and label-smoothed members), ECE-1 (%) and a marker on the best epoch (where the SWA
+window ends). ECE-1 needs a validation that
 measures calibration (the teacher recipes pass it); "–" where a log has none.
 """
 import argparse
@@ -25,7 +26,7 @@ def curves_markdown(runs: Sequence[Run], title: Optional[str] = None) -> str:
     epochs = sorted({e for _, r in runs for e in r.valid})
     head = ["epoch"]
     for label, _ in runs:
-        head += [f"{label}: valid loss (bits)", f"{label}: ECE-1 (%)"]
+        head += [f"{label}: valid NLL (bits)", f"{label}: ECE-1 (%)"]
     lines = [f"## {title}\n" if title else "", "| " + " | ".join(head) + " |",
              "|" + "---:|" * len(head)]
     for e in epochs:
@@ -36,7 +37,7 @@ def curves_markdown(runs: Sequence[Run], title: Optional[str] = None) -> str:
                 row += ["", ""]
                 continue
             mark = " **(best)**" if e == r.best_epoch else ""
-            row += [f"{v['loss']:.3f}{mark}", f"{v['ece1']:.2f}" if "ece1" in v else "–"]
+            row += [f"{v[r.metric]:.3f}{mark}", f"{v['ece1']:.2f}" if "ece1" in v else "–"]
         lines.append("| " + " | ".join(row) + " |")
     notes = []
     for label, r in runs:
@@ -47,7 +48,7 @@ def curves_markdown(runs: Sequence[Run], title: Optional[str] = None) -> str:
         secs = [t["train_wall"] for t in r.train.values() if "train_wall" in t]
         per_epoch = f", {sum(secs) / len(secs):.0f} s/epoch training" if secs else ""
         notes.append(f"- {label}: best epoch {r.best_epoch} "
-                     f"(validation loss {r.valid[r.best_epoch]['loss']:.3f} bits), "
+                     f"(validation {r.metric} {r.valid[r.best_epoch][r.metric]:.3f} bits), "
                      f"last epoch {r.last_epoch}: {how}{per_epoch}.")
     return "\n".join(l for l in lines if l != "") + "\n\n" + "\n".join(notes) + "\n"
 
@@ -61,7 +62,7 @@ def write_curves_png(runs: Sequence[Run], path: str, title: Optional[str] = None
     ax_loss, ax_ece = fig.subplots(1, 2)
     for label, r in runs:
         ep = r.epochs
-        line, = ax_loss.plot(ep, [r.valid[e]["loss"] for e in ep], marker="o", ms=3, label=label)
+        line, = ax_loss.plot(ep, [r.valid[e][r.metric] for e in ep], marker="o", ms=3, label=label)
         if r.best_epoch is not None:
             ax_loss.axvline(r.best_epoch, color=line.get_color(), ls=":", lw=1)
         ece_ep = [e for e in ep if "ece1" in r.valid[e]]
@@ -70,7 +71,7 @@ def write_curves_png(runs: Sequence[Run], path: str, title: Optional[str] = None
                         color=line.get_color(), label=label)
             if r.best_epoch is not None:
                 ax_ece.axvline(r.best_epoch, color=line.get_color(), ls=":", lw=1)
-    ax_loss.set(xlabel="epoch", ylabel="validation loss (bits)", title="validation loss")
+    ax_loss.set(xlabel="epoch", ylabel="validation NLL (bits)", title="validation NLL of the references")
     ax_ece.set(xlabel="epoch", ylabel="validation ECE-1 (%)", title="validation ECE-1")
     for ax in (ax_loss, ax_ece):
         ax.grid(alpha=0.3)

@@ -43,7 +43,7 @@ def regime_rows(results: Sequence[dict]) -> List[dict]:
             "name": r["name"], "method": r["method"], "kind": r["kind"],
             "checkpoint": os.path.basename(r["paths"][0]),
             "last_epoch": run.last_epoch, "best_epoch": best,
-            "best_loss": run.valid[best]["loss"], "best_ece1": run.valid[best].get("ece1"),
+            "best_loss": run.valid[best][run.metric], "best_ece1": run.valid[best].get("ece1"),
             "plateau": run.stopped_early,
         })
     return rows
@@ -57,9 +57,10 @@ def regime_markdown(results: Sequence[dict]) -> str:
     lines = [
         "## Training regime\n",
         "Each model's own validation: the epoch its training stopped at, its best epoch "
-        "(the SWA window ends there), the validation loss (bits) and ECE-1 there, and whether "
-        "it reached its plateau (stopped by early stopping rather than the epoch cap).\n",
-        "| System | Method | Evaluated | Stopped at epoch | Best epoch | Valid loss at best | "
+        "(the SWA window ends there), the validation NLL of the references (bits) and ECE-1 "
+        "there, and whether it reached its plateau (stopped by early stopping rather than the "
+        "epoch cap).\n",
+        "| System | Method | Evaluated | Stopped at epoch | Best epoch | Valid NLL at best | "
         "Valid ECE-1 at best (%) | Plateau reached? |",
         "|---|---|---|---:|---:|---:|---:|---|",
     ]

@@ -7,8 +7,9 @@ fairseq import, so reports and plots work wherever the logs are.
 
 A validation line looks like
 ``... | valid | epoch 011 | valid on 'valid' subset | loss 5.175 | nll_loss 5.175 | ... |
-ece1 6.6 | ece5 1.9 | ... | num_updates 1496 | best_loss 5.175``; loss is in bits (fairseq's
-base 2), ece1/ece5 in percent (present when the task's validation measures calibration).
+ece1 6.6 | ece5 1.9 | ... | num_updates 1496 | best_loss 5.175``; loss (the criterion's, with
+label smoothing or distillation terms) and nll_loss (the references' NLL) are in bits (fairseq's
+base 2), ece1/ece5 in percent (present when the validation measures calibration).
 A train line ``... | train | epoch 011 | loss ... | train_wall 21 | ...`` gives the epoch's time.
 """
 import re
@@ -49,13 +50,19 @@ class RunLog:
         return max(self.valid) if self.valid else None
 
     @property
+    def metric(self) -> str:
+        """The validation NLL of the references (nll_loss) that the recipes' early stopping
+        watches (--best-checkpoint-metric nll_loss); "loss" for logs without it."""
+        return "nll_loss" if self.valid and all("nll_loss" in v for v in self.valid.values()) else "loss"
+
+    @property
     def best_epoch(self) -> Optional[int]:
-        """The first epoch with the lowest validation loss (fairseq's checkpoint_best: a later
+        """The first epoch with the lowest validation NLL (fairseq's checkpoint_best: a later
         epoch replaces it only when strictly better; the log's 3 decimals can hide a difference
         in the 4th, so prefer the checkpoint when it is at hand)."""
         if not self.valid:
             return None
-        return min(self.epochs, key=lambda e: (self.valid[e]["loss"], e))
+        return min(self.epochs, key=lambda e: (self.valid[e][self.metric], e))
 
     @property
     def stopped_early(self) -> bool:
