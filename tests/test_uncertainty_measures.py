@@ -186,10 +186,11 @@ def test_fast_dirichlet_matches_exact_from_flat_to_very_confident():
     g = torch.Generator().manual_seed(6)
     z = torch.cat([0.1 * torch.randn(8, 4000, generator=g),            # flat: every class in the head
                    3 * torch.randn(8, 4000, generator=g) - 12,          # trained-like: tail + a few
+                   2 * torch.randn(8, 4000, generator=g) - 8,           # tail near the threshold
                    torch.full((4, 4000), -30.0)])                       # everything in the tail
-    z[8:, 0] += torch.linspace(0, 60, 12)  # alpha_0 up to ~1e21: the exact fallback
+    z[8:, 0] += torch.linspace(0, 60, 20)  # alpha_0 up to ~1e21: the exact fallback
     fast, exact = F.dirichlet_measures(z), M.dirichlet_measures(z)
-    for name in M.DIRICHLET_MEASURES:
-        torch.testing.assert_close(fast[name], exact[name], rtol=1e-6, atol=1e-12)
+    for name in M.DIRICHLET_MEASURES:  # float32 moments: < 1e-9 absolute (fast_measures.py)
+        torch.testing.assert_close(fast[name], exact[name], rtol=1e-6, atol=1e-9)
     for name in M.KNOWLEDGE_MEASURES:
         assert (fast[name] >= 0).all(), name
