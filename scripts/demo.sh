@@ -8,8 +8,9 @@
 #
 # Stages: setup -> prepare the corpus -> K CE+SWA and K LS+SWA teachers -> memoize the CE
 # ensemble (top-V') -> distill the students -> evaluate every member, the ensembles of 1..K and
-# every student (BLEU, ECE-1, ECE-5) -> uncertainty -> report (table, regime, reliability
-# diagrams) in OUT/results. Every training stops by the rule of docs/teachers.md (early
+# every student (BLEU, ECE-1, ECE-5) -> uncertainty (built-in corpus: in-domain test vs
+# out-of-distribution inputs) -> report (table, regime, uncertainty, reliability diagrams) in
+# OUT/results. Every training stops by the rule of docs/teachers.md (early
 # stopping on validation loss, SWA ending at the best epoch).
 # CONFIG defaults to configs/builtin_gpu.sh when the venv's torch sees a CUDA device, else
 # configs/builtin_cpu.sh (ENSDIST_CUDA=0|1 overrides the detection; --print-config shows the
@@ -78,11 +79,15 @@ run_parallel() {
   [ "$failed" -eq 0 ] || die "a job of this stage failed (see its message above)"
 }
 
+OOD=""  # out-of-distribution inputs of the uncertainty stage: built for the built-in corpus only
 if [ -z "$DATA" ]; then
-  stage "prepare: built-in corpus -> $OUT/data"
+  stage "prepare: built-in corpus -> $OUT/data (and out-of-distribution sets -> $OUT/ood)"
   bash "$ROOT/scripts/prepare_builtin.sh" --config "$CONFIG" --out "$OUT/data" "${MAX_PAIRS[@]}"
   DATA="$OUT/data/bin"
   REFERENCE="$OUT/data/raw/test.$TGT"
+  OOD="$OUT/ood"
+  if [ -f "$OOD/ood_sets.json" ]; then echo "[ood] $OOD exists, skipping"
+  else "${BIN}ensdist-ood-sets" --data-dir "$OUT/data" --out "$OOD"; fi
 fi
 [ -d "$DATA" ] || die "--data $DATA: no such directory"
 [ -z "$REFERENCE" ] || [ -f "$REFERENCE" ] || die "--reference $REFERENCE: no such file"
@@ -133,13 +138,34 @@ for mode in ce ls; do
     eval_cmds+=("$(evaluate "$mode-ensemble$k" "$method" "$(members "$mode" "$k")" --kind ensemble)")
   done
 done
+student() { final_checkpoint "$STUDENTS_DIR/$1" "$STUDENT_SWA_EPOCHS"; }  # student VARIANT: its model
 for v in $STUDENTS; do
-  eval_cmds+=("$(evaluate "student-$v-k$MEMBERS-v$TOPK" "CE+SWA" \
-    "$(final_checkpoint "$STUDENTS_DIR/$v" "$STUDENT_SWA_EPOCHS")" --kind student --num-teachers "$MEMBERS")")
+  eval_cmds+=("$(evaluate "student-$v-k$MEMBERS-v$TOPK" "CE+SWA" "$(student "$v")" \
+    --kind student --num-teachers "$MEMBERS")")
+  # the Dirichlet student read through its mean alpha/alpha0 too (it decodes with softmax(z))
+  [ "$v" != proxy_dirichlet ] || eval_cmds+=("$(evaluate "student-$v-k$MEMBERS-v$TOPK-mean" "CE+SWA" \
+    "$(student "$v")" --kind student --num-teachers "$MEMBERS" --dirichlet-predictive mean)")
 done
 run_parallel "${eval_cmds[@]}"
 
-# (uncertainty stage: see H4's interface)
+if [ -n "$OOD" ]; then
+  stage "uncertainty: CE members, the CE ensemble of $MEMBERS and the students, in-domain test vs $OOD"
+  uncertainty() {  # uncertainty NAME GROUP PATHS: a command, skipped if done (docs/uncertainty.md)
+    local name="$1" group="$2" paths="$3"
+    [ -f "$RES/uncertainty/$name/system.json" ] && { echo "echo '[uncertainty] $name: done, skipping'"; return; }
+    printf '%q ' "${BIN}ensdist-uncertainty" "$DATA" --path "$paths" --name "$name" --group "$group" \
+      --ood-dir "$OOD" --out "$RES/uncertainty/$name" --beam 5 --max-len-a 1.5 --max-len-b 10 "${DEVICE_ARGS[@]}"
+  }
+  unc_cmds=("$(uncertainty "ce-ensemble$MEMBERS" ensemble "$(members ce)")")
+  for v in $STUDENTS; do
+    group=$(case "$v" in mean_kd) echo mean-kd ;; proxy_dirichlet) echo proxy-dirichlet ;; *) echo other ;; esac)
+    unc_cmds+=("$(uncertainty "student-$v-k$MEMBERS-v$TOPK" "$group" "$(student "$v")")")
+  done
+  for k in $(seq 1 "$MEMBERS"); do
+    unc_cmds+=("$(uncertainty "ce-seed$k" single "$OUT/teachers/ce/seed$k/checkpoint_swa.pt")")
+  done
+  run_parallel "${unc_cmds[@]}"
+fi
 
 stage "report -> $RES/report.md"
 "${BIN}ensdist-report" "$RES"

@@ -46,7 +46,11 @@ def test_demo_on_a_small_slice_produces_everything_and_resumes(tmp_path):
     res = out / "results"
     names = {p.stem for p in res.glob("*.json")}
     assert names == {"ce-seed1", "ce-seed2", "ce-ensemble2", "ls-seed1", "ls-seed2", "ls-ensemble2",
-                     *(f"student-{v}-k2-v32" for v in students)}
+                     *(f"student-{v}-k2-v32" for v in students), "student-proxy_dirichlet-k2-v32-mean"}
+    # the uncertainty stage: OOD sets once, then the CE members, the CE ensemble and every student
+    assert (out / "ood" / "ood_sets.json").is_file()
+    unc = {p.parent.name for p in (res / "uncertainty").glob("*/system.json")}
+    assert unc == {"ce-seed1", "ce-seed2", "ce-ensemble2", *(f"student-{v}-k2-v32" for v in students)}
     for name in names:
         r = json.loads((res / f"{name}.json").read_text())
         assert r["bleu"] is not None and 0 <= r["ece1"]["unweighted"] <= 1
@@ -59,7 +63,8 @@ def test_demo_on_a_small_slice_produces_everything_and_resumes(tmp_path):
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     log = second.stdout
-    assert log.count("skipping") >= 4 + 1 + 3 + 9  # teachers, store, students, evaluations
+    # teachers, store, students, evaluations, OOD sets, uncertainty
+    assert log.count("skipping") >= 4 + 1 + 3 + 10 + 1 + 6
     assert "training seed" not in log and "[distill]" in log and "from " + str(out) not in log
 
 

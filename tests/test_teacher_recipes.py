@@ -55,6 +55,7 @@ def test_two_member_ensemble_with_swa_and_bleu_table(tiny_data, tmp_path):
         d = out / "ce" / f"seed{k}"
         cfg_ck = load_checkpoint(str(d / "checkpoint_best.pt"))["cfg"]["checkpoint"]
         assert cfg_ck["patience"] == 2 and cfg_ck["keep_last_epochs"] == 3 + 2
+        assert cfg_ck["best_checkpoint_metric"] == "nll_loss"
         run = read_train_log(str(d / "train.log"))
         assert "ece1" in run.valid[run.best_epoch]  # validation calibration is on (--eval-calibration)
         assert run.stopped_early or run.last_epoch == 6
