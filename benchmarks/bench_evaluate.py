@@ -46,8 +46,8 @@ MODEL_ARGS = [
 PEAK_RSS_WRAPPER = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
                     "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
                     "stderr=subprocess.DEVNULL).returncode; "
-                    "print(rc, time.perf_counter() - t, "
-                    "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+                    "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+                    "print(rc, time.perf_counter() - t, u.ru_maxrss, u.ru_utime + u.ru_stime)")
 
 
 def run(cmd):
@@ -58,11 +58,15 @@ def run(cmd):
 
 
 def measure(cmd):
-    """(wall seconds, peak RSS in MiB) of one command."""
+    """(wall seconds, peak RSS in MiB, CPU seconds) of one command.
+
+    CPU seconds (user + system) are the robust measure on a shared machine: with
+    OMP_NUM_THREADS=1 each command runs on one core, so its CPU time is its wall time on a quiet
+    machine, whatever else the cores are doing (up to cache and memory-bandwidth contention)."""
     out = run([sys.executable, "-c", PEAK_RSS_WRAPPER, *cmd]).stdout.split()
     if out[0] != "0":
         sys.exit(f"error: {' '.join(cmd)} exited with {out[0]}")
-    return float(out[1]), int(out[2]) / 1024.0  # ru_maxrss is in KiB on Linux
+    return float(out[1]), int(out[2]) / 1024.0, float(out[3])  # ru_maxrss is in KiB on Linux
 
 
 def synthetic_model(work):
@@ -160,16 +164,19 @@ def main():
         rows, tokens = {}, {}
         for tag, d in (("1x", data), ("4x", data4)):
             times = {name: [] for name in commands}
+            cpu = {name: [] for name in commands}
             rss = {}
             for _ in range(args.repeats):  # alternate so load on the shared cores hits all
                 for name, make in commands.items():
                     cmd = make(d, tag) if name != "validate" else make(d)
-                    seconds, mib = measure(cmd)
+                    seconds, mib, cpu_seconds = measure(cmd)
                     times[name].append(seconds)
+                    cpu[name].append(cpu_seconds)
                     rss[name] = max(rss.get(name, 0.0), mib)
             with open(os.path.join(work, f"{tag}.json")) as f:
                 tokens[tag] = json.load(f)["num_tokens"]
-            rows[tag] = ({n: statistics.median(t) for n, t in times.items()}, rss)
+            rows[tag] = ({n: statistics.median(t) for n, t in times.items()}, rss,
+                         {n: statistics.median(t) for n, t in cpu.items()})
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
@@ -181,7 +188,7 @@ def main():
           "throughput ratio (validate / evaluate time) | peak RSS validate MiB | "
           "peak RSS evaluate MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for tag, (t, rss) in rows.items():
+    for tag, (t, rss, _c) in rows.items():
         print(f"| {tag} | {tokens[tag]} | {t['validate']:.2f} | {t['evaluate']:.2f} | "
               f"{t['validate'] / t['evaluate']:.2f} | {rss['validate']:.0f} | {rss['evaluate']:.0f} |")
     growth = rows["4x"][1]["evaluate"] / rows["1x"][1]["evaluate"]
@@ -191,13 +198,23 @@ def main():
         print("| test set | fairseq-validate s | fairseq-generate s | sum s | ensdist-evaluate s | "
               "ratio (sum / evaluate) | peak RSS generate MiB | peak RSS evaluate MiB |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for tag, (t, rss) in rows.items():
+        for tag, (t, rss, _c) in rows.items():
             both = t["validate"] + t["generate"]
             print(f"| {tag} | {t['validate']:.2f} | {t['generate']:.2f} | {both:.2f} | "
                   f"{t['evaluate_bleu']:.2f} | {both / t['evaluate_bleu']:.2f} | "
                   f"{rss['generate']:.0f} | {rss['evaluate_bleu']:.0f} |")
         growth = rows["4x"][1]["evaluate_bleu"] / rows["1x"][1]["evaluate_bleu"]
         print(f"\nensdist-evaluate (BLEU) peak RSS 4x / 1x: {growth:.3f}")
+    print("\nCPU seconds (user + system; load-independent on a shared machine):\n")
+    names = [n for n in ("validate", "evaluate", "generate", "evaluate_bleu") if n in commands]
+    print("| test set | " + " | ".join(names) + " | validate / evaluate"
+          + (" | (validate + generate) / evaluate_bleu |" if args.bleu else " |"))
+    print("|---|" + "---:|" * (len(names) + 1 + bool(args.bleu)))
+    for tag, (_t, _r, c) in rows.items():
+        cells = [f"{c[n]:.2f}" for n in names] + [f"{c['validate'] / c['evaluate']:.2f}"]
+        if args.bleu:
+            cells.append(f"{(c['validate'] + c['generate']) / c['evaluate_bleu']:.2f}")
+        print(f"| {tag} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
