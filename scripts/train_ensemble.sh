@@ -2,8 +2,9 @@
 # Train K seeded teachers (seeds 1..K) in CE or LS mode, each followed by SWA.
 #
 #   bash scripts/train_ensemble.sh --config configs/builtin_cpu.sh --data DATA_BIN --out DIR \
-#        [--mode ce|ls] [--members K] [-- extra fairseq-train arguments]
+#        [--mode ce|ls] [--members K | --seed K] [-- extra fairseq-train arguments]
 #
+# --seed K trains member K alone (the demo runs members as separate jobs to fill its slots).
 # Member k is written to DIR/<mode>/seed<k>/; its SWA model is checkpoint_swa.pt there.
 # Stopping rule (docs/teachers.md): early stopping on validation loss (PATIENCE epochs without a
 # new best, MAX_EPOCH as a cap); SWA averages the SWA_EPOCHS epoch checkpoints ending at the
@@ -17,7 +18,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-CONFIG="" DATA="" OUT="" MODE=ce MEMBERS=3 EXTRA=()
+CONFIG="" DATA="" OUT="" MODE=ce MEMBERS=3 ONLY_SEED="" EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) need_value "$@"; CONFIG="$2"; shift 2 ;;
@@ -25,6 +26,7 @@ while [ $# -gt 0 ]; do
     --out) need_value "$@"; OUT="$2"; shift 2 ;;
     --mode) need_value "$@"; MODE="$2"; shift 2 ;;
     --members) need_value "$@"; MEMBERS="$2"; shift 2 ;;
+    --seed) need_value "$@"; ONLY_SEED="$2"; shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) die "unknown option $1 (see the header of $0)" ;;
   esac
@@ -39,10 +41,11 @@ case "$MODE" in
   *) die "--mode $MODE: must be ce or ls" ;;
 esac
 [[ "$MEMBERS" =~ ^[1-9][0-9]*$ ]] || die "--members $MEMBERS: must be a positive integer"
+[ -z "$ONLY_SEED" ] || [[ "$ONLY_SEED" =~ ^[1-9][0-9]*$ ]] || die "--seed $ONLY_SEED: must be a positive integer"
 [ "$SWA_EPOCHS" -ge 1 ] || die "$CONFIG: SWA_EPOCHS must be >= 1 for teachers"
 mapfile -t STOP < <(stop_rule_args "$MAX_EPOCH" "$PATIENCE" "$SWA_EPOCHS")
 
-for k in $(seq 1 "$MEMBERS"); do
+for k in ${ONLY_SEED:-$(seq 1 "$MEMBERS")}; do
   dir="$OUT/$MODE/seed$k"
   if [ -f "$dir/checkpoint_swa.pt" ]; then
     echo "[teachers] $MODE member $k/$MEMBERS: done ($dir/checkpoint_swa.pt), skipping"
