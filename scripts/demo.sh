@@ -87,15 +87,22 @@ if [ -z "$DATA" ]; then
   REFERENCE="$OUT/data/raw/test.$TGT"
   OOD="$OUT/ood"
   if [ -f "$OOD/ood_sets.json" ]; then echo "[ood] $OOD exists, skipping"
-  else "${BIN}ensdist-ood-sets" --data-dir "$OUT/data" --out "$OOD"; fi
+  else  # 500 sentences per set (docs/uncertainty.md), fewer on a slice with a smaller test split
+    "${BIN}ensdist-ood-sets" --data-dir "$OUT/data" --out "$OOD" \
+      --size "$(( $(wc -l < "$REFERENCE") < 500 ? $(wc -l < "$REFERENCE") : 500 ))"
+  fi
 fi
 [ -d "$DATA" ] || die "--data $DATA: no such directory"
 [ -z "$REFERENCE" ] || [ -f "$REFERENCE" ] || die "--reference $REFERENCE: no such file"
 
 stage "teachers: $MEMBERS CE+SWA and $MEMBERS LS+SWA members (patience $PATIENCE, at most $MAX_EPOCH epochs)"
-train() { printf 'bash %q --config %q --data %q --out %q --mode %s --members %s' \
-  "$ROOT/scripts/train_ensemble.sh" "$CONFIG" "$DATA" "$OUT/teachers" "$1" "$MEMBERS"; }
-run_parallel "$(train ce)" "$(train ls)"
+# One job per member, LS and CE interleaved (LS members plateau later: they go first), so the
+# slots stay full however long each member takes to reach its plateau.
+train() { printf 'bash %q --config %q --data %q --out %q --mode %s --members %s --seed %s' \
+  "$ROOT/scripts/train_ensemble.sh" "$CONFIG" "$DATA" "$OUT/teachers" "$1" "$MEMBERS" "$2"; }
+teacher_cmds=()
+for k in $(seq 1 "$MEMBERS"); do teacher_cmds+=("$(train ls "$k")" "$(train ce "$k")"); done
+run_parallel "${teacher_cmds[@]}"
 members() {  # members MODE [K]: colon-separated SWA checkpoints of seeds 1..K
   local k
   for k in $(seq 1 "${2:-$MEMBERS}"); do printf '%s:' "$OUT/teachers/$1/seed$k/checkpoint_swa.pt"; done | sed 's/:$//'
@@ -111,15 +118,6 @@ else  # one process: give it every core
     "${DEVICE_ARGS[@]}" --output "$STORE"
 fi
 
-stage "distill: $STUDENTS (V'=$TOPK from the store)"
-distill_cmds=()
-for v in $STUDENTS; do
-  distill_cmds+=("$(printf 'bash %q --config %q --data %q --store %q --variant %s --out %q' \
-    "$ROOT/scripts/distill.sh" "$CONFIG" "$DATA" "$STORE" "$v" "$STUDENTS_DIR")")
-done
-run_parallel "${distill_cmds[@]}"
-
-stage "evaluate: members, ensembles of 1..$MEMBERS and students (BLEU, ECE-1, ECE-5)"
 RES="$OUT/results"
 mkdir -p "$RES"
 evaluate() {  # evaluate NAME METHOD PATHS [ensdist-evaluate options]: a command, skipped if done
@@ -128,44 +126,56 @@ evaluate() {  # evaluate NAME METHOD PATHS [ensdist-evaluate options]: a command
   printf '%q ' "${BIN}ensdist-evaluate" "$DATA" --path "$paths" --name "$name" --method "$method" \
     --output-json "$RES/$name.json" "${DEVICE_ARGS[@]}" ${REFERENCE:+--reference "$REFERENCE"} "$@" "${GEN_ARGS[@]}"
 }
-eval_cmds=()
+uncertainty() {  # uncertainty NAME GROUP PATHS: a command, skipped if done (docs/uncertainty.md)
+  local name="$1" group="$2" paths="$3"
+  [ -f "$RES/uncertainty/$name/system.json" ] && { echo "echo '[uncertainty] $name: done, skipping'"; return; }
+  printf '%q ' "${BIN}ensdist-uncertainty" "$DATA" --path "$paths" --name "$name" --group "$group" \
+    --ood-dir "$OOD" --out "$RES/uncertainty/$name" --beam 5 --max-len-a 1.5 --max-len-b 10 "${DEVICE_ARGS[@]}"
+}
+student() { final_checkpoint "$STUDENTS_DIR/$1" "$STUDENT_SWA_EPOCHS"; }  # student VARIANT: its model
+
+# The teachers' evaluations (BLEU, ECE of members and ensembles of 1..K) and uncertainty
+# (built-in corpus: CE members and the CE ensemble, in-domain test vs out-of-distribution
+# inputs) need no student: they fill the slots the students leave free.
+teacher_evals=()
 for mode in ce ls; do
   method=$([ "$mode" = ce ] && echo "CE+SWA" || echo "LS+SWA")
   for k in $(seq 1 "$MEMBERS"); do
-    eval_cmds+=("$(evaluate "$mode-seed$k" "$method" "$OUT/teachers/$mode/seed$k/checkpoint_swa.pt")")
+    teacher_evals+=("$(evaluate "$mode-seed$k" "$method" "$OUT/teachers/$mode/seed$k/checkpoint_swa.pt")")
   done
   for k in $(seq 2 "$MEMBERS"); do
-    eval_cmds+=("$(evaluate "$mode-ensemble$k" "$method" "$(members "$mode" "$k")" --kind ensemble)")
+    teacher_evals+=("$(evaluate "$mode-ensemble$k" "$method" "$(members "$mode" "$k")" --kind ensemble)")
   done
 done
-student() { final_checkpoint "$STUDENTS_DIR/$1" "$STUDENT_SWA_EPOCHS"; }  # student VARIANT: its model
+if [ -n "$OOD" ]; then
+  teacher_evals+=("$(uncertainty "ce-ensemble$MEMBERS" ensemble "$(members ce)")")
+  for k in $(seq 1 "$MEMBERS"); do
+    teacher_evals+=("$(uncertainty "ce-seed$k" single "$OUT/teachers/ce/seed$k/checkpoint_swa.pt")")
+  done
+fi
+
+stage "distill: $STUDENTS (V'=$TOPK from the store); meanwhile evaluate and measure the uncertainty of the teachers"
+distill_cmds=()
 for v in $STUDENTS; do
-  eval_cmds+=("$(evaluate "student-$v-k$MEMBERS-v$TOPK" "CE+SWA" "$(student "$v")" \
+  distill_cmds+=("$(printf 'bash %q --config %q --data %q --store %q --variant %s --out %q' \
+    "$ROOT/scripts/distill.sh" "$CONFIG" "$DATA" "$STORE" "$v" "$STUDENTS_DIR")")
+done
+run_parallel "${distill_cmds[@]}" "${teacher_evals[@]}"
+
+stage "evaluate: students (BLEU, ECE-1, ECE-5)${OOD:+ and their uncertainty}"
+student_evals=()
+for v in $STUDENTS; do
+  student_evals+=("$(evaluate "student-$v-k$MEMBERS-v$TOPK" "CE+SWA" "$(student "$v")" \
     --kind student --num-teachers "$MEMBERS")")
   # the Dirichlet student read through its mean alpha/alpha0 too (it decodes with softmax(z))
-  [ "$v" != proxy_dirichlet ] || eval_cmds+=("$(evaluate "student-$v-k$MEMBERS-v$TOPK-mean" "CE+SWA" \
+  [ "$v" != proxy_dirichlet ] || student_evals+=("$(evaluate "student-$v-k$MEMBERS-v$TOPK-mean" "CE+SWA" \
     "$(student "$v")" --kind student --num-teachers "$MEMBERS" --dirichlet-predictive mean)")
-done
-run_parallel "${eval_cmds[@]}"
-
-if [ -n "$OOD" ]; then
-  stage "uncertainty: CE members, the CE ensemble of $MEMBERS and the students, in-domain test vs $OOD"
-  uncertainty() {  # uncertainty NAME GROUP PATHS: a command, skipped if done (docs/uncertainty.md)
-    local name="$1" group="$2" paths="$3"
-    [ -f "$RES/uncertainty/$name/system.json" ] && { echo "echo '[uncertainty] $name: done, skipping'"; return; }
-    printf '%q ' "${BIN}ensdist-uncertainty" "$DATA" --path "$paths" --name "$name" --group "$group" \
-      --ood-dir "$OOD" --out "$RES/uncertainty/$name" --beam 5 --max-len-a 1.5 --max-len-b 10 "${DEVICE_ARGS[@]}"
-  }
-  unc_cmds=("$(uncertainty "ce-ensemble$MEMBERS" ensemble "$(members ce)")")
-  for v in $STUDENTS; do
+  if [ -n "$OOD" ]; then
     group=$(case "$v" in mean_kd) echo mean-kd ;; proxy_dirichlet) echo proxy-dirichlet ;; *) echo other ;; esac)
-    unc_cmds+=("$(uncertainty "student-$v-k$MEMBERS-v$TOPK" "$group" "$(student "$v")")")
-  done
-  for k in $(seq 1 "$MEMBERS"); do
-    unc_cmds+=("$(uncertainty "ce-seed$k" single "$OUT/teachers/ce/seed$k/checkpoint_swa.pt")")
-  done
-  run_parallel "${unc_cmds[@]}"
-fi
+    student_evals+=("$(uncertainty "student-$v-k$MEMBERS-v$TOPK" "$group" "$(student "$v")")")
+  fi
+done
+run_parallel "${student_evals[@]}"
 
 stage "report -> $RES/report.md"
 "${BIN}ensdist-report" "$RES"
