@@ -73,6 +73,7 @@ def regime_markdown(results: Sequence[dict]) -> str:
     lines.append("")
     lines.append(f"{n_plateau} of {len(rows)} models reached their plateau"
                  + ("." if n_plateau == len(rows) else
-                    ": the others stopped at the cap, so the comparison above is partly between "
-                    "models still improving."))
+                    ": the rest stopped at the epoch cap, so the comparison above is partly "
+                    "between models still improving, not the converged models the papers' "
+                    "claims are about."))
     return "\n".join(lines) + "\n"
