@@ -39,7 +39,7 @@ SWA_EPOCHS=${SWA_EPOCHS:-3}
 STUDENT_MAX_UPDATE=${STUDENT_MAX_UPDATE:-1900}  # >= MAX_EPOCH x 132 updates: a cap, and intra-distillation's N
 TOPK=${TOPK:-64}          # V': teacher events stored per token (ensdist-memoize --topk)
 # intra_mean_kd (0.30x a teacher's speed) is left out of the default: with it the demo's
-# estimate grows from ~23 to ~27 minutes. Add it with --students "intra_mean_kd proxy_dirichlet mean_kd".
+# estimate grows from ~25 to ~31 minutes. Add it with --students "intra_mean_kd proxy_dirichlet mean_kd".
 DEMO_STUDENTS="proxy_dirichlet mean_kd"
 
 # Decoding: beam 4 as in the paper; outputs capped at 1.5 x source + 10 tokens (sentences of
