@@ -27,6 +27,7 @@ from . import measures as M
 
 _TAIL_EPS = 3e-3  # classes with ε = e^z below this enter through the moments Σ ε^n only
 _TAIL_DEGREE = 6  # first omitted term ~ ζ(8) ε^7 < 3e-18 per class
+_DENSE_HEAD_SHARE = 0.3  # above this share of head classes, digamma densely on every class
 _RELATIVE = 1e-9            # float64 inputs
 _RELATIVE_FLOAT32 = 1e-5    # ensemble of float32 members (see ensemble_measures)
 _RELATIVE_DIRICHLET = 1e-6  # Dirichlet: float32 moments (see dirichlet_measures)
@@ -89,26 +90,41 @@ def dirichlet_measures(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
     vocab = z.size(-1)
     eps = torch.exp(z)
     head = eps >= _TAIL_EPS
-    rows, cols = head.nonzero(as_tuple=True)
-    eps.masked_fill_(head, 0.0)  # in place: from here on the tail's ε only
-    s_psi = _PSI_COEF[0] * (vocab - head.sum(-1)).double()
-    s_log = torch.zeros_like(s_psi)
-    power = eps.clone()
-    for n in range(1, _TAIL_DEGREE + 1):  # the moments Σ_tail ε^n
-        moment = power.sum(-1, dtype=torch.float64)
-        if n == 1:  # α₀ = V + Σ ε: the tail's part here, the head's (in float64) below
-            alpha0 = vocab + moment
-        s_psi = s_psi + _PSI_COEF[n] * moment
-        s_log = s_log + _LOG_COEF[n] * moment
-        if n < _TAIL_DEGREE:
-            power.mul_(eps)
-    del power, eps
-    if rows.numel():  # the head: exact digamma, in float64, on the classes that are not tail
-        head_eps = z[rows, cols].double().exp()
-        alpha = 1 + head_eps
-        alpha0 = alpha0.index_add(0, rows, head_eps)
-        s_psi = s_psi.index_add(0, rows, alpha * torch.digamma(alpha))
-        s_log = s_log.index_add(0, rows, alpha * torch.log(alpha))
+    if float(head.float().mean()) > _DENSE_HEAD_SHARE:
+        # Most classes in the head (e.g. a softmax-like student): digamma on every class, densely.
+        del eps
+        alpha = 1 + z.double().exp()
+        alpha0 = alpha.sum(-1)
+        s_psi = (alpha * torch.digamma(alpha)).sum(-1)
+        s_log = (alpha * torch.log(alpha)).sum(-1)
+    else:
+        eps.masked_fill_(head, 0.0)  # in place: from here on the tail's ε only
+        s_psi = _PSI_COEF[0] * (vocab - head.sum(-1)).double()
+        s_log = torch.zeros_like(s_psi)
+        power = eps.clone()
+        for n in range(1, _TAIL_DEGREE + 1):  # the moments Σ_tail ε^n
+            moment = power.sum(-1, dtype=torch.float64)
+            if n == 1:  # α₀ = V + Σ ε: the tail's part here, the head's (in float64) below
+                alpha0 = vocab + moment
+            s_psi = s_psi + _PSI_COEF[n] * moment
+            s_log = s_log + _LOG_COEF[n] * moment
+            if n < _TAIL_DEGREE:
+                power.mul_(eps)
+        del power, eps
+        if bool(head.any()):  # the head: exact digamma, in float64, on its classes only
+            head_eps = z[head].double().exp()
+            alpha = 1 + head_eps
+            # per-row sums through a dense buffer: index_add over many rows is a slow scatter
+            buf = torch.zeros(z.shape, dtype=torch.float64)
+            for acc, vals in ((0, head_eps), (1, alpha * torch.digamma(alpha)), (2, alpha * torch.log(alpha))):
+                buf[head] = vals
+                row_sums = buf.sum(-1)
+                if acc == 0:
+                    alpha0 = alpha0 + row_sums
+                elif acc == 1:
+                    s_psi = s_psi + row_sums
+                else:
+                    s_log = s_log + row_sums
     total = torch.log(alpha0) - s_log / alpha0
     mi = (s_psi + vocab - s_log) / alpha0 - M._phi(alpha0)
     rmi = (s_log - s_psi) / alpha0 - M._chi(alpha0)
