@@ -41,7 +41,7 @@ def prepare(workdir, sentences, dim, vocab):
 
 
 def bench_memoize(data, ckpts, workdir, topk, max_tokens):
-    from ensdist_fairseq.memoize import MemoizeConfig, Run, _memoize_share, STITCH_BLOCK_ROWS
+    from ensdist_fairseq.store.memoize import MemoizeConfig, Run, _memoize_share, STITCH_BLOCK_ROWS
     from ensdist_fairseq.store import shards
 
     out = os.path.join(workdir, "teacher.h5")

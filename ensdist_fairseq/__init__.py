@@ -3,14 +3,14 @@
 Importing the package allow-lists the types fairseq checkpoints pickle for torch's weights_only
 loader. When fairseq is in use (fairseq's ``--user-dir`` loader imports fairseq first, then us)
 it also registers the plugin's task, criterion and models; code that imports us before fairseq
-calls ``register_with_fairseq()``. The math and file formats (``losses``, ``calibration``,
+calls ``register_with_fairseq()``. The math and file formats (``losses``, ``evaluation.calibration``,
 ``store``, ``corpus``) never import fairseq, so they stay light and usable on their own.
 """
 import sys
 
 __version__ = "0.1.0"
 
-from . import safe_loading  # noqa: E402
+from .training import safe_loading  # noqa: E402
 
 safe_loading.allow_fairseq_checkpoints()
 

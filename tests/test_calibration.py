@@ -5,7 +5,7 @@ import torch
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import log_loss
 
-from ensdist_fairseq.calibration import (CalibrationAccumulator, ece_from_fine_histogram,
+from ensdist_fairseq.evaluation.calibration import (CalibrationAccumulator, ece_from_fine_histogram,
                                          expected_calibration_error, fine_histogram,
                                          reliability_bins)
 
@@ -186,7 +186,7 @@ def test_fine_histograms_add_up_across_workers():
 def test_fairseq_logging_reduces_worker_outputs_to_ece_percent():
     from fairseq.logging import metrics
 
-    from ensdist_fairseq.calibration_logging import (calibration_logging_output,
+    from ensdist_fairseq.evaluation.calibration_logging import (calibration_logging_output,
                                                      reduce_calibration_metrics)
 
     rng = np.random.default_rng(6)

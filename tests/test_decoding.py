@@ -66,7 +66,7 @@ def test_unknown_generation_option_is_refused():
 
 
 def test_bleu_equals_fairseq_generate_bleu(tiny_data, tiny_checkpoints):
-    from ensdist_fairseq import bleu
+    from ensdist_fairseq.evaluation import bleu
 
     ref = fairseq_generate(tiny_data, tiny_checkpoints, "--beam", 3, "--max-tokens", 4000)
     ids = sorted(ref)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ensdist_fairseq.calibration import expected_calibration_error
+from ensdist_fairseq.evaluation.calibration import expected_calibration_error
 from ensdist_fairseq.cli import evaluate, report as report_cli
 from ensdist_fairseq.teacher_forcing import ensemble_log_probs
 

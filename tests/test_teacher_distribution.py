@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ensdist_fairseq.store.validate import PRECISION_MAX
-from ensdist_fairseq.teacher_distribution import LOG_PROB_FLOOR, EnsembleMean, NonFiniteMemberOutput
+from ensdist_fairseq.store.teacher_distribution import LOG_PROB_FLOOR, EnsembleMean, NonFiniteMemberOutput
 
 
 def teacher_entries(members, topk):

@@ -13,11 +13,11 @@ import os
 import sys
 from typing import List, Optional
 
-from .. import bleu
+from ..evaluation import bleu
 from ..atomic_files import check_writable, write_or_keep
-from ..checkpoint_checks import check_ensemble
+from ..training.checkpoint_checks import check_ensemble
 from ..evaluation import generation_options as gen_opts
-from ..report import mean_and_stderr
+from ..evaluation.report import mean_and_stderr
 
 
 def markdown_table(results: dict) -> str:

@@ -15,7 +15,7 @@ import time
 from typing import List, Optional
 
 from ..atomic_files import check_writable, write_or_keep
-from ..calibration import DEFAULT_NUM_BINS, CalibrationAccumulator
+from ..evaluation.calibration import DEFAULT_NUM_BINS, CalibrationAccumulator
 from ..evaluation import generation_options as gen_opts
 
 SCHEMA_VERSION = 1
@@ -93,8 +93,9 @@ def check_num_bins(num_bins: int, num_tokens: int, where: str) -> None:
 
 
 def evaluate(args, paths: List[str], device) -> dict:
-    from .. import bleu, teacher_forcing
-    from ..ensemble_scoring import score_split
+    from .. import teacher_forcing
+    from ..evaluation import bleu
+    from ..evaluation.ensemble_scoring import score_split
     from ..evaluation import decoding
 
     models, task = _load(paths, args.data, device, overrides=(
@@ -178,7 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if problem:
             raise ValueError(problem)
         check_writable(args.output_json, "--output-json")  # before any work (issue 10)
-        from ..checkpoint_checks import check_ensemble
+        from ..training.checkpoint_checks import check_ensemble
         import torch
 
         check_ensemble(paths, args.data)

@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     # fairseq's import leaves the root logger at DEBUG (h5py then logs every type conversion).
     logging.basicConfig(level=logging.WARNING, force=True, format="%(levelname)s | %(name)s | %(message)s")
     from ..errors import EnsdistError, one_line
-    from ..memoize import MemoizeConfig, memoize  # imports fairseq and h5py: after logging is set
+    from ..store.memoize import MemoizeConfig, memoize  # imports fairseq and h5py: after logging is set
 
     # --topk is checked against the vocabulary, in one place (store.provenance.check_topk).
     for flag in ("max_tokens", "batch_size", "chunk_sentences"):

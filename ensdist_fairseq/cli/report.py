@@ -11,8 +11,8 @@ import os
 import sys
 from typing import List, Optional
 
-from .. import report
-from ..paper_pattern import pattern_checks, pattern_markdown
+from ..evaluation import report
+from ..evaluation.paper_pattern import pattern_checks, pattern_markdown
 from ..evaluation.regime import regime_markdown
 from ..atomic_files import write_text_atomically
 from ..uncertainty.report_section import section as uncertainty_section

@@ -8,8 +8,8 @@ import argparse
 import os
 import sys
 
-from ..safe_loading import load_checkpoint
-from ..swa import best_epoch, epoch_snapshots, write_swa_checkpoint
+from ..training.safe_loading import load_checkpoint
+from ..training.swa import best_epoch, epoch_snapshots, write_swa_checkpoint
 
 
 def _val_loss(path):

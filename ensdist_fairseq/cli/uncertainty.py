@@ -21,7 +21,7 @@ from typing import List, Optional
 import torch
 
 from ..atomic_files import write_text_atomically
-from ..checkpoint_checks import check_ensemble
+from ..training.checkpoint_checks import check_ensemble
 from ..uncertainty.ood_sets import sha256_of as sha256_of_file
 
 GROUPS = ("single", "ensemble", "mean-kd", "proxy-dirichlet", "other")

@@ -16,8 +16,8 @@ from fairseq import utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from .. import calibration_logging
-from ..checkpoint_checks import DICTIONARY_SHA256_KEY
+from ..evaluation import calibration_logging
+from ..training.checkpoint_checks import DICTIONARY_SHA256_KEY
 from ..data.split_fingerprint import fingerprint
 from ..data.teacher_dataset import TeacherStoreDataset
 from ..errors import EnsdistError
@@ -142,7 +142,7 @@ class TranslationDistillTask(TranslationTask):
 
         scorer = ece_scorer.active_scorer()
         if scorer is not None and sample.get("target") is not None:
-            from ..ensemble_scoring import summarize_batch
+            from ..evaluation.ensemble_scoring import summarize_batch
 
             scorer.add_calibration(summarize_batch(models, sample, self.target_dictionary.pad(),
                                                    where="the generated split"))

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from matplotlib.figure import Figure  # a bare Figure renders with Agg, no GUI backend needed
 
-from .atomic_files import atomic_open
+from ..atomic_files import atomic_open
 
 KIND_ORDER = ("individual", "ensemble", "student")
 KIND_LABEL = {"individual": "Individual", "ensemble": "Ensemble", "student": "Distilled"}

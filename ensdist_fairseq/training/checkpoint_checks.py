@@ -18,9 +18,9 @@ import logging
 import os
 from typing import Sequence
 
-from .errors import EnsdistError
+from ..errors import EnsdistError
 from .safe_loading import load_checkpoint
-from .store.provenance import file_sha256
+from ..store.provenance import file_sha256
 
 logger = logging.getLogger(__name__)
 

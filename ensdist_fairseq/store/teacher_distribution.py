@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from .store.validate import PRECISION_MAX
+from .validate import PRECISION_MAX
 
 # ln of the smallest normal float32: a member's probability that is exactly 0 (ln = -inf) counts
 # as this in β̂₀'s sum of member log-probabilities, so β̂₀ stays finite and > 0 where a member

@@ -18,13 +18,13 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from . import __version__, teacher_forcing
-from .checkpoint_checks import check_ensemble
-from .data.split_fingerprint import fingerprint
-from .errors import EnsdistError
-from .store import format as store_format
-from .store import shards
-from .store.provenance import Provenance, StoreError, check_topk, file_sha256
+from .. import __version__, teacher_forcing
+from ..training.checkpoint_checks import check_ensemble
+from ..data.split_fingerprint import fingerprint
+from ..errors import EnsdistError
+from . import format as store_format
+from . import shards
+from .provenance import Provenance, StoreError, check_topk, file_sha256
 from .teacher_distribution import EnsembleMean, NonFiniteMemberOutput
 
 # Rows copied per read/write while stitching: 1M rows of V'=64 is 256 MB at most per dataset

@@ -20,7 +20,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from .atomic_files import atomic_open
+from ..atomic_files import atomic_open
 from .safe_loading import load_checkpoint
 
 def best_epoch(save_dir: str) -> int:

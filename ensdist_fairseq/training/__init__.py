@@ -1,0 +1,1 @@
+"""Training helpers: safe checkpoint loading, checkpoint/data checks, SWA weight averaging."""
