@@ -25,7 +25,7 @@ OUT="$ROOT/runs/demo" CONFIG="" DATA="" REFERENCE="" MEMBERS=3 PRINT_CONFIG=0
 # proxy_dirichlet) so the shorter ones share the other slots. Default: the config's
 # DEMO_STUDENTS (configs/builtin_cpu.sh leaves intra_mean_kd out to fit 30 minutes on 2 cores),
 # else all three.
-TOPK_OPT="" STUDENTS_OPT="" JOBS_OPT="" MAX_PAIRS=()
+TOPK_OPT="" STUDENTS_OPT="" JOBS_OPT="" MAX_PAIRS_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="$2"; shift 2 ;;
@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
     --topk) TOPK_OPT="$2"; shift 2 ;;
     --students) STUDENTS_OPT="$2"; shift 2 ;;
     --jobs) JOBS_OPT="$2"; shift 2 ;;
-    --max-pairs) MAX_PAIRS=(--max-pairs "$2"); shift 2 ;;  # a small slice of the built-in corpus
+    --max-pairs) MAX_PAIRS_ARGS=(--max-pairs "$2"); shift 2 ;;  # a small slice of the built-in corpus
     --print-config) PRINT_CONFIG=1; shift ;;
     *) echo "error: unknown option $1 (see the header of $0)" >&2; exit 1 ;;
   esac
@@ -82,7 +82,7 @@ run_parallel() {
 OOD=""  # out-of-distribution inputs of the uncertainty stage: built for the built-in corpus only
 if [ -z "$DATA" ]; then
   stage "prepare: built-in corpus -> $OUT/data (and out-of-distribution sets -> $OUT/ood)"
-  bash "$ROOT/scripts/prepare_builtin.sh" --config "$CONFIG" --out "$OUT/data" "${MAX_PAIRS[@]}"
+  bash "$ROOT/scripts/prepare_builtin.sh" --config "$CONFIG" --out "$OUT/data" "${MAX_PAIRS_ARGS[@]}"
   DATA="$OUT/data/bin"
   REFERENCE="$OUT/data/raw/test.$TGT"
   OOD="$OUT/ood"

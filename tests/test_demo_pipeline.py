@@ -15,18 +15,19 @@ def test_demo_on_a_small_slice_produces_everything_and_resumes(tmp_path):
     if not os.path.isfile("/usr/share/trans/de-en"):
         pytest.skip("the built-in corpus (Debian trans-de-en) is not installed")
     cfg = tmp_path / "tiny.sh"
+    # The slice size comes from the config's MAX_PAIRS, as the shipped CPU config's does.
     # TOPK=8 in the config: --topk 32 must override it for the store, the students and the names.
     # STUDENT_MAX_UPDATE is only a cap here: the epochs bind, so SWA has its epoch checkpoints.
     cfg.write_text(
         f"source {ROOT}/configs/builtin_cpu.sh\n"
         "SPM_VOCAB_SIZE=400\n"
         "ARCH_ARGS=(" + " ".join(tiny_fairseq.TINY_ARCH_ARGS) + ")\n"
-        "MAX_EPOCH=3\nPATIENCE=1\nSWA_EPOCHS=2\nSTUDENT_MAX_UPDATE=1000\nTOPK=8\n"
+        "MAX_PAIRS=300\nMAX_EPOCH=3\nPATIENCE=1\nSWA_EPOCHS=2\nSTUDENT_MAX_UPDATE=1000\nTOPK=8\n"
         "GEN_ARGS=(--beam 1 --max-tokens 4000 --max-len-a 1.5 --max-len-b 5)\n"
     )
     out = tmp_path / "run"
     cmd = ["bash", "scripts/demo.sh", "--config", str(cfg), "--out", str(out), "--members", "2",
-           "--max-pairs", "300", "--topk", "32", "--students", "intra_mean_kd proxy_dirichlet mean_kd"]
+           "--topk", "32", "--students", "intra_mean_kd proxy_dirichlet mean_kd"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
