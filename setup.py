@@ -34,6 +34,7 @@ setup(
             "ensdist-evaluate=ensdist_fairseq.cli.evaluate:main",
             "ensdist-report=ensdist_fairseq.cli.report:main",
             "ensdist-bleu-table=ensdist_fairseq.cli.bleu_table:main",
+            "ensdist-train=ensdist_fairseq.cli.train:main",
             "ensdist-uncertainty=ensdist_fairseq.cli.uncertainty:main",
             "ensdist-ood-sets=ensdist_fairseq.uncertainty.ood_sets:main",
         ]

@@ -121,7 +121,7 @@ def prepare_data(work, sizes):
 def train_args(data, sizes, save, updates, precision, extra):
     device = ["--cpu"] if sizes.dry else []
     precision_args = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"], "amp": ["--amp"]}[precision]
-    script = os.path.join(HERE, "train_bf16.py") if precision == "bf16" else "fairseq_cli.train"
+    script = "ensdist_fairseq.cli.train" if precision == "bf16" else "fairseq_cli.train"
     return python_cmd(script, data, "--user-dir", os.path.join(ROOT, "ensdist_fairseq"),
                       "--task", "translation_distill", *sizes.arch, "--optimizer", "adam", "--adam-betas",
                       "(0.9,0.98)", "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates",

@@ -11,8 +11,8 @@
 #   intra_mean_kd    mean_kd plus intra-distillation over INTRA_PASSES (3) dropout passes (Xu et al.)
 # V′ is the store's (the task reads it); --topk asks for fewer. The student trains from scratch
 # (random init, as the paper found best) into DIR/<variant>/ by the teachers' stopping rule
-# (docs/teachers.md): early stopping on validation loss with PATIENCE, capped at MAX_EPOCH
-# epochs and STUDENT_MAX_UPDATE updates (intra-distillation's α schedule runs over the latter);
+# (docs/teachers.md): early stopping on validation loss with PATIENCE, capped at STUDENT_MAX_EPOCH
+# (default MAX_EPOCH) epochs and STUDENT_MAX_UPDATE updates (intra-distillation's α schedule runs over the latter);
 # with STUDENT_SWA_EPOCHS > 0 its model is checkpoint_swa.pt (SWA ending at the best epoch),
 # else checkpoint_best.pt. A finished student (DIR/<variant>/done) is skipped; an interrupted
 # one resumes from checkpoint_last.pt.
@@ -57,7 +57,9 @@ case "$VARIANT" in
   intra_mean_kd) KD+=(--kd-loss mean_kd --intra-passes "${INTRA_PASSES:-3}") ;;
   *) die "--variant ${VARIANT:-(none)}: must be mean_kd, proxy_dirichlet or intra_mean_kd" ;;
 esac
-mapfile -t STOP < <(stop_rule_args "$MAX_EPOCH" "$PATIENCE" "$STUDENT_SWA_EPOCHS")
+# Students may need more epochs than their teachers (the KD target regularizes): their own cap.
+STUDENT_MAX_EPOCH="${STUDENT_MAX_EPOCH:-$MAX_EPOCH}"
+mapfile -t STOP < <(stop_rule_args "$STUDENT_MAX_EPOCH" "$PATIENCE" "$STUDENT_SWA_EPOCHS")
 
 dir="$OUT/$VARIANT"
 final="$(final_checkpoint "$dir" "$STUDENT_SWA_EPOCHS")"
@@ -66,7 +68,7 @@ if [ -f "$dir/done" ]; then
 fi
 mkdir -p "$dir"
 if [ ! -f "$dir/trained" ]; then
-  echo "[distill] $VARIANT: from $STORE (patience $PATIENCE, at most $MAX_EPOCH epochs / $STUDENT_MAX_UPDATE updates) -> $dir"
+  echo "[distill] $VARIANT: from $STORE (patience $PATIENCE, at most $STUDENT_MAX_EPOCH epochs / $STUDENT_MAX_UPDATE updates) -> $dir"
   run_logged "$dir/train.log" "distilling $VARIANT" \
     "${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task translation_distill \
     --teacher-store "$STORE" "${TOPK_ARGS[@]}" "${ARCH[@]}" "${TRAIN_ARGS[@]}" "${EVAL_ARGS[@]}" \

@@ -229,13 +229,13 @@ def test_bfloat16_transformer_students_stay_close_to_float32():
 
 
 def test_fairseq_train_bf16_proxy_dirichlet_on_a_memoized_store(tiny_data, tiny_checkpoints, tmp_path):
-    """A real --bf16 run on the CPU (benchmarks/train_bf16.py: fairseq 0.12 ties --bf16 to
+    """A real --bf16 run on the CPU (ensdist-train, i.e. ensdist_fairseq/cli/train.py: fairseq 0.12 ties --bf16 to
     --tpu) of the Proxy-Dirichlet student with intra-distillation, on a store made by memoize."""
     store = str(tmp_path / "teacher.h5")
     tiny_fairseq.run([os.path.join(tiny_fairseq.BIN, "ensdist-memoize"), tiny_data, "--path",
                       ":".join(tiny_checkpoints), "--output", store, "--topk", "8", "--cpu"])
     out = tiny_fairseq.run([
-        sys.executable, os.path.join(ROOT, "benchmarks", "train_bf16.py"), tiny_data,
+        sys.executable, "-m", "ensdist_fairseq.cli.train", tiny_data,
         "--user-dir", os.path.join(ROOT, "ensdist_fairseq"), "--task", "translation_distill",
         "--teacher-store", store, *tiny_fairseq.TINY_ARCH_ARGS[2:], "--arch", "dirichlet_transformer",
         "--criterion", "token_kd", "--kd-loss", "proxy_dirichlet", "--intra-passes", "2",

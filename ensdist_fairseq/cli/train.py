@@ -1,4 +1,4 @@
-"""fairseq-train that honours --bf16 on a GPU or CPU (fairseq 0.12 turns --bf16 into --tpu).
+"""`ensdist-train`: fairseq-train that honours --bf16 on a GPU or CPU (fairseq 0.12 turns --bf16 into --tpu).
 
 fairseq 0.12's option post-processing sets `args.tpu = True` whenever --bf16 is given, so plain
 `fairseq-train --bf16` asks for torch_xla and fails on CUDA and on the CPU alike ("'NoneType'
@@ -7,24 +7,26 @@ bfloat16, FP16Optimizer with float32 master weights, no loss scaling); only the 
 the TPU. This runs fairseq-train's own main() with the same arguments, keeping --tpu only when
 it was asked for:
 
-    python benchmarks/train_bf16.py DATA --user-dir "$(ensdist-path)" ... --bf16
+    ensdist-train DATA --user-dir "$(ensdist-path)" ... --bf16
+
+Every other argument is fairseq-train's; without --bf16 it is fairseq-train.
 """
 import sys
 
 from fairseq import options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.distributed import utils as distributed_utils
-from fairseq_cli.train import main
+from fairseq_cli.train import main as fairseq_train_main
 
 
-def cli_main(argv=None):
+def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, input_args=argv)
     if args.bf16 and "--tpu" not in argv:
         args.tpu = False
-    distributed_utils.call_main(convert_namespace_to_omegaconf(args), main)
+    distributed_utils.call_main(convert_namespace_to_omegaconf(args), fairseq_train_main)
 
 
 if __name__ == "__main__":
-    cli_main()
+    main()
