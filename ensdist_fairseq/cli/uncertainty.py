@@ -22,7 +22,7 @@ import torch
 
 from ..atomic_files import write_text_atomically
 from ..training.checkpoint_checks import check_ensemble
-from ..uncertainty.ood_sets import sha256_of as sha256_of_file
+from ..store.provenance import file_sha256
 
 GROUPS = ("single", "ensemble", "mean-kd", "proxy-dirichlet", "other")
 SCHEMA_VERSION = 1
@@ -73,7 +73,7 @@ def _ood_files(args, src_lang: str):
     if args.ood_dir:
         manifest = read_manifest(args.ood_dir)
         data_dict = os.path.join(args.data, f"dict.{manifest['src']}.txt")
-        if not os.path.isfile(data_dict) or sha256_of_file(data_dict) != manifest["dict_sha256"]:
+        if not os.path.isfile(data_dict) or file_sha256(data_dict) != manifest["dict_sha256"]:
             raise ValueError(f"--ood-dir {args.ood_dir}: built with another dictionary than {data_dict}")
         if manifest["src"] != src_lang:
             raise ValueError(f"--ood-dir {args.ood_dir}: source language {manifest['src']}, the "

@@ -24,7 +24,6 @@ written last). `ensdist-uncertainty --ood-dir OUT` reads the manifest.
 import argparse
 import gettext
 import glob
-import hashlib
 import json
 import os
 import random
@@ -34,6 +33,7 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import EnsdistError
+from ..store.provenance import file_sha256
 
 MANIFEST = "ood_sets.json"
 LOCALE_DIR = "/usr/share/locale"
@@ -42,14 +42,6 @@ CATALOGS = {"coreutils": "coreutils", "bash": "bash", "dpkg": "dpkg", "tar": "ta
             "grep": "grep", "findutils": "findutils", "diffutils": "diffutils", "shadow": "login"}
 THIRD_LANGUAGES = ("fr", "es", "it")
 _WORD = re.compile(r"^[^\W\d_]+(?:['’-][^\W\d_]+)*[.,:;!?]?$")  # a word of letters, maybe punctuated
-
-
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def clean_message_lines(text: str) -> List[str]:
@@ -88,7 +80,7 @@ def catalog_lines(lang: str, locale_dir: str = LOCALE_DIR) -> Tuple[List[str], L
             if isinstance(text, str) and (lang == "en" or msgstr != msgid):
                 lines.update(clean_message_lines(text))
         sources.append({"catalog": path, "package": package, "version": _package_version(package),
-                        "sha256": sha256_of(path), "lines": len(lines) - before})
+                        "sha256": file_sha256(path), "lines": len(lines) - before})
     return sorted(lines), sources
 
 
@@ -210,10 +202,10 @@ def write_sets(data_dir: str, out: str, size: int = 500, seed: int = 1,
         entries.append({"name": name, "lines": len(lines), "unk_tokens": unknown,
                         "about": meta["about"][name], "bin": f"bin/{name}.{src}",
                         "raw": f"raw/{name}.{src}",
-                        "raw_sha256": sha256_of(os.path.join(out, "raw", f"{name}.{src}"))})
+                        "raw_sha256": file_sha256(os.path.join(out, "raw", f"{name}.{src}"))})
     manifest = {"schema_version": 1, "data_dir": os.path.abspath(data_dir), "src": src,
                 "tgt": meta["tgt"], "size": size, "seed": seed, "in_domain": "test",
-                "dict_sha256": sha256_of(dict_path), "spm_sha256": sha256_of(spm_model),
+                "dict_sha256": file_sha256(dict_path), "spm_sha256": file_sha256(spm_model),
                 "sets": entries, "catalogs": meta["catalogs"]}
     tmp = os.path.join(out, MANIFEST + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
