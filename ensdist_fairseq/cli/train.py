@@ -18,9 +18,14 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.distributed import utils as distributed_utils
 from fairseq_cli.train import main as fairseq_train_main
 
+from .. import register_with_fairseq
+
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    # This package is imported before fairseq here, so --user-dir would find it already loaded
+    # and register nothing: register the task, criterion and models explicitly.
+    register_with_fairseq()
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, input_args=argv)
     if args.bf16 and "--tpu" not in argv:
