@@ -26,7 +26,7 @@ setup(
         "sacrebleu>=2.3",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7", "scikit-learn>=1.2", "scipy>=1.10"]},
+    extras_require={"test": ["pytest>=7", "scikit-learn>=1.2", "scipy>=1.10", "black>=24", "ruff>=0.5"]},
     entry_points={
         "console_scripts": [
             "ensdist-path=ensdist_fairseq.cli.path:main",
@@ -36,7 +36,11 @@ setup(
             "ensdist-bleu-table=ensdist_fairseq.cli.bleu_table:main",
             "ensdist-train=ensdist_fairseq.cli.train:main",
             "ensdist-uncertainty=ensdist_fairseq.cli.uncertainty:main",
-            "ensdist-ood-sets=ensdist_fairseq.uncertainty.ood_sets:main",
+            "ensdist-ood-sets=ensdist_fairseq.cli.ood_sets:main",
+            "ensdist-swa=ensdist_fairseq.cli.swa:main",
+            "ensdist-learning-curves=ensdist_fairseq.cli.learning_curves:main",
+            "ensdist-corpus-ding=ensdist_fairseq.cli.corpus_ding:main",
+            "ensdist-sentencepiece=ensdist_fairseq.cli.sentencepiece:main",
         ]
     },
 )

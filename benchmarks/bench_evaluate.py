@@ -5,7 +5,7 @@ Measures, in one run, on the split and on the split repeated 4 times:
 wall-clock second of each whole command (start-up, model loading, scoring), as a ratio;
 (2) with BLEU (`--bleu`): `ensdist-evaluate` (teacher forcing + in-process beam search, models
 loaded once) against `fairseq-validate` + `fairseq-generate --quiet` of the same model with the
-same search options, the ratio of the summed wall times to evaluate's (issue 13: >= 0.9);
+same search options, the ratio of the summed wall times to evaluate's (target >= 0.9);
 (3) the peak resident memory of each, which should stay flat from 1x to 4x (only the batch is
 ever of size V; per token evaluate keeps 5 confidence/correct pairs; hypotheses are strings).
 Prints markdown tables (BENCHMARKS.md).

@@ -1,4 +1,4 @@
-"""Side-by-side ratios for the teacher store (issue 3), printed as markdown table rows.
+"""Side-by-side ratios for the teacher store, printed as markdown table rows.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_store.py --workdir /tmp/bench_store \
         [--sentences 2000] [--dim 256] [--store-gb 2.0]
@@ -41,7 +41,7 @@ def prepare(workdir, sentences, dim, vocab):
 
 
 def bench_memoize(data, ckpts, workdir, topk, max_tokens):
-    from ensdist_fairseq.store.memoize import MemoizeConfig, Run, _memoize_share, STITCH_BLOCK_ROWS
+    from ensdist_fairseq.teachers.memoize import MemoizeConfig, Run, _memoize_share, STITCH_BLOCK_ROWS
     from ensdist_fairseq.store import shards
 
     out = os.path.join(workdir, "teacher.h5")
@@ -50,7 +50,7 @@ def bench_memoize(data, ckpts, workdir, topk, max_tokens):
     cfg = MemoizeConfig(data=data, paths=ckpts, output=out, split="train", topk=topk, max_tokens=max_tokens,
                         batch_size=None, chunk_sentences=1000, cpu=True, log_interval=1e9)
     run = Run(cfg, 0, 1)
-    from ensdist_fairseq import teacher_forcing
+    from ensdist_fairseq.teachers import teacher_forcing
 
     batches = [b for c in run.chunks
                for b in teacher_forcing.plan_batches(run.dataset, np.arange(*c), max_tokens, None)]

@@ -3,9 +3,9 @@
 For each system given (--system NAME=PATHS, an ensemble as a.pt:b.pt), whole commands, same
 split, same beam and length limits, CPU, one thread:
     fairseq-generate DATA --path PATHS --gen-subset SPLIT --beam B --quiet
-    ensdist-uncertainty DATA --path PATHS --subset SPLIT --beam B   (B hypotheses per sentence,
+    ensdist-uncertainty DATA --path PATHS --split SPLIT --beam B   (B hypotheses per sentence,
         each teacher-forced through every member, all measures, chrF, JSON lines)
-Target (issue 11): uncertainty <= 1.2 x generate, for a Dirichlet student and for an ensemble of K
+Target: uncertainty <= 1.2 x generate, for a Dirichlet student and for an ensemble of K
 (fairseq-generate of that ensemble). Repetitions are interleaved; the medians are reported.
 With --ood-dir the uncertainty command also runs on the OOD sets once, to show its peak RSS
 stays flat when the input grows (memory does not depend on the number of sentences).
@@ -46,7 +46,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data")
     ap.add_argument("--system", action="append", required=True, metavar="NAME=PATHS")
-    ap.add_argument("--subset", default="test")
+    ap.add_argument("--split", default="test")
     ap.add_argument("--ood-dir")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--beam", type=int, default=5)
@@ -61,9 +61,9 @@ def main():
         for item in args.system:
             name, paths = item.split("=", 1)
             generate = [os.path.join(BIN, "fairseq-generate"), args.data, "--user-dir", PLUGIN_DIR,
-                        "--path", paths, "--gen-subset", args.subset, "--quiet", *limits]
+                        "--path", paths, "--gen-subset", args.split, "--quiet", *limits]
             uncertainty = [os.path.join(BIN, "ensdist-uncertainty"), args.data, "--path", paths,
-                           "--name", name, "--subset", args.subset, "--out", os.path.join(work, name),
+                           "--name", name, "--split", args.split, "--out", os.path.join(work, name),
                            *limits]
             g, u = [], []
             for _ in range(args.repeats):  # interleaved: load on the shared machine hits both

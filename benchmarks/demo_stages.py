@@ -29,7 +29,7 @@ def main(log_path, run_dir):
         print(f"| {name} | {t} | {t / max(total, 1):.0%} |")
     print(f"| **total** | **{total}** | |\n")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from ensdist_fairseq.evaluation.train_logs import read_train_log
+    from ensdist_fairseq.report.train_logs import read_train_log
 
     print("| run | words/s (last epoch) | train_wall per epoch (s) | epochs | best epoch | stop |\n"
           "|---|---:|---:|---:|---:|---|")

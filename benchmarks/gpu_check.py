@@ -1,4 +1,4 @@
-"""The device check of issue 9 (run by benchmarks/gpu_check.sh), printing one markdown table.
+"""The device check (run by benchmarks/gpu_check.sh), printing one markdown table.
 
 1. students: every --kd-loss x --intra-passes variant for --updates updates in float32, --fp16
    and --bf16 (optionally --amp) on a synthetic corpus with K = 3 teachers memoized on CUDA; the
@@ -160,7 +160,7 @@ def raw_forward_seconds(data, ckpts, on_cpu):
     """Load + the teacher-forced ensemble forward over the training split (what memoize adds to)."""
     code = f"""
 import time, torch
-from ensdist_fairseq import teacher_forcing as tf
+from ensdist_fairseq.teachers import teacher_forcing as tf
 start = time.perf_counter()
 device = torch.device('cpu' if {on_cpu} else 'cuda')
 models, task = tf.load_models({ckpts!r}, {data!r}, device)

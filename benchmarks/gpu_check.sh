@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device check of issue 9: one GPU, no network, <= 10 minutes on one H100, one table printed.
+# The device check: one GPU, no network, <= 10 minutes on one H100, one table printed.
 #
 #   bash benchmarks/gpu_check.sh [--wheels DIR] [--dry-run] [gpu_check.py options...]
 #

@@ -22,7 +22,7 @@ TRAIN_ARGS=(--fp16 --optimizer adam --adam-betas "(0.9,0.98)" --lr 2e-3
 LS_EPSILON=0.1            # LS-mode teachers' label smoothing (CE mode: 0)
 
 # Stopping rule (docs/teachers.md): validation-loss minimum at epochs 20-27 on one GPU for this
-# model (issue 12: 4.85 bits, validation ECE-1 ~3 % -> ~11 %); stop 3 epochs after the best, at
+# model (measured: 4.85 bits, validation ECE-1 ~3 % -> ~11 %); stop 3 epochs after the best, at
 # 35 at the latest; SWA over the 5 epochs ending at the best. Students: the same rule.
 MAX_EPOCH=${MAX_EPOCH:-35}
 PATIENCE=${PATIENCE:-3}

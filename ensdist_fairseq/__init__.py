@@ -10,7 +10,7 @@ import sys
 
 __version__ = "0.1.0"
 
-from .training import safe_loading  # noqa: E402
+from ensdist_fairseq.checkpoints import safe_loading  # noqa: E402
 
 safe_loading.allow_fairseq_checkpoints()
 
@@ -20,8 +20,8 @@ def register_with_fairseq() -> None:
 
     Also makes an EnsdistError raised inside fairseq's commands print one ``error:`` line
     instead of a traceback (errors.install_excepthook; other exceptions are untouched)."""
-    from . import criterions, errors, models, tasks  # noqa: F401
-    from .evaluation import ece_scorer  # noqa: F401  (fairseq-generate --scoring ece)
+    from ensdist_fairseq import criterions, errors, models, tasks  # noqa: F401
+    from ensdist_fairseq.evaluation import ece_scorer  # noqa: F401  (fairseq-generate --scoring ece)
 
     errors.install_excepthook()
 

@@ -28,7 +28,7 @@ def write_text_atomically(path: str, text: str) -> None:
         f.write(text)
 
 
-# --- Finished work is never lost (issue 10) --------------------------------------------------
+# --- Finished work is never lost -------------------------------------------------------------
 # A command checks its output locations before it starts (check_writable), and if the final
 # write still fails (disk full, directory removed or made read-only meanwhile) it saves the
 # result in the temp directory and names that file in its one-line error (write_or_keep).
@@ -36,7 +36,7 @@ def write_text_atomically(path: str, text: str) -> None:
 
 def check_writable(path: str, flag: str) -> None:
     """EnsdistError now, before any work, if `path` could not be written at the end."""
-    from .errors import EnsdistError
+    from ensdist_fairseq.errors import EnsdistError
 
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -55,7 +55,7 @@ def check_writable(path: str, flag: str) -> None:
 def write_or_keep(path: str, text: str, flag: str) -> None:
     """Write `text` to `path` atomically; if that fails, save it to a file in the temp
     directory and raise EnsdistError naming that file (or, failing that too, print it)."""
-    from .errors import EnsdistError
+    from ensdist_fairseq.errors import EnsdistError
 
     try:
         write_text_atomically(path, text)

@@ -1,7 +1,7 @@
 """The package's one error type, and how it reaches a user of fairseq's own commands (pure Python).
 
 An EnsdistError is bad input: its message is one line that starts with the file or the flag it
-is about. Our CLIs print it as ``error: <message>`` and exit 1. Inside fairseq-train,
+is about. Our CLIs print it as ``error: <message>`` and exit 1 (cli/options.py: the policy). Inside fairseq-train,
 fairseq-generate and fairseq-validate the plugin cannot wrap fairseq's main(), so registering
 the plugin installs a sys.excepthook that prints an EnsdistError the same way; every other
 exception keeps the previous hook (a traceback: those are bugs, not bad input), with one
@@ -91,18 +91,3 @@ def install_excepthook() -> None:
     """Make an uncaught EnsdistError print one ``error:`` line (idempotent)."""
     if not getattr(sys.excepthook, "ensdist", False):
         sys.excepthook = _hook(sys.excepthook)
-
-
-def exit_on_error(main):
-    """Decorator for our console scripts: EnsdistError -> ``error: ...`` and exit status 1."""
-    import functools
-
-    @functools.wraps(main)
-    def wrapped(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except EnsdistError as e:
-            report(e)
-            sys.exit(1)
-
-    return wrapped

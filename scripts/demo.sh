@@ -124,7 +124,7 @@ evaluate() {  # evaluate NAME METHOD PATHS [ensdist-evaluate options]: a command
   local name="$1" method="$2" paths="$3"; shift 3
   [ -f "$RES/$name.json" ] && { echo "echo '[evaluate] $name: done, skipping'"; return; }
   printf '%q ' "${BIN}ensdist-evaluate" "$DATA" --path "$paths" --name "$name" --method "$method" \
-    --output-json "$RES/$name.json" "${DEVICE_ARGS[@]}" ${REFERENCE:+--reference "$REFERENCE"} "$@" "${GEN_ARGS[@]}"
+    --output "$RES/$name.json" "${DEVICE_ARGS[@]}" ${REFERENCE:+--reference "$REFERENCE"} "$@" "${GEN_ARGS[@]}"
 }
 uncertainty() {  # uncertainty NAME GROUP PATHS: a command, skipped if done (docs/uncertainty.md)
   local name="$1" group="$2" paths="$3"

@@ -78,6 +78,6 @@ if [ ! -f "$dir/trained" ]; then
 fi
 last_epoch_line "$dir/train.log"
 if [ "$STUDENT_SWA_EPOCHS" -gt 0 ]; then
-  "$PYTHON" -m ensdist_fairseq.cli.swa --save-dir "$dir" --epochs "$STUDENT_SWA_EPOCHS" --remove-snapshots
+  "${BIN}ensdist-swa" --save-dir "$dir" --epochs "$STUDENT_SWA_EPOCHS" --remove-snapshots
 fi
 touch "$dir/done"

@@ -4,7 +4,7 @@
 #
 #   bash scripts/prepare_builtin.sh [--config configs/builtin_cpu.sh] [--out runs/builtin] [--max-pairs N]
 #
-# Stage 1 extracts DIR/raw/{train,valid,test}.{en,de} (ensdist_fairseq.corpus.ding), stage 2
+# Stage 1 extracts DIR/raw/{train,valid,test}.{en,de} (ensdist-corpus-ding), stage 2
 # runs scripts/prepare_raw.sh (SentencePiece, fairseq-preprocess) into DIR/spm and DIR/bin.
 # The config provides SRC, TGT (en and de, either direction) and SPM_VOCAB_SIZE, and may set
 # MAX_PAIRS (default for --max-pairs) and CLEAN_MAX_LEN (drop training pairs with a side longer
@@ -70,7 +70,7 @@ else
   max_args=()
   [ -z "$MAX_PAIRS" ] || max_args=(--max-pairs "$MAX_PAIRS")
   # A subdirectory (not the mktemp one itself, which is private): it gets the usual permissions.
-  "$PYTHON" -m ensdist_fairseq.corpus.ding --source "$DING_FILE" --out "$WORK/raw" ${max_args[@]+"${max_args[@]}"}
+  "${BIN}ensdist-corpus-ding" --source "$DING_FILE" --out "$WORK/raw" ${max_args[@]+"${max_args[@]}"}
   echo "$fingerprint" > "$WORK/raw/.extracted"
   rm -rf "$RAW"   # no marker: an interrupted earlier run
   mv "$WORK/raw" "$RAW"

@@ -92,7 +92,7 @@ echo "[prepare_raw] sentencepiece: joint $MODEL_TYPE model (vocabulary $VOCAB_SI
 clean_args=()
 [ -z "$CLEAN_MAX_LEN" ] || clean_args+=(--clean-max-len "$CLEAN_MAX_LEN")
 [ -z "$CLEAN_RATIO" ] || clean_args+=(--clean-ratio "$CLEAN_RATIO")
-"$PYTHON" -m ensdist_fairseq.corpus.sentencepiece_prep --raw "$RAW" --src "$SRC" --tgt "$TGT" \
+"${BIN}ensdist-sentencepiece" --raw "$RAW" --src "$SRC" --tgt "$TGT" \
   --vocab-size "$VOCAB_SIZE" --model-type "$MODEL_TYPE" --threads "$SPM_THREADS" --sample-sentences "$SPM_SAMPLE" \
   --out "$WORK/spm" ${clean_args[@]+"${clean_args[@]}"}
 

@@ -40,4 +40,4 @@ run_logged "$dir/train.log" "training $name" \
   --log-format simple
 last_epoch_line "$dir/train.log"
 "${BIN}ensdist-evaluate" "$DATA" --path "$dir/checkpoint_best.pt" --name "$name" \
-  --reference "$REFERENCE" --output-json "$dir/$name.json" "${DEVICE_ARGS[@]}" "${GEN_ARGS[@]}"
+  --reference "$REFERENCE" --output "$dir/$name.json" "${DEVICE_ARGS[@]}" "${GEN_ARGS[@]}"

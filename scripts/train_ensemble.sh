@@ -64,5 +64,5 @@ for k in ${ONLY_SEED:-$(seq 1 "$MEMBERS")}; do
   fi
   last_epoch_line "$dir/train.log"
   echo "[teachers] $MODE member $k/$MEMBERS: SWA over the $SWA_EPOCHS epochs ending at the best validation epoch"
-  "$PYTHON" -m ensdist_fairseq.cli.swa --save-dir "$dir" --epochs "$SWA_EPOCHS" --remove-snapshots
+  "${BIN}ensdist-swa" --save-dir "$dir" --epochs "$SWA_EPOCHS" --remove-snapshots
 done

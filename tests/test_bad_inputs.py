@@ -1,4 +1,4 @@
-"""Bad inputs as a table (issue 10, item 5): case -> the one line a user sees, or a correct result.
+"""Bad inputs as a table : case -> the one line a user sees, or a correct result.
 
 Every "error" case asserts: exit status != 0, exactly one non-empty stderr line (besides
 ensdist-memoize's own progress lines), starting with `error: ` and matching the expected
@@ -13,7 +13,7 @@ The fairseq commands use the plugin's excepthook in both runners; the cases that
 executable path (a DataLoader worker, fairseq's own checkpoint loader) use "cli".
 
 The README's reliability section counts this table: `pytest tests/test_bad_inputs.py -q`
-(one test per case); H2's cases first, the evaluator's (H3) in their own list at the end.
+(one test per case); the store/memoize/checkpoint cases first, the evaluator's in their own list.
 """
 import collections
 import hashlib
@@ -103,13 +103,13 @@ def memoize_entry():
 
 
 def spm_entry():
-    from ensdist_fairseq.corpus import sentencepiece_prep
-    return sentencepiece_prep.main()
+    from ensdist_fairseq.cli import sentencepiece
+    return sentencepiece.main()
 
 
 def ding_entry():
-    from ensdist_fairseq.corpus import ding
-    return ding.main()
+    from ensdist_fairseq.cli import corpus_ding
+    return corpus_ding.main()
 
 
 # ---- fixtures: built once per module ------------------------------------------------------------
@@ -275,7 +275,7 @@ def _store_ok(f, path):
     store_format.StoreReader(path).verify()
 
 
-# ---- the table: H2 (store, memoize, checkpoints, dictionaries, corpus) -------------------------
+# ---- the table (store, memoize, checkpoints, dictionaries, corpus) -------------------------
 
 S = r"sentence \d+ row 0: "
 CASES = [
@@ -352,7 +352,7 @@ CASES = [
          r".*other_chunks.h5.shards/chunk-000000000000-000000000100.h5: V' differs: store 8, expected 4 "
          r"\(left by a run with other inputs; delete .*other_chunks.h5.shards to start over\)"),
     Case("memoize --chunk-sentences 0", "fork", memoize_with("--chunk-sentences", "0"),
-         r"--chunk-sentences must be >= 1, got 0"),
+         r"argument --chunk-sentences: must be in 1\.\.2147483647, got 0 \(see ensdist-memoize --help\)"),
     # corpus
     Case("corpus: a lone \\r inside a line (pairs stay aligned)", "fork",
          lambda f: (spm_entry, ["spm", "--raw", raw_variant(f, "raw_cr", _lone_cr), "--src", "en", "--tgt", "de",
@@ -421,8 +421,8 @@ def _aligned(f, out):
     assert [x for i, x in enumerate(en) if i != 10] == [x for i, x in enumerate(de) if i != 10]
 
 
-# ---- the evaluator's cases (H3): add them to EVALUATOR_CASES below, same Case format -----------
-# ----------------------------------------------------------------------------- (H3: start) -----
+# ---- the evaluator's cases: add them to EVALUATOR_CASES below, same Case format -----------
+# ----------------------------------------------------------------------------- (start) ----------
 # The evaluator's progress lines on stderr are not errors either (startswith takes a tuple).
 PROGRESS = (PROGRESS, "[evaluate] ", "[bleu] ")
 
@@ -442,7 +442,7 @@ def _evaluate_disk_full():
     def disk_full(path, text):
         raise OSError(28, "No space left on device")
     atomic_files.write_text_atomically = disk_full  # in the forked child only
-    _tempfile.tempdir = os.path.dirname(sys.argv[sys.argv.index("--output-json") + 1])
+    _tempfile.tempdir = os.path.dirname(sys.argv[sys.argv.index("--output") + 1])
     os.makedirs(_tempfile.tempdir, exist_ok=True)
     return evaluate_entry()
 
@@ -451,17 +451,17 @@ def evaluate_with(*extra, paths=None, output=None, entry=evaluate_entry):
     def build(f):
         out = output(f) if output else str(f.root / f"eval-{abs(hash(extra))}.json")
         return (entry, ["ensdist-evaluate", f.data, "--path", paths(f) if paths else f.ckpts[0],
-                        "--name", "x", "--cpu", "--no-bleu", "--output-json", out, *extra])
+                        "--name", "x", "--cpu", "--no-bleu", "--output", out, *extra])
     return build
 
 
 EVALUATOR_CASES = [
-    Case("evaluate --output-json in a read-only directory (refused before any work)", "fork",
+    Case("evaluate --output in a read-only directory (refused before any work)", "fork",
          evaluate_with(output=lambda f: "/sys/r.json"),
-         r"--output-json /sys/r.json: cannot write in /sys \(Permission denied\)"),
+         r"--output /sys/r.json: cannot write in /sys \(Permission denied\)"),
     Case("evaluate: the final write fails (the result is kept and named)", "fork",
          evaluate_with(output=lambda f: str(f.root / "full" / "r.json"), entry=_evaluate_disk_full),
-         r"--output-json .*/full/r.json: cannot write \(No space left on device\); "
+         r"--output .*/full/r.json: cannot write \(No space left on device\); "
          r"it was saved to .*/full/r-\w+\.json"),
     Case("evaluate: a member outputs NaN", "fork",
          evaluate_with(paths=lambda f: f"{f.ckpts[0]}:{f.nan_teacher}"),
@@ -497,7 +497,7 @@ def _generate_entry():
 def _bleu_table_entry():
     from ensdist_fairseq.cli.bleu_table import main
     return main()
-# ----------------------------------------------------------------------------- (H3: end) -------
+# ----------------------------------------------------------------------------- (end) ------------
 
 ALL_CASES = CASES + EVALUATOR_CASES
 

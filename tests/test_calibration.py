@@ -5,7 +5,7 @@ import torch
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import log_loss
 
-from ensdist_fairseq.evaluation.calibration import (CalibrationAccumulator, ece_from_fine_histogram,
+from ensdist_fairseq.metrics.calibration import (CalibrationAccumulator, ece_from_fine_histogram,
                                          expected_calibration_error, fine_histogram,
                                          reliability_bins)
 

@@ -5,6 +5,7 @@ import subprocess
 import pytest
 import sentencepiece as spm
 
+from ensdist_fairseq.cli import corpus_ding, sentencepiece as sentencepiece_cli
 from ensdist_fairseq.corpus import ding, sentencepiece_prep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +102,7 @@ def test_cli_writes_aligned_splits(tmp_path, capsys):
     src = tmp_path / "de-en"
     src.write_text(DING_FIXTURE, encoding="utf-8")
     out = tmp_path / "raw"
-    rc = ding.main(["--source", str(src), "--out", str(out), "--valid-size", "1",
+    rc = corpus_ding.main(["--source", str(src), "--out", str(out), "--valid-size", "1",
                     "--test-size", "2", "--max-heldout-fraction", "0.5"])
     assert rc == 0
     assert "extracted 6 pairs" in capsys.readouterr().out
@@ -116,16 +117,16 @@ def test_cli_writes_aligned_splits(tmp_path, capsys):
 
 
 def test_cli_bad_input(tmp_path, capsys):
-    assert ding.main(["--source", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert corpus_ding.main(["--source", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: --source") and "nope" in err
     src = tmp_path / "de-en"
     src.write_text(DING_FIXTURE, encoding="utf-8")
-    assert ding.main(["--source", str(src), "--out", str(tmp_path / "o"), "--test-size", "0"]) == 2
+    assert corpus_ding.main(["--source", str(src), "--out", str(tmp_path / "o"), "--test-size", "0"]) == 2
     assert "--test-size" in capsys.readouterr().err
     # 6 pairs and a 1% held-out share: no room for valid and test
-    assert ding.main(["--source", str(src), "--out", str(tmp_path / "o"),
-                      "--max-heldout-fraction", "0.01"]) == 2
+    assert corpus_ding.main(["--source", str(src), "--out", str(tmp_path / "o"),
+                             "--max-heldout-fraction", "0.01"]) == 1
     assert "too few" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -224,7 +225,7 @@ def test_sentencepiece_model_is_reproducible(tmp_path):
     for out in ("a", "b"):
         args = ["--raw", str(raw), "--src", "en", "--tgt", "de", "--vocab-size", "60",
                 "--out", str(tmp_path / out)]
-        assert sentencepiece_prep.main(args) == 0
+        assert sentencepiece_cli.main(args) == 0
     for name in ("spm.model", "spm.vocab", "train.en", "test.de"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
@@ -298,7 +299,7 @@ def test_sentencepiece_prep_keeps_pairs_aligned_across_a_carriage_return(tmp_pat
     lines[5] = lines[5].replace(b" ", b"\r", 1)
     (raw / "train.en").write_bytes(b"\n".join(lines))
     out = tmp_path / "spm"
-    assert sentencepiece_prep.main(["--raw", str(raw), "--src", "en", "--tgt", "de", "--vocab-size", "60",
+    assert sentencepiece_cli.main(["--raw", str(raw), "--src", "en", "--tgt", "de", "--vocab-size", "60",
                                     "--out", str(out)]) == 0
     en = (out / "train.en").read_text(encoding="utf-8").split("\n")
     de = (out / "train.de").read_text(encoding="utf-8").split("\n")

@@ -3,7 +3,6 @@ import argparse
 import json
 import math
 import os
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -137,7 +136,7 @@ def test_proxy_dirichlet_matches_torch_distributions_and_refuses_softmax_models(
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("predictive", ["softmax", "mean"])  # --dirichlet-predictive (H4, issue 11)
+@pytest.mark.parametrize("predictive", ["softmax", "mean"])  # --dirichlet-predictive
 def test_dirichlet_student_predictive_is_what_fairseq_generate_scores(predictive):
     task = make_task()
     model = make_model(task, arch="dirichlet_transformer").eval()

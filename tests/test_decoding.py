@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ensdist_fairseq import teacher_forcing
+from ensdist_fairseq.teachers import teacher_forcing
 from ensdist_fairseq.evaluation import decoding
 
 BIN = os.path.dirname(sys.executable)
@@ -84,7 +84,7 @@ def test_accepted_options_have_fairseq_defaults():
 
     from fairseq.dataclass.configs import GenerationConfig
 
-    from ensdist_fairseq.evaluation import generation_options
+    from ensdist_fairseq.cli import generation_options
 
     ap = argparse.ArgumentParser()
     generation_options.add_generation_options(ap)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ensdist_fairseq.evaluation.calibration import expected_calibration_error
+from ensdist_fairseq.metrics.calibration import expected_calibration_error
 from ensdist_fairseq.cli import evaluate, report as report_cli
-from ensdist_fairseq.teacher_forcing import ensemble_log_probs
+from ensdist_fairseq.teachers.teacher_forcing import ensemble_log_probs
 
 
 class FixedLogits(torch.nn.Module):
@@ -155,9 +155,9 @@ def test_bad_inputs_give_one_line_errors(tiny_data, tiny_checkpoints, tmp_path, 
         ([tiny_data, "--path", f"{good}:{other_dict}"], "other_dict.pt"),
         ([tiny_data, "--path", good, "--num-bins", 0], "--num-bins"),
         ([tiny_data, "--path", good, "--split", "nosuchsplit"], "nosuchsplit"),
-        ([tiny_data, "--path", good, "--output-json", tmp_path / "no" / "dir.json"], "--output-json"),
-        # issue 10: checked before any work (the missing data directory is not reached)
-        ([tmp_path / "nodata", "--path", good, "--output-json", "/sys/r.json"], "--output-json /sys"),
+        ([tiny_data, "--path", good, "--output", tmp_path / "no" / "dir.json"], "--output"),
+        # checked before any work (the missing data directory is not reached)
+        ([tmp_path / "nodata", "--path", good, "--output", "/sys/r.json"], "--output /sys"),
         ([tiny_data, "--path", f"{good}:{nan_model}"], "nan_model.pt: non-finite probabilities"),
         ([tiny_data, "--path", good, "--max-tokens", 3], "--max-tokens 3"),
         ([tiny_data, "--path", good, "--num-bins", 100000], "--num-bins 100000: more bins than"),
@@ -165,8 +165,8 @@ def test_bad_inputs_give_one_line_errors(tiny_data, tiny_checkpoints, tmp_path, 
         ([tiny_data, "--path", good, "--nbest", 2], "unrecognized arguments: --nbest 2"),
     ]
     for args, named in cases:
-        if "--output-json" not in args:
-            args = [*args, "--output-json", out]
+        if "--output" not in args:
+            args = [*args, "--output", out]
         rc, _o, err = run_cli([*args, "--name", "x", "--no-bleu", "--cpu"], capsys)
         assert rc != 0
         assert named in _single_error_line(err)
@@ -178,8 +178,9 @@ def test_bad_flag_from_the_command_line_exits_without_traceback(tmp_path):
     p = subprocess.run([exe, str(tmp_path), "--path", "a.pt", "--name", "x", "--num-bins", "0",
                         "--output-json", str(tmp_path / "r.json")],
                        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert p.returncode != 0
-    assert _single_error_line(p.stderr) == "error: --num-bins must be >= 1, got 0"
+    assert p.returncode == 2  # a wrong command line (cli/options.py)
+    assert _single_error_line(p.stderr) == ("error: argument --num-bins: must be in 1..2147483647, "
+                                            "got 0 (see ensdist-evaluate --help)")
 
 
 def test_failed_final_write_keeps_the_result(tiny_data, tiny_checkpoints, tmp_path, capsys,
@@ -193,7 +194,7 @@ def test_failed_final_write_keeps_the_result(tiny_data, tiny_checkpoints, tmp_pa
     rc, _out, err = run_cli([tiny_data, "--path", tiny_checkpoints[0], "--name", "kept",
                              "--no-bleu", "--cpu", "--output-json", tmp_path / "r.json"], capsys)
     line = _single_error_line(err)
-    assert rc == 1 and "--output-json" in line and "No space left on device" in line
+    assert rc == 1 and "--output" in line and "No space left on device" in line
     kept = line.rsplit("saved to ", 1)[1]
     try:
         assert json.loads(open(kept).read())["name"] == "kept"

@@ -225,7 +225,7 @@ def test_adaptive_alpha_hits_one_at_n_over_q_and_alpha_at_n_over_p():
         adaptive_alpha(alpha, 10, 0, p, q)
 
 
-# --- numerical edges against float64 / high-precision references (issue 9) ------------------------
+# --- numerical edges against float64 / high-precision references -----------------------------------
 
 
 def _mp_rkl_gradient(z, indices, probs, precision, classes):

@@ -1,6 +1,7 @@
 """`ensdist-memoize` on the tiny corpus, checked against an ensemble the test computes itself."""
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -132,14 +133,25 @@ def store_with_chunks_of_20(tmp_path, tiny_data, tiny_checkpoints, args):
     return reference
 
 
-def test_second_writer_is_refused_at_once(tiny_data, tiny_checkpoints, tmp_path):
+def assert_refused(args, capsys, pattern):
+    """main() exits 1 with one ``error:`` line on stderr matching `pattern` (re.search)."""
+    capsys.readouterr()
+    assert main(args) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.strip() and not line.startswith("ensdist-memoize: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert re.search(pattern, lines[0]), lines[0]
+    return lines[0]
+
+
+def test_second_writer_is_refused_at_once(tiny_data, tiny_checkpoints, tmp_path, capsys):
     from ensdist_fairseq.store import shards
 
     out = str(tmp_path / "locked.h5")
     lock = shards.OutputLock(out)  # as a live memoize holds it
     try:
-        with pytest.raises(SystemExit, match=r"^error: --output .*locked.h5: another ensdist-memoize is writing"):
-            main(memoize_args(tiny_data, tiny_checkpoints, out))
+        assert_refused(memoize_args(tiny_data, tiny_checkpoints, out), capsys,
+                       r"^error: --output .*locked.h5: another ensdist-memoize is writing")
     finally:
         lock.release(remove=True)
 
@@ -151,13 +163,11 @@ def test_second_writer_is_refused_at_once(tiny_data, tiny_checkpoints, tmp_path)
 ])
 def test_bad_input_is_one_line(change, message, tiny_data, tiny_checkpoints, tmp_path, capsys):
     args = memoize_args(tiny_data, tiny_checkpoints, str(tmp_path / "x.h5")) + list(change)
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+    assert_refused(args, capsys, re.escape(message))
     assert not os.path.exists(tmp_path / "x.h5")
 
 
-def test_empty_split_is_refused(tiny_data, tiny_checkpoints, tmp_path):
+def test_empty_split_is_refused(tiny_data, tiny_checkpoints, tmp_path, capsys):
     from fairseq.data import indexed_dataset
 
     data = tmp_path / "data"
@@ -167,18 +177,17 @@ def test_empty_split_is_refused(tiny_data, tiny_checkpoints, tmp_path):
         builder = indexed_dataset.make_builder(prefix + ".bin", impl="mmap", vocab_size=100)
         builder.finalize(prefix + ".idx")
     args = memoize_args(str(data), tiny_checkpoints, str(tmp_path / "x.h5"), "--split", "empty")
-    with pytest.raises(SystemExit, match="error: --split empty: .* has no sentences"):
-        main(args)
+    assert_refused(args, capsys, "error: --split empty: .* has no sentences")
 
 
-def test_existing_output_is_not_overwritten(store, tiny_data, tiny_checkpoints):
+def test_existing_output_is_not_overwritten(store, tiny_data, tiny_checkpoints, capsys):
     before = sha256(store)
-    with pytest.raises(SystemExit, match="already exists"):
-        main(memoize_args(tiny_data, tiny_checkpoints, store))
+    assert_refused(memoize_args(tiny_data, tiny_checkpoints, store), capsys, "already exists")
     assert sha256(store) == before
 
 
-def test_failed_chunk_write_keeps_complete_chunks_and_says_where(tiny_data, tiny_checkpoints, tmp_path, monkeypatch):
+def test_failed_chunk_write_keeps_complete_chunks_and_says_where(tiny_data, tiny_checkpoints, tmp_path, monkeypatch,
+                                                                capsys):
     from ensdist_fairseq.store import format as fmt
 
     out = str(tmp_path / "full.h5")
@@ -194,9 +203,8 @@ def test_failed_chunk_write_keeps_complete_chunks_and_says_where(tiny_data, tiny
         return real(self, i, *a)
 
     monkeypatch.setattr(fmt.RowWriter, "write_sentence", disk_full_in_second_chunk)
-    with pytest.raises(SystemExit, match=r"^error: --output .*full.h5: writing failed \(No space left on device\); "
-                                         r"complete chunks are kept in .*full.h5.shards: rerun the same command to resume$"):
-        main(args)
+    assert_refused(args, capsys, r"^error: --output .*full.h5: writing failed \(No space left on device\); "
+                                 r"complete chunks are kept in .*full.h5.shards: rerun the same command to resume$")
     assert os.listdir(out + ".shards") == ["chunk-000000000000-000000000100.h5"]  # no temporary left
     monkeypatch.undo()
     main(args)  # the rerun resumes and finishes

@@ -125,7 +125,7 @@ def test_collater_puts_the_teacher_in_dtypes_the_conversion_leaves_alone():
             assert converted[key].dtype == teacher[key].dtype and torch.equal(converted[key], teacher[key])
     stored = teacher["precision"][sample["target"].ne(1)]
     assert stored.max() == float("inf") and (stored == 7e5).any()  # beyond half's 65504, kept
-    # what the conversion did to the float32 teacher before (issue 9): beta0_hat -> inf
+    # what the conversion did to the float32 teacher in store format 1: beta0_hat -> inf
     assert torch.isinf(torch.tensor([1e5]).half()).all()
 
 

@@ -1,5 +1,5 @@
 """The paper-pattern checks answer each claim from the numbers, including 'no' and 'not measured'."""
-from ensdist_fairseq.evaluation.paper_pattern import pattern_checks, pattern_markdown
+from ensdist_fairseq.report.paper_pattern import pattern_checks, pattern_markdown
 
 
 def result(method, kind, n, bleu, ece1, name=None):

@@ -42,8 +42,8 @@ def test_user_dir_loader_registers_the_task(tiny_data):
 def test_pure_modules_do_not_import_fairseq():
     r = python(
         "import sys\n"
-        "import ensdist_fairseq.losses, ensdist_fairseq.evaluation.calibration, ensdist_fairseq.store.format\n"
-        "import ensdist_fairseq.store.teacher_distribution, ensdist_fairseq.corpus.ding, ensdist_fairseq.training.swa\n"
+        "import ensdist_fairseq.losses, ensdist_fairseq.metrics.calibration, ensdist_fairseq.store.format\n"
+        "import ensdist_fairseq.store.teacher_distribution, ensdist_fairseq.corpus.ding, ensdist_fairseq.checkpoints.swa\n"
         "print('fairseq' in sys.modules)\n"
     )
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from ensdist_fairseq.evaluation import report
+from ensdist_fairseq.report import table2 as report
 from ensdist_fairseq.cli import report as report_cli
-from ensdist_fairseq.evaluation.paper_pattern import pattern_checks
+from ensdist_fairseq.report.paper_pattern import pattern_checks
 
 
 def full_result(name, method="CE+SWA", kind="individual", n=1, bleu=20.0, ece1=3.0,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ensdist_fairseq  # noqa: F401  (installs the allow-list)
-from ensdist_fairseq.training.safe_loading import FAIRSEQ_CHECKPOINT_GLOBALS, load_checkpoint
+from ensdist_fairseq.checkpoints.safe_loading import FAIRSEQ_CHECKPOINT_GLOBALS, load_checkpoint
 
 
 def test_fairseq_checkpoint_needs_exactly_the_allow_list(tiny_checkpoints):

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from ensdist_fairseq.training.safe_loading import load_checkpoint
-from ensdist_fairseq.training.swa import average_state_dicts, epoch_snapshots, write_swa_checkpoint
+from ensdist_fairseq.checkpoints.safe_loading import load_checkpoint
+from ensdist_fairseq.checkpoints.swa import average_state_dicts, epoch_snapshots, write_swa_checkpoint
 
 
 def test_average_matches_independent_mean():
@@ -57,8 +57,8 @@ def test_swa_window_ends_at_the_best_epoch(tiny_data, tmp_path):
     """The rule of docs/teachers.md: early stopping keeps best+patience epochs; the SWA window is
     the N epoch checkpoints ending at the best validation epoch, found from checkpoint_best.pt."""
     import tiny_fairseq
-    from ensdist_fairseq.evaluation.train_logs import read_train_log
-    from ensdist_fairseq.training.swa import best_epoch, swa_window
+    from ensdist_fairseq.report.train_logs import read_train_log
+    from ensdist_fairseq.checkpoints.swa import best_epoch, swa_window
 
     assert swa_window(5, 3) == [3, 4, 5] and swa_window(2, 3) == [1, 2]
     save = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""teacher_distribution against a float64 computation written out here from DESIGN.md."""
+"""teacher_distribution against a float64 computation written out here from the papers' definitions."""
 import math
 
 import numpy as np

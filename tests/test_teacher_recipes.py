@@ -45,12 +45,12 @@ def test_two_member_ensemble_with_swa_and_bleu_table(tiny_data, tmp_path):
     assert all(os.path.isfile(p) for p in members)
     # seeds differ, so the members differ
     import torch
-    from ensdist_fairseq.training.safe_loading import load_checkpoint
+    from ensdist_fairseq.checkpoints.safe_loading import load_checkpoint
     w = [load_checkpoint(p)["model"]["decoder.output_projection.weight"] for p in members]
     assert not torch.equal(w[0], w[1])
     # the stopping rule reached fairseq, and SWA averaged the window ending at the best epoch
-    from ensdist_fairseq.evaluation.train_logs import read_train_log
-    from ensdist_fairseq.training.swa import swa_window
+    from ensdist_fairseq.report.train_logs import read_train_log
+    from ensdist_fairseq.checkpoints.swa import swa_window
     for k in (1, 2):
         d = out / "ce" / f"seed{k}"
         cfg_ck = load_checkpoint(str(d / "checkpoint_best.pt"))["cfg"]["checkpoint"]

@@ -1,11 +1,10 @@
 """Learning curves and the report's regime section, from fairseq-train logs."""
-import os
 import subprocess
 import sys
 
-from ensdist_fairseq.evaluation.learning_curves import curves_markdown, main as curves_main
-from ensdist_fairseq.evaluation.regime import regime_markdown, regime_rows
-from ensdist_fairseq.evaluation.train_logs import parse_train_log
+from ensdist_fairseq.cli.learning_curves import main as curves_main
+from ensdist_fairseq.report.regime import regime_markdown, regime_rows
+from ensdist_fairseq.report.train_logs import parse_train_log
 
 P = "2026-11-28 00:00:00 | INFO | "
 
@@ -57,11 +56,11 @@ def test_curves_table_and_png(tmp_path):
 
 
 def test_curves_cli_errors(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "ensdist_fairseq.evaluation.learning_curves",
+    r = subprocess.run([sys.executable, "-m", "ensdist_fairseq.cli.learning_curves",
                         "--run", f"x={tmp_path / 'nope.log'}"], capture_output=True, text=True)
     assert r.returncode == 1 and "nope.log" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "empty.log").write_text("nothing\n")
-    r = subprocess.run([sys.executable, "-m", "ensdist_fairseq.evaluation.learning_curves",
+    r = subprocess.run([sys.executable, "-m", "ensdist_fairseq.cli.learning_curves",
                         "--run", f"x={tmp_path / 'empty.log'}"], capture_output=True, text=True)
     assert r.returncode == 1 and "no validation lines" in r.stderr
 

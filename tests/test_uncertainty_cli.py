@@ -11,17 +11,20 @@ import torch
 import tiny_fairseq
 from ensdist_fairseq.cli import uncertainty as cli
 from ensdist_fairseq.uncertainty import measures as M
-from ensdist_fairseq.uncertainty import ood_sets, report_section
+from ensdist_fairseq.cli import ood_sets as ood_sets_cli
+from ensdist_fairseq.uncertainty import ood_sets
+from ensdist_fairseq.report import uncertainty_section as report_section
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A prepared corpus (raw/, spm/, bin/) and three tiny models: two members, one Dirichlet."""
+    from ensdist_fairseq.cli import sentencepiece as spm_cli
     from ensdist_fairseq.corpus import sentencepiece_prep as sp
 
     root = tmp_path_factory.mktemp("unc")
     tiny_fairseq.write_synthetic_raw(str(root / "data" / "raw"), n_train=200, n_test=30)
-    sp.run(sp.build_parser().parse_args([
+    sp.run(spm_cli.build_parser().parse_args([
         "--raw", str(root / "data" / "raw"), "--src", "en", "--tgt", "de", "--vocab-size", "48",
         "--out", str(root / "data" / "spm")]))
     bin_dir = tiny_fairseq.binarize(str(root / "data" / "spm"), str(root / "data" / "bin"))
@@ -37,7 +40,7 @@ def corpus(tmp_path_factory):
         derived["cfg"]["model"].arch = derived["cfg"]["model"]._name = kind
         ckpt[name] = str(root / f"{name}.pt")
         torch.save(derived, ckpt[name])
-    assert ood_sets.main(["--data-dir", str(root / "data"), "--out", str(root / "ood"), "--size", "12"]) == 0
+    assert ood_sets_cli.main(["--data-dir", str(root / "data"), "--out", str(root / "ood"), "--size", "12"]) == 0
     return root, bin_dir, ckpt
 
 
@@ -59,7 +62,7 @@ def test_ood_sets_are_deterministic_and_binarized(corpus, tmp_path):
     manifest = ood_sets.read_manifest(str(root / "ood"))
     assert [s["name"] for s in manifest["sets"]] == ["permuted", "target", "domain", "third"]
     assert all(s["lines"] == 12 for s in manifest["sets"])
-    assert ood_sets.main(["--data-dir", str(root / "data"), "--out", str(tmp_path), "--size", "12"]) == 0
+    assert ood_sets_cli.main(["--data-dir", str(root / "data"), "--out", str(tmp_path), "--size", "12"]) == 0
     for s in manifest["sets"]:
         for rel in (s["raw"], s["bin"] + ".bin", s["bin"] + ".idx"):
             assert filecmp.cmp(root / "ood" / rel, tmp_path / rel, shallow=False), rel
@@ -72,9 +75,9 @@ def test_ood_sets_are_deterministic_and_binarized(corpus, tmp_path):
 
 def test_ood_sets_errors(corpus, tmp_path, capsys):
     root, _, _ = corpus
-    assert ood_sets.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert ood_sets_cli.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     assert "no bin/test" in capsys.readouterr().err
-    assert ood_sets.main(["--data-dir", str(root / "data"), "--out", str(tmp_path / "o"),
+    assert ood_sets_cli.main(["--data-dir", str(root / "data"), "--out", str(tmp_path / "o"),
                           "--size", "1000"]) == 1
     assert "only 30 usable lines, --size asks for 1000" in capsys.readouterr().err
 
@@ -124,7 +127,7 @@ def test_dirichlet_measures_come_from_alpha_whatever_the_predictive(corpus):
 
 
 def test_predictive_override_at_load_time(corpus):
-    from ensdist_fairseq import teacher_forcing
+    from ensdist_fairseq.teachers import teacher_forcing
 
     _, bin_dir, ckpt = corpus
     (soft,), task = teacher_forcing.load_models([ckpt["dir"]], bin_dir)

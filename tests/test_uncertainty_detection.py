@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from ensdist_fairseq.uncertainty import detection as D
+from ensdist_fairseq.metrics import detection as D
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

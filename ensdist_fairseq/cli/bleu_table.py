@@ -6,18 +6,18 @@ system decodes in-process (evaluation/decoding.py) over the same batches. Decodi
 fairseq-generate's search options under their own names (--beam, --lenpen, --max-len-a, ...).
 Writes a JSON results file and a markdown table.
 """
-import argparse
 import json
-import logging
 import os
 import sys
 from typing import List, Optional
 
-from ..evaluation import bleu
-from ..atomic_files import check_writable, write_or_keep
-from ..training.checkpoint_checks import check_ensemble
-from ..evaluation import generation_options as gen_opts
-from ..evaluation.report import mean_and_stderr
+from ensdist_fairseq.evaluation import bleu
+from ensdist_fairseq.atomic_files import check_writable, write_or_keep
+from ensdist_fairseq.checkpoints.checks import check_ensemble
+from ensdist_fairseq.cli import options
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.cli import generation_options as gen_opts
+from ensdist_fairseq.report.table2 import mean_and_stderr
 
 
 def markdown_table(results: dict) -> str:
@@ -31,12 +31,10 @@ def markdown_table(results: dict) -> str:
 
 def bleu_of_members_and_ensembles(args, paths: List[str]):
     """(members, ensembles) result rows; every checkpoint loaded once."""
-    import torch
+    from ensdist_fairseq.teachers import teacher_forcing
+    from ensdist_fairseq.evaluation import decoding
 
-    from .. import teacher_forcing
-    from ..evaluation import decoding
-
-    device = torch.device("cuda" if args.gpu and torch.cuda.is_available() else "cpu")
+    device = options.device(args)
     models, task = teacher_forcing.load_models(paths, args.data, device)
     task.load_dataset(args.split)
     dataset = task.dataset(args.split)
@@ -61,50 +59,44 @@ def bleu_of_members_and_ensembles(args, paths: List[str]):
     return members, ensembles
 
 
+@options.command
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="ensdist-bleu-table", description=__doc__)
+    ap = options.Parser(prog="ensdist-bleu-table", description=__doc__)
     ap.add_argument("data", help="fairseq binarized data directory")
-    ap.add_argument("--path", required=True, help="members in seed order: a.pt:b.pt:c.pt")
-    ap.add_argument("--split", default="test")
+    options.add_path(ap, "members in seed order")
+    options.add_split(ap, "test")
     ap.add_argument("--reference", help="raw reference file of the split (default: fairseq's T- lines)")
-    ap.add_argument("--max-tokens", type=int, default=4000)
-    ap.add_argument("--gpu", action="store_true", help="decode on the GPU (default: CPU)")
+    options.add_batching(ap)
+    options.add_cpu(ap)
     ap.add_argument("--output-json", required=True)
     ap.add_argument("--output-md", required=True)
     gen_opts.add_generation_options(ap)
     args, unknown = ap.parse_known_args(argv)
-    # fairseq's INFO lines (dictionary sizes, examples loaded) before fairseq is imported: our own
-    # progress goes to stderr, and an error stays the one line a user sees.
-    logging.basicConfig(level=logging.WARNING, force=True,
-                        format="%(levelname)s | %(name)s | %(message)s")
+    options.quiet_fairseq_logging()
     if unknown:
-        print(f"error: {gen_opts.unknown_options_error(unknown)}", file=sys.stderr)
-        return 2
-    paths = [p for p in args.path.split(":") if p]
-    try:
-        problem = gen_opts.generation_error(args)
-        if problem or args.max_tokens < 1:
-            raise ValueError(problem or f"--max-tokens must be >= 1, got {args.max_tokens}")
-        if args.reference and not os.path.isfile(args.reference):
-            raise ValueError(f"--reference {args.reference}: file not found")
-        check_writable(args.output_json, "--output-json")
-        check_writable(args.output_md, "--output-md")
-        check_ensemble(paths, args.data)
-        members, ensembles = bleu_of_members_and_ensembles(args, paths)
-        mean, se = mean_and_stderr([m["bleu"] for m in members])
-        results = {"data": args.data, "split": args.split, "signature": members[0]["signature"],
-                   "members": members, "individual": {"mean": mean, "stderr": se, "n": len(members)},
-                   "ensembles": ensembles}
-        table = markdown_table(results)
-        write_or_keep(args.output_json, json.dumps(results, indent=2) + "\n", "--output-json")
-        write_or_keep(args.output_md, table, "--output-md")
-    except (ValueError, RuntimeError, OSError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+        ap.error(gen_opts.unknown_options_error(unknown))
+    problem = gen_opts.generation_error(args)
+    if problem:
+        ap.error(problem)
+    if os.path.abspath(args.output_json) == os.path.abspath(args.output_md):
+        ap.error(f"--output-json and --output-md are the same file: {args.output_json}")
+    if args.reference and not os.path.isfile(args.reference):
+        raise EnsdistError(f"--reference {args.reference}: file not found")
+    paths = options.split_paths(args.path)
+    check_writable(args.output_json, "--output-json")
+    check_writable(args.output_md, "--output-md")
+    check_ensemble(paths, args.data)
+    members, ensembles = bleu_of_members_and_ensembles(args, paths)
+    mean, se = mean_and_stderr([m["bleu"] for m in members])
+    results = {"data": args.data, "split": args.split, "signature": members[0]["signature"],
+               "members": members, "individual": {"mean": mean, "stderr": se, "n": len(members)},
+               "ensembles": ensembles}
+    table = markdown_table(results)
+    write_or_keep(args.output_json, json.dumps(results, indent=2) + "\n", "--output-json")
+    write_or_keep(args.output_md, table, "--output-md")
     print(table)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    options.console(main)

@@ -7,72 +7,68 @@ Writes one JSON per system (schema: docs/evaluation.md) and prints one summary l
 """
 import argparse
 import json
-import logging
 import math
 import os
 import sys
 import time
 from typing import List, Optional
 
-from ..atomic_files import check_writable, write_or_keep
-from ..evaluation.calibration import DEFAULT_NUM_BINS, CalibrationAccumulator
-from ..evaluation import generation_options as gen_opts
+from ensdist_fairseq.atomic_files import check_writable, write_or_keep
+from ensdist_fairseq.cli import options
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.metrics.calibration import DEFAULT_NUM_BINS, CalibrationAccumulator
+from ensdist_fairseq.cli import generation_options as gen_opts
 
 SCHEMA_VERSION = 1
 KINDS = ("individual", "ensemble", "student")
 MAX_CAUSE_CHARS = 200  # fairseq's messages can list every registered task: keep one readable line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ensdist-evaluate", description=__doc__)
+def build_parser() -> options.Parser:
+    ap = options.Parser(prog="ensdist-evaluate", description=__doc__)
     ap.add_argument("data", help="fairseq binarized data directory")
-    ap.add_argument("--path", required=True, help="checkpoint(s), an ensemble as a.pt:b.pt:c.pt")
-    ap.add_argument("--split", default="test")
+    options.add_path(ap)
+    options.add_split(ap, "test")
     ap.add_argument("--name", required=True, help="name of the evaluated system")
     ap.add_argument("--method", default="default",
                     help="report group, e.g. 'CE+SWA' (rows of one method share a block)")
     ap.add_argument("--kind", choices=KINDS,
                     help="report row type (default: individual for one model, else ensemble)")
-    ap.add_argument("--num-teachers", type=int,
+    ap.add_argument("--num-teachers", type=options.integer(1),
                     help="students: size of the teacher ensemble (the report's #models)")
-    ap.add_argument("--output-json", required=True)
+    ap.add_argument("--output", "--output-json", dest="output", required=True,
+                    help="the result file to write (JSON)")
     ap.add_argument("--bleu", action=argparse.BooleanOptionalAction, default=True,
                     help="also decode (in-process beam search) and score with sacreBLEU")
-    ap.add_argument("--max-tokens", type=int, default=4000,
-                    help="at most this many tokens a batch (teacher forcing and decoding)")
-    ap.add_argument("--num-bins", type=int, default=DEFAULT_NUM_BINS,
+    options.add_batching(ap)
+    ap.add_argument("--num-bins", type=options.integer(1), default=DEFAULT_NUM_BINS,
                     help="equal-count bins for ECE (at most the split's number of target tokens)")
     ap.add_argument("--reference", help="raw reference file of the split (BLEU; default: "
                                         "fairseq's detokenized targets)")
-    ap.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    options.add_cpu(ap)
     ap.add_argument("--dirichlet-predictive", choices=("softmax", "mean"),
                     help="Proxy-Dirichlet students: score and decode with softmax(z) or the "
                          "Dirichlet mean alpha/alpha_0 (default: the checkpoint's own option)")
-    ap.add_argument("--log-interval", type=int, default=100,
+    ap.add_argument("--log-interval", type=options.integer(1), default=100,
                     help="report progress to stderr every this many batches")
     gen_opts.add_generation_options(ap)
     return ap
 
 
 def flag_error(args) -> Optional[str]:
-    """The first impossible flag value, as an error message, or None."""
-    for flag, value in (("--num-bins", args.num_bins), ("--max-tokens", args.max_tokens),
-                        ("--log-interval", args.log_interval)):
-        if value < 1:
-            return f"{flag} must be >= 1, got {value}"
+    """The first impossible combination of flags, as an error message, or None."""
     problem = gen_opts.generation_error(args)
     if problem:
         return problem
-    if args.num_teachers is not None and (args.kind != "student" or args.num_teachers < 1):
-        return f"--num-teachers must be >= 1 and needs --kind student, got {args.num_teachers}"
+    if args.num_teachers is not None and args.kind != "student":
+        return f"--num-teachers {args.num_teachers} needs --kind student"
     if args.reference and not os.path.isfile(args.reference):
         return f"--reference {args.reference}: file not found"
     return None
 
 
 def _load(paths: List[str], data: str, device, overrides=None):
-    from ..errors import EnsdistError
-    from ..teacher_forcing import load_models  # imports fairseq: keep --help fast
+    from ensdist_fairseq.teachers.teacher_forcing import load_models  # imports fairseq: keep --help fast
 
     try:
         return load_models(paths, data, device, overrides=overrides)
@@ -85,18 +81,16 @@ def _load(paths: List[str], data: str, device, overrides=None):
 def check_num_bins(num_bins: int, num_tokens: int, where: str) -> None:
     """Equal-count bins need a pair each: more ECE-1 bins than tokens would leave bins empty
     (and ECE silently averaged over fewer bins than asked for)."""
-    from ..errors import EnsdistError
-
     if num_bins > num_tokens:
         raise EnsdistError(f"--num-bins {num_bins}: more bins than the {num_tokens} target "
                            f"tokens of {where}")
 
 
 def evaluate(args, paths: List[str], device) -> dict:
-    from .. import teacher_forcing
-    from ..evaluation import bleu
-    from ..evaluation.ensemble_scoring import score_split
-    from ..evaluation import decoding
+    from ensdist_fairseq.teachers import teacher_forcing
+    from ensdist_fairseq.evaluation import bleu
+    from ensdist_fairseq.evaluation.ensemble_scoring import score_split
+    from ensdist_fairseq.evaluation import decoding
 
     models, task = _load(paths, args.data, device, overrides=(
         {"dirichlet_predictive": args.dirichlet_predictive} if args.dirichlet_predictive else None))
@@ -164,38 +158,29 @@ def summary_line(r: dict) -> str:
             f"{r['num_tokens']} tokens")
 
 
+@options.command
 def main(argv: Optional[List[str]] = None) -> int:
-    args, unknown = build_parser().parse_known_args(argv)
-    # fairseq's INFO lines (dictionary sizes, examples loaded) before fairseq is imported: our own
-    # progress goes to stderr, and an error stays the one line a user sees.
-    logging.basicConfig(level=logging.WARNING, force=True,
-                        format="%(levelname)s | %(name)s | %(message)s")
-    if unknown:  # decoding is in-process now: nothing is passed on to fairseq-generate
-        print(f"error: {gen_opts.unknown_options_error(unknown)}", file=sys.stderr)
-        return 2
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    options.quiet_fairseq_logging()
+    if unknown:  # decoding is in-process: nothing is passed on to fairseq-generate
+        parser.error(gen_opts.unknown_options_error(unknown))
     problem = flag_error(args)
-    paths = [p for p in args.path.split(":") if p]
-    try:
-        if problem:
-            raise ValueError(problem)
-        check_writable(args.output_json, "--output-json")  # before any work (issue 10)
-        from ..training.checkpoint_checks import check_ensemble
-        import torch
+    if problem:
+        parser.error(problem)
+    paths = options.split_paths(args.path)
+    check_writable(args.output, "--output")  # before any work
+    from ensdist_fairseq.checkpoints.checks import check_ensemble
 
-        check_ensemble(paths, args.data)
-        use_cuda = torch.cuda.is_available() and not args.cpu
-        result = evaluate(args, paths, torch.device("cuda" if use_cuda else "cpu"))
-        bad = non_finite_field(result)
-        if bad:  # never write NaN as a result
-            raise ValueError(f"{':'.join(paths)}: {bad} is not a finite number on {args.split}")
-        write_or_keep(args.output_json, json.dumps(result, indent=2) + "\n", "--output-json")
-    except (ValueError, RuntimeError, OSError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+    check_ensemble(paths, args.data)
+    result = evaluate(args, paths, options.device(args))
+    bad = non_finite_field(result)
+    if bad:  # never write NaN as a result
+        raise EnsdistError(f"{':'.join(paths)}: {bad} is not a finite number on {args.split}")
+    write_or_keep(args.output, json.dumps(result, indent=2) + "\n", "--output")
     print(summary_line(result))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    options.console(main)

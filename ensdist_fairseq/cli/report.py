@@ -4,43 +4,45 @@ Reads every ``*.json`` in RESULTS_DIR that ``ensdist-evaluate`` wrote (files wit
 "schema_version" are skipped, so a run directory may hold other JSONs), writes report.md and
 one reliability_<method>.png per method to --out (default RESULTS_DIR), prints the table.
 """
-import argparse
 import glob
 import json
 import os
 import sys
 from typing import List, Optional
 
-from ..evaluation import report
-from ..evaluation.paper_pattern import pattern_checks, pattern_markdown
-from ..evaluation.regime import regime_markdown
-from ..atomic_files import write_text_atomically
-from ..uncertainty.report_section import section as uncertainty_section
+from ensdist_fairseq.report import table2 as report
+from ensdist_fairseq.report.paper_pattern import pattern_checks, pattern_markdown
+from ensdist_fairseq.report.regime import regime_markdown
+from ensdist_fairseq.atomic_files import write_text_atomically
+from ensdist_fairseq.cli import options
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.report.uncertainty_section import section as uncertainty_section
 
 
 def load_results(results_dir: str):
-    """(results, their files), sorted by file name; raise ValueError naming a bad file."""
+    """(results, their files), sorted by file name; raise EnsdistError naming a bad file."""
     results, sources = [], []
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+            raise EnsdistError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
         if not isinstance(data, dict) or "schema_version" not in data:
             continue
         report.check_result(data, path)
         results.append(data)
         sources.append(path)
     if not results:
-        raise ValueError(f"{results_dir}: no ensdist-evaluate result JSONs")
+        raise EnsdistError(f"{results_dir}: no ensdist-evaluate result JSONs")
     report.check_comparable(results, sources)
     return results, sources
 
 
+@options.command
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="ensdist-report", description=__doc__)
-    ap.add_argument("results_dir", help="directory of ensdist-evaluate --output-json files")
+    ap = options.Parser(prog="ensdist-report", description=__doc__)
+    ap.add_argument("results_dir", help="directory of ensdist-evaluate --output files")
     ap.add_argument("--out", help="output directory (default: RESULTS_DIR)")
     ap.add_argument("--ce-method", default="CE+SWA",
                     help="method of the distillation teachers, for the paper-pattern checks")
@@ -48,24 +50,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="method of the label-smoothed comparison ensemble")
     args = ap.parse_args(argv)
     out = args.out or args.results_dir
-    try:
-        if not os.path.isdir(args.results_dir):
-            raise ValueError(f"{args.results_dir}: results directory not found")
-        results, sources = load_results(args.results_dir)
-        os.makedirs(out, exist_ok=True)
-        checks = pattern_checks(results, args.ce_method, args.ls_method)
-        text = (report.report_markdown(results) + "\n## Does the paper's pattern hold here?\n\n"
-                + pattern_markdown(checks))
-        regime = regime_markdown(results)  # where each model stopped (from its train.log)
-        text += "\n" + regime if regime else ""
-        # Uncertainty section (H4, issue 11): RESULTS/uncertainty/*/ from ensdist-uncertainty
-        unc_text, unc_pngs = uncertainty_section(args.results_dir, out)
-        text += unc_text
-        write_text_atomically(os.path.join(out, "report.md"), text)
-        pngs = report.write_reliability_diagrams(results, out) + unc_pngs
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if not os.path.isdir(args.results_dir):
+        raise EnsdistError(f"{args.results_dir}: results directory not found")
+    results, sources = load_results(args.results_dir)
+    os.makedirs(out, exist_ok=True)
+    checks = pattern_checks(results, args.ce_method, args.ls_method)
+    text = (report.report_markdown(results) + "\n## Does the paper's pattern hold here?\n\n"
+            + pattern_markdown(checks))
+    regime = regime_markdown(results)  # where each model stopped (from its train.log)
+    text += "\n" + regime if regime else ""
+    unc_text, unc_pngs = uncertainty_section(args.results_dir, out)  # RESULTS/uncertainty/*/
+    text += unc_text
+    write_text_atomically(os.path.join(out, "report.md"), text)
+    pngs = report.write_reliability_diagrams(results, out) + unc_pngs
     print(text)
     print(f"[report] {len(sources)} systems -> {os.path.join(out, 'report.md')}, "
           f"{', '.join(pngs)}", file=sys.stderr)
@@ -73,4 +70,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    options.console(main)

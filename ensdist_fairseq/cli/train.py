@@ -18,7 +18,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.distributed import utils as distributed_utils
 from fairseq_cli.train import main as fairseq_train_main
 
-from .. import register_with_fairseq
+from ensdist_fairseq import register_with_fairseq
 
 
 def main(argv=None):

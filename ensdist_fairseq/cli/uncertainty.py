@@ -1,10 +1,10 @@
 """`ensdist-uncertainty`: sequence-level uncertainty of one system, per sentence, in- and out-of-domain.
 
     ensdist-uncertainty DATA --path a.pt[:b.pt...] --name NAME --out DIR
-        [--subset test] [--ood-dir OOD] [--ood NAME=FILE ...] [--group single|ensemble|mean-kd|
+        [--split test] [--ood-dir OOD] [--ood NAME=FILE ...] [--group single|ensemble|mean-kd|
         proxy-dirichlet] [--measures total,rmi] [--beam 5] [--dirichlet-predictive softmax|mean]
 
-Decodes DATA's --subset (in-domain, with references: sentence chrF) and every OOD set of OOD
+Decodes DATA's --split (in-domain, with references: sentence chrF) and every OOD set of OOD
 (built by ensdist-ood-sets) or given as raw source-language text with --ood, with beam B, and
 writes per sentence its output and the sequence-level measures (docs/uncertainty.md):
     DIR/<set>.jsonl   one JSON object per sentence
@@ -20,76 +20,77 @@ from typing import List, Optional
 
 import torch
 
-from ..atomic_files import write_text_atomically
-from ..training.checkpoint_checks import check_ensemble
-from ..store.provenance import file_sha256
+from ensdist_fairseq.atomic_files import write_text_atomically
+from ensdist_fairseq.checkpoints.checks import check_ensemble
+from ensdist_fairseq.cli import generation_options as gen_opts
+from ensdist_fairseq.cli import options
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.hashing import file_sha256
 
 GROUPS = ("single", "ensemble", "mean-kd", "proxy-dirichlet", "other")
 SCHEMA_VERSION = 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ensdist-uncertainty", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> options.Parser:
+    ap = options.Parser(prog="ensdist-uncertainty", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", help="fairseq binarized data directory (the system's dictionary)")
-    ap.add_argument("--path", required=True, help="checkpoint(s); an ensemble as a.pt:b.pt:c.pt")
+    options.add_path(ap)
     ap.add_argument("--name", required=True, help="system name (a row of the report)")
     ap.add_argument("--out", required=True, help="output directory of this system")
     ap.add_argument("--group", choices=GROUPS,
                     help="report row (default: ensemble for K > 1, proxy-dirichlet for a "
                          "Dirichlet model, else single; use mean-kd for mean-KD students)")
-    ap.add_argument("--subset", default="test", help="in-domain split of DATA")
+    options.add_split(ap, "test")
     ap.add_argument("--ood-dir", help="OOD sets built by ensdist-ood-sets (all of them)")
     ap.add_argument("--ood", action="append", default=[], metavar="NAME=FILE",
                     help="an extra OOD set: raw source-language text, one sentence a line")
     ap.add_argument("--spm-model", help="SentencePiece model for --ood files "
                                         "(default: DATA/../spm/spm.model)")
     ap.add_argument("--measures", help="comma-separated (default: every measure the system has)")
-    ap.add_argument("--beam", type=int, default=5, help="beam size = hypotheses per sentence")
-    ap.add_argument("--lenpen", type=float, default=1.0)
-    ap.add_argument("--max-len-a", type=float, default=0.0)
-    ap.add_argument("--max-len-b", type=int, default=200)
-    ap.add_argument("--temperature", type=float, default=1.0,
-                    help="of the importance weights over the beam (sequence.py)")
+    ap.add_argument("--weight-temperature", type=options.real(1e-3, 1e3), default=1.0,
+                    help="temperature of the importance weights over the beam (sequence.py; "
+                         "not the generation --temperature)")
     ap.add_argument("--dirichlet-predictive", choices=("softmax", "mean"),
                     help="override a Dirichlet student's predictive (default: its own option)")
-    ap.add_argument("--max-tokens", type=int, default=4000)
+    options.add_batching(ap)
     ap.add_argument("--teacher-forced", action="store_true",
                     help="measure by a second, teacher-forced pass over the hypotheses instead of "
                          "inside the beam search (same values, about twice the cost; a cross-check)")
-    ap.add_argument("--limit", type=int,
+    ap.add_argument("--limit", type=options.integer(1),
                     help="score only the first N sentences of each set (a cheaper, deterministic run)")
-    ap.add_argument("--sentences-per-chunk", type=int, default=64,
+    ap.add_argument("--sentences-per-chunk", type=options.integer(1), default=64,
                     help="sentences whose hypotheses are teacher-forced together")
-    ap.add_argument("--cpu", action="store_true")
+    options.add_cpu(ap)
+    gen_opts.add_generation_options(ap, post_process=False)
     return ap
 
 
 def _ood_files(args, src_lang: str):
     """[(name, kind, path)] of the OOD sets to score, after checking they fit DATA."""
-    from ..uncertainty.ood_sets import read_manifest
+    from ensdist_fairseq.uncertainty.ood_sets import read_manifest
 
     sets = []
     if args.ood_dir:
         manifest = read_manifest(args.ood_dir)
         data_dict = os.path.join(args.data, f"dict.{manifest['src']}.txt")
         if not os.path.isfile(data_dict) or file_sha256(data_dict) != manifest["dict_sha256"]:
-            raise ValueError(f"--ood-dir {args.ood_dir}: built with another dictionary than {data_dict}")
+            raise EnsdistError(f"--ood-dir {args.ood_dir}: built with another dictionary than {data_dict}")
         if manifest["src"] != src_lang:
-            raise ValueError(f"--ood-dir {args.ood_dir}: source language {manifest['src']}, the "
+            raise EnsdistError(f"--ood-dir {args.ood_dir}: source language {manifest['src']}, the "
                              f"system reads {src_lang}")
         sets += [(s["name"], "bin", os.path.join(args.ood_dir, s["bin"])) for s in manifest["sets"]]
     for item in args.ood:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--ood {item}: expected NAME=FILE")
+            raise EnsdistError(f"--ood {item}: expected NAME=FILE")
         if not os.path.isfile(path):
-            raise ValueError(f"--ood {path}: file not found")
+            raise EnsdistError(f"--ood {path}: file not found")
         sets.append((name, "raw", path))
-    names = [s[0] for s in sets] + [args.subset]
+    names = [s[0] for s in sets] + [args.split]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
-        raise ValueError(f"--ood {dup}: set name used twice (or equal to --subset)")
+        raise EnsdistError(f"--ood {dup}: set name used twice (or equal to --split)")
     return sets
 
 
@@ -98,22 +99,22 @@ def _raw_dataset(task, path: str, spm_model: str):
     import sentencepiece as spm
 
     if not os.path.isfile(spm_model):
-        raise ValueError(f"--spm-model {spm_model}: not found (needed for --ood files)")
+        raise EnsdistError(f"--spm-model {spm_model}: not found (needed for --ood files)")
     sp = spm.SentencePieceProcessor(model_file=spm_model)
     d = task.source_dictionary
     with open(path, encoding="utf-8") as f:
         lines = [line.strip() for line in f if line.strip()]
     if not lines:
-        raise ValueError(f"--ood {path}: no non-empty lines")
+        raise EnsdistError(f"--ood {path}: no non-empty lines")
     tokens = [d.encode_line(" ".join(sp.encode(line, out_type=str)), add_if_not_exist=False,
                             append_eos=True).long() for line in lines]
     return task.build_dataset_for_inference(tokens, [t.numel() for t in tokens])
 
 
 def run(args, paths: List[str], device: torch.device) -> dict:
-    from .. import teacher_forcing
-    from ..evaluation.decoding import generation_config
-    from ..uncertainty import runner
+    from ensdist_fairseq.teachers import teacher_forcing
+    from ensdist_fairseq.evaluation.decoding import generation_config
+    from ensdist_fairseq.uncertainty import runner
 
     overrides = {"dirichlet_predictive": args.dirichlet_predictive} if args.dirichlet_predictive else None
     models, task = teacher_forcing.load_models(paths, args.data, device, overrides=overrides)
@@ -121,14 +122,13 @@ def run(args, paths: List[str], device: torch.device) -> dict:
     measures = runner.check_measures(
         kind, args.measures.split(",") if args.measures else runner.AVAILABLE[kind])
     group = args.group or {"ensemble": "ensemble", "dirichlet": "proxy-dirichlet"}.get(kind, "single")
-    task.load_dataset(args.subset)
-    sets = [(args.subset, "in-domain", task.dataset(args.subset))]
+    task.load_dataset(args.split)
+    sets = [(args.split, "in-domain", task.dataset(args.split))]
     spm_model = args.spm_model or os.path.join(os.path.dirname(os.path.abspath(args.data)), "spm", "spm.model")
     for name, how, path in _ood_files(args, task.cfg.source_lang):
         sets.append((name, "ood", runner.ood_dataset(task, path) if how == "bin"
                      else _raw_dataset(task, path, spm_model)))
-    gen_cfg = generation_config(beam=args.beam, nbest=args.beam, lenpen=args.lenpen,
-                                max_len_a=args.max_len_a, max_len_b=args.max_len_b)
+    gen_cfg = generation_config(nbest=args.beam, **gen_opts.generation_overrides(args))
     os.makedirs(args.out, exist_ok=True)
     summary = []
     for name, role, dataset in sets:
@@ -137,7 +137,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             for record in runner.score_split(models, task, dataset, name, gen_cfg, measures,
                                              args.max_tokens, args.sentences_per_chunk,
-                                             args.temperature, chrf=(role == "in-domain"),
+                                             args.weight_temperature, chrf=(role == "in-domain"),
                                              limit=args.limit, teacher_forced=args.teacher_forced):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 n += 1
@@ -152,29 +152,22 @@ def run(args, paths: List[str], device: torch.device) -> dict:
             "num_models": len(paths), "paths": [os.path.abspath(p) for p in paths],
             "data": os.path.abspath(args.data), "measures": measures,
             "knowledge": [m for m in measures if m != "total" and m != "data"],
-            "beam": args.beam, "lenpen": args.lenpen, "temperature": args.temperature,
+            "beam": args.beam, "lenpen": args.lenpen, "weight_temperature": args.weight_temperature,
+            "generation": gen_opts.generation_overrides(args),
             "limit": args.limit, "teacher_forced": args.teacher_forced,
             "dirichlet_predictive": predictive, "sets": summary}
 
 
+@options.command
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    paths = [p for p in args.path.split(":") if p]
-    try:
-        for flag, value in (("--beam", args.beam), ("--max-tokens", args.max_tokens),
-                            ("--sentences-per-chunk", args.sentences_per_chunk),
-                            ("--limit", 1 if args.limit is None else args.limit)):
-            if value < 1:
-                raise ValueError(f"{flag} must be >= 1, got {value}")
-        if not args.temperature > 0:
-            raise ValueError(f"--temperature must be > 0, got {args.temperature}")
-        check_ensemble(paths, args.data)
-        device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-        result = run(args, paths, device)
-    except (ValueError, OSError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = gen_opts.generation_error(args)
+    if problem:
+        parser.error(problem)
+    paths = options.split_paths(args.path)
+    check_ensemble(paths, args.data)
+    result = run(args, paths, options.device(args))
     write_text_atomically(os.path.join(args.out, "system.json"), json.dumps(result, indent=2) + "\n")
     total = sum(s["seconds"] for s in result["sets"])
     print(f"{args.name} ({result['group']}, {result['kind']}, {len(paths)} model(s)): "
@@ -183,4 +176,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    options.console(main)

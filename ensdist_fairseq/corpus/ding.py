@@ -9,17 +9,13 @@ A line is ``German :: English``; `` | `` separates sub-entries that are aligned 
 ``;`` separates alternatives, ``{..}`` ``[..]`` ``<..>`` are grammar/usage/search tags. The
 sub-entries that are whole sentences on both sides are real, human-translated parallel text.
 
-CLI:  python -m ensdist_fairseq.corpus.ding --source /usr/share/trans/de-en --out RAWDIR
-writes RAWDIR/{train,valid,test}.{en,de} (one sentence per line, aligned) and prints counts.
+The command is `ensdist-corpus-ding` (cli/corpus_ding.py).
 """
-import argparse
 import hashlib
 import os
 import re
-import sys
 from typing import Dict, Iterable, List, Tuple
 
-from .text_lines import read_lines
 
 Pair = Tuple[str, str]  # (english, german)
 SPLITS = ("train", "valid", "test")
@@ -183,73 +179,3 @@ def write_splits(out_dir: str, splits: Dict[str, List[Pair]], src: str = "en", t
 
 def mean_words(sentences: List[str]) -> float:
     return sum(len(s.split()) for s in sentences) / max(1, len(sentences))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m ensdist_fairseq.corpus.ding",
-        description="Extract English-German example-sentence pairs from the Ding dictionary "
-        "and write deterministic, disjoint train/valid/test splits.")
-    p.add_argument("--source", default="/usr/share/trans/de-en",
-                   help="the Ding file (Debian package trans-de-en)")
-    p.add_argument("--out", required=True, help="directory for {train,valid,test}.{en,de}")
-    p.add_argument("--valid-size", type=int, default=500, help="pairs in the validation split")
-    p.add_argument("--test-size", type=int, default=1000, help="pairs in the held-out test split")
-    p.add_argument("--max-heldout-fraction", type=float, default=0.2,
-                   help="valid+test are scaled down together to at most this share of the pairs")
-    p.add_argument("--max-pairs", type=int, default=None,
-                   help="keep only this many pairs (the first of the seeded ranking), for quick runs")
-    p.add_argument("--min-words", type=int, default=3, help="minimum words on each side")
-    p.add_argument("--seed", type=int, default=1, help="seed of the split (and of --max-pairs)")
-    return p
-
-
-def _check_args(args) -> None:
-    if not os.path.isfile(args.source):
-        raise ValueError(f"--source {args.source}: no such file (install: apt-get install trans-de-en=1.9-6)")
-    for flag, value in (("--valid-size", args.valid_size), ("--test-size", args.test_size)):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
-    if args.max_pairs is not None and args.max_pairs < 1:
-        raise ValueError(f"--max-pairs must be >= 1, got {args.max_pairs}")
-    if not 0.0 < args.max_heldout_fraction < 1.0:
-        raise ValueError(f"--max-heldout-fraction must be in (0, 1), got {args.max_heldout_fraction}")
-    if args.min_words < 1:
-        raise ValueError(f"--min-words must be >= 1, got {args.min_words}")
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        _check_args(args)
-        pairs = extract_pairs(read_lines(args.source), args.min_words)
-        n_extracted = len(pairs)
-        if args.max_pairs is not None and args.max_pairs < len(pairs):
-            keep = set(rank_pairs(pairs, args.seed)[:args.max_pairs])
-            pairs = [p for p in pairs if p in keep]
-        valid_size, test_size = heldout_sizes(len(pairs), args.valid_size, args.test_size,
-                                              args.max_heldout_fraction)
-        if valid_size < 1 or test_size < 1:
-            raise ValueError(f"only {len(pairs)} pairs: too few for a valid and a test split "
-                             f"(raise --max-pairs or --max-heldout-fraction)")
-        splits = split_pairs(pairs, valid_size, test_size, args.seed)
-        write_splits(args.out, splits)
-    except ValueError as e:  # EnsdistError included: one line naming the file
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
-        return 2
-    en = [p[0] for p in pairs]
-    de = [p[1] for p in pairs]
-    print(f"extracted {n_extracted} pairs from {args.source}; using {len(pairs)} "
-          f"(mean words: en {mean_words(en):.2f}, de {mean_words(de):.2f})")
-    if (valid_size, test_size) != (args.valid_size, args.test_size):
-        print(f"note: valid/test scaled down to {valid_size}/{test_size} "
-              f"(--max-heldout-fraction {args.max_heldout_fraction})")
-    print("splits: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()) + f" -> {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

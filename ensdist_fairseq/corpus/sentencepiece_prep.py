@@ -3,23 +3,19 @@
 One model for both languages: fairseq's --joined-dictionary and --share-all-embeddings need
 a single vocabulary, and a joint model lets names and numbers share pieces across languages.
 
-CLI:  python -m ensdist_fairseq.corpus.sentencepiece_prep --raw RAWDIR --src en --tgt de \
-          --vocab-size 4000 --out SPMDIR
-reads RAWDIR/{train,valid,test}.{src,tgt} (plain text, one sentence per line, aligned) and writes
+The command is `ensdist-sentencepiece` (cli/sentencepiece.py): it reads RAWDIR/{train,valid,test}.{src,tgt} (plain text, one sentence per line, aligned) and writes
 SPMDIR/spm.model, SPMDIR/spm.vocab and SPMDIR/{train,valid,test}.{src,tgt} (space-separated
 pieces), each file under a temporary name until all are written.
 """
-import argparse
 import io
 import os
 import re
-import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import sentencepiece as spm
 
-from ..errors import EnsdistError
-from .text_lines import read_lines, read_pairs
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.corpus.text_lines import read_lines, read_pairs
 
 SPLITS = ("train", "valid", "test")
 
@@ -34,20 +30,20 @@ def count_lines(path: str) -> int:
 
 
 def check_raw_files(raw_dir: str, src: str, tgt: str) -> Dict[str, int]:
-    """Line count of every split; ValueError naming the file if one is missing or the two
+    """Line count of every split; EnsdistError naming the file if one is missing or the two
     sides of a split differ in length (they would be silently misaligned by fairseq)."""
     counts = {}
     for split in SPLITS:
         for lang in (src, tgt):
             if not os.path.isfile(raw_path(raw_dir, split, lang)):
-                raise ValueError(f"{raw_path(raw_dir, split, lang)}: raw file not found")
+                raise EnsdistError(f"{raw_path(raw_dir, split, lang)}: raw file not found")
         n_src = count_lines(raw_path(raw_dir, split, src))
         n_tgt = count_lines(raw_path(raw_dir, split, tgt))
         if n_src != n_tgt:
-            raise ValueError(f"{raw_path(raw_dir, split, src)}: {n_src} lines, but "
+            raise EnsdistError(f"{raw_path(raw_dir, split, src)}: {n_src} lines, but "
                              f"{raw_path(raw_dir, split, tgt)} has {n_tgt}")
         if n_src == 0:
-            raise ValueError(f"{raw_path(raw_dir, split, src)} is empty")
+            raise EnsdistError(f"{raw_path(raw_dir, split, src)} is empty")
         counts[split] = n_src
     return counts
 
@@ -85,9 +81,9 @@ def train_model(train_files: Sequence[str], vocab_size: int, model_type: str,
         limit = re.search(r"<=\s*(\d+)", reason)
         if "ocabulary size" in reason:
             most = f" (at most {limit.group(1)} for this data)" if limit else ""
-            raise ValueError(f"--vocab-size {vocab_size} does not fit the training data "
+            raise EnsdistError(f"--vocab-size {vocab_size} does not fit the training data "
                              f"{', '.join(train_files)}{most}: {reason}") from None
-        raise ValueError(f"sentencepiece training failed: {_first_line(e)}") from None
+        raise EnsdistError(f"sentencepiece training failed: {_first_line(e)}") from None
     if errors:
         raise errors[0]
     return out.getvalue()
@@ -136,48 +132,7 @@ def encode_split(sp, src_in: str, tgt_in: str, src_out: str, tgt_out: str,
     return kept, dropped
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m ensdist_fairseq.corpus.sentencepiece_prep",
-        description="Train a joint SentencePiece model on train.SRC + train.TGT and encode all splits.")
-    p.add_argument("--raw", required=True, help="directory with {train,valid,test}.{SRC,TGT}")
-    p.add_argument("--src", required=True, help="source language suffix, e.g. en")
-    p.add_argument("--tgt", required=True, help="target language suffix, e.g. de")
-    p.add_argument("--vocab-size", type=int, required=True, help="joint vocabulary size")
-    p.add_argument("--out", required=True, help="output directory (spm.model, spm.vocab, pieces)")
-    p.add_argument("--model-type", default="unigram", choices=("unigram", "bpe"))
-    p.add_argument("--character-coverage", type=float, default=1.0,
-                   help="share of characters covered by the model (1.0: small alphabets like en/de)")
-    p.add_argument("--sample-sentences", type=int, default=0,
-                   help="train the model on a seeded sample of this many lines (0: all lines)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="trainer threads; the model is reproducible only for a fixed value")
-    p.add_argument("--seed", type=int, default=1, help="sentencepiece random seed")
-    p.add_argument("--clean-max-len", type=int, default=None,
-                   help="drop train pairs with a side longer than this many pieces")
-    p.add_argument("--clean-ratio", type=float, default=None,
-                   help="drop train pairs whose piece-length ratio exceeds this")
-    return p
-
-
-def _check_args(a) -> None:
-    if a.src == a.tgt:
-        raise ValueError(f"--src and --tgt must differ, both are {a.src!r}")
-    for flag, value in (("--vocab-size", a.vocab_size), ("--threads", a.threads)):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
-    if a.sample_sentences < 0:
-        raise ValueError(f"--sample-sentences must be >= 0, got {a.sample_sentences}")
-    if not 0.0 < a.character_coverage <= 1.0:
-        raise ValueError(f"--character-coverage must be in (0, 1], got {a.character_coverage}")
-    if a.clean_max_len is not None and a.clean_max_len < 1:
-        raise ValueError(f"--clean-max-len must be >= 1, got {a.clean_max_len}")
-    if a.clean_ratio is not None and a.clean_ratio < 1.0:
-        raise ValueError(f"--clean-ratio must be >= 1, got {a.clean_ratio}")
-
-
 def run(a) -> Dict[str, Tuple[int, int]]:
-    _check_args(a)
     check_raw_files(a.raw, a.src, a.tgt)
     train_files = [raw_path(a.raw, "train", a.src), raw_path(a.raw, "train", a.tgt)]
     model = train_model(train_files, a.vocab_size, a.model_type, a.character_coverage,
@@ -204,7 +159,7 @@ def run(a) -> Dict[str, Tuple[int, int]]:
                 staged(f"{split}.{a.src}"), staged(f"{split}.{a.tgt}"),
                 clean=(split == "train"), max_len=a.clean_max_len, max_ratio=a.clean_ratio)
         if counts["train"][0] == 0:
-            raise ValueError("cleaning dropped every training pair (--clean-max-len / --clean-ratio)")
+            raise EnsdistError("cleaning dropped every training pair (--clean-max-len / --clean-ratio)")
     except BaseException:
         for final in finals:
             if os.path.exists(final + tmp):
@@ -213,24 +168,3 @@ def run(a) -> Dict[str, Tuple[int, int]]:
     for final in finals:
         os.replace(final + tmp, final)
     return counts
-
-
-def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    try:
-        counts = run(a)
-    except ValueError as e:  # EnsdistError included
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"sentencepiece: {a.model_type}, vocabulary {a.vocab_size} -> {a.out}/spm.model")
-    for split, (kept, dropped) in counts.items():
-        note = f" ({dropped} dropped by cleaning)" if dropped else ""
-        print(f"  {split}: {kept} pairs{note}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,7 @@ line is whitespace and becomes a space.
 """
 from typing import Iterator, Tuple
 
-from ..errors import EnsdistError
+from ensdist_fairseq.errors import EnsdistError
 
 
 def read_lines(path: str) -> Iterator[str]:

@@ -1,2 +1,2 @@
 """fairseq criteria registered by the plugin."""
-from . import token_kd  # noqa: F401
+from ensdist_fairseq.criterions import token_kd  # noqa: F401

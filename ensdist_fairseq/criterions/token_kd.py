@@ -28,8 +28,8 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 from omegaconf import II
 
-from ..errors import EnsdistError
-from ..losses import (
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.losses import (
     DEFAULT_PRECISION_FLOOR,
     DEFAULT_PRECISION_LIMIT,
     MAX_PRECISION_LIMIT,

@@ -8,7 +8,8 @@ import numpy as np
 from fairseq.data import BucketPadLengthDataset, LanguagePairDataset
 from fairseq.data.indexed_dataset import MMapIndexedDataset
 
-from ..store.provenance import token_checksum
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.hashing import token_checksum
 
 # Tokens hashed per step on the fast path: bounds the temporary int32 copy to 64 MB.
 _BLOCK_TOKENS = 1 << 24
@@ -46,7 +47,7 @@ def _sentences(dataset) -> Iterator[np.ndarray]:
 
 def fingerprint(pair: LanguagePairDataset) -> SplitFingerprint:
     if pair.tgt is None:
-        raise ValueError("the split has no target side: there is nothing to memoize")
+        raise EnsdistError("the split has no target side: there is nothing to memoize")
     target = _unbucketed(pair.tgt)
     return SplitFingerprint(
         target_lengths=np.asarray(target.sizes, dtype=np.int64),

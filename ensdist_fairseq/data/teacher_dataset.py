@@ -8,8 +8,8 @@ without assuming any of them. Everything else is delegated to the wrapped datase
 import torch
 from fairseq.data import BaseWrapperDataset
 
-from ..store.format import StoreReader
-from ..store.provenance import StoreError
+from ensdist_fairseq.store.format import StoreReader
+from ensdist_fairseq.store.provenance import StoreError
 
 
 class TeacherStoreDataset(BaseWrapperDataset):

@@ -1,5 +1,4 @@
-"""Evaluation of translation models and ensembles: in-process decoding (decoding.py), BLEU,
-calibration, the ECE scorer for fairseq-generate and the reports built on them.
-
-Importing this package imports no fairseq; the fairseq glue modules import it themselves.
-"""
+"""fairseq inference glue: in-process decoding (decoding), BLEU, the ensemble's teacher-forced
+scoring for calibration (ensemble_scoring), the ECE scorer of fairseq-generate (ece_scorer),
+validation ECE logging (calibration_logging). The decoding options are cli/generation_options.py.
+The metric math is in metrics/, the reports built on results in report/."""

@@ -11,7 +11,7 @@ from typing import Callable, List, Optional, Sequence
 
 import sacrebleu
 
-from ..errors import EnsdistError
+from ensdist_fairseq.errors import EnsdistError
 
 
 @dataclass
@@ -48,7 +48,7 @@ def decode_bleu(models: Sequence, task, dataset, gen_cfg, batches, device=None,
     """Decode the `batches` of `dataset` with `models` (already loaded) and score with sacreBLEU.
 
     progress(sentences done, sentences in total) is called after every sentence's hypotheses."""
-    from . import decoding  # imports fairseq
+    from ensdist_fairseq.evaluation import decoding  # imports fairseq
 
     references = read_references(reference_file, len(dataset)) if reference_file else None
     hyps, refs = [None] * len(dataset), [None] * len(dataset)

@@ -17,7 +17,7 @@ from typing import Dict, Sequence
 import torch
 from fairseq.logging import metrics
 
-from .calibration import (DEFAULT_NUM_BINS, ece_from_fine_histogram, fine_histogram,
+from ensdist_fairseq.metrics.calibration import (DEFAULT_NUM_BINS, ece_from_fine_histogram, fine_histogram,
                           summarize_predictions)
 
 # logging-output keys -> name of the derived metric fairseq prints

@@ -25,7 +25,7 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .. import teacher_forcing
+from ensdist_fairseq.teachers import teacher_forcing
 
 
 @dataclass

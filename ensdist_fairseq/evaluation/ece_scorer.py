@@ -25,7 +25,7 @@ from typing import Optional
 from fairseq.dataclass import FairseqDataclass
 from fairseq.scoring import BaseScorer, register_scorer
 
-from .calibration import DEFAULT_NUM_BINS, CalibrationAccumulator, TokenPredictions
+from ensdist_fairseq.metrics.calibration import DEFAULT_NUM_BINS, CalibrationAccumulator, TokenPredictions
 
 _active: Optional[weakref.ref] = None
 
@@ -67,7 +67,7 @@ class EceScorer(BaseScorer):
                 f"{100 * r.ece1_weighted:.4f} % / {100 * r.ece5_weighted:.4f} %) | "
                 f"NLL = {r.nll:.4f} | accuracy = {100 * r.accuracy:.2f} % | {r.num_tokens} tokens")
         if self.pred:
-            from .bleu import corpus_bleu
+            from ensdist_fairseq.evaluation.bleu import corpus_bleu
 
             b = corpus_bleu(self.pred, self.ref)
             text += f" | sacreBLEU = {b.bleu:.2f} ({b.signature})"

@@ -14,9 +14,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .. import teacher_forcing
-from .calibration import CalibrationAccumulator, TokenPredictions, summarize_predictions
-from ..errors import EnsdistError
+from ensdist_fairseq.teachers import teacher_forcing
+from ensdist_fairseq.metrics.calibration import CalibrationAccumulator, TokenPredictions, summarize_predictions
+from ensdist_fairseq.errors import EnsdistError
 
 # Called after each batch with (batches done, batches in total, target tokens so far).
 ProgressCallback = Callable[[int, int, int], None]

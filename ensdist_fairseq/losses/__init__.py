@@ -1,7 +1,7 @@
 """Distillation losses as plain torch functions (no fairseq import), one concept per module."""
-from .ensemble_mean_kd import TRUNCATION_POLICIES, ensemble_mean_kd, teacher_distribution
-from .intra_distillation import adaptive_alpha, check_adaptive_schedule, x_divergence
-from .proxy_dirichlet import (
+from ensdist_fairseq.losses.ensemble_mean_kd import TRUNCATION_POLICIES, ensemble_mean_kd, teacher_distribution
+from ensdist_fairseq.losses.intra_distillation import adaptive_alpha, check_adaptive_schedule, x_divergence
+from ensdist_fairseq.losses.proxy_dirichlet import (
     DEFAULT_PRECISION_FLOOR,
     DEFAULT_PRECISION_LIMIT,
     MAX_PRECISION_LIMIT,

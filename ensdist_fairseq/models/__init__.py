@@ -1,2 +1,2 @@
 """fairseq models registered by the plugin."""
-from . import dirichlet_transformer  # noqa: F401
+from ensdist_fairseq.models import dirichlet_transformer  # noqa: F401

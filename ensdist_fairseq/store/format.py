@@ -19,8 +19,8 @@ logging.getLogger("h5py").setLevel(logging.WARNING)
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .provenance import Provenance, StoreError  # noqa: E402
-from .validate import PRECISION_MAX, first_problem  # noqa: E402
+from ensdist_fairseq.store.provenance import Provenance, StoreError  # noqa: E402
+from ensdist_fairseq.store.validate import PRECISION_MAX, first_problem  # noqa: E402
 
 OFFSETS, INDICES, PROBS, PRECISION, CRC32 = "offsets", "indices", "probs", "precision", "crc32"
 ROW_DATASETS = (INDICES, PROBS, PRECISION, CRC32)

@@ -4,12 +4,11 @@ The authors' code aligned stored teacher entries to batches by assumption only; 
 carries these facts as HDF5 attributes and every consumer compares them with its own data.
 """
 import dataclasses
-import hashlib
-from typing import Iterable, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
-from ..errors import EnsdistError
+from ensdist_fairseq.errors import EnsdistError
 
 FORMAT_VERSION = 2
 # Version 1 stored β̂₀ = +inf where the members agree; version 2 stores it finite (capped at the
@@ -29,14 +28,6 @@ class StoreError(EnsdistError):
     The message is one line and starts with the file it is about."""
 
 
-def file_sha256(path: str) -> str:
-    """sha256 of a file's bytes (checkpoints, dictionaries)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def check_topk(requested: Optional[int], available: int, flag: str, why: str) -> int:
     """The one check of V': `requested` (None = all of `available`) must be in 1..available.
@@ -47,15 +38,6 @@ def check_topk(requested: Optional[int], available: int, flag: str, why: str) ->
         raise StoreError(f"{flag} {requested}: must be in 1..{available} ({why})")
     return requested
 
-
-def token_checksum(sentences: Iterable[np.ndarray]) -> str:
-    """sha256 over the token ids of all sentences, in order, each id as little-endian int32.
-
-    Sentence boundaries are not hashed: per-sentence lengths are checked separately (offsets)."""
-    h = hashlib.sha256()
-    for tokens in sentences:
-        h.update(np.ascontiguousarray(tokens, dtype="<i4").tobytes())
-    return h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)

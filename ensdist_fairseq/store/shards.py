@@ -14,8 +14,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import format as store_format
-from .provenance import Provenance, StoreError
+from ensdist_fairseq.store import format as store_format
+from ensdist_fairseq.store.provenance import Provenance, StoreError
 
 Chunk = Tuple[int, int]  # [start, end) sentence indices of the split
 

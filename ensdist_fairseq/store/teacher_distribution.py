@@ -6,7 +6,7 @@ compute, per position,
     event a tiny probability do not underflow before averaging;
   - its top-V' events, sorted by descending probability, NOT renormalized (the tail mass
     1 - sum(top-V') stays recoverable);
-  - the Proxy-Dirichlet precision (Ryabinin et al. 2021; DESIGN.md)
+  - the Proxy-Dirichlet precision (Ryabinin et al. 2021)
         beta0 = (V - 1) / (2 * sum_v q_v (ln q_v - (1/K) sum_k ln q_k,v)),
     over the FULL vocabulary, since the top-V' alone cannot give it.
 
@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from .validate import PRECISION_MAX
+from ensdist_fairseq.store.validate import PRECISION_MAX
 
 # ln of the smallest normal float32: a member's probability that is exactly 0 (ln = -inf) counts
 # as this in β̂₀'s sum of member log-probabilities, so β̂₀ stays finite and > 0 where a member

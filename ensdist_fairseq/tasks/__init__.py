@@ -1,2 +1,2 @@
 """fairseq tasks registered by the plugin (fairseq's --user-dir loader imports them too)."""
-from . import translation_distill  # noqa: F401
+from ensdist_fairseq.tasks import translation_distill  # noqa: F401

@@ -16,13 +16,14 @@ from fairseq import utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from ..evaluation import calibration_logging
-from ..training.checkpoint_checks import DICTIONARY_SHA256_KEY
-from ..data.split_fingerprint import fingerprint
-from ..data.teacher_dataset import TeacherStoreDataset
-from ..errors import EnsdistError
-from ..store.format import StoreReader
-from ..store.provenance import StoreError, check_topk, file_sha256
+from ensdist_fairseq.evaluation import calibration_logging
+from ensdist_fairseq.checkpoints.checks import DICTIONARY_SHA256_KEY
+from ensdist_fairseq.data.split_fingerprint import fingerprint
+from ensdist_fairseq.data.teacher_dataset import TeacherStoreDataset
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.store.format import StoreReader
+from ensdist_fairseq.hashing import file_sha256
+from ensdist_fairseq.store.provenance import StoreError, check_topk
 
 logger = logging.getLogger(__name__)
 
@@ -132,17 +133,17 @@ class TranslationDistillTask(TranslationTask):
         super().reduce_metrics(logging_outputs, criterion)
         calibration_logging.reduce_calibration_metrics(logging_outputs)
 
-    # --- fairseq-generate --scoring ece (evaluation, H3): the scorer's confidences ---------------
+    # --- fairseq-generate --scoring ece (evaluation): the scorer's confidences ---------------
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         """fairseq's search; when a `--scoring ece` scorer is active, first teacher-force the
         batch's references through the same models and hand it their calibration summary
         (scorers only ever receive strings or tokens: evaluation/ece_scorer.py). First, so a
         model with non-finite output gets our one-line error, not an assertion in the search."""
-        from ..evaluation import ece_scorer  # registered with the plugin; imported lazily here
+        from ensdist_fairseq.evaluation import ece_scorer  # registered with the plugin; imported lazily here
 
         scorer = ece_scorer.active_scorer()
         if scorer is not None and sample.get("target") is not None:
-            from ..evaluation.ensemble_scoring import summarize_batch
+            from ensdist_fairseq.evaluation.ensemble_scoring import summarize_batch
 
             scorer.add_calibration(summarize_batch(models, sample, self.target_dictionary.pad(),
                                                    where="the generated split"))

@@ -23,7 +23,7 @@ from typing import Dict
 
 import torch
 
-from . import measures as M
+from ensdist_fairseq.uncertainty import measures as M
 
 _TAIL_EPS = 3e-3  # classes with ε = e^z below this enter through the moments Σ ε^n only
 _TAIL_DEGREE = 6  # first omitted term ~ ζ(8) ε^7 < 3e-18 per class

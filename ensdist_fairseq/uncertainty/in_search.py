@@ -21,8 +21,8 @@ from typing import List, Sequence
 import torch
 from fairseq.sequence_generator import EnsembleModel
 
-from . import fast_measures as F
-from . import measures as M
+from ensdist_fairseq.uncertainty import fast_measures as F
+from ensdist_fairseq.uncertainty import measures as M
 
 
 class MeasuringEnsemble(EnsembleModel):

@@ -21,7 +21,6 @@ Out (OUT/): raw/NAME.SRC (text), spm/NAME.SRC (pieces, the corpus's SentencePiec
 bin/NAME.SRC.{bin,idx} (fairseq mmap, the corpus's source dictionary), ood_sets.json (manifest,
 written last). `ensdist-uncertainty --ood-dir OUT` reads the manifest.
 """
-import argparse
 import gettext
 import glob
 import json
@@ -29,11 +28,10 @@ import os
 import random
 import re
 import subprocess
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import EnsdistError
-from ..store.provenance import file_sha256
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.hashing import file_sha256
 
 MANIFEST = "ood_sets.json"
 LOCALE_DIR = "/usr/share/locale"
@@ -220,37 +218,3 @@ def read_manifest(ood_dir: str) -> dict:
         raise EnsdistError(f"--ood-dir {ood_dir}: no {MANIFEST} (build it with ensdist-ood-sets)")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="ensdist-ood-sets", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", required=True, help="prepared corpus: raw/, spm/, bin/")
-    ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--size", type=int, default=500, help="sentences per OOD set")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--extra", action="append", default=[], metavar="NAME=FILE",
-                    help="also binarize your own raw source-language file as OOD set NAME")
-    ap.add_argument("--locale-dir", default=LOCALE_DIR, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    try:
-        if args.size < 1:
-            raise EnsdistError(f"--size must be >= 1, got {args.size}")
-        extra = {}
-        for item in args.extra:
-            if "=" not in item:
-                raise EnsdistError(f"--extra {item}: expected NAME=FILE")
-            name, path = item.split("=", 1)
-            extra[name] = path
-        manifest = write_sets(args.data_dir, args.out, args.size, args.seed, extra, args.locale_dir)
-    except (EnsdistError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 1
-    for s in manifest["sets"]:
-        print(f"[ood-sets] {s['name']}: {s['lines']} lines, {s['unk_tokens']} <unk> -- {s['about']}")
-    print(f"[ood-sets] -> {os.path.join(args.out, MANIFEST)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

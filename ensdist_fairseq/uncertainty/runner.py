@@ -16,9 +16,10 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import fast_measures as F
-from . import measures as M
-from . import sequence as S
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.uncertainty import fast_measures as F
+from ensdist_fairseq.uncertainty import measures as M
+from ensdist_fairseq.uncertainty import sequence as S
 
 SYSTEM_KINDS = ("single", "ensemble", "dirichlet")
 AVAILABLE = {"single": M.SINGLE_MEASURES, "ensemble": M.ENSEMBLE_MEASURES,
@@ -36,9 +37,9 @@ def check_measures(kind: str, requested: Sequence[str]) -> List[str]:
     """The requested measures, or ValueError naming one the system cannot give."""
     for name in requested:
         if name not in M.ENSEMBLE_MEASURES:
-            raise ValueError(f"--measures {name}: unknown (one of {', '.join(M.ENSEMBLE_MEASURES)})")
+            raise EnsdistError(f"--measures {name}: unknown (one of {', '.join(M.ENSEMBLE_MEASURES)})")
         if name not in AVAILABLE[kind]:
-            raise ValueError(
+            raise EnsdistError(
                 f"--measures {name}: a single model (or mean-KD student) gives only total "
                 "uncertainty (its entropy); knowledge uncertainty needs an ensemble "
                 "(--path a.pt:b.pt) or a Proxy-Dirichlet student")
@@ -143,8 +144,8 @@ def score_split(models, task, dataset, set_name: str, gen_cfg, measures: Sequenc
 
     Token measures come from inside the beam search (in_search.py, default) or, with
     teacher_forced, from a second pass over the hypotheses (the same values, twice the cost)."""
-    from ..evaluation.decoding import decode
-    from .in_search import MeasuringEnsemble
+    from ensdist_fairseq.evaluation.decoding import decode
+    from ensdist_fairseq.uncertainty.in_search import MeasuringEnsemble
 
     kind = system_kind(models)
     device = next(iter(models[0].parameters())).device
@@ -199,5 +200,5 @@ def ood_dataset(task, bin_prefix: str):
 
     src = data_utils.load_indexed_dataset(bin_prefix, task.source_dictionary, dataset_impl="mmap")
     if src is None:
-        raise ValueError(f"{bin_prefix}.bin/.idx: not found")
+        raise EnsdistError(f"{bin_prefix}.bin/.idx: not found")
     return task.build_dataset_for_inference(src, src.sizes)

@@ -18,7 +18,7 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .errors import EnsdistError
+from ensdist_fairseq.errors import EnsdistError
 
 
 def load_models(paths: Sequence[str], data_dir: str, device: torch.device = torch.device("cpu"),
@@ -29,7 +29,7 @@ def load_models(paths: Sequence[str], data_dir: str, device: torch.device = torc
     {"dirichlet_predictive": "mean"} for a Proxy-Dirichlet student)."""
     from fairseq import checkpoint_utils
 
-    from . import register_with_fairseq
+    from ensdist_fairseq import register_with_fairseq
 
     register_with_fairseq()  # the checkpoints may name our task or model
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(

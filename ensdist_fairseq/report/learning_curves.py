@@ -1,7 +1,7 @@
 """Learning curves from fairseq-train logs: validation loss and ECE-1 per epoch, as a markdown
 table and a PNG (docs/learning_curves*.md / .png are made with this).
 
-    python -m ensdist_fairseq.evaluation.learning_curves \
+    ensdist-learning-curves \
         --run "CE member=runs/demo/teachers/ce/seed1/train.log" \
         --run "LS member=runs/demo/teachers/ls/seed1/train.log" \
         --output-md docs/learning_curves_cpu.md --output-png docs/learning_curves_cpu.png
@@ -12,12 +12,9 @@ for CE and label-smoothed members), ECE-1 (%) and a marker on the best epoch (wh
 window ends). ECE-1 needs a validation that
 measures calibration (the teacher recipes pass it); "–" where a log has none.
 """
-import argparse
-import os
-import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
-from .train_logs import RunLog, read_train_log
+from ensdist_fairseq.report.train_logs import RunLog
 
 Run = Tuple[str, RunLog]
 
@@ -56,7 +53,7 @@ def curves_markdown(runs: Sequence[Run], title: Optional[str] = None) -> str:
 def write_curves_png(runs: Sequence[Run], path: str, title: Optional[str] = None) -> None:
     from matplotlib.figure import Figure  # Agg through a bare Figure: no GUI backend needed
 
-    from ..atomic_files import atomic_open
+    from ensdist_fairseq.atomic_files import atomic_open
 
     fig = Figure(figsize=(9, 3.6))
     ax_loss, ax_ece = fig.subplots(1, 2)
@@ -81,47 +78,3 @@ def write_curves_png(runs: Sequence[Run], path: str, title: Optional[str] = None
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
-
-
-def _parse_run(spec: str) -> Tuple[str, str]:
-    if "=" not in spec:
-        raise ValueError(f"--run {spec}: expected LABEL=TRAIN_LOG")
-    label, path = spec.split("=", 1)
-    return label, path
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ensdist_fairseq.evaluation.learning_curves",
-                                 description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", action="append", required=True, help="LABEL=TRAIN_LOG (repeat)")
-    ap.add_argument("--title", help="heading of the table and the figure")
-    ap.add_argument("--output-md", help="write the markdown table here (default: print it)")
-    ap.add_argument("--output-png", help="write the figure here")
-    args = ap.parse_args(argv)
-    try:
-        runs = []
-        for spec in args.run:
-            label, path = _parse_run(spec)
-            if not os.path.isfile(path):
-                raise ValueError(f"--run {spec}: {path}: no such file")
-            run = read_train_log(path)
-            if not run.valid:
-                raise ValueError(f"{path}: no validation lines (a fairseq-train --log-format simple log?)")
-            runs.append((label, run))
-        md = curves_markdown(runs, args.title)
-        if args.output_md:
-            from ..atomic_files import write_text_atomically
-            write_text_atomically(args.output_md, md)
-        else:
-            print(md)
-        if args.output_png:
-            write_curves_png(runs, args.output_png, args.title)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

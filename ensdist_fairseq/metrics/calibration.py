@@ -1,6 +1,6 @@
 """Token-level calibration of NMT models: ECE-1 / ECE-5 with adaptive bins, Brier, NLL, accuracy.
 
-Definitions (DESIGN.md "Calibration"; Reich et al. 2020, §2.1 and §5.3), all teacher-forced on
+Definitions (Reich et al. 2020, §2.1 and §5.3), all teacher-forced on
 the references, one prediction per non-pad target token:
 
 - ECE-1 pools each token's top-1 (confidence, correct?) pair; ECE-5 pools the top-5 pairs of

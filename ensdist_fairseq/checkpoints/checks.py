@@ -18,9 +18,9 @@ import logging
 import os
 from typing import Sequence
 
-from ..errors import EnsdistError
-from .safe_loading import load_checkpoint
-from ..store.provenance import file_sha256
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.checkpoints.safe_loading import load_checkpoint
+from ensdist_fairseq.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 

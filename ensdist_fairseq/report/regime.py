@@ -15,7 +15,7 @@ did not show its plateau.
 import os
 from typing import List, Optional, Sequence
 
-from .train_logs import RunLog, read_train_log
+from ensdist_fairseq.report.train_logs import RunLog, read_train_log
 
 SINGLE_KINDS = ("individual", "student")
 

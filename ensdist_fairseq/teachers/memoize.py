@@ -18,14 +18,16 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from .. import __version__, teacher_forcing
-from ..training.checkpoint_checks import check_ensemble
-from ..data.split_fingerprint import fingerprint
-from ..errors import EnsdistError
-from . import format as store_format
-from . import shards
-from .provenance import Provenance, StoreError, check_topk, file_sha256
-from .teacher_distribution import EnsembleMean, NonFiniteMemberOutput
+from ensdist_fairseq import __version__
+from ensdist_fairseq.teachers import teacher_forcing
+from ensdist_fairseq.checkpoints.checks import check_ensemble
+from ensdist_fairseq.data.split_fingerprint import fingerprint
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.store import format as store_format
+from ensdist_fairseq.store import shards
+from ensdist_fairseq.hashing import file_sha256
+from ensdist_fairseq.store.provenance import Provenance, StoreError, check_topk
+from ensdist_fairseq.store.teacher_distribution import EnsembleMean, NonFiniteMemberOutput
 
 # Rows copied per read/write while stitching: 1M rows of V'=64 is 256 MB at most per dataset
 # read, large enough for sequential disk speed, small enough to keep memory flat.

@@ -24,7 +24,7 @@ def allow_fairseq_checkpoints() -> None:
 def load_checkpoint(path: str, map_location="cpu"):
     """torch.load a fairseq checkpoint with the safe loader; raise EnsdistError naming the file
     (truncated, not a checkpoint, or pickling a type outside the allow-list)."""
-    from ..errors import EnsdistError
+    from ensdist_fairseq.errors import EnsdistError
 
     allow_fairseq_checkpoints()
     try:

@@ -13,7 +13,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from matplotlib.figure import Figure  # a bare Figure renders with Agg, no GUI backend needed
 
-from ..atomic_files import atomic_open
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.atomic_files import atomic_open
 
 KIND_ORDER = ("individual", "ensemble", "student")
 KIND_LABEL = {"individual": "Individual", "ensemble": "Ensemble", "student": "Distilled"}
@@ -25,9 +26,9 @@ def check_result(result: dict, source: str) -> None:
     """Raise ValueError naming `source` if `result` lacks what the report reads."""
     missing = [k for k in REQUIRED_KEYS if k not in result]
     if missing:
-        raise ValueError(f"{source}: not an ensdist-evaluate result (missing {', '.join(missing)})")
+        raise EnsdistError(f"{source}: not an ensdist-evaluate result (missing {', '.join(missing)})")
     if result["kind"] not in KIND_ORDER:
-        raise ValueError(f"{source}: kind {result['kind']!r} is not one of {', '.join(KIND_ORDER)}")
+        raise EnsdistError(f"{source}: kind {result['kind']!r} is not one of {', '.join(KIND_ORDER)}")
 
 
 def check_comparable(results: Sequence[dict], sources: Sequence[str]) -> None:
@@ -35,7 +36,7 @@ def check_comparable(results: Sequence[dict], sources: Sequence[str]) -> None:
     for r, src in zip(results[1:], sources[1:]):
         for key in ("split", "num_bins"):
             if r[key] != results[0][key]:
-                raise ValueError(f"{src}: {key} {r[key]!r} differs from {sources[0]}'s "
+                raise EnsdistError(f"{src}: {key} {r[key]!r} differs from {sources[0]}'s "
                                  f"{results[0][key]!r}")
 
 

@@ -20,8 +20,9 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from ..atomic_files import atomic_open
-from .safe_loading import load_checkpoint
+from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.atomic_files import atomic_open
+from ensdist_fairseq.checkpoints.safe_loading import load_checkpoint
 
 def best_epoch(save_dir: str) -> int:
     """The epoch whose end produced SAVE_DIR/checkpoint_best.pt (the best validation loss).
@@ -30,17 +31,17 @@ def best_epoch(save_dir: str) -> int:
     next epoch (epoch + 1, 0 iterations in it); a checkpoint saved mid-epoch keeps its epoch."""
     path = os.path.join(save_dir, "checkpoint_best.pt")
     if not os.path.isfile(path):
-        raise ValueError(f"{path}: missing (the run validated no epoch, or is not a fairseq run)")
+        raise EnsdistError(f"{path}: missing (the run validated no epoch, or is not a fairseq run)")
     state = (load_checkpoint(path).get("extra_state") or {}).get("train_iterator") or {}
     if "epoch" not in state:
-        raise ValueError(f"{path}: no epoch in its train_iterator state")
+        raise EnsdistError(f"{path}: no epoch in its train_iterator state")
     return state["epoch"] - 1 if state.get("iterations_in_epoch", 0) == 0 else state["epoch"]
 
 
 def swa_window(end_epoch: int, num_epochs: int) -> List[int]:
     """Epochs end_epoch-num_epochs+1 .. end_epoch, starting at epoch 1 at the earliest."""
     if num_epochs < 1 or end_epoch < 1:
-        raise ValueError(f"SWA window: need num_epochs >= 1 and end epoch >= 1, got "
+        raise EnsdistError(f"SWA window: need num_epochs >= 1 and end epoch >= 1, got "
                          f"{num_epochs} ending at {end_epoch}")
     return list(range(max(1, end_epoch - num_epochs + 1), end_epoch + 1))
 
@@ -51,7 +52,7 @@ def epoch_snapshots(save_dir: str, last_epoch: int, num_epochs: int) -> List[str
     paths = [os.path.join(save_dir, f"checkpoint{e}.pt") for e in swa_window(last_epoch, num_epochs)]
     for p in paths:
         if not os.path.isfile(p):
-            raise ValueError(f"{p}: epoch checkpoint missing (needed for SWA over the "
+            raise EnsdistError(f"{p}: epoch checkpoint missing (needed for SWA over the "
                              f"{num_epochs} epochs ending at epoch {last_epoch}; keep at least "
                              f"SWA epochs + patience with --keep-last-epochs)")
     return paths
@@ -61,11 +62,11 @@ def average_state_dicts(state_dicts: Sequence[Dict[str, torch.Tensor]]) -> Dict[
     """Equal-weight mean of parameter dicts, accumulated in float64 and cast back to each
     tensor's dtype (fp16 snapshots would otherwise lose precision in the running sum)."""
     if not state_dicts:
-        raise ValueError("no snapshots to average")
+        raise EnsdistError("no snapshots to average")
     keys = list(state_dicts[0].keys())
     for i, sd in enumerate(state_dicts[1:], 1):
         if list(sd.keys()) != keys or any(sd[k].shape != state_dicts[0][k].shape for k in keys):
-            raise ValueError(f"snapshot {i} has different parameters from snapshot 0")
+            raise EnsdistError(f"snapshot {i} has different parameters from snapshot 0")
     avg = {}
     for k in keys:
         ref = state_dicts[0][k]
@@ -85,11 +86,11 @@ def write_swa_checkpoint(snapshot_paths: Sequence[str], output: str) -> None:
     The result keeps the last snapshot's config and training history so fairseq loads it like
     any checkpoint; the optimizer state is dropped (it belongs to no averaged model)."""
     if not snapshot_paths:
-        raise ValueError(f"{output}: no snapshots to average")
+        raise EnsdistError(f"{output}: no snapshots to average")
     states = [load_checkpoint(p) for p in snapshot_paths]
     for p, s in zip(snapshot_paths, states):
         if not isinstance(s, dict) or "model" not in s:
-            raise ValueError(f"{p}: not a fairseq checkpoint (no 'model' entry)")
+            raise EnsdistError(f"{p}: not a fairseq checkpoint (no 'model' entry)")
     result = dict(states[-1])
     result["model"] = average_state_dicts([s["model"] for s in states])
     result["last_optimizer_state"] = None

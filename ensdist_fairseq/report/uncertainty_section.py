@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from matplotlib.figure import Figure  # a bare Figure renders with Agg, no GUI backend
 
-from . import detection
+from ensdist_fairseq.metrics import detection
 
 GROUP_ORDER = ("single", "ensemble", "mean-kd", "proxy-dirichlet", "other")
 GROUP_LABEL = {"single": "Single", "ensemble": "Ensemble", "mean-kd": "Mean-KD student",

@@ -1,1 +1,0 @@
-"""Training helpers: safe checkpoint loading, checkpoint/data checks, SWA weight averaging."""
