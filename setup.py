@@ -26,7 +26,9 @@ setup(
         "sacrebleu>=2.3",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7", "scikit-learn>=1.2", "scipy>=1.10", "black>=24", "ruff>=0.5"]},
+    extras_require={
+        "test": ["pytest>=7", "scikit-learn>=1.2", "scipy>=1.10", "black>=24", "ruff>=0.5"]
+    },
     entry_points={
         "console_scripts": [
             "ensdist-path=ensdist_fairseq.cli.path:main",

@@ -12,6 +12,7 @@ On CUDA each step is synchronized before the clock stops. --precision fp16/bf16 
 in that dtype (fairseq's --fp16/--bf16; Adam then steps half weights, which only matters for
 timing) and converts the batch as fairseq's trainer does.
 """
+
 import argparse
 import copy
 import statistics
@@ -21,7 +22,9 @@ from types import SimpleNamespace
 import torch
 from fairseq import utils
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
-from fairseq.criterions.label_smoothed_cross_entropy_with_rdrop import RdropLabelSmoothedCrossEntropyCriterion
+from fairseq.criterions.label_smoothed_cross_entropy_with_rdrop import (
+    RdropLabelSmoothedCrossEntropyCriterion,
+)
 from fairseq.data import Dictionary
 from fairseq.models import ARCH_MODEL_REGISTRY
 
@@ -30,14 +33,18 @@ from ensdist_fairseq.criterions.token_kd import TokenKDCriterion
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--vocab", type=int, default=8000, help="joint dictionary size")
     p.add_argument("--stored", type=int, default=64, help="V', stored teacher events per token")
     p.add_argument("--sentences", type=int, default=48)
     p.add_argument("--length", type=int, default=20, help="source and target length (tokens)")
     p.add_argument("--embed-dim", type=int, default=256)
     p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=6, help="timed steps per variant (after one warm-up)")
+    p.add_argument(
+        "--rounds", type=int, default=6, help="timed steps per variant (after one warm-up)"
+    )
     p.add_argument("--intra-passes", type=int, default=3)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
@@ -53,11 +60,19 @@ def make_task(vocab):
 
 def make_model(task, arch, args):
     ns = argparse.Namespace(
-        arch=arch, encoder_layers=args.layers, decoder_layers=args.layers,
-        encoder_embed_dim=args.embed_dim, decoder_embed_dim=args.embed_dim,
-        encoder_ffn_embed_dim=4 * args.embed_dim, decoder_ffn_embed_dim=4 * args.embed_dim,
-        encoder_attention_heads=4, decoder_attention_heads=4, dropout=0.3, share_all_embeddings=True,
-        max_source_positions=256, max_target_positions=256,
+        arch=arch,
+        encoder_layers=args.layers,
+        decoder_layers=args.layers,
+        encoder_embed_dim=args.embed_dim,
+        decoder_embed_dim=args.embed_dim,
+        encoder_ffn_embed_dim=4 * args.embed_dim,
+        decoder_ffn_embed_dim=4 * args.embed_dim,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        dropout=0.3,
+        share_all_embeddings=True,
+        max_source_positions=256,
+        max_target_positions=256,
     )
     torch.manual_seed(0)
     return ARCH_MODEL_REGISTRY[arch].build_model(ns, task)
@@ -74,12 +89,19 @@ def make_batch(task, args, seed):
     teacher_logits = torch.randn(n, length, vocab, generator=g) * 3
     probs, indices = torch.softmax(teacher_logits, -1).topk(args.stored, dim=-1)
     return {
-        "net_input": {"src_tokens": src, "src_lengths": torch.full((n,), length), "prev_output_tokens": prev},
+        "net_input": {
+            "src_tokens": src,
+            "src_lengths": torch.full((n,), length),
+            "prev_output_tokens": prev,
+        },
         "target": target,
         "ntokens": n * length,
         # the collater's dtypes: float16 probabilities, float64 precisions
-        "teacher": {"indices": indices, "probs": probs.half(),
-                    "precision": torch.rand(n, length, generator=g, dtype=torch.float64) * 1e4 + 10},
+        "teacher": {
+            "indices": indices,
+            "probs": probs.half(),
+            "precision": torch.rand(n, length, generator=g, dtype=torch.float64) * 1e4 + 10,
+        },
     }
 
 
@@ -98,8 +120,16 @@ def to_device(sample, device, precision):
 
 def token_kd(task, **overrides):
     cfg = dict(
-        label_smoothing=0.1, kd_loss="none", kd_weight=0.5, kd_temperature=1.0, kd_truncation="tail",
-        intra_passes=1, intra_alpha=5.0, no_intra_adaptive=True, intra_forward="sequential", sentence_avg=False,
+        label_smoothing=0.1,
+        kd_loss="none",
+        kd_weight=0.5,
+        kd_temperature=1.0,
+        kd_truncation="tail",
+        intra_passes=1,
+        intra_alpha=5.0,
+        no_intra_adaptive=True,
+        intra_forward="sequential",
+        sentence_avg=False,
     )
     cfg.update(overrides)
     return TokenKDCriterion(task, **cfg)
@@ -113,14 +143,26 @@ def main():
     dirichlet_model = make_model(task, "dirichlet_transformer", args)
     k = args.intra_passes
     variants = {
-        "label_smoothed_cross_entropy": (softmax_model, LabelSmoothedCrossEntropyCriterion(task, False, 0.1)),
+        "label_smoothed_cross_entropy": (
+            softmax_model,
+            LabelSmoothedCrossEntropyCriterion(task, False, 0.1),
+        ),
         "token_kd mean_kd": (softmax_model, token_kd(task, kd_loss="mean_kd")),
         "token_kd proxy_dirichlet": (dirichlet_model, token_kd(task, kd_loss="proxy_dirichlet")),
         f"token_kd intra K={k} sequential": (softmax_model, token_kd(task, intra_passes=k)),
-        f"token_kd intra K={k} stacked": (softmax_model, token_kd(task, intra_passes=k, intra_forward="stacked")),
-        "fairseq R-Drop (K=2, stacked)": (softmax_model, RdropLabelSmoothedCrossEntropyCriterion(task, False, 0.1, rdrop_alpha=5.0)),
+        f"token_kd intra K={k} stacked": (
+            softmax_model,
+            token_kd(task, intra_passes=k, intra_forward="stacked"),
+        ),
+        "fairseq R-Drop (K=2, stacked)": (
+            softmax_model,
+            RdropLabelSmoothedCrossEntropyCriterion(task, False, 0.1, rdrop_alpha=5.0),
+        ),
         "token_kd intra K=2 sequential": (softmax_model, token_kd(task, intra_passes=2)),
-        "token_kd intra K=2 stacked": (softmax_model, token_kd(task, intra_passes=2, intra_forward="stacked")),
+        "token_kd intra K=2 stacked": (
+            softmax_model,
+            token_kd(task, intra_passes=2, intra_forward="stacked"),
+        ),
     }
     passes = {name: (k if f"K={k}" in name else 2 if "K=2" in name else 1) for name in variants}
     device, dtype = torch.device(args.device), DTYPES[args.precision]
@@ -128,8 +170,17 @@ def main():
     for name, (model, criterion) in variants.items():
         m = copy.deepcopy(model).to(device=device, dtype=dtype).train()
         # eps representable in half precision (Adam's default 1e-8 underflows in float16)
-        states[name] = (m, criterion, torch.optim.Adam(m.parameters(), lr=1e-4, eps=1e-8 if args.precision == "fp32" else 1e-4))
-    batches = [to_device(make_batch(task, args, seed), device, args.precision) for seed in range(args.rounds + 1)]
+        states[name] = (
+            m,
+            criterion,
+            torch.optim.Adam(
+                m.parameters(), lr=1e-4, eps=1e-8 if args.precision == "fp32" else 1e-4
+            ),
+        )
+    batches = [
+        to_device(make_batch(task, args, seed), device, args.precision)
+        for seed in range(args.rounds + 1)
+    ]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step(name, batch):

@@ -19,6 +19,7 @@ how well the model translates.
 
 --work keeps the synthetic model (and the 4x copy) between runs.
 """
+
 import argparse
 import json
 import os
@@ -30,24 +31,41 @@ import sys
 import tempfile
 
 BIN = os.path.dirname(sys.executable)
-PLUGIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "ensdist_fairseq")
+PLUGIN_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ensdist_fairseq"
+)
 SYNTHETIC_WORDS = 8000  # per side; a joined dictionary of ~16k types, like a small BPE vocabulary
 SYNTHETIC_SENTENCES = {"train": 2000, "valid": 100, "test": 1000}
 SYNTHETIC_LENGTHS = (10, 40)
 MODEL_ARGS = [
-    "--arch", "transformer", "--share-all-embeddings",
-    "--encoder-layers", "3", "--decoder-layers", "3",
-    "--encoder-embed-dim", "256", "--decoder-embed-dim", "256",
-    "--encoder-ffn-embed-dim", "1024", "--decoder-ffn-embed-dim", "1024",
-    "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+    "--arch",
+    "transformer",
+    "--share-all-embeddings",
+    "--encoder-layers",
+    "3",
+    "--decoder-layers",
+    "3",
+    "--encoder-embed-dim",
+    "256",
+    "--decoder-embed-dim",
+    "256",
+    "--encoder-ffn-embed-dim",
+    "1024",
+    "--decoder-ffn-embed-dim",
+    "1024",
+    "--encoder-attention-heads",
+    "4",
+    "--decoder-attention-heads",
+    "4",
 ]
 # Runs a command in a fresh parent so RUSAGE_CHILDREN is that command's peak RSS alone.
-PEAK_RSS_WRAPPER = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-                    "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
-                    "stderr=subprocess.DEVNULL).returncode; "
-                    "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
-                    "print(rc, time.perf_counter() - t, u.ru_maxrss, u.ru_utime + u.ru_stime)")
+PEAK_RSS_WRAPPER = (
+    "import resource, subprocess, sys, time; t = time.perf_counter(); "
+    "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+    "stderr=subprocess.DEVNULL).returncode; "
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+    "print(rc, time.perf_counter() - t, u.ru_maxrss, u.ru_utime + u.ru_stime)"
+)
 
 
 def run(cmd):
@@ -74,19 +92,53 @@ def synthetic_model(work):
     raw, data = os.path.join(work, "raw"), os.path.join(work, "bin")
     os.makedirs(raw)
     for split, n in SYNTHETIC_SENTENCES.items():
-        with open(os.path.join(raw, f"{split}.en"), "w") as fe, \
-                open(os.path.join(raw, f"{split}.de"), "w") as fd:
+        with (
+            open(os.path.join(raw, f"{split}.en"), "w") as fe,
+            open(os.path.join(raw, f"{split}.de"), "w") as fd,
+        ):
             for _ in range(n):
-                words = [rng.randrange(SYNTHETIC_WORDS) for _ in range(rng.randint(*SYNTHETIC_LENGTHS))]
+                words = [
+                    rng.randrange(SYNTHETIC_WORDS) for _ in range(rng.randint(*SYNTHETIC_LENGTHS))
+                ]
                 fe.write(" ".join(f"s{w}" for w in words) + "\n")
                 fd.write(" ".join(f"t{(w * 7) % SYNTHETIC_WORDS}" for w in reversed(words)) + "\n")
-    run([os.path.join(BIN, "fairseq-preprocess"), "--source-lang", "en", "--target-lang", "de",
-         *[a for s in SYNTHETIC_SENTENCES for a in (f"--{s}pref", os.path.join(raw, s))],
-         "--destdir", data, "--joined-dictionary", "--workers", "1"])
+    run(
+        [
+            os.path.join(BIN, "fairseq-preprocess"),
+            "--source-lang",
+            "en",
+            "--target-lang",
+            "de",
+            *[a for s in SYNTHETIC_SENTENCES for a in (f"--{s}pref", os.path.join(raw, s))],
+            "--destdir",
+            data,
+            "--joined-dictionary",
+            "--workers",
+            "1",
+        ]
+    )
     save = os.path.join(work, "model")
-    run([os.path.join(BIN, "fairseq-train"), data, *MODEL_ARGS, "--optimizer", "adam",
-         "--lr", "1e-3", "--max-tokens", "4000", "--max-update", "3", "--cpu", "--save-dir", save,
-         "--no-epoch-checkpoints", "--no-save-optimizer-state", "--disable-validation"])
+    run(
+        [
+            os.path.join(BIN, "fairseq-train"),
+            data,
+            *MODEL_ARGS,
+            "--optimizer",
+            "adam",
+            "--lr",
+            "1e-3",
+            "--max-tokens",
+            "4000",
+            "--max-update",
+            "3",
+            "--cpu",
+            "--save-dir",
+            save,
+            "--no-epoch-checkpoints",
+            "--no-save-optimizer-state",
+            "--disable-validation",
+        ]
+    )
     return data, os.path.join(save, "checkpoint_last.pt")
 
 
@@ -103,15 +155,25 @@ def replicate_split(data, split, factor, out):
         prefix = f"{split}.{src}-{tgt}.{lang}"
         impl = indexed_dataset.infer_dataset_impl(os.path.join(data, prefix))
         vocab = len(Dictionary.load(os.path.join(data, f"dict.{lang}.txt")))  # sets the int dtype
-        builder = indexed_dataset.make_builder(os.path.join(out, prefix + ".bin"), impl=impl,
-                                               vocab_size=vocab)
+        builder = indexed_dataset.make_builder(
+            os.path.join(out, prefix + ".bin"), impl=impl, vocab_size=vocab
+        )
         for _ in range(factor):
             builder.merge_file_(os.path.join(data, prefix))
         builder.finalize(os.path.join(out, prefix + ".idx"))
     return out
 
 
-GEN_ARGS = ["--beam", "4", "--lenpen", "1.0", "--max-len-a", "1.5", "--max-len-b", "10"]  # the demo's
+GEN_ARGS = [
+    "--beam",
+    "4",
+    "--lenpen",
+    "1.0",
+    "--max-len-a",
+    "1.5",
+    "--max-len-b",
+    "10",
+]  # the demo's
 
 
 def main():
@@ -121,8 +183,11 @@ def main():
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-tokens", type=int, default=4000)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per command (median)")
-    ap.add_argument("--bleu", action="store_true",
-                    help="also time evaluate with BLEU against fairseq-validate + fairseq-generate")
+    ap.add_argument(
+        "--bleu",
+        action="store_true",
+        help="also time evaluate with BLEU against fairseq-validate + fairseq-generate",
+    )
     ap.add_argument("--work", help="keep the synthetic model and the 4x copy here (reused)")
     args = ap.parse_args()
     if (args.data is None) != (args.path is None):
@@ -133,7 +198,9 @@ def main():
         if args.data:
             data, ckpt = args.data, args.path
         elif os.path.isfile(os.path.join(work, "model", "checkpoint_last.pt")):
-            data, ckpt = os.path.join(work, "bin"), os.path.join(work, "model", "checkpoint_last.pt")
+            data, ckpt = os.path.join(work, "bin"), os.path.join(
+                work, "model", "checkpoint_last.pt"
+            )
         else:
             data, ckpt = synthetic_model(work)
         data4 = os.path.join(work, "bin4x")
@@ -143,24 +210,64 @@ def main():
 
         def validate(d):
             # --user-dir: the plugin allow-lists argparse.Namespace for torch's safe loader.
-            return [os.path.join(BIN, "fairseq-validate"), d, "--user-dir", PLUGIN_DIR,
-                    "--task", "translation", "--path", ckpt, "--valid-subset",
-                    args.split, "--required-batch-size-multiple", "1", *common]
+            return [
+                os.path.join(BIN, "fairseq-validate"),
+                d,
+                "--user-dir",
+                PLUGIN_DIR,
+                "--task",
+                "translation",
+                "--path",
+                ckpt,
+                "--valid-subset",
+                args.split,
+                "--required-batch-size-multiple",
+                "1",
+                *common,
+            ]
 
         def generate(d):
-            return [os.path.join(BIN, "fairseq-generate"), d, "--user-dir", PLUGIN_DIR,
-                    "--path", ckpt, "--gen-subset", args.split, "--post-process", "sentencepiece",
-                    "--required-batch-size-multiple", "1", "--quiet", *GEN_ARGS, *common]
+            return [
+                os.path.join(BIN, "fairseq-generate"),
+                d,
+                "--user-dir",
+                PLUGIN_DIR,
+                "--path",
+                ckpt,
+                "--gen-subset",
+                args.split,
+                "--post-process",
+                "sentencepiece",
+                "--required-batch-size-multiple",
+                "1",
+                "--quiet",
+                *GEN_ARGS,
+                *common,
+            ]
 
         def evaluate(d, tag, bleu):
-            return [os.path.join(BIN, "ensdist-evaluate"), d, "--path", ckpt, "--split",
-                    args.split, "--name", tag, "--bleu" if bleu else "--no-bleu", *common,
-                    *(GEN_ARGS if bleu else []), "--output-json", os.path.join(work, f"{tag}.json")]
+            return [
+                os.path.join(BIN, "ensdist-evaluate"),
+                d,
+                "--path",
+                ckpt,
+                "--split",
+                args.split,
+                "--name",
+                tag,
+                "--bleu" if bleu else "--no-bleu",
+                *common,
+                *(GEN_ARGS if bleu else []),
+                "--output-json",
+                os.path.join(work, f"{tag}.json"),
+            ]
 
         commands = {"validate": validate, "evaluate": lambda d, tag: evaluate(d, tag, False)}
         if args.bleu:
-            commands.update(generate=lambda d, tag: generate(d),
-                            evaluate_bleu=lambda d, tag: evaluate(d, tag, True))
+            commands.update(
+                generate=lambda d, tag: generate(d),
+                evaluate_bleu=lambda d, tag: evaluate(d, tag, True),
+            )
         rows, tokens = {}, {}
         for tag, d in (("1x", data), ("4x", data4)):
             times = {name: [] for name in commands}
@@ -175,40 +282,57 @@ def main():
                     rss[name] = max(rss.get(name, 0.0), mib)
             with open(os.path.join(work, f"{tag}.json")) as f:
                 tokens[tag] = json.load(f)["num_tokens"]
-            rows[tag] = ({n: statistics.median(t) for n, t in times.items()}, rss,
-                         {n: statistics.median(t) for n, t in cpu.items()})
+            rows[tag] = (
+                {n: statistics.median(t) for n, t in times.items()},
+                rss,
+                {n: statistics.median(t) for n, t in cpu.items()},
+            )
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"model: {ckpt if args.path else 'synthetic 3+3-layer d=256 transformer'}; "
-          f"split {args.split}; --max-tokens {args.max_tokens}; median of {args.repeats} runs; "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n")
-    print("| test set | target tokens | fairseq-validate s | ensdist-evaluate --no-bleu s | "
-          "throughput ratio (validate / evaluate time) | peak RSS validate MiB | "
-          "peak RSS evaluate MiB |")
+    print(
+        f"model: {ckpt if args.path else 'synthetic 3+3-layer d=256 transformer'}; "
+        f"split {args.split}; --max-tokens {args.max_tokens}; median of {args.repeats} runs; "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n"
+    )
+    print(
+        "| test set | target tokens | fairseq-validate s | ensdist-evaluate --no-bleu s | "
+        "throughput ratio (validate / evaluate time) | peak RSS validate MiB | "
+        "peak RSS evaluate MiB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for tag, (t, rss, _c) in rows.items():
-        print(f"| {tag} | {tokens[tag]} | {t['validate']:.2f} | {t['evaluate']:.2f} | "
-              f"{t['validate'] / t['evaluate']:.2f} | {rss['validate']:.0f} | {rss['evaluate']:.0f} |")
+        print(
+            f"| {tag} | {tokens[tag]} | {t['validate']:.2f} | {t['evaluate']:.2f} | "
+            f"{t['validate'] / t['evaluate']:.2f} | {rss['validate']:.0f} | {rss['evaluate']:.0f} |"
+        )
     growth = rows["4x"][1]["evaluate"] / rows["1x"][1]["evaluate"]
     print(f"\nensdist-evaluate --no-bleu peak RSS 4x / 1x: {growth:.3f}")
     if args.bleu:
         print(f"\nWith BLEU ({' '.join(GEN_ARGS)}):\n")
-        print("| test set | fairseq-validate s | fairseq-generate s | sum s | ensdist-evaluate s | "
-              "ratio (sum / evaluate) | peak RSS generate MiB | peak RSS evaluate MiB |")
+        print(
+            "| test set | fairseq-validate s | fairseq-generate s | sum s | ensdist-evaluate s | "
+            "ratio (sum / evaluate) | peak RSS generate MiB | peak RSS evaluate MiB |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for tag, (t, rss, _c) in rows.items():
             both = t["validate"] + t["generate"]
-            print(f"| {tag} | {t['validate']:.2f} | {t['generate']:.2f} | {both:.2f} | "
-                  f"{t['evaluate_bleu']:.2f} | {both / t['evaluate_bleu']:.2f} | "
-                  f"{rss['generate']:.0f} | {rss['evaluate_bleu']:.0f} |")
+            print(
+                f"| {tag} | {t['validate']:.2f} | {t['generate']:.2f} | {both:.2f} | "
+                f"{t['evaluate_bleu']:.2f} | {both / t['evaluate_bleu']:.2f} | "
+                f"{rss['generate']:.0f} | {rss['evaluate_bleu']:.0f} |"
+            )
         growth = rows["4x"][1]["evaluate_bleu"] / rows["1x"][1]["evaluate_bleu"]
         print(f"\nensdist-evaluate (BLEU) peak RSS 4x / 1x: {growth:.3f}")
     print("\nCPU seconds (user + system; load-independent on a shared machine):\n")
     names = [n for n in ("validate", "evaluate", "generate", "evaluate_bleu") if n in commands]
-    print("| test set | " + " | ".join(names) + " | validate / evaluate"
-          + (" | (validate + generate) / evaluate_bleu |" if args.bleu else " |"))
+    print(
+        "| test set | "
+        + " | ".join(names)
+        + " | validate / evaluate"
+        + (" | (validate + generate) / evaluate_bleu |" if args.bleu else " |")
+    )
     print("|---|" + "---:|" * (len(names) + 1 + bool(args.bleu)))
     for tag, (_t, _r, c) in rows.items():
         cells = [f"{c[n]:.2f}" for n in names] + [f"{c['validate'] / c['evaluate']:.2f}"]

@@ -6,6 +6,7 @@
 Reads the "=== [demo] <stage> (<N>s elapsed)" lines the demo prints and the last
 "| train |" line of every train.log under the run (fairseq's words/s), prints markdown.
 """
+
 import glob
 import os
 import re
@@ -31,15 +32,19 @@ def main(log_path, run_dir):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from ensdist_fairseq.report.train_logs import read_train_log
 
-    print("| run | words/s (last epoch) | train_wall per epoch (s) | epochs | best epoch | stop |\n"
-          "|---|---:|---:|---:|---:|---|")
+    print(
+        "| run | words/s (last epoch) | train_wall per epoch (s) | epochs | best epoch | stop |\n"
+        "|---|---:|---:|---:|---:|---|"
+    )
     for log in sorted(glob.glob(os.path.join(run_dir, "**", "train.log"), recursive=True)):
         lines = [m for m in map(WPS.search, open(log, encoding="utf-8")) if m]
         run = read_train_log(log)
         if lines:
-            print(f"| {os.path.relpath(os.path.dirname(log), run_dir)} | {float(lines[-1].group(1)):.0f} "
-                  f"| {lines[-1].group(2)} | {run.last_epoch} | {run.best_epoch} "
-                  f"| {'early stop' if run.stopped_early else 'cap'} |")
+            print(
+                f"| {os.path.relpath(os.path.dirname(log), run_dir)} | {float(lines[-1].group(1)):.0f} "
+                f"| {lines[-1].group(2)} | {run.last_epoch} | {run.best_epoch} "
+                f"| {'early stop' if run.stopped_early else 'cap'} |"
+            )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@
 --dry-run: tiny sizes on the CPU (float32 and bf16 only, both stores on the CPU), to test the
 code paths on a machine without a GPU; its numbers mean nothing.
 """
+
 import argparse
 import json
 import os
@@ -38,13 +39,30 @@ VARIANTS = {  # name: criterion arguments (and the Dirichlet student for proxy_d
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--workdir", default="/tmp/ensdist_gpu_check")
-    p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (tests the code paths)")
-    p.add_argument("--precisions", default=None, help="comma-separated of fp32,fp16,bf16,amp (default: fp32,fp16,bf16)")
-    p.add_argument("--updates", type=int, default=None, help="student updates (default 400; dry run 6)")
-    p.add_argument("--jobs", type=int, default=None, help="concurrent trainings (default 6; dry run 1)")
-    p.add_argument("--sentences", type=int, default=None, help="training sentences (default 40000; dry run 300)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="tiny sizes on the CPU (tests the code paths)"
+    )
+    p.add_argument(
+        "--precisions",
+        default=None,
+        help="comma-separated of fp32,fp16,bf16,amp (default: fp32,fp16,bf16)",
+    )
+    p.add_argument(
+        "--updates", type=int, default=None, help="student updates (default 400; dry run 6)"
+    )
+    p.add_argument(
+        "--jobs", type=int, default=None, help="concurrent trainings (default 6; dry run 1)"
+    )
+    p.add_argument(
+        "--sentences",
+        type=int,
+        default=None,
+        help="training sentences (default 40000; dry run 300)",
+    )
     return p.parse_args()
 
 
@@ -54,25 +72,70 @@ class Sizes:
         self.sentences, self.vocab = (300, 40) if dry else (40000, 1000)
         dim = 32 if dry else 256
         layers = "1" if dry else "3"
-        self.arch = ["--encoder-layers", layers, "--decoder-layers", layers, "--encoder-embed-dim", str(dim),
-                     "--decoder-embed-dim", str(dim), "--encoder-ffn-embed-dim", str(4 * dim),
-                     "--decoder-ffn-embed-dim", str(4 * dim), "--encoder-attention-heads", "4",
-                     "--decoder-attention-heads", "4", "--share-all-embeddings",
-                     "--encoder-normalize-before", "--decoder-normalize-before"]
+        self.arch = [
+            "--encoder-layers",
+            layers,
+            "--decoder-layers",
+            layers,
+            "--encoder-embed-dim",
+            str(dim),
+            "--decoder-embed-dim",
+            str(dim),
+            "--encoder-ffn-embed-dim",
+            str(4 * dim),
+            "--decoder-ffn-embed-dim",
+            str(4 * dim),
+            "--encoder-attention-heads",
+            "4",
+            "--decoder-attention-heads",
+            "4",
+            "--share-all-embeddings",
+            "--encoder-normalize-before",
+            "--decoder-normalize-before",
+        ]
         self.teacher_updates, self.student_updates = (8, 6) if dry else (600, 400)
         self.log_interval = 2 if dry else 100
         self.max_tokens = 400 if dry else 4096
         self.topk = 8 if dry else 64
         self.jobs = 1 if dry else 6
         self.precisions = ["fp32", "bf16"] if dry else ["fp32", "fp16", "bf16"]
-        self.bench = (["--vocab", "500", "--sentences", "4", "--length", "6", "--embed-dim", "32", "--layers", "1",
-                       "--rounds", "2"] if dry else
-                      ["--vocab", "32000", "--sentences", "128", "--length", "32", "--embed-dim", "512",
-                       "--layers", "6", "--rounds", "12"])
+        self.bench = (
+            [
+                "--vocab",
+                "500",
+                "--sentences",
+                "4",
+                "--length",
+                "6",
+                "--embed-dim",
+                "32",
+                "--layers",
+                "1",
+                "--rounds",
+                "2",
+            ]
+            if dry
+            else [
+                "--vocab",
+                "32000",
+                "--sentences",
+                "128",
+                "--length",
+                "32",
+                "--embed-dim",
+                "512",
+                "--layers",
+                "6",
+                "--rounds",
+                "12",
+            ]
+        )
 
 
 def python_cmd(module_or_script, *args):
-    target = ["-m", module_or_script] if not module_or_script.endswith(".py") else [module_or_script]
+    target = (
+        ["-m", module_or_script] if not module_or_script.endswith(".py") else [module_or_script]
+    )
     return [sys.executable, *target, *map(str, args)]
 
 
@@ -96,7 +159,10 @@ def run_parallel(jobs, width):
     while pending or running:
         while pending and len(running) < width:
             name, (cmd, log) = pending.pop(0)
-            running[name] = (subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env), log)
+            running[name] = (
+                subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env),
+                log,
+            )
         for name, (proc, log) in list(running.items()):
             if proc.poll() is not None:
                 del running[name]
@@ -110,25 +176,80 @@ def prepare_data(work, sizes):
 
     data = os.path.join(work, "bin")
     if not os.path.isdir(data):
-        tiny_fairseq.write_synthetic_raw(os.path.join(work, "raw"), n_train=sizes.sentences, n_valid=200,
-                                         n_test=200, vocab=sizes.vocab)
-        run(python_cmd("fairseq_cli.preprocess", "--source-lang", "en", "--target-lang", "de", "--trainpref",
-                       f"{work}/raw/train", "--validpref", f"{work}/raw/valid", "--testpref", f"{work}/raw/test",
-                       "--destdir", data, "--joined-dictionary", "--workers", "8"))
+        tiny_fairseq.write_synthetic_raw(
+            os.path.join(work, "raw"),
+            n_train=sizes.sentences,
+            n_valid=200,
+            n_test=200,
+            vocab=sizes.vocab,
+        )
+        run(
+            python_cmd(
+                "fairseq_cli.preprocess",
+                "--source-lang",
+                "en",
+                "--target-lang",
+                "de",
+                "--trainpref",
+                f"{work}/raw/train",
+                "--validpref",
+                f"{work}/raw/valid",
+                "--testpref",
+                f"{work}/raw/test",
+                "--destdir",
+                data,
+                "--joined-dictionary",
+                "--workers",
+                "8",
+            )
+        )
     return data
 
 
 def train_args(data, sizes, save, updates, precision, extra):
     device = ["--cpu"] if sizes.dry else []
-    precision_args = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"], "amp": ["--amp"]}[precision]
+    precision_args = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"], "amp": ["--amp"]}[
+        precision
+    ]
     script = "ensdist_fairseq.cli.train" if precision == "bf16" else "fairseq_cli.train"
-    return python_cmd(script, data, "--user-dir", os.path.join(ROOT, "ensdist_fairseq"),
-                      "--task", "translation_distill", *sizes.arch, "--optimizer", "adam", "--adam-betas",
-                      "(0.9,0.98)", "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates",
-                      str(max(1, updates // 4)), "--dropout", "0.1", "--max-tokens", sizes.max_tokens,
-                      "--max-update", updates, "--log-format", "json", "--log-interval", sizes.log_interval,
-                      "--save-dir", save, "--no-epoch-checkpoints", "--disable-validation", "--seed", "1",
-                      *precision_args, *device, *extra)
+    return python_cmd(
+        script,
+        data,
+        "--user-dir",
+        os.path.join(ROOT, "ensdist_fairseq"),
+        "--task",
+        "translation_distill",
+        *sizes.arch,
+        "--optimizer",
+        "adam",
+        "--adam-betas",
+        "(0.9,0.98)",
+        "--lr",
+        "1e-3",
+        "--lr-scheduler",
+        "inverse_sqrt",
+        "--warmup-updates",
+        str(max(1, updates // 4)),
+        "--dropout",
+        "0.1",
+        "--max-tokens",
+        sizes.max_tokens,
+        "--max-update",
+        updates,
+        "--log-format",
+        "json",
+        "--log-interval",
+        sizes.log_interval,
+        "--save-dir",
+        save,
+        "--no-epoch-checkpoints",
+        "--disable-validation",
+        "--seed",
+        "1",
+        *precision_args,
+        *device,
+        *extra,
+    )
 
 
 def teachers(work, data, sizes):
@@ -136,8 +257,14 @@ def teachers(work, data, sizes):
     for seed in (1, 2, 3):
         save = os.path.join(work, f"teacher{seed}")
         if not os.path.exists(os.path.join(save, "checkpoint_last.pt")):
-            cmd = train_args(data, sizes, save, sizes.teacher_updates, "fp32" if sizes.dry else "fp16",
-                             ["--arch", "transformer", "--criterion", "label_smoothed_cross_entropy"])
+            cmd = train_args(
+                data,
+                sizes,
+                save,
+                sizes.teacher_updates,
+                "fp32" if sizes.dry else "fp16",
+                ["--arch", "transformer", "--criterion", "label_smoothed_cross_entropy"],
+            )
             cmd[cmd.index("--seed") + 1] = str(seed)
             jobs[f"teacher{seed}"] = (cmd, save + ".log")
     errors = {k: v for k, v in run_parallel(jobs, 3).items() if v}
@@ -151,8 +278,21 @@ def memoize(work, data, ckpts, sizes, on_cpu):
     if os.path.exists(out):
         os.remove(out)
     start = time.perf_counter()
-    run(python_cmd("ensdist_fairseq.cli.memoize", data, "--path", ":".join(ckpts), "--output", out,
-                   "--topk", sizes.topk, "--max-tokens", 8192, *(["--cpu"] if on_cpu else [])))
+    run(
+        python_cmd(
+            "ensdist_fairseq.cli.memoize",
+            data,
+            "--path",
+            ":".join(ckpts),
+            "--output",
+            out,
+            "--topk",
+            sizes.topk,
+            "--max-tokens",
+            8192,
+            *(["--cpu"] if on_cpu else []),
+        )
+    )
     return out, time.perf_counter() - start
 
 
@@ -192,10 +332,14 @@ def compare_stores(a, b):
             if set(ia[t].tolist()) == set(ib[t].tolist()):
                 same += 1
                 oa, ob = np.argsort(ia[t]), np.argsort(ib[t])
-                step = np.maximum(np.spacing(np.abs(pa[t][oa]).astype(np.float16)).astype(np.float64), 2.0 ** -24)
+                step = np.maximum(
+                    np.spacing(np.abs(pa[t][oa]).astype(np.float16)).astype(np.float64), 2.0**-24
+                )
                 worst_steps = max(worst_steps, float(np.max(np.abs(pa[t][oa] - pb[t][ob]) / step)))
         with np.errstate(invalid="ignore", divide="ignore"):
-            rel = np.abs(ba.astype(np.float64) - bb) / np.maximum(np.abs(ba.astype(np.float64)), 1e-30)
+            rel = np.abs(ba.astype(np.float64) - bb) / np.maximum(
+                np.abs(ba.astype(np.float64)), 1e-30
+            )
         worst_prec = max(worst_prec, float(np.nanmax(rel)) if len(rel) else 0.0)
     return same / max(total, 1), worst_steps, worst_prec
 
@@ -206,19 +350,37 @@ def students(work, data, store, sizes, precisions, width):
         arch = "dirichlet_transformer" if "proxy" in name else "transformer"
         for precision in precisions:
             save = os.path.join(work, f"student_{name}_{precision}")
-            extra = ["--arch", arch, "--criterion", "token_kd", *crit, "--teacher-store", store, "--no-save"]
-            jobs[(name, precision)] = (train_args(data, sizes, save, sizes.student_updates, precision, extra), save + ".log")
+            extra = [
+                "--arch",
+                arch,
+                "--criterion",
+                "token_kd",
+                *crit,
+                "--teacher-store",
+                store,
+                "--no-save",
+            ]
+            jobs[(name, precision)] = (
+                train_args(data, sizes, save, sizes.student_updates, precision, extra),
+                save + ".log",
+            )
     errors = run_parallel(jobs, width)
     results = {}
     for (name, precision), (_, log) in jobs.items():
         text = open(log).read()
-        inner = [json.loads(line[line.index('{"'):]) for line in text.splitlines()
-                 if '{"' in line and "train_inner" in line[:line.index('{"')]]
+        inner = [
+            json.loads(line[line.index('{"') :])
+            for line in text.splitlines()
+            if '{"' in line and "train_inner" in line[: line.index('{"')]
+        ]
         losses = [float(r["loss"]) for r in inner]
         results[(name, precision)] = dict(
-            error=errors[(name, precision)], loss=losses[-1] if losses else float("nan"),
-            finite=bool(losses) and all(np.isfinite(losses)), overflows=text.count("gradient overflow detected"),
-            min_scale="Minimum loss scale reached" in text)
+            error=errors[(name, precision)],
+            loss=losses[-1] if losses else float("nan"),
+            finite=bool(losses) and all(np.isfinite(losses)),
+            overflows=text.count("gradient overflow detected"),
+            min_scale="Minimum loss scale reached" in text,
+        )
     return results
 
 
@@ -248,11 +410,35 @@ def main():
     gpu_store, t_memo = memoize(args.workdir, data, ckpts, sizes, on_cpu=sizes.dry)
     cpu_store, _ = memoize(args.workdir, data, ckpts, sizes, on_cpu=True)
     same, steps, prec = compare_stores(gpu_store, cpu_store)
-    rows += [("memoize CUDA vs CPU: tokens with identical top-V' index sets", f"{100 * same:.3f} %", ">= 99.9 %", same >= 0.999),
-             ("memoize CUDA vs CPU: max probability difference", f"{steps:.2f} float16 steps", "<= 1 step", steps <= 1),
-             ("memoize CUDA vs CPU: max beta0_hat relative difference", f"{prec:.2e}", "<= 1e-3", prec <= 1e-3)]
+    rows += [
+        (
+            "memoize CUDA vs CPU: tokens with identical top-V' index sets",
+            f"{100 * same:.3f} %",
+            ">= 99.9 %",
+            same >= 0.999,
+        ),
+        (
+            "memoize CUDA vs CPU: max probability difference",
+            f"{steps:.2f} float16 steps",
+            "<= 1 step",
+            steps <= 1,
+        ),
+        (
+            "memoize CUDA vs CPU: max beta0_hat relative difference",
+            f"{prec:.2e}",
+            "<= 1e-3",
+            prec <= 1e-3,
+        ),
+    ]
     t_raw = raw_forward_seconds(data, ckpts, on_cpu=sizes.dry)
-    rows.append(("memoize throughput / raw teacher-forced ensemble forward", f"{t_raw / t_memo:.3f}x", ">= 0.9x", t_raw / t_memo >= 0.9))
+    rows.append(
+        (
+            "memoize throughput / raw teacher-forced ensemble forward",
+            f"{t_raw / t_memo:.3f}x",
+            ">= 0.9x",
+            t_raw / t_memo >= 0.9,
+        )
+    )
     results = students(args.workdir, data, gpu_store, sizes, precisions, width)
     for name in VARIANTS:
         base = results[(name, "fp32")]
@@ -263,16 +449,38 @@ def main():
             if precision != "fp32":
                 ok = ok and rel <= TOL_LOSS
             note = f", {r['overflows']} overflow-skipped updates" if r["overflows"] else ""
-            rows.append((f"student {name} {precision}: final train loss (bits, last {sizes.log_interval} updates)",
-                         f"{r['loss']:.3f} ({100 * rel:+.1f} % vs fp32{note})" if precision != "fp32" else f"{r['loss']:.3f}",
-                         "finite" if precision == "fp32" else f"within {100 * TOL_LOSS:.0f} % of fp32", ok))
+            rows.append(
+                (
+                    f"student {name} {precision}: final train loss (bits, last {sizes.log_interval} updates)",
+                    (
+                        f"{r['loss']:.3f} ({100 * rel:+.1f} % vs fp32{note})"
+                        if precision != "fp32"
+                        else f"{r['loss']:.3f}"
+                    ),
+                    "finite" if precision == "fp32" else f"within {100 * TOL_LOSS:.0f} % of fp32",
+                    ok,
+                )
+            )
     ratios, header = bench_criterion(sizes)
-    for variant, target in (("token_kd mean_kd", 1.05), ("token_kd proxy_dirichlet", 1.15), ("token_kd intra K=3 stacked", 3.3)):
+    for variant, target in (
+        ("token_kd mean_kd", 1.05),
+        ("token_kd proxy_dirichlet", 1.15),
+        ("token_kd intra K=3 stacked", 3.3),
+    ):
         r = ratios.get(variant, float("nan"))
-        rows.append((f"criterion step time {variant} / label-smoothed CE", f"{r:.3f}x", f"<= {target}x", r <= target))
+        rows.append(
+            (
+                f"criterion step time {variant} / label-smoothed CE",
+                f"{r:.3f}x",
+                f"<= {target}x",
+                r <= target,
+            )
+        )
     device = "CPU dry run (numbers mean nothing)" if sizes.dry else _gpu_name()
-    print(f"\n## gpu_check on {device}: {sizes.sentences} sentences, {sizes.student_updates} student updates, "
-          f"{time.perf_counter() - t0:.0f} s\n\nbench_criterion: {header}\n")
+    print(
+        f"\n## gpu_check on {device}: {sizes.sentences} sentences, {sizes.student_updates} student updates, "
+        f"{time.perf_counter() - t0:.0f} s\n\nbench_criterion: {header}\n"
+    )
     print("| check | measured | target | ok |\n|---|---|---|---|")
     for check, measured, target, ok in rows:
         print(f"| {check} | {measured} | {target} | {'yes' if ok else '**NO**'} |")

@@ -6,6 +6,7 @@ it also registers the plugin's task, criterion and models; code that imports us 
 calls ``register_with_fairseq()``. The math and file formats (``losses``, ``evaluation.calibration``,
 ``store``, ``corpus``) never import fairseq, so they stay light and usable on their own.
 """
+
 import sys
 
 __version__ = "0.1.0"
@@ -21,7 +22,9 @@ def register_with_fairseq() -> None:
     Also makes an EnsdistError raised inside fairseq's commands print one ``error:`` line
     instead of a traceback (errors.install_excepthook; other exceptions are untouched)."""
     from ensdist_fairseq import criterions, errors, models, tasks  # noqa: F401
-    from ensdist_fairseq.evaluation import ece_scorer  # noqa: F401  (fairseq-generate --scoring ece)
+
+    # fairseq-generate --scoring ece
+    from ensdist_fairseq.evaluation import ece_scorer  # noqa: F401
 
     errors.install_excepthook()
 

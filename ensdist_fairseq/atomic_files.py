@@ -4,6 +4,7 @@ Results, checkpoints and reports are written to a temporary name in the same dir
 flushed to disk, then renamed (os.replace is atomic on POSIX): an interrupted job leaves
 either the old file or none, never half a file that a later stage would take as finished.
 """
+
 import os
 import tempfile
 from contextlib import contextmanager
@@ -48,8 +49,9 @@ def check_writable(path: str, flag: str) -> None:
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        raise EnsdistError(f"{flag} {path}: cannot write in {directory} "
-                           f"({e.strerror or type(e).__name__})") from None
+        raise EnsdistError(
+            f"{flag} {path}: cannot write in {directory} " f"({e.strerror or type(e).__name__})"
+        ) from None
 
 
 def write_or_keep(path: str, text: str, flag: str) -> None:

@@ -14,6 +14,7 @@ An EnsdistError raised in a torch DataLoader worker reaches the main process re-
 torch as ``type(e)("Caught X in DataLoader worker process N.\\nOriginal Traceback ...")``;
 `one_line` recovers the original message from that text.
 """
+
 import re
 import sys
 
@@ -32,7 +33,7 @@ def one_line(e: BaseException) -> str:
         last = lines[-1]  # "<module>.<Class>: <original message>"
         name = type(e).__name__ + ": "
         i = last.find(name)
-        return last[i + len(name):] if i >= 0 else last
+        return last[i + len(name) :] if i >= 0 else last
     return lines[0] if lines else type(e).__name__
 
 
@@ -47,13 +48,18 @@ def _unloadable_checkpoint(exc, tb):
     while tb is not None:
         code = tb.tb_frame.f_code
         if code.co_name == "load_checkpoint_to_cpu" and code.co_filename.endswith(
-                ("fairseq/checkpoint_utils.py", "fairseq\\checkpoint_utils.py")):
+            ("fairseq/checkpoint_utils.py", "fairseq\\checkpoint_utils.py")
+        ):
             path = tb.tb_frame.f_locals.get("path")
         tb = tb.tb_next
-    if path is None or not isinstance(exc, (RuntimeError, EOFError, OSError, ValueError)) \
-            or isinstance(exc, FileNotFoundError):
+    if (
+        path is None
+        or not isinstance(exc, (RuntimeError, EOFError, OSError, ValueError))
+        or isinstance(exc, FileNotFoundError)
+    ):
         return None
     import pickle
+
     return path if not isinstance(exc, pickle.PicklingError) else None
 
 

@@ -2,9 +2,9 @@
 
 A dictionary, a checkpoint or a split is identified by what it holds, never by its path.
 """
+
 import hashlib
 from typing import Iterable
-
 
 import numpy as np
 

@@ -1,13 +1,18 @@
 """ECE-1 / ECE-5, Brier, NLL, accuracy: checked against hand computation, sklearn and brute force."""
+
 import numpy as np
 import pytest
 import torch
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import log_loss
 
-from ensdist_fairseq.metrics.calibration import (CalibrationAccumulator, ece_from_fine_histogram,
-                                         expected_calibration_error, fine_histogram,
-                                         reliability_bins)
+from ensdist_fairseq.metrics.calibration import (
+    CalibrationAccumulator,
+    ece_from_fine_histogram,
+    expected_calibration_error,
+    fine_histogram,
+    reliability_bins,
+)
 
 
 def test_hand_computed_two_bins():
@@ -16,7 +21,9 @@ def test_hand_computed_two_bins():
     correct = [1, 0, 0, 1, 1]
     # bin 0: confidence 1/3, accuracy 1/3 -> gap 0; bin 1: confidence 0.85, accuracy 1 -> 0.15
     assert expected_calibration_error(conf, correct, 2, weighted=False) == pytest.approx(0.075)
-    assert expected_calibration_error(conf, correct, 2, weighted=True) == pytest.approx(3 / 5 * 0 + 2 / 5 * 0.15)
+    assert expected_calibration_error(conf, correct, 2, weighted=True) == pytest.approx(
+        3 / 5 * 0 + 2 / 5 * 0.15
+    )
     bins = reliability_bins(conf, correct, 2)
     np.testing.assert_allclose(bins.confidence, [1 / 3, 0.85])
     np.testing.assert_allclose(bins.accuracy, [1 / 3, 1.0])
@@ -43,13 +50,14 @@ def test_fewer_pairs_than_bins_and_bad_bin_counts():
 def test_unweighted_equals_sklearn_quantile_calibration_curve(n):
     rng = np.random.default_rng(n)
     conf = rng.uniform(0.0, 1.0, n)  # continuous: no ties, where sklearn's bins are ours
-    correct = rng.random(n) < conf ** 1.7
+    correct = rng.random(n) < conf**1.7
     prob_true, prob_pred = calibration_curve(correct, conf, n_bins=10, strategy="quantile")
     bins = reliability_bins(conf, correct, 10)
     np.testing.assert_allclose(bins.accuracy, prob_true, atol=1e-12)
     np.testing.assert_allclose(bins.confidence, prob_pred, atol=1e-12)
     assert expected_calibration_error(conf, correct, 10, weighted=False) == pytest.approx(
-        np.mean(np.abs(prob_true - prob_pred)), abs=1e-12)
+        np.mean(np.abs(prob_true - prob_pred)), abs=1e-12
+    )
 
 
 def _random_distributions(rng, n, vocab, scale=3.0):
@@ -73,7 +81,7 @@ def test_perfectly_calibrated_sampler_has_ece_near_zero_and_overconfident_does_n
     # sampling error: per bin sd <= sqrt(0.25 / 2000) = 0.011, so E|gap| is below ~0.009
     assert r.ece1_weighted < 0.02 and r.ece1_unweighted < 0.02
     assert r.ece5_weighted < 0.01 and r.ece5_unweighted < 0.01
-    sharpened = probs ** 2 / (probs ** 2).sum(1, keepdims=True)  # same targets, overconfident
+    sharpened = probs**2 / (probs**2).sum(1, keepdims=True)  # same targets, overconfident
     over = CalibrationAccumulator()
     over.update(torch.tensor(np.log(sharpened)), torch.tensor(targets))
     r_over = over.result()
@@ -86,7 +94,7 @@ def test_top5_pooling_matches_brute_force_pairs():
     rng = np.random.default_rng(1)
     n, vocab = 3000, 12
     probs = _random_distributions(rng, n, vocab)
-    targets = _sample_targets(rng, probs ** 0.7 / (probs ** 0.7).sum(1, keepdims=True))
+    targets = _sample_targets(rng, probs**0.7 / (probs**0.7).sum(1, keepdims=True))
     pairs_conf, pairs_correct = [], []
     for p, y in zip(probs, targets):  # brute force, one token at a time
         for v in sorted(range(vocab), key=lambda v: -p[v])[:5]:
@@ -97,11 +105,13 @@ def test_top5_pooling_matches_brute_force_pairs():
     r = acc.result()
     assert r.reliability_top5.count.sum() == 5 * n
     for weighted, got in ((True, r.ece5_weighted), (False, r.ece5_unweighted)):
-        assert got == pytest.approx(expected_calibration_error(pairs_conf, pairs_correct, 15, weighted),
-                                    abs=1e-6)
+        assert got == pytest.approx(
+            expected_calibration_error(pairs_conf, pairs_correct, 15, weighted), abs=1e-6
+        )
     top1 = probs.argmax(1)
     assert r.ece1_weighted == pytest.approx(
-        expected_calibration_error(probs.max(1), top1 == targets, 15, True), abs=1e-6)
+        expected_calibration_error(probs.max(1), top1 == targets, 15, True), abs=1e-6
+    )
 
 
 def test_brier_nll_accuracy_against_independent_formulas_and_padding():
@@ -159,7 +169,7 @@ def test_streamed_equals_all_at_once():
 def _nmt_like_pairs(rng, n, overconfidence):
     """Half the confidences within 1e-7..1e-2 of 1 (as for NMT), the rest spread."""
     conf = np.where(rng.random(n) < 0.5, 1 - 10 ** rng.uniform(-7, -2, n), rng.beta(2, 2, n))
-    return conf, rng.random(n) < conf ** overconfidence
+    return conf, rng.random(n) < conf**overconfidence
 
 
 @pytest.mark.parametrize("overconfidence", [1.0, 1.3, 2.0])
@@ -177,8 +187,10 @@ def test_fine_histograms_add_up_across_workers():
     rng = np.random.default_rng(5)
     conf, correct = _nmt_like_pairs(rng, 5000, 1.5)
     whole = fine_histogram(torch.tensor(conf), torch.tensor(correct))
-    parts = sum(fine_histogram(torch.tensor(conf[s]), torch.tensor(correct[s]))
-                for s in np.array_split(np.arange(5000), 3))
+    parts = sum(
+        fine_histogram(torch.tensor(conf[s]), torch.tensor(correct[s]))
+        for s in np.array_split(np.arange(5000), 3)
+    )
     torch.testing.assert_close(parts, whole)
     assert whole[0].sum() == 5000 and whole[2].sum() == correct.sum()
 
@@ -186,16 +198,19 @@ def test_fine_histograms_add_up_across_workers():
 def test_fairseq_logging_reduces_worker_outputs_to_ece_percent():
     from fairseq.logging import metrics
 
-    from ensdist_fairseq.evaluation.calibration_logging import (calibration_logging_output,
-                                                     reduce_calibration_metrics)
+    from ensdist_fairseq.evaluation.calibration_logging import (
+        calibration_logging_output,
+        reduce_calibration_metrics,
+    )
 
     rng = np.random.default_rng(6)
     pad_idx, batch, length, vocab = 1, 30, 8, 25
     lp = torch.log_softmax(torch.tensor(rng.normal(size=(batch, length, vocab)) * 3), -1)
     target = torch.tensor(rng.integers(2, vocab, size=(batch, length)))
     target[:, 6:] = pad_idx
-    workers = [calibration_logging_output(lp[s], target[s], pad_idx)
-               for s in (slice(0, 10), slice(10, 30))]
+    workers = [
+        calibration_logging_output(lp[s], target[s], pad_idx) for s in (slice(0, 10), slice(10, 30))
+    ]
     with metrics.aggregate(new_root=True) as agg:
         reduce_calibration_metrics(workers[:1])  # two validation batches, as fairseq-train
         reduce_calibration_metrics(workers[1:])  # calls reduce_metrics once per batch

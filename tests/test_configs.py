@@ -1,5 +1,6 @@
 """Every config, sourced as the scripts source it: the arguments it produces are the papers'
 (a typo or a dropped flag shows here), and fairseq-train's own parser accepts them."""
+
 import os
 import subprocess
 
@@ -8,18 +9,33 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ("builtin_cpu", "builtin_gpu", "wmt16_en_de_base", "iwslt14_de_en_small")
 ARRAYS = ("ARCH_ARGS", "TRAIN_ARGS", "EVAL_ARGS", "GEN_ARGS", "DEVICE_ARGS", "STUDENT_ARGS")
-SCALARS = ("SRC", "TGT", "LS_EPSILON", "MAX_EPOCH", "PATIENCE", "SWA_EPOCHS", "STUDENT_SWA_EPOCHS",
-           "STUDENT_MAX_UPDATE", "TOPK", "TEACHER_TASK", "JOBS", "DEMO_STUDENTS")
+SCALARS = (
+    "SRC",
+    "TGT",
+    "LS_EPSILON",
+    "MAX_EPOCH",
+    "PATIENCE",
+    "SWA_EPOCHS",
+    "STUDENT_SWA_EPOCHS",
+    "STUDENT_MAX_UPDATE",
+    "TOPK",
+    "TEACHER_TASK",
+    "JOBS",
+    "DEMO_STUDENTS",
+)
 
 
 def load(name, **env):
     """The config's arrays and scalars after scripts/lib.sh's load_config."""
-    script = (f'source "{ROOT}/scripts/lib.sh"; load_config "{ROOT}/configs/{name}.sh"; '
-              + "".join(f'printf "%s\\0" "@{a}" "${{{a}[@]}}"; ' for a in ARRAYS)
-              + "".join(f'printf "%s\\0" "={s}" "${{{s}:-}}"; ' for s in SCALARS))
+    script = (
+        f'source "{ROOT}/scripts/lib.sh"; load_config "{ROOT}/configs/{name}.sh"; '
+        + "".join(f'printf "%s\\0" "@{a}" "${{{a}[@]}}"; ' for a in ARRAYS)
+        + "".join(f'printf "%s\\0" "={s}" "${{{s}:-}}"; ' for s in SCALARS)
+    )
     clean = {k: v for k, v in os.environ.items() if k not in SCALARS + ("GPUS", "UPDATE_FREQ")}
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
-                         env=dict(clean, **env)).stdout
+    out = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, check=True, env=dict(clean, **env)
+    ).stdout
     cfg, cur = {}, None
     for item in out.split("\0")[:-1]:
         if item[:1] == "@" and item[1:] in ARRAYS:
@@ -43,7 +59,11 @@ def test_wmt16_is_reich_et_al():
     assert value(c["ARCH_ARGS"], "--arch") == "transformer_wmt_en_de"
     assert "--share-all-embeddings" in c["ARCH_ARGS"]
     t = c["TRAIN_ARGS"]
-    assert "--fp16" in t and value(t, "--optimizer") == "adam" and value(t, "--adam-betas") == "(0.9,0.98)"
+    assert (
+        "--fp16" in t
+        and value(t, "--optimizer") == "adam"
+        and value(t, "--adam-betas") == "(0.9,0.98)"
+    )
     assert value(t, "--lr") == "7e-4" and value(t, "--lr-scheduler") == "inverse_sqrt"
     assert value(t, "--warmup-updates") == "4000" and value(t, "--max-tokens") == "4096"
     # 4 GPUs x 4096 tokens x 2 accumulation steps; the same effective batch on 1 or 8 GPUs
@@ -89,7 +109,11 @@ def test_builtin_configs_stop_by_the_rule():
     g = load("builtin_gpu")
     assert "--fp16" in g["TRAIN_ARGS"] and "--cpu" not in g["TRAIN_ARGS"] and int(g["JOBS"]) > 1
     assert g["DEVICE_ARGS"] == [] and g["DEMO_STUDENTS"].split()[0] == "intra_mean_kd"
-    assert set(load("builtin_cpu")["DEMO_STUDENTS"].split()) <= {"intra_mean_kd", "proxy_dirichlet", "mean_kd"}
+    assert set(load("builtin_cpu")["DEMO_STUDENTS"].split()) <= {
+        "intra_mean_kd",
+        "proxy_dirichlet",
+        "mean_kd",
+    }
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -98,14 +122,27 @@ def test_fairseq_train_accepts_the_arguments(name):
 
     c = load(name)
     for eps in ("0", c["LS_EPSILON"]):
-        argv = ["/nonexistent-data", "--task", "translation", *c["ARCH_ARGS"], *c["TRAIN_ARGS"],
-                "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", eps,
-                "--max-epoch", c["MAX_EPOCH"], "--patience", c["PATIENCE"]]
+        argv = [
+            "/nonexistent-data",
+            "--task",
+            "translation",
+            *c["ARCH_ARGS"],
+            *c["TRAIN_ARGS"],
+            "--criterion",
+            "label_smoothed_cross_entropy",
+            "--label-smoothing",
+            eps,
+            "--max-epoch",
+            c["MAX_EPOCH"],
+            "--patience",
+            c["PATIENCE"],
+        ]
         parser = options.get_training_parser()
         args = options.parse_args_and_arch(parser, argv)  # SystemExit on an unknown flag
         assert args.arch == value(c["ARCH_ARGS"], "--arch")
 
 
+@pytest.mark.slow
 def test_prepare_raw_trains_bpe_when_asked(tmp_path):
     """prepare_raw.sh --model-type bpe (the WMT16 recipe) gives a BPE SentencePiece model;
     the choice is part of the marker, so a unigram directory is not silently reused."""
@@ -114,9 +151,28 @@ def test_prepare_raw_trains_bpe_when_asked(tmp_path):
     raw = tmp_path / "raw"
     tiny_fairseq.write_synthetic_raw(str(raw))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(["bash", "scripts/prepare_raw.sh", "--src", "de", "--tgt", "en", "--raw", str(raw),
-                        "--out", str(tmp_path / "out"), "--vocab-size", "40", "--model-type", "bpe"],
-                       cwd=ROOT, capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            "bash",
+            "scripts/prepare_raw.sh",
+            "--src",
+            "de",
+            "--tgt",
+            "en",
+            "--raw",
+            str(raw),
+            "--out",
+            str(tmp_path / "out"),
+            "--vocab-size",
+            "40",
+            "--model-type",
+            "bpe",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     # BPE's vocabulary scores are the merge ranks (0, -1, -2, ...); unigram's are log-probabilities
     vocab = (tmp_path / "out" / "spm" / "spm.vocab").read_text().splitlines()
@@ -124,7 +180,24 @@ def test_prepare_raw_trains_bpe_when_asked(tmp_path):
     pieces = [s for s in scores if s != 0]
     assert pieces and all(s == int(s) for s in scores), scores[:10]
     assert "model_type=bpe" in (tmp_path / "out" / "bin" / ".prepared").read_text()
-    r = subprocess.run(["bash", "scripts/prepare_raw.sh", "--src", "de", "--tgt", "en", "--raw", str(raw),
-                        "--out", str(tmp_path / "out"), "--vocab-size", "40"],
-                       cwd=ROOT, capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            "bash",
+            "scripts/prepare_raw.sh",
+            "--src",
+            "de",
+            "--tgt",
+            "en",
+            "--raw",
+            str(raw),
+            "--out",
+            str(tmp_path / "out"),
+            "--vocab-size",
+            "40",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode != 0 and "other inputs or settings" in r.stderr

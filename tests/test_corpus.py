@@ -1,11 +1,13 @@
 """Built-in corpus extraction (Ding), deterministic split, SentencePiece + fairseq preparation."""
+
 import os
 import subprocess
 
 import pytest
 import sentencepiece as spm
 
-from ensdist_fairseq.cli import corpus_ding, sentencepiece as sentencepiece_cli
+from ensdist_fairseq.cli import corpus_ding
+from ensdist_fairseq.cli import sentencepiece as sentencepiece_cli
 from ensdist_fairseq.corpus import ding, sentencepiece_prep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +64,9 @@ def test_sentence_rules():
     assert not ding.is_sentence("keep a distance!", 3)
     assert not ding.is_sentence("Keep a distance", 3)
     assert not ding.is_sentence("", 1)
-    assert ding.clean_sub_entry(" Ich {vt} gehe [ugs.] heim . ; Ich laufe heim.") == "Ich gehe heim."
+    assert (
+        ding.clean_sub_entry(" Ich {vt} gehe [ugs.] heim . ; Ich laufe heim.") == "Ich gehe heim."
+    )
 
 
 def _synthetic_pairs(n):
@@ -102,8 +106,20 @@ def test_cli_writes_aligned_splits(tmp_path, capsys):
     src = tmp_path / "de-en"
     src.write_text(DING_FIXTURE, encoding="utf-8")
     out = tmp_path / "raw"
-    rc = corpus_ding.main(["--source", str(src), "--out", str(out), "--valid-size", "1",
-                    "--test-size", "2", "--max-heldout-fraction", "0.5"])
+    rc = corpus_ding.main(
+        [
+            "--source",
+            str(src),
+            "--out",
+            str(out),
+            "--valid-size",
+            "1",
+            "--test-size",
+            "2",
+            "--max-heldout-fraction",
+            "0.5",
+        ]
+    )
     assert rc == 0
     assert "extracted 6 pairs" in capsys.readouterr().out
     got = []
@@ -113,7 +129,9 @@ def test_cli_writes_aligned_splits(tmp_path, capsys):
         assert len(en) == len(de) == n
         got += list(zip(en, de))
     assert sorted(got) == sorted(EXPECTED_PAIRS)
-    assert sorted(os.listdir(out)) == sorted(f"{s}.{l}" for s in ding.SPLITS for l in ("en", "de"))
+    assert sorted(os.listdir(out)) == sorted(
+        f"{s}.{lang}" for s in ding.SPLITS for lang in ("en", "de")
+    )
 
 
 def test_cli_bad_input(tmp_path, capsys):
@@ -122,11 +140,18 @@ def test_cli_bad_input(tmp_path, capsys):
     assert err.startswith("error: --source") and "nope" in err
     src = tmp_path / "de-en"
     src.write_text(DING_FIXTURE, encoding="utf-8")
-    assert corpus_ding.main(["--source", str(src), "--out", str(tmp_path / "o"), "--test-size", "0"]) == 2
+    assert (
+        corpus_ding.main(["--source", str(src), "--out", str(tmp_path / "o"), "--test-size", "0"])
+        == 2
+    )
     assert "--test-size" in capsys.readouterr().err
     # 6 pairs and a 1% held-out share: no room for valid and test
-    assert corpus_ding.main(["--source", str(src), "--out", str(tmp_path / "o"),
-                             "--max-heldout-fraction", "0.01"]) == 1
+    assert (
+        corpus_ding.main(
+            ["--source", str(src), "--out", str(tmp_path / "o"), "--max-heldout-fraction", "0.01"]
+        )
+        == 1
+    )
     assert "too few" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -154,10 +179,15 @@ def _write_tiny_raw(raw, n=(300, 40, 40)):
 
 def _prepare_raw(*args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(["bash", os.path.join(ROOT, "scripts", "prepare_raw.sh"), *map(str, args)],
-                          capture_output=True, text=True, env=env)
+    return subprocess.run(
+        ["bash", os.path.join(ROOT, "scripts", "prepare_raw.sh"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
+@pytest.mark.slow
 def test_prepare_raw_end_to_end_and_skip(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "out"
     _write_tiny_raw(raw)
@@ -185,14 +215,19 @@ def test_prepare_raw_end_to_end_and_skip(tmp_path):
     assert not [f for f in os.listdir(out) if f.startswith(".")]  # temp dir removed
 
     stamp = (bin_dir / "train.en-de.en.bin").stat().st_mtime_ns
-    again = _prepare_raw("--src", "en", "--tgt", "de", "--raw", raw, "--out", out, "--vocab-size", "60")
+    again = _prepare_raw(
+        "--src", "en", "--tgt", "de", "--raw", raw, "--out", out, "--vocab-size", "60"
+    )
     assert again.returncode == 0 and "skipping" in again.stdout
     assert (bin_dir / "train.en-de.en.bin").stat().st_mtime_ns == stamp
     # same output directory, other settings: refuses instead of mixing two preparations
-    other = _prepare_raw("--src", "en", "--tgt", "de", "--raw", raw, "--out", out, "--vocab-size", "70")
+    other = _prepare_raw(
+        "--src", "en", "--tgt", "de", "--raw", raw, "--out", out, "--vocab-size", "70"
+    )
     assert other.returncode != 0 and "error:" in other.stderr
 
 
+@pytest.mark.slow
 def test_prepare_raw_bad_inputs(tmp_path):
     raw = tmp_path / "raw"
     _write_tiny_raw(raw)
@@ -201,7 +236,9 @@ def test_prepare_raw_bad_inputs(tmp_path):
     (raw / "valid.de").rename(tmp_path / "valid.de.bak")
     p = _prepare_raw(*base, "--out", tmp_path / "o1")
     assert p.returncode != 0
-    assert p.stderr.strip().splitlines() == [f"error: missing raw file {raw}/valid.de"]  # prepare_raw.sh
+    assert p.stderr.strip().splitlines() == [
+        f"error: missing raw file {raw}/valid.de"
+    ]  # prepare_raw.sh
     assert not (tmp_path / "o1").exists()
     (tmp_path / "valid.de.bak").rename(raw / "valid.de")
 
@@ -223,8 +260,18 @@ def test_sentencepiece_model_is_reproducible(tmp_path):
     raw = tmp_path / "raw"
     _write_tiny_raw(raw)
     for out in ("a", "b"):
-        args = ["--raw", str(raw), "--src", "en", "--tgt", "de", "--vocab-size", "60",
-                "--out", str(tmp_path / out)]
+        args = [
+            "--raw",
+            str(raw),
+            "--src",
+            "en",
+            "--tgt",
+            "de",
+            "--vocab-size",
+            "60",
+            "--out",
+            str(tmp_path / out),
+        ]
         assert sentencepiece_cli.main(args) == 0
     for name in ("spm.model", "spm.vocab", "train.en", "test.de"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
@@ -243,6 +290,7 @@ needs_ding = pytest.mark.skipif(not os.path.isfile(DING_FILE), reason="trans-de-
 
 
 @needs_ding
+@pytest.mark.slow
 def test_real_ding_extraction():
     with open(DING_FILE, encoding="utf-8") as f:
         pairs = ding.extract_pairs(f, min_words=3)
@@ -262,17 +310,28 @@ def test_real_ding_extraction():
 
 
 @needs_ding
+@pytest.mark.slow
 def test_prepare_builtin_small_sample(tmp_path):
     config = tmp_path / "cfg.sh"
     config.write_text("SRC=en\nTGT=de\nSPM_VOCAB_SIZE=300\n")
-    cmd = ["bash", os.path.join(ROOT, "scripts", "prepare_builtin.sh"), "--config", str(config),
-           "--out", str(tmp_path / "b"), "--max-pairs", "400"]
+    cmd = [
+        "bash",
+        os.path.join(ROOT, "scripts", "prepare_builtin.sh"),
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "b"),
+        "--max-pairs",
+        "400",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
     assert "stage 1/2" in p.stdout and "stage 2/2" in p.stdout
-    counts = [sum(1 for _ in open(tmp_path / "b" / "raw" / f"{s}.en", encoding="utf-8"))
-              for s in ("train", "valid", "test")]
+    counts = [
+        sum(1 for _ in open(tmp_path / "b" / "raw" / f"{s}.en", encoding="utf-8"))
+        for s in ("train", "valid", "test")
+    ]
     assert counts == [321, 26, 53]  # 400 pairs, held-out capped at 20%: 500:1000 -> 26:53
     assert (tmp_path / "b" / "bin" / "train.en-de.de.bin").exists()
     bad = subprocess.run(cmd[:3] + [str(tmp_path / "missing.sh")], capture_output=True, text=True)
@@ -280,6 +339,7 @@ def test_prepare_builtin_small_sample(tmp_path):
 
 
 # ---- lines end at "\n" only; pairs end together; bytes are UTF-8 ----------------------------
+
 
 def test_lone_carriage_return_does_not_shift_pairs(tmp_path):
     """Text mode would end a line at the lone \r: every later pair shifted, the last dropped."""
@@ -289,7 +349,10 @@ def test_lone_carriage_return_does_not_shift_pairs(tmp_path):
     (tmp_path / "a.de").write_bytes(b"eins zwei.\ndrei.\nvier.\n")
     assert list(read_lines(str(tmp_path / "a.en"))) == ["one two.", "three.", "four."]
     assert list(read_pairs(str(tmp_path / "a.en"), str(tmp_path / "a.de"))) == [
-        ("one two.", "eins zwei."), ("three.", "drei."), ("four.", "vier.")]
+        ("one two.", "eins zwei."),
+        ("three.", "drei."),
+        ("four.", "vier."),
+    ]
 
 
 def test_sentencepiece_prep_keeps_pairs_aligned_across_a_carriage_return(tmp_path):
@@ -299,8 +362,23 @@ def test_sentencepiece_prep_keeps_pairs_aligned_across_a_carriage_return(tmp_pat
     lines[5] = lines[5].replace(b" ", b"\r", 1)
     (raw / "train.en").write_bytes(b"\n".join(lines))
     out = tmp_path / "spm"
-    assert sentencepiece_cli.main(["--raw", str(raw), "--src", "en", "--tgt", "de", "--vocab-size", "60",
-                                    "--out", str(out)]) == 0
+    assert (
+        sentencepiece_cli.main(
+            [
+                "--raw",
+                str(raw),
+                "--src",
+                "en",
+                "--tgt",
+                "de",
+                "--vocab-size",
+                "60",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     en = (out / "train.en").read_text(encoding="utf-8").split("\n")
     de = (out / "train.de").read_text(encoding="utf-8").split("\n")
     assert len(en) == len(de) == 301  # 300 pairs and the final newline
@@ -315,7 +393,9 @@ def test_invalid_utf8_and_uneven_files_are_named(tmp_path, capsys):
 
     (tmp_path / "a.en").write_bytes(b"ok.\nbad \xff byte.\n")
     (tmp_path / "a.de").write_bytes(b"gut.\nschlecht.\n")
-    with pytest.raises(EnsdistError, match=r"a.en: line 2: invalid UTF-8 \(byte 0xff at column 5\)$"):
+    with pytest.raises(
+        EnsdistError, match=r"a.en: line 2: invalid UTF-8 \(byte 0xff at column 5\)$"
+    ):
         list(read_pairs(str(tmp_path / "a.en"), str(tmp_path / "a.de")))
     (tmp_path / "b.de").write_bytes(b"gut.\n")
     (tmp_path / "b.en").write_bytes(b"ok.\nmore.\n")

@@ -1,4 +1,5 @@
 """The token_kd criterion and the dirichlet_transformer model on tiny in-process fairseq models."""
+
 import argparse
 import json
 import math
@@ -6,6 +7,7 @@ import os
 from types import SimpleNamespace
 
 import pytest
+import tiny_fairseq
 import torch
 from fairseq.criterions import CRITERION_REGISTRY
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
@@ -20,8 +22,6 @@ from ensdist_fairseq.criterions.token_kd import TokenKDCriterion
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.losses import adaptive_alpha
 
-import tiny_fairseq
-
 WORDS, BATCH, SRC_LEN, TGT_LEN = 20, 3, 6, 5
 
 
@@ -34,10 +34,19 @@ def make_task():
 
 def make_model(task, arch="transformer", dropout=0.3):
     args = argparse.Namespace(
-        arch=arch, encoder_layers=1, decoder_layers=1, encoder_embed_dim=16, decoder_embed_dim=16,
-        encoder_ffn_embed_dim=32, decoder_ffn_embed_dim=32, encoder_attention_heads=2,
-        decoder_attention_heads=2, dropout=dropout, share_all_embeddings=True,
-        max_source_positions=64, max_target_positions=64,
+        arch=arch,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_embed_dim=16,
+        decoder_embed_dim=16,
+        encoder_ffn_embed_dim=32,
+        decoder_ffn_embed_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        dropout=dropout,
+        share_all_embeddings=True,
+        max_source_positions=64,
+        max_target_positions=64,
     )
     torch.manual_seed(0)
     return ARCH_MODEL_REGISTRY[arch].build_model(args, task)
@@ -61,7 +70,11 @@ def make_sample(task, stored=None, seed=0):
     probs = probs * non_pad[..., None]
     precision = (torch.rand(BATCH, TGT_LEN, generator=g) * 1e3 + 1) * non_pad
     return {
-        "net_input": {"src_tokens": src, "src_lengths": torch.full((BATCH,), SRC_LEN), "prev_output_tokens": prev},
+        "net_input": {
+            "src_tokens": src,
+            "src_lengths": torch.full((BATCH,), SRC_LEN),
+            "prev_output_tokens": prev,
+        },
         "target": target,
         "ntokens": int(non_pad.sum()),
         "teacher": {"indices": indices, "probs": probs, "precision": precision},
@@ -71,9 +84,21 @@ def make_sample(task, stored=None, seed=0):
 
 def make_criterion(task, num_updates=0, **overrides):
     cfg = dict(
-        label_smoothing=0.1, kd_loss="mean_kd", kd_weight=0.5, kd_temperature=1.0, kd_truncation="tail",
-        precision_limit=1e6, precision_floor=1.0, intra_passes=1, intra_alpha=5.0, no_intra_adaptive=False,
-        intra_p=5.0, intra_q=10.0, intra_forward="stacked", max_update=1000, sentence_avg=False,
+        label_smoothing=0.1,
+        kd_loss="mean_kd",
+        kd_weight=0.5,
+        kd_temperature=1.0,
+        kd_truncation="tail",
+        precision_limit=1e6,
+        precision_floor=1.0,
+        intra_passes=1,
+        intra_alpha=5.0,
+        no_intra_adaptive=False,
+        intra_p=5.0,
+        intra_q=10.0,
+        intra_forward="stacked",
+        max_update=1000,
+        sentence_avg=False,
     )
     cfg.update(overrides)
     criterion = TokenKDCriterion(task, **cfg)
@@ -91,7 +116,9 @@ def run(criterion, model, sample, seed=1):
 
 def test_registered_with_fairseq():
     assert "token_kd" in CRITERION_REGISTRY
-    assert {"dirichlet_transformer", "dirichlet_transformer_iwslt_de_en"} <= set(ARCH_MODEL_REGISTRY)
+    assert {"dirichlet_transformer", "dirichlet_transformer_iwslt_de_en"} <= set(
+        ARCH_MODEL_REGISTRY
+    )
 
 
 def test_beta_zero_is_fairseq_label_smoothed_cross_entropy_exactly():
@@ -111,8 +138,12 @@ def test_mean_kd_loss_is_the_interpolation_with_the_categorical_kl():
     _, log, _ = run(make_criterion(task, kd_weight=0.3), model, sample)
     lprobs = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)
     non_pad = sample["target"].ne(task.target_dictionary.pad())
-    kl = kl_divergence(Categorical(probs=sample["teacher_full"]), Categorical(logits=lprobs))[non_pad].sum()
-    ls, _ = LabelSmoothedCrossEntropyCriterion(task, False, 0.1).compute_loss(model, model(**sample["net_input"]), sample)
+    kl = kl_divergence(Categorical(probs=sample["teacher_full"]), Categorical(logits=lprobs))[
+        non_pad
+    ].sum()
+    ls, _ = LabelSmoothedCrossEntropyCriterion(task, False, 0.1).compute_loss(
+        model, model(**sample["net_input"]), sample
+    )
     assert log["kd_loss"].item() == pytest.approx(kl.item(), rel=1e-4)
     assert log["loss"].item() == pytest.approx(0.7 * ls.item() + 0.3 * kl.item(), rel=1e-4)
 
@@ -130,7 +161,9 @@ def test_proxy_dirichlet_matches_torch_distributions_and_refuses_softmax_models(
     non_pad = sample["target"].ne(task.target_dictionary.pad())
     precision = sample["teacher"]["precision"].double()[non_pad]
     beta = sample["teacher_full"].double()[non_pad] * precision[:, None] + 1
-    expected = (kl_divergence(Dirichlet(logits[non_pad].exp() + 1), Dirichlet(beta)) / precision).sum()
+    expected = (
+        kl_divergence(Dirichlet(logits[non_pad].exp() + 1), Dirichlet(beta)) / precision
+    ).sum()
     assert log["kd_loss"].item() == pytest.approx(expected.item(), rel=1e-4)
     assert log["loss"].item() == pytest.approx(expected.item(), rel=1e-4)  # beta = 1: pure RKL
     assert all(torch.isfinite(g).all() for g in grads)
@@ -152,7 +185,9 @@ def test_dirichlet_student_predictive_is_what_fairseq_generate_scores(predictive
         alpha = z.exp() + 1
         dist = alpha / alpha.sum(-1, keepdim=True) if predictive == "mean" else z.softmax(-1)
         expected = dist.log().gather(-1, tokens[:, None]).squeeze(-1)
-        torch.testing.assert_close(hypo["positional_scores"].double(), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            hypo["positional_scores"].double(), expected, rtol=1e-4, atol=1e-4
+        )
 
 
 def test_validation_needs_no_teacher_and_reports_label_smoothed_nll():
@@ -160,8 +195,12 @@ def test_validation_needs_no_teacher_and_reports_label_smoothed_nll():
     model, sample = make_model(task).eval(), make_sample(task)
     del sample["teacher"]
     loss, _, log = make_criterion(task, intra_passes=3)(model, sample)
-    ref, nll = LabelSmoothedCrossEntropyCriterion(task, False, 0.1).compute_loss(model, model(**sample["net_input"]), sample)
-    assert loss.item() == pytest.approx(ref.item()) and log["nll_loss"].item() == pytest.approx(nll.item())
+    ref, nll = LabelSmoothedCrossEntropyCriterion(task, False, 0.1).compute_loss(
+        model, model(**sample["net_input"]), sample
+    )
+    assert loss.item() == pytest.approx(ref.item()) and log["nll_loss"].item() == pytest.approx(
+        nll.item()
+    )
     assert not {"kd_loss", "intra_loss", "teacher_coverage"} & set(log)
     with pytest.raises(ValueError, match="teacher"):
         make_criterion(task)(model.train(), sample)
@@ -169,8 +208,15 @@ def test_validation_needs_no_teacher_and_reports_label_smoothed_nll():
 
 @pytest.mark.parametrize(
     "flag,value",
-    [("kd_weight", 1.5), ("kd_weight", -0.1), ("kd_temperature", 0.0), ("intra_passes", 0),
-     ("precision_limit", 0.0), ("label_smoothing", 1.0), ("intra_alpha", -1.0)],
+    [
+        ("kd_weight", 1.5),
+        ("kd_weight", -0.1),
+        ("kd_temperature", 0.0),
+        ("intra_passes", 0),
+        ("precision_limit", 0.0),
+        ("label_smoothing", 1.0),
+        ("intra_alpha", -1.0),
+    ],
 )
 def test_impossible_flag_values_name_the_flag(flag, value):
     with pytest.raises(ValueError, match="--" + flag.replace("_", "-")):
@@ -182,7 +228,9 @@ def test_adaptive_intra_needs_max_update_and_a_valid_schedule():
         make_criterion(make_task(), intra_passes=3, max_update=0)
     with pytest.raises(ValueError, match="p < q"):
         make_criterion(make_task(), intra_passes=3, intra_p=10.0, intra_q=5.0)
-    make_criterion(make_task(), intra_passes=3, max_update=0, no_intra_adaptive=True)  # fixed alpha: fine
+    make_criterion(
+        make_task(), intra_passes=3, max_update=0, no_intra_adaptive=True
+    )  # fixed alpha: fine
 
 
 def reference_pass_losses(model, sample, passes, forward, kd_weight, seed=1):
@@ -191,7 +239,9 @@ def reference_pass_losses(model, sample, passes, forward, kd_weight, seed=1):
     torch.manual_seed(seed)
     net_input = sample["net_input"]
     if forward == "stacked":
-        logits = model(**{k: torch.cat([v] * passes) for k, v in net_input.items()})[0].chunk(passes)
+        logits = model(**{k: torch.cat([v] * passes) for k, v in net_input.items()})[0].chunk(
+            passes
+        )
     else:
         logits = [model(**net_input)[0] for _ in range(passes)]
     non_pad = sample["target"].ne(1)
@@ -200,7 +250,9 @@ def reference_pass_losses(model, sample, passes, forward, kd_weight, seed=1):
     for z in logits:
         ls, nll = ls_ref.compute_loss(model, (z.double(), {"attn": [None]}), sample)
         lp = torch.log_softmax(z.double(), -1)
-        kl = kl_divergence(Categorical(probs=sample["teacher_full"].double()), Categorical(logits=lp))[non_pad].sum()
+        kl = kl_divergence(
+            Categorical(probs=sample["teacher_full"].double()), Categorical(logits=lp)
+        )[non_pad].sum()
         losses.append((1 - kd_weight) * ls + kd_weight * kl)
         nlls.append(nll)
         lps.append(lp)
@@ -223,7 +275,9 @@ def test_intra_distillation_is_mean_pass_loss_plus_weighted_x_divergence(forward
     # With dropout they differ: L = mean over the passes + alpha_t X, checked against an
     # independent float64 computation. Catches training on one pass only and a dropped alpha_t X.
     model = make_model(task, dropout=0.3)
-    criterion = make_criterion(task, kd_weight=0.3, intra_passes=3, intra_forward=forward, intra_alpha=5.0)
+    criterion = make_criterion(
+        task, kd_weight=0.3, intra_passes=3, intra_forward=forward, intra_alpha=5.0
+    )
     criterion.set_num_updates(100)  # what the task's train_step does; N/q = 1000/10: alpha_t = 1
     loss, log, grads = run(criterion, model, sample)
     with torch.no_grad():
@@ -245,7 +299,9 @@ def test_adaptive_alpha_needs_the_update_number_from_the_task():
     with pytest.raises(EnsdistError, match="translation_distill"):
         criterion(model.train(), sample)
     # fairseq's plain tasks never call set_num_updates: a fixed alpha needs no update number
-    fixed = TokenKDCriterion(task, sentence_avg=False, intra_passes=2, no_intra_adaptive=True, intra_alpha=2.0)
+    fixed = TokenKDCriterion(
+        task, sentence_avg=False, intra_passes=2, no_intra_adaptive=True, intra_alpha=2.0
+    )
     _, _, log = fixed(model, sample)
     assert log["intra_alpha"] / log["sample_size"] == 2.0
 
@@ -256,7 +312,10 @@ def test_translation_distill_train_step_hands_the_update_number_to_the_criterion
 
     import ensdist_fairseq.tasks.translation_distill  # noqa: F401
 
-    args = options.parse_args_and_arch(options.get_training_parser(), [tiny_data, "--task", "translation_distill", "--arch", "transformer"])
+    args = options.parse_args_and_arch(
+        options.get_training_parser(),
+        [tiny_data, "--task", "translation_distill", "--arch", "transformer"],
+    )
     distill_task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
     task = make_task()
     model, sample = make_model(task), make_sample(task)
@@ -278,9 +337,14 @@ def test_reduce_false_returns_per_token_losses_like_fairseq():
     torch.manual_seed(1)
     ref, _, _ = LabelSmoothedCrossEntropyCriterion(task, False, 0.1)(model, sample, reduce=False)
     assert ours.shape == ref.shape == (sample["target"].numel(), 1) and torch.equal(ours, ref)
-    for kd_loss, arch, passes in (("mean_kd", "transformer", 3), ("proxy_dirichlet", "dirichlet_transformer", 2)):
+    for kd_loss, arch, passes in (
+        ("mean_kd", "transformer", 3),
+        ("proxy_dirichlet", "dirichlet_transformer", 2),
+    ):
         model = make_model(task, arch=arch, dropout=0.0).train()
-        criterion = make_criterion(task, kd_loss=kd_loss, intra_passes=passes, no_intra_adaptive=True)
+        criterion = make_criterion(
+            task, kd_loss=kd_loss, intra_passes=passes, no_intra_adaptive=True
+        )
         per_token, _, log = criterion(model, sample, reduce=False)
         total, _, _ = criterion(model, sample)
         assert per_token.shape == (sample["target"].numel(), 1)
@@ -296,8 +360,15 @@ def test_logged_statistics_ignore_pads_and_reduce_per_token():
     model, sample = make_model(task, dropout=0.0), make_sample(task)
     sample["teacher"]["precision"][0, 0] = float("inf")  # members agreed: bounded by the limit
     sample["teacher"]["precision"][0, 1] = 0.0  # a member with log-prob -inf: raised to the floor
-    criterion = make_criterion(task, kd_weight=0.3, intra_passes=2, no_intra_adaptive=True, intra_alpha=2.0,
-                               precision_limit=1e4, precision_floor=2.0)
+    criterion = make_criterion(
+        task,
+        kd_weight=0.3,
+        intra_passes=2,
+        no_intra_adaptive=True,
+        intra_alpha=2.0,
+        precision_limit=1e4,
+        precision_floor=2.0,
+    )
     _, log, _ = run(criterion, model, sample)
     non_pad = sample["target"].ne(task.target_dictionary.pad())
     teacher = sample["teacher"]
@@ -306,7 +377,9 @@ def test_logged_statistics_ignore_pads_and_reduce_per_token():
     with torch.no_grad():
         losses, nlls, x = reference_pass_losses(model, sample, 2, "stacked", kd_weight=0.3)
         lp = torch.log_softmax(model(**sample["net_input"])[0].double(), -1)
-    kl = kl_divergence(Categorical(probs=sample["teacher_full"].double()), Categorical(logits=lp))[non_pad].sum()
+    kl = kl_divergence(Categorical(probs=sample["teacher_full"].double()), Categorical(logits=lp))[
+        non_pad
+    ].sum()
     ntokens, bits = sample["ntokens"], math.log(2)
     with metrics.aggregate() as agg:
         TokenKDCriterion.reduce_metrics([log])
@@ -316,23 +389,33 @@ def test_logged_statistics_ignore_pads_and_reduce_per_token():
     assert values["intra_alpha"] == pytest.approx(2.0)
     assert values["kd_loss"] == pytest.approx(kl.item() / ntokens / bits, abs=2e-3)
     assert values["intra_loss"] == pytest.approx(x.item() / ntokens / bits, abs=2e-3)
-    assert values["loss"] == pytest.approx((sum(losses) / 2 + 2.0 * x).item() / ntokens / bits, abs=2e-3)
+    assert values["loss"] == pytest.approx(
+        (sum(losses) / 2 + 2.0 * x).item() / ntokens / bits, abs=2e-3
+    )
     assert values["nll_loss"] == pytest.approx(nlls[0].item() / ntokens / bits, abs=2e-3)
     assert values["ppl"] == pytest.approx(2 ** values["nll_loss"], rel=1e-2)
 
 
-@pytest.mark.parametrize("kd_loss,arch", [("mean_kd", "transformer"), ("proxy_dirichlet", "dirichlet_transformer")])
+@pytest.mark.parametrize(
+    "kd_loss,arch", [("mean_kd", "transformer"), ("proxy_dirichlet", "dirichlet_transformer")]
+)
 def test_extremely_peaked_teacher_and_student_stay_finite(kd_loss, arch):
     task = make_task()
     model, sample = make_model(task, arch=arch), make_sample(task, stored=4)
     teacher = sample["teacher"]
     teacher["probs"] = torch.zeros_like(teacher["probs"])
     teacher["probs"][..., 0] = sample["target"].ne(task.target_dictionary.pad()).float()  # one-hot
-    teacher["precision"] = torch.where(teacher["precision"] > 0, torch.tensor(float("inf")), teacher["precision"])
+    teacher["precision"] = torch.where(
+        teacher["precision"] > 0, torch.tensor(float("inf")), teacher["precision"]
+    )
     with torch.no_grad():
         model.decoder.output_projection.weight.mul_(1e4)  # logits in the 1e4-1e5 range
     loss, log, grads = run(make_criterion(task, kd_loss=kd_loss, intra_passes=2), model, sample)
-    assert torch.isfinite(loss) and torch.isfinite(log["kd_loss"]) and torch.isfinite(log["intra_loss"])
+    assert (
+        torch.isfinite(loss)
+        and torch.isfinite(log["kd_loss"])
+        and torch.isfinite(log["intra_loss"])
+    )
     assert all(torch.isfinite(g).all() for g in grads)
 
 
@@ -347,6 +430,7 @@ def test_half_precision_models_give_finite_losses(dtype):
         assert all(torch.isfinite(g.float()).all() for g in grads)
 
 
+@pytest.mark.slow
 def test_fairseq_train_runs_intra_distillation_alone_on_the_translation_task(tiny_data, tmp_path):
     """--kd-loss none --intra-passes 3 on translation_distill without a store (fairseq's translation
     plus the update number for alpha_t), then fairseq-generate."""
@@ -358,22 +442,70 @@ def test_fairseq_train_runs_intra_distillation_alone_on_the_translation_task(tin
         "import ensdist_fairseq.tasks.translation_distill  # noqa\n"
     )
     save = tmp_path / "ckpt"
-    out = tiny_fairseq.run([
-        os.path.join(tiny_fairseq.BIN, "fairseq-train"), tiny_data, "--user-dir", str(plugin),
-        "--task", "translation_distill", *tiny_fairseq.TINY_ARCH_ARGS[2:], "--arch", "dirichlet_transformer",
-        "--criterion", "token_kd", "--kd-loss", "none", "--intra-passes", "3", "--max-update", "20",
-        "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "400", "--cpu", "--log-format", "json",
-        "--log-interval", "1", "--save-dir", str(save), "--no-epoch-checkpoints", "--seed", "1",
-    ])
+    out = tiny_fairseq.run(
+        [
+            os.path.join(tiny_fairseq.BIN, "fairseq-train"),
+            tiny_data,
+            "--user-dir",
+            str(plugin),
+            "--task",
+            "translation_distill",
+            *tiny_fairseq.TINY_ARCH_ARGS[2:],
+            "--arch",
+            "dirichlet_transformer",
+            "--criterion",
+            "token_kd",
+            "--kd-loss",
+            "none",
+            "--intra-passes",
+            "3",
+            "--max-update",
+            "20",
+            "--optimizer",
+            "adam",
+            "--lr",
+            "1e-3",
+            "--max-tokens",
+            "400",
+            "--cpu",
+            "--log-format",
+            "json",
+            "--log-interval",
+            "1",
+            "--save-dir",
+            str(save),
+            "--no-epoch-checkpoints",
+            "--seed",
+            "1",
+        ]
+    )
     log = out.stdout + out.stderr
-    assert '"train_intra_alpha"' in log and '"train_intra_loss"' in log and '"valid_nll_loss"' in log
+    assert (
+        '"train_intra_alpha"' in log and '"train_intra_loss"' in log and '"valid_nll_loss"' in log
+    )
     assert '"valid_intra_loss"' not in log
     # alpha_t per update t = 0, 1, ... with N = 20, p = 5, q = 10: alpha (t p / N)^gamma up to N/p = 4
-    inner = [json.loads(line[line.index('{"'):]) for line in log.splitlines() if '{"' in line and "train_inner" in line]
+    inner = [
+        json.loads(line[line.index('{"') :])
+        for line in log.splitlines()
+        if '{"' in line and "train_inner" in line
+    ]
     assert [float(r["intra_alpha"]) for r in inner[:6]] == pytest.approx(
-        [adaptive_alpha(5.0, t, 20, 5.0, 10.0) for t in range(6)], abs=1e-3)
-    gen = tiny_fairseq.run([
-        os.path.join(tiny_fairseq.BIN, "fairseq-generate"), tiny_data, "--user-dir", str(plugin),
-        "--path", str(save / "checkpoint_last.pt"), "--beam", "2", "--max-sentences", "8", "--cpu",
-    ])
+        [adaptive_alpha(5.0, t, 20, 5.0, 10.0) for t in range(6)], abs=1e-3
+    )
+    gen = tiny_fairseq.run(
+        [
+            os.path.join(tiny_fairseq.BIN, "fairseq-generate"),
+            tiny_data,
+            "--user-dir",
+            str(plugin),
+            "--path",
+            str(save / "checkpoint_last.pt"),
+            "--beam",
+            "2",
+            "--max-sentences",
+            "8",
+            "--cpu",
+        ]
+    )
     assert "BLEU" in gen.stdout + gen.stderr

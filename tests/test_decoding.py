@@ -1,4 +1,5 @@
 """In-process decoding (evaluation/decoding.py) finds what fairseq-generate finds."""
+
 import math
 import os
 import subprocess
@@ -6,8 +7,10 @@ import sys
 
 import pytest
 
-from ensdist_fairseq.teachers import teacher_forcing
 from ensdist_fairseq.evaluation import decoding
+from ensdist_fairseq.teachers import teacher_forcing
+
+pytestmark = pytest.mark.slow  # trains tiny models or runs fairseq commands
 
 BIN = os.path.dirname(sys.executable)
 USER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(decoding.__file__)))  # ensdist_fairseq/
@@ -15,11 +18,27 @@ USER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(decoding.__file__))) 
 
 def fairseq_generate(data, paths, *args):
     """{id: (T- line, [(D- score base 2, D- text)], [P- scores base 2])} from fairseq-generate."""
-    p = subprocess.run([os.path.join(BIN, "fairseq-generate"), data, "--path", ":".join(paths),
-                        "--gen-subset", "test",
-                        "--user-dir", USER_DIR, "--post-process", "sentencepiece", "--cpu",
-                        "--required-batch-size-multiple", "1", *map(str, args)],
-                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    p = subprocess.run(
+        [
+            os.path.join(BIN, "fairseq-generate"),
+            data,
+            "--path",
+            ":".join(paths),
+            "--gen-subset",
+            "test",
+            "--user-dir",
+            USER_DIR,
+            "--post-process",
+            "sentencepiece",
+            "--cpu",
+            "--required-batch-size-multiple",
+            "1",
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     out = {}
     for line in p.stdout.splitlines():
@@ -42,12 +61,30 @@ def fairseq_generate(data, paths, *args):
 def test_same_hypotheses_and_scores_as_fairseq_generate(tiny_data, tiny_checkpoints, members):
     paths = tiny_checkpoints[:members]
     gen = dict(beam=4, nbest=2, lenpen=0.6, max_len_a=1.5, max_len_b=10)
-    ref = fairseq_generate(tiny_data, paths, "--beam", 4, "--nbest", 2, "--lenpen", 0.6,
-                           "--max-len-a", 1.5, "--max-len-b", 10, "--max-tokens", 4000)
+    ref = fairseq_generate(
+        tiny_data,
+        paths,
+        "--beam",
+        4,
+        "--nbest",
+        2,
+        "--lenpen",
+        0.6,
+        "--max-len-a",
+        1.5,
+        "--max-len-b",
+        10,
+        "--max-tokens",
+        4000,
+    )
     models, task = teacher_forcing.load_models(paths, tiny_data)
     task.load_dataset("test")
-    got = {d.id: d for d in decoding.decode(models, task, task.dataset("test"),
-                                            decoding.generation_config(**gen), max_tokens=50)}
+    got = {
+        d.id: d
+        for d in decoding.decode(
+            models, task, task.dataset("test"), decoding.generation_config(**gen), max_tokens=50
+        )
+    }
     assert sorted(got) == sorted(ref) == list(range(len(task.dataset("test"))))
     for sid, (target, dlines, plines) in ref.items():
         d = got[sid]
@@ -74,8 +111,13 @@ def test_bleu_equals_fairseq_generate_bleu(tiny_data, tiny_checkpoints):
     models, task = teacher_forcing.load_models(tiny_checkpoints, tiny_data)
     task.load_dataset("test")
     ds = task.dataset("test")
-    got = bleu.decode_bleu(models, task, ds, decoding.generation_config(beam=3),
-                           teacher_forcing.plan_batches(ds, max_tokens=64))
+    got = bleu.decode_bleu(
+        models,
+        task,
+        ds,
+        decoding.generation_config(beam=3),
+        teacher_forcing.plan_batches(ds, max_tokens=64),
+    )
     assert got == expected and got.num_sentences == len(ds)
 
 

@@ -1,12 +1,14 @@
 """The main job end to end on a very small slice: every artefact, V' from --topk everywhere,
 the stopping rule and the regime in the report, then a re-run that skips all."""
+
 import json
 import os
 import subprocess
 
 import pytest
-
 import tiny_fairseq
+
+pytestmark = pytest.mark.slow  # trains tiny models or runs fairseq commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,8 +28,20 @@ def test_demo_on_a_small_slice_produces_everything_and_resumes(tmp_path):
         "GEN_ARGS=(--beam 1 --max-tokens 4000 --max-len-a 1.5 --max-len-b 5)\n"
     )
     out = tmp_path / "run"
-    cmd = ["bash", "scripts/demo.sh", "--config", str(cfg), "--out", str(out), "--members", "2",
-           "--topk", "32", "--students", "intra_mean_kd proxy_dirichlet mean_kd"]
+    cmd = [
+        "bash",
+        "scripts/demo.sh",
+        "--config",
+        str(cfg),
+        "--out",
+        str(out),
+        "--members",
+        "2",
+        "--topk",
+        "32",
+        "--students",
+        "intra_mean_kd proxy_dirichlet mean_kd",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -37,7 +51,9 @@ def test_demo_on_a_small_slice_produces_everything_and_resumes(tmp_path):
             member = out / "teachers" / mode / f"seed{k}"
             assert (member / "checkpoint_swa.pt").is_file()
             assert "ece1" in (member / "train.log").read_text()  # validation calibration is on
-    assert (out / "store" / "ce_k2_v32.h5").is_file() and not (out / "store" / "ce_k2_v8.h5").exists()
+    assert (out / "store" / "ce_k2_v32.h5").is_file() and not (
+        out / "store" / "ce_k2_v8.h5"
+    ).exists()
     students = ("mean_kd", "proxy_dirichlet", "intra_mean_kd")
     for v in students:
         sdir = out / "students" / "ce_k2_v32" / v
@@ -46,12 +62,25 @@ def test_demo_on_a_small_slice_produces_everything_and_resumes(tmp_path):
         assert "V'=32 of 32" in log, log[-2000:]  # trained on the 32 entries --topk asked for
     res = out / "results"
     names = {p.stem for p in res.glob("*.json")}
-    assert names == {"ce-seed1", "ce-seed2", "ce-ensemble2", "ls-seed1", "ls-seed2", "ls-ensemble2",
-                     *(f"student-{v}-k2-v32" for v in students), "student-proxy_dirichlet-k2-v32-mean"}
+    assert names == {
+        "ce-seed1",
+        "ce-seed2",
+        "ce-ensemble2",
+        "ls-seed1",
+        "ls-seed2",
+        "ls-ensemble2",
+        *(f"student-{v}-k2-v32" for v in students),
+        "student-proxy_dirichlet-k2-v32-mean",
+    }
     # the uncertainty stage: OOD sets once, then the CE members, the CE ensemble and every student
     assert (out / "ood" / "ood_sets.json").is_file()
     unc = {p.parent.name for p in (res / "uncertainty").glob("*/system.json")}
-    assert unc == {"ce-seed1", "ce-seed2", "ce-ensemble2", *(f"student-{v}-k2-v32" for v in students)}
+    assert unc == {
+        "ce-seed1",
+        "ce-seed2",
+        "ce-ensemble2",
+        *(f"student-{v}-k2-v32" for v in students),
+    }
     for name in names:
         r = json.loads((res / f"{name}.json").read_text())
         assert r["bleu"] is not None and 0 <= r["ece1"]["unweighted"] <= 1
@@ -71,10 +100,15 @@ def test_demo_on_a_small_slice_produces_everything_and_resumes(tmp_path):
 
 def test_demo_picks_the_gpu_config_when_cuda_is_visible():
     def chosen(cuda, *extra):
-        r = subprocess.run(["bash", "scripts/demo.sh", "--print-config", *extra], cwd=ROOT,
-                           capture_output=True, text=True, env=dict(os.environ, ENSDIST_CUDA=cuda))
+        r = subprocess.run(
+            ["bash", "scripts/demo.sh", "--print-config", *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, ENSDIST_CUDA=cuda),
+        )
         assert r.returncode == 0, r.stderr[-2000:]
-        return [l for l in r.stdout.splitlines() if l.startswith("[demo] config:")][-1]
+        return [x for x in r.stdout.splitlines() if x.startswith("[demo] config:")][-1]
 
     assert chosen("1").endswith("configs/builtin_gpu.sh")
     assert chosen("0").endswith("configs/builtin_cpu.sh")

@@ -1,4 +1,5 @@
 """`ensdist-evaluate` end to end on the tiny checkpoints, ensemble scoring, bad inputs, report."""
+
 import json
 import os
 import subprocess
@@ -8,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from ensdist_fairseq.cli import evaluate
+from ensdist_fairseq.cli import report as report_cli
 from ensdist_fairseq.metrics.calibration import expected_calibration_error
-from ensdist_fairseq.cli import evaluate, report as report_cli
 from ensdist_fairseq.teachers.teacher_forcing import ensemble_log_probs
+
+pytestmark = pytest.mark.slow  # trains tiny models or runs fairseq commands
 
 
 class FixedLogits(torch.nn.Module):
@@ -43,7 +47,8 @@ def independent_ensemble_metrics(data_dir, paths):
     from fairseq import checkpoint_utils
 
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        paths, arg_overrides={"data": data_dir})
+        paths, arg_overrides={"data": data_dir}
+    )
     task.load_dataset("test")
     ds = task.dataset("test")
     pad = task.target_dictionary.pad()
@@ -62,11 +67,16 @@ def independent_ensemble_metrics(data_dir, paths):
     c5, k5 = np.take_along_axis(p, top5, 1), top5 == y[:, None]
     onehot = np.eye(p.shape[1])[y]
     return {
-        "num_sentences": len(ds), "num_tokens": len(y),
-        "ece1": {w: expected_calibration_error(c5[:, 0], k5[:, 0], 10, w == "weighted")
-                 for w in ("weighted", "unweighted")},
-        "ece5": {w: expected_calibration_error(c5, k5, 10, w == "weighted")
-                 for w in ("weighted", "unweighted")},
+        "num_sentences": len(ds),
+        "num_tokens": len(y),
+        "ece1": {
+            w: expected_calibration_error(c5[:, 0], k5[:, 0], 10, w == "weighted")
+            for w in ("weighted", "unweighted")
+        },
+        "ece5": {
+            w: expected_calibration_error(c5, k5, 10, w == "weighted")
+            for w in ("weighted", "unweighted")
+        },
         "nll": float(-np.mean(np.log(p[np.arange(len(y)), y]))),
         "brier": float(np.mean(((p - onehot) ** 2).sum(1))),
         "accuracy": float(np.mean(p.argmax(1) == y)),
@@ -79,17 +89,48 @@ def run_cli(args, capsys):
     return rc, out, err
 
 
-def test_ensemble_of_two_matches_independent_computation(tiny_data, tiny_checkpoints, tmp_path, capsys):
+def test_ensemble_of_two_matches_independent_computation(
+    tiny_data, tiny_checkpoints, tmp_path, capsys
+):
     out_json = tmp_path / "ens2.json"
-    rc, out, _err = run_cli([tiny_data, "--path", ":".join(tiny_checkpoints), "--name", "ens2",
-                             "--method", "CE", "--output-json", out_json, "--cpu",
-                             "--max-tokens", 100], capsys)  # several batches
+    rc, out, _err = run_cli(
+        [
+            tiny_data,
+            "--path",
+            ":".join(tiny_checkpoints),
+            "--name",
+            "ens2",
+            "--method",
+            "CE",
+            "--output-json",
+            out_json,
+            "--cpu",
+            "--max-tokens",
+            100,
+        ],
+        capsys,
+    )  # several batches
     assert rc == 0 and "ens2" in out and "ECE-1" in out
     r = json.loads(out_json.read_text())
     assert not list(tmp_path.glob("*.tmp*"))
-    for key in ("name", "paths", "num_models", "split", "bleu", "bleu_signature", "ece1", "ece5",
-                "brier", "brier_plus", "nll", "accuracy", "num_tokens", "reliability", "kind",
-                "method"):
+    for key in (
+        "name",
+        "paths",
+        "num_models",
+        "split",
+        "bleu",
+        "bleu_signature",
+        "ece1",
+        "ece5",
+        "brier",
+        "brier_plus",
+        "nll",
+        "accuracy",
+        "num_tokens",
+        "reliability",
+        "kind",
+        "method",
+    ):
         assert key in r
     assert r["kind"] == "ensemble" and r["num_models"] == 2 and r["split"] == "test"
     ref = independent_ensemble_metrics(tiny_data, tiny_checkpoints)
@@ -103,12 +144,28 @@ def test_ensemble_of_two_matches_independent_computation(tiny_data, tiny_checkpo
 
 
 def test_single_model_with_bleu_and_report(tiny_data, tiny_checkpoints, tmp_path, capsys):
-    runs = [("m1", [tiny_checkpoints[0]], ["--bleu"]), ("m2", [tiny_checkpoints[1]], ["--no-bleu"]),
-            ("ens", tiny_checkpoints, ["--no-bleu"])]
+    runs = [
+        ("m1", [tiny_checkpoints[0]], ["--bleu"]),
+        ("m2", [tiny_checkpoints[1]], ["--no-bleu"]),
+        ("ens", tiny_checkpoints, ["--no-bleu"]),
+    ]
     for name, paths, extra in runs:
-        rc, _out, err = run_cli([tiny_data, "--path", ":".join(paths), "--name", name,
-                                 "--method", "CE+SWA", "--output-json", tmp_path / f"{name}.json",
-                                 "--cpu", *extra], capsys)
+        rc, _out, err = run_cli(
+            [
+                tiny_data,
+                "--path",
+                ":".join(paths),
+                "--name",
+                name,
+                "--method",
+                "CE+SWA",
+                "--output-json",
+                tmp_path / f"{name}.json",
+                "--cpu",
+                *extra,
+            ],
+            capsys,
+        )
         assert rc == 0, err
     m1 = json.loads((tmp_path / "m1.json").read_text())
     assert m1["kind"] == "individual" and isinstance(m1["bleu"], float)
@@ -116,8 +173,10 @@ def test_single_model_with_bleu_and_report(tiny_data, tiny_checkpoints, tmp_path
     (tmp_path / "unrelated.json").write_text('{"other": 1}')  # skipped: no schema_version
     assert report_cli.main([str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
     table = (tmp_path / "rep" / "report.md").read_text()
-    e1 = [100 * json.loads((tmp_path / f"m{i}.json").read_text())["ece1"]["unweighted"]
-          for i in (1, 2)]
+    e1 = [
+        100 * json.loads((tmp_path / f"m{i}.json").read_text())["ece1"]["unweighted"]
+        for i in (1, 2)
+    ]
     mean, se = np.mean(e1), np.std(e1, ddof=1) / np.sqrt(2)
     assert "| CE+SWA | Individual | Avg (n=2) |" in table
     assert f"{mean:.3f} ± {se:.3f}" in table
@@ -127,7 +186,7 @@ def test_single_model_with_bleu_and_report(tiny_data, tiny_checkpoints, tmp_path
 
 
 def _single_error_line(err):
-    lines = [l for l in err.strip().splitlines() if l.strip()]
+    lines = [x for x in err.strip().splitlines() if x.strip()]
     assert "Traceback" not in err
     assert lines and lines[-1].startswith("error: ")
     return lines[-1]
@@ -139,8 +198,9 @@ def test_bad_inputs_give_one_line_errors(tiny_data, tiny_checkpoints, tmp_path, 
     not_ckpt.write_text("hello")
     other_dict = tmp_path / "other_dict.pt"  # a member trained with another (smaller) dictionary
     state = torch.load(good, weights_only=True)
-    for k in [k for k in state["model"] if k.endswith(("embed_tokens.weight",
-                                                       "output_projection.weight"))]:
+    for k in [
+        k for k in state["model"] if k.endswith(("embed_tokens.weight", "output_projection.weight"))
+    ]:
         state["model"][k] = state["model"][k][:-3]
     torch.save(state, other_dict)
     nan_model = tmp_path / "nan_model.pt"  # outputs NaN at every position
@@ -175,24 +235,53 @@ def test_bad_inputs_give_one_line_errors(tiny_data, tiny_checkpoints, tmp_path, 
 
 def test_bad_flag_from_the_command_line_exits_without_traceback(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "ensdist-evaluate")
-    p = subprocess.run([exe, str(tmp_path), "--path", "a.pt", "--name", "x", "--num-bins", "0",
-                        "--output-json", str(tmp_path / "r.json")],
-                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    p = subprocess.run(
+        [
+            exe,
+            str(tmp_path),
+            "--path",
+            "a.pt",
+            "--name",
+            "x",
+            "--num-bins",
+            "0",
+            "--output-json",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert p.returncode == 2  # a wrong command line (cli/options.py)
-    assert _single_error_line(p.stderr) == ("error: argument --num-bins: must be in 1..2147483647, "
-                                            "got 0 (see ensdist-evaluate --help)")
+    assert _single_error_line(p.stderr) == (
+        "error: argument --num-bins: must be in 1..2147483647, "
+        "got 0 (see ensdist-evaluate --help)"
+    )
 
 
-def test_failed_final_write_keeps_the_result(tiny_data, tiny_checkpoints, tmp_path, capsys,
-                                             monkeypatch):
+def test_failed_final_write_keeps_the_result(
+    tiny_data, tiny_checkpoints, tmp_path, capsys, monkeypatch
+):
     from ensdist_fairseq import atomic_files
 
     def disk_full(path, text):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(atomic_files, "write_text_atomically", disk_full)
-    rc, _out, err = run_cli([tiny_data, "--path", tiny_checkpoints[0], "--name", "kept",
-                             "--no-bleu", "--cpu", "--output-json", tmp_path / "r.json"], capsys)
+    rc, _out, err = run_cli(
+        [
+            tiny_data,
+            "--path",
+            tiny_checkpoints[0],
+            "--name",
+            "kept",
+            "--no-bleu",
+            "--cpu",
+            "--output-json",
+            tmp_path / "r.json",
+        ],
+        capsys,
+    )
     line = _single_error_line(err)
     assert rc == 1 and "--output" in line and "No space left on device" in line
     kept = line.rsplit("saved to ", 1)[1]
@@ -206,20 +295,59 @@ def test_bleu_table_decodes_in_process_like_evaluate(tiny_data, tiny_checkpoints
     from ensdist_fairseq.cli import bleu_table
 
     gen = ["--beam", "3", "--max-len-a", "1.5", "--max-len-b", "10", "--post-process", "none"]
-    assert bleu_table.main([tiny_data, "--path", ":".join(tiny_checkpoints), *gen,
-                            "--output-json", str(tmp_path / "t.json"),
-                            "--output-md", str(tmp_path / "t.md")]) == 0
+    assert (
+        bleu_table.main(
+            [
+                tiny_data,
+                "--path",
+                ":".join(tiny_checkpoints),
+                *gen,
+                "--output-json",
+                str(tmp_path / "t.json"),
+                "--output-md",
+                str(tmp_path / "t.md"),
+            ]
+        )
+        == 0
+    )
     table = json.loads((tmp_path / "t.json").read_text())
     assert [e["size"] for e in table["ensembles"]] == [1, 2]
     assert all(m["num_sentences"] == 40 for m in table["members"])
-    for name, paths, bleu in (("m2", tiny_checkpoints[1:], table["members"][1]["bleu"]),
-                              ("e2", tiny_checkpoints, table["ensembles"][1]["bleu"])):
-        rc, _o, err = run_cli([tiny_data, "--path", ":".join(paths), "--name", name, "--cpu", *gen,
-                               "--output-json", tmp_path / f"{name}.json"], capsys)
+    for name, paths, bleu in (
+        ("m2", tiny_checkpoints[1:], table["members"][1]["bleu"]),
+        ("e2", tiny_checkpoints, table["ensembles"][1]["bleu"]),
+    ):
+        rc, _o, err = run_cli(
+            [
+                tiny_data,
+                "--path",
+                ":".join(paths),
+                "--name",
+                name,
+                "--cpu",
+                *gen,
+                "--output-json",
+                tmp_path / f"{name}.json",
+            ],
+            capsys,
+        )
         assert rc == 0, err
         assert json.loads((tmp_path / f"{name}.json").read_text())["bleu"] == bleu
     capsys.readouterr()
-    assert bleu_table.main([tiny_data, "--path", tiny_checkpoints[0], "--nbest", "2",
-                            "--output-json", str(tmp_path / "u.json"),
-                            "--output-md", str(tmp_path / "u.md")]) == 2
+    assert (
+        bleu_table.main(
+            [
+                tiny_data,
+                "--path",
+                tiny_checkpoints[0],
+                "--nbest",
+                "2",
+                "--output-json",
+                str(tmp_path / "u.json"),
+                "--output-md",
+                str(tmp_path / "u.md"),
+            ]
+        )
+        == 2
+    )
     assert "unrecognized arguments: --nbest 2" in _single_error_line(capsys.readouterr().err)

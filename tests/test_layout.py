@@ -5,6 +5,7 @@
 - Every command lives in cli/ and is a console script in setup.py; the recipes call the console
   scripts, never `python -m ensdist_fairseq...`.
 """
+
 import ast
 import glob
 import os
@@ -17,11 +18,24 @@ PKG = os.path.join(ROOT, "ensdist_fairseq")
 
 # Module (or package) prefix -> layer; the longest matching prefix wins.
 LAYERS = {
-    "errors": 0, "hashing": 0, "atomic_files": 0,
-    "corpus": 1, "store": 1, "losses": 1, "metrics": 1,
-    "uncertainty.measures": 1, "uncertainty.fast_measures": 1, "uncertainty.sequence": 1,
-    "checkpoints": 2, "data": 2, "teachers": 2, "models": 2, "criterions": 2, "tasks": 2,
-    "evaluation": 2, "uncertainty": 2,
+    "errors": 0,
+    "hashing": 0,
+    "atomic_files": 0,
+    "corpus": 1,
+    "store": 1,
+    "losses": 1,
+    "metrics": 1,
+    "uncertainty.measures": 1,
+    "uncertainty.fast_measures": 1,
+    "uncertainty.sequence": 1,
+    "checkpoints": 2,
+    "data": 2,
+    "teachers": 2,
+    "models": 2,
+    "criterions": 2,
+    "tasks": 2,
+    "evaluation": 2,
+    "uncertainty": 2,
     "report": 3,
     "cli": 4,
 }
@@ -48,28 +62,44 @@ def package_imports(path: str):
     ours, third = [], set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"{path}:{node.lineno}: relative import (the house uses absolute)"
+            assert (
+                node.level == 0
+            ), f"{path}:{node.lineno}: relative import (the house uses absolute)"
             mod = node.module or ""
             if mod == "ensdist_fairseq":
                 ours += [(a.name, node.lineno) for a in node.names]
             elif mod.startswith("ensdist_fairseq."):
-                sub = mod[len("ensdist_fairseq."):]
-                ours += [(f"{sub}.{a.name}" if layer(f"{sub}.{a.name}") is not None
-                          and os.path.exists(os.path.join(PKG, *f"{sub}.{a.name}".split(".")) + ".py")
-                          else sub, node.lineno) for a in node.names]
+                sub = mod[len("ensdist_fairseq.") :]
+                ours += [
+                    (
+                        (
+                            f"{sub}.{a.name}"
+                            if layer(f"{sub}.{a.name}") is not None
+                            and os.path.exists(
+                                os.path.join(PKG, *f"{sub}.{a.name}".split(".")) + ".py"
+                            )
+                            else sub
+                        ),
+                        node.lineno,
+                    )
+                    for a in node.names
+                ]
             else:
                 third.add(mod.split(".")[0])
         elif isinstance(node, ast.Import):
             for a in node.names:
                 if a.name.startswith("ensdist_fairseq."):
-                    ours.append((a.name[len("ensdist_fairseq."):], node.lineno))
+                    ours.append((a.name[len("ensdist_fairseq.") :], node.lineno))
                 else:
                     third.add(a.name.split(".")[0])
     return ours, third
 
 
-MODULES = sorted(p for p in glob.glob(os.path.join(PKG, "**", "*.py"), recursive=True)
-                 if os.path.relpath(p, PKG) != "__init__.py")
+MODULES = sorted(
+    p
+    for p in glob.glob(os.path.join(PKG, "**", "*.py"), recursive=True)
+    if os.path.relpath(p, PKG) != "__init__.py"
+)
 
 
 def test_every_module_has_a_layer():
@@ -86,7 +116,8 @@ def test_no_import_from_a_higher_layer(path):
         assert layer(target) is not None, f"{me}:{line} imports unknown ensdist_fairseq.{target}"
         assert layer(target) <= layer(me), (
             f"ensdist_fairseq.{me} (layer {layer(me)}) imports ensdist_fairseq.{target} "
-            f"(layer {layer(target)}) at line {line}: a lower layer must not import a higher one")
+            f"(layer {layer(target)}) at line {line}: a lower layer must not import a higher one"
+        )
     if layer(me) <= PURE:
         assert not {"fairseq", "fairseq_cli"} & third, f"{me} is pure but imports fairseq"
 
@@ -106,7 +137,8 @@ def test_every_command_is_a_console_script_in_cli():
             with_main.add(module_name(path))
     assert with_main == set(scripts.values()), (
         "modules with a main() and the console scripts differ: "
-        f"{sorted(with_main ^ set(scripts.values()))}")
+        f"{sorted(with_main ^ set(scripts.values()))}"
+    )
 
 
 def test_commands_share_the_parser_and_the_error_policy():

@@ -1,4 +1,5 @@
 """The loss math against independent computations (torch.distributions, explicit formulas, brute force)."""
+
 import math
 
 import pytest
@@ -45,7 +46,13 @@ def test_mean_kd_tail_policy_at_temperature_matches_brute_force():
         q = tempered[:stored]
         student = torch.softmax(logits[r] / temp, -1)[indices[r]]
         expected = temp**2 * sum(q[i] * math.log(q[i] / student[i]) for i in range(stored))
-        got = ensemble_mean_kd(torch.log_softmax(logits[r : r + 1], -1), indices[r : r + 1], probs[r : r + 1], temp, "tail")
+        got = ensemble_mean_kd(
+            torch.log_softmax(logits[r : r + 1], -1),
+            indices[r : r + 1],
+            probs[r : r + 1],
+            temp,
+            "tail",
+        )
         assert got.item() == pytest.approx(float(expected), rel=1e-5)
 
 
@@ -57,7 +64,10 @@ def test_mean_kd_renormalize_policy_is_kl_to_renormalized_top_events():
     expected = (q * (q.log() - lprobs.gather(-1, indices))).sum(-1)
     got = ensemble_mean_kd(lprobs, indices, probs, truncation="renormalize")
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(teacher_distribution(probs, 1.0, "renormalize")[0].sum(-1), torch.ones(3, dtype=torch.float32))
+    assert torch.allclose(
+        teacher_distribution(probs, 1.0, "renormalize")[0].sum(-1),
+        torch.ones(3, dtype=torch.float32),
+    )
 
 
 def test_mean_kd_pad_rows_and_peaked_inputs_stay_finite():
@@ -65,7 +75,9 @@ def test_mean_kd_pad_rows_and_peaked_inputs_stay_finite():
     indices = torch.zeros(3, 4, dtype=torch.long)
     probs = torch.zeros(3, 4)
     probs[1, 0] = 1.0  # one-hot teacher
-    lprobs = torch.log_softmax(torch.tensor([[1e4] + [-1e4] * (vocab - 1)] * 3), -1).requires_grad_()
+    lprobs = torch.log_softmax(
+        torch.tensor([[1e4] + [-1e4] * (vocab - 1)] * 3), -1
+    ).requires_grad_()
     for policy in ("none", "renormalize", "tail"):
         loss = ensemble_mean_kd(lprobs, indices, probs, truncation=policy)
         loss.sum().backward()
@@ -126,7 +138,9 @@ def test_rkl_tail_mass_is_spread_uniformly_over_unstored_classes():
 def test_rkl_precision_limit_caps_the_target():
     full, indices, probs = _teacher(2, 10, 10)
     logits = torch.randn(2, 10, dtype=torch.float64)
-    capped = proxy_dirichlet_rkl(logits, indices, probs, torch.tensor([float("inf"), 1e9], dtype=torch.float64), 100.0)
+    capped = proxy_dirichlet_rkl(
+        logits, indices, probs, torch.tensor([float("inf"), 1e9], dtype=torch.float64), 100.0
+    )
     expected = _reference_rkl(logits, full, torch.tensor([100.0, 100.0], dtype=torch.float64))
     torch.testing.assert_close(capped, expected)
     with pytest.raises(ValueError, match="precision limit"):
@@ -176,7 +190,9 @@ def test_gradient_ratio_grows_and_stabilises_for_rkl_and_falls_for_forward_kl_an
             z = torch.zeros(k, dtype=torch.float64, requires_grad=True)
             loss_of(z.exp() + 1).backward()
             ratios.append(_gradient_ratio(z.grad).item())
-    assert rkl[1] > rkl[0] and all(abs(r / rkl[1] - 1) < 0.1 for r in rkl[1:]), rkl  # grows, then flat
+    assert rkl[1] > rkl[0] and all(
+        abs(r / rkl[1] - 1) < 0.1 for r in rkl[1:]
+    ), rkl  # grows, then flat
     assert min(rkl) > 1, rkl  # the high-probability class dominates the tail
     for ratios in (fkl, nll):
         assert all(b < a / 3 for a, b in zip(ratios, ratios[1:])), ratios  # keeps falling
@@ -185,7 +201,12 @@ def test_gradient_ratio_grows_and_stabilises_for_rkl_and_falls_for_forward_kl_an
 def test_dirichlet_predictive_is_alpha_over_alpha0():
     logits = torch.randn(3, 17, dtype=torch.float64) * 5
     alpha = logits.exp() + 1
-    torch.testing.assert_close(dirichlet_log_predictive(logits).double(), (alpha / alpha.sum(-1, keepdim=True)).log(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        dirichlet_log_predictive(logits).double(),
+        (alpha / alpha.sum(-1, keepdim=True)).log(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     assert torch.isfinite(dirichlet_log_predictive(torch.tensor([[1e4, -1e4, 0.0]]))).all()
 
 
@@ -196,15 +217,21 @@ def test_x_divergence_is_mean_symmetric_kl_to_the_pass_average():
     passes = torch.log_softmax(torch.randn(3, 4, 11, dtype=torch.float64), -1)
     probs = passes.exp()
     mean = probs.mean(0)
-    expected = sum(
-        kl_divergence(Categorical(probs=p), Categorical(probs=mean)) + kl_divergence(Categorical(probs=mean), Categorical(probs=p))
-        for p in probs
-    ) / 3
+    expected = (
+        sum(
+            kl_divergence(Categorical(probs=p), Categorical(probs=mean))
+            + kl_divergence(Categorical(probs=mean), Categorical(probs=p))
+            for p in probs
+        )
+        / 3
+    )
     torch.testing.assert_close(x_divergence(passes).double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_x_divergence_is_finite_when_probabilities_underflow():
-    lprobs = torch.log_softmax(torch.tensor([[[200.0, -200.0, 0.0]], [[-200.0, 200.0, 0.0]]]), -1).requires_grad_()
+    lprobs = torch.log_softmax(
+        torch.tensor([[[200.0, -200.0, 0.0]], [[-200.0, 200.0, 0.0]]]), -1
+    ).requires_grad_()
     x = x_divergence(lprobs)
     x.sum().backward()
     assert torch.isfinite(x).all() and torch.isfinite(lprobs.grad).all() and x.item() > 100
@@ -230,7 +257,8 @@ def test_adaptive_alpha_hits_one_at_n_over_q_and_alpha_at_n_over_p():
 
 def _mp_rkl_gradient(z, indices, probs, precision, classes):
     """dKL/dz_v / beta0_hat at 40 digits (mpmath), from the closed form
-    (alpha_v - 1)[(alpha_v - beta_v) psi'(alpha_v) - (alpha_0 - beta_0) psi'(alpha_0)] / beta0_hat."""
+    (alpha_v - 1)[(alpha_v - beta_v) psi'(alpha_v) - (alpha_0 - beta_0) psi'(alpha_0)] / beta0_hat.
+    """
     mpmath = pytest.importorskip("mpmath")
     mp = mpmath.mp.clone() if hasattr(mpmath.mp, "clone") else mpmath.mp
     mp.dps = 40
@@ -242,7 +270,10 @@ def _mp_rkl_gradient(z, indices, probs, precision, classes):
         beta[i] = mp.mpf(p) * precision + 1
     a0, b0 = mp.fsum(alpha), mp.fsum(beta)
     last = (a0 - b0) * mp.psi(1, a0)
-    return [float((alpha[v] - 1) * ((alpha[v] - beta[v]) * mp.psi(1, alpha[v]) - last) / precision) for v in classes]
+    return [
+        float((alpha[v] - 1) * ((alpha[v] - beta[v]) * mp.psi(1, alpha[v]) - last) / precision)
+        for v in classes
+    ]
 
 
 @pytest.mark.parametrize("top_logit", [10.0, 25.0, 30.0, 50.0, 70.0])
@@ -253,14 +284,18 @@ def test_rkl_float32_gradient_of_an_overconfident_student_matches_high_precision
     vocab, stored, precision = 8000, 64, 1e3
     z = torch.randn(1, vocab, generator=g)
     z[0, 0] = top_logit
-    probs, indices = torch.softmax(torch.randn(1, vocab, generator=g, dtype=torch.float64) * 3, -1).topk(stored)
+    probs, indices = torch.softmax(
+        torch.randn(1, vocab, generator=g, dtype=torch.float64) * 3, -1
+    ).topk(stored)
     probs = probs.float()
     logits = z.clone().requires_grad_()
     proxy_dirichlet_rkl(logits, indices, probs, torch.tensor([precision])).sum().backward()
     classes = [0, int(indices[0, 0]), int(indices[0, 5]), 1, 2, 3]
     expected = _mp_rkl_gradient(z[0].double(), indices[0], probs[0].double(), precision, classes)
     got = logits.grad[0, classes].double()
-    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(
+        got, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-7
+    )
     assert top_logit < 25 or got[0] > 8.9  # the pull back towards the target survives
 
 
@@ -270,7 +305,9 @@ def test_rkl_float32_gradient_over_the_whole_vocabulary_matches_float64():
     vocab, stored = 2000, 32
     z = torch.randn(6, vocab, generator=g, dtype=torch.float64) * 2
     z[:, 0] = torch.tensor([0.0, 5.0, 10.0, 15.0, 20.0, 24.0], dtype=torch.float64)
-    probs, indices = torch.softmax(torch.randn(6, vocab, generator=g, dtype=torch.float64) * 3, -1).topk(stored)
+    probs, indices = torch.softmax(
+        torch.randn(6, vocab, generator=g, dtype=torch.float64) * 3, -1
+    ).topk(stored)
     probs = probs.float().double()  # what float32 sees
     precision = torch.tensor([1.0, 30.0, 1e3, 1e4, 1e5, 1e6], dtype=torch.float64)
     ref = z.clone().requires_grad_()
@@ -285,15 +322,25 @@ def test_rkl_precision_floor_keeps_a_zero_precision_finite():
     """beta0_hat = 0 (a member gave log-prob -inf where the mean has mass): raised to the floor."""
     full, indices, probs = _teacher(3, 12, 12)
     logits = torch.randn(3, 12, dtype=torch.float64, requires_grad=True)
-    loss = proxy_dirichlet_rkl(logits, indices, probs, torch.tensor([0.0, 0.5, 40.0], dtype=torch.float64),
-                               precision_limit=1e6, precision_floor=2.0)
+    loss = proxy_dirichlet_rkl(
+        logits,
+        indices,
+        probs,
+        torch.tensor([0.0, 0.5, 40.0], dtype=torch.float64),
+        precision_limit=1e6,
+        precision_floor=2.0,
+    )
     loss.sum().backward()
     assert torch.isfinite(loss).all() and torch.isfinite(logits.grad).all()
-    expected = _reference_rkl(logits.detach(), full, torch.tensor([2.0, 2.0, 40.0], dtype=torch.float64))
+    expected = _reference_rkl(
+        logits.detach(), full, torch.tensor([2.0, 2.0, 40.0], dtype=torch.float64)
+    )
     torch.testing.assert_close(loss.detach(), expected)
     for floor, limit in ((0.0, 1e6), (2e6, 1e6), (1.0, 1e31)):
         with pytest.raises(ValueError, match="precision"):
-            proxy_dirichlet_rkl(logits, indices, probs, torch.ones(3, dtype=torch.float64), limit, floor)
+            proxy_dirichlet_rkl(
+                logits, indices, probs, torch.ones(3, dtype=torch.float64), limit, floor
+            )
 
 
 def test_rkl_takes_float16_probabilities_and_float64_precisions_beyond_half_range():
@@ -338,7 +385,9 @@ def test_x_divergence_gradient_matches_float64_autograd_through_p_bar():
     detached = logits.clone().requires_grad_()
     lp = torch.log_softmax(detached, -1)
     p_bar = lp.exp().mean(0).detach()
-    (sum(((pi - p_bar) * (l - p_bar.log())).sum(-1) for pi, l in zip(lp.exp(), lp)) / 3).sum().backward()
+    (
+        sum(((pi - p_bar) * (lpi - p_bar.log())).sum(-1) for pi, lpi in zip(lp.exp(), lp)) / 3
+    ).sum().backward()
     assert not torch.allclose(detached.grad, ref_logits.grad, rtol=1e-2, atol=1e-4)
 
 

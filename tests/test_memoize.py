@@ -1,4 +1,5 @@
 """`ensdist-memoize` on the tiny corpus, checked against an ensemble the test computes itself."""
+
 import hashlib
 import os
 import re
@@ -16,13 +17,28 @@ import ensdist_fairseq
 from ensdist_fairseq.cli.memoize import main
 from ensdist_fairseq.store import format as store_format
 
+pytestmark = pytest.mark.slow  # trains tiny models or runs fairseq commands
+
 BIN = os.path.dirname(sys.executable)
 TOPK = 8
 
 
 def memoize_args(tiny_data, tiny_checkpoints, output, *extra):
-    return [tiny_data, "--path", ":".join(tiny_checkpoints), "--output", output, "--topk", str(TOPK),
-            "--cpu", "--max-tokens", "200", "--chunk-sentences", "64", *extra]
+    return [
+        tiny_data,
+        "--path",
+        ":".join(tiny_checkpoints),
+        "--output",
+        output,
+        "--topk",
+        str(TOPK),
+        "--cpu",
+        "--max-tokens",
+        "200",
+        "--chunk-sentences",
+        "64",
+        *extra,
+    ]
 
 
 def run_cli(args, env_extra=None, **kw):
@@ -44,7 +60,9 @@ def sha256(path):
 def test_entries_equal_an_independent_ensemble(store, tiny_data, tiny_checkpoints):
     from fairseq import checkpoint_utils
 
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task(tiny_checkpoints, arg_overrides={"data": tiny_data})
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        tiny_checkpoints, arg_overrides={"data": tiny_data}
+    )
     task.load_dataset("train")
     dataset = task.dataset("train")
     reader = store_format.StoreReader(store)
@@ -52,7 +70,9 @@ def test_entries_equal_an_independent_ensemble(store, tiny_data, tiny_checkpoint
     with torch.no_grad():
         for i in range(len(dataset)):  # one sentence at a time: no padding, no batching
             sample = dataset.collater([dataset[i]])
-            probs = [torch.softmax(m.eval()(**sample["net_input"])[0][0].double(), -1) for m in models]
+            probs = [
+                torch.softmax(m.eval()(**sample["net_input"])[0][0].double(), -1) for m in models
+            ]
             mean = torch.stack(probs).mean(0)
             kl = torch.stack([(mean * (mean.log() - p.log())).sum(-1) for p in probs]).mean(0)
             beta0 = (mean.shape[-1] - 1) / (2 * kl)
@@ -60,7 +80,9 @@ def test_entries_equal_an_independent_ensemble(store, tiny_data, tiny_checkpoint
             assert len(indices) == len(dataset.tgt[i])  # EOS included
             ref_sorted = mean.sort(-1, descending=True).values[:, :TOPK].numpy()
             np.testing.assert_allclose(stored_probs, ref_sorted, rtol=2e-3, atol=1e-6)  # float16
-            np.testing.assert_allclose(np.take_along_axis(mean.numpy(), indices, 1), stored_probs, rtol=2e-3, atol=1e-6)
+            np.testing.assert_allclose(
+                np.take_along_axis(mean.numpy(), indices, 1), stored_probs, rtol=2e-3, atol=1e-6
+            )
             np.testing.assert_allclose(precision, beta0.numpy(), rtol=1e-3)
 
 
@@ -81,8 +103,18 @@ def test_provenance(store, tiny_data, tiny_checkpoints):
 
 def test_two_processes_write_the_same_store(store, tiny_data, tiny_checkpoints, tmp_path):
     out = str(tmp_path / "two.h5")
-    p = run_cli([os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
-                 os.path.join(BIN, "ensdist-memoize"), *memoize_args(tiny_data, tiny_checkpoints, out)], timeout=300)
+    p = run_cli(
+        [
+            os.path.join(BIN, "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            os.path.join(BIN, "ensdist-memoize"),
+            *memoize_args(tiny_data, tiny_checkpoints, out),
+        ],
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "[rank 1/2]" in p.stderr
     assert_same_store(store, out)
@@ -107,7 +139,9 @@ def assert_same_store(a, b):
 
 
 @pytest.mark.parametrize("kill_at", ["chunk-started:3", "stitch-started"])
-def test_killed_run_resumes_to_the_same_store(kill_at, store, tiny_data, tiny_checkpoints, tmp_path):
+def test_killed_run_resumes_to_the_same_store(
+    kill_at, store, tiny_data, tiny_checkpoints, tmp_path
+):
     """SIGKILL at a fixed point (a test hook in memoize.py, no timing race): after 3 chunks are
     committed and the 4th has its temporary file, or once the stitched temporary store exists."""
     out = str(tmp_path / "resumed.h5")
@@ -117,8 +151,9 @@ def test_killed_run_resumes_to_the_same_store(kill_at, store, tiny_data, tiny_ch
     assert killed.returncode == -signal.SIGKILL and not os.path.exists(out)
     shard_dir = out + ".shards"
     done = sorted(n for n in os.listdir(shard_dir) if n.endswith(".h5"))
-    left = [n for n in os.listdir(shard_dir) if ".tmp-" in n] + \
-        [n for n in os.listdir(tmp_path) if n.startswith("resumed.h5.tmp-")]
+    left = [n for n in os.listdir(shard_dir) if ".tmp-" in n] + [
+        n for n in os.listdir(tmp_path) if n.startswith("resumed.h5.tmp-")
+    ]
     assert len(done) == (3 if kill_at.startswith("chunk") else 15) and len(left) == 1
     p = run_cli(args, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -137,8 +172,11 @@ def assert_refused(args, capsys, pattern):
     """main() exits 1 with one ``error:`` line on stderr matching `pattern` (re.search)."""
     capsys.readouterr()
     assert main(args) == 1
-    lines = [line for line in capsys.readouterr().err.splitlines()
-             if line.strip() and not line.startswith("ensdist-memoize: ")]
+    lines = [
+        line
+        for line in capsys.readouterr().err.splitlines()
+        if line.strip() and not line.startswith("ensdist-memoize: ")
+    ]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert re.search(pattern, lines[0]), lines[0]
     return lines[0]
@@ -150,17 +188,23 @@ def test_second_writer_is_refused_at_once(tiny_data, tiny_checkpoints, tmp_path,
     out = str(tmp_path / "locked.h5")
     lock = shards.OutputLock(out)  # as a live memoize holds it
     try:
-        assert_refused(memoize_args(tiny_data, tiny_checkpoints, out), capsys,
-                       r"^error: --output .*locked.h5: another ensdist-memoize is writing")
+        assert_refused(
+            memoize_args(tiny_data, tiny_checkpoints, out),
+            capsys,
+            r"^error: --output .*locked.h5: another ensdist-memoize is writing",
+        )
     finally:
         lock.release(remove=True)
 
 
-@pytest.mark.parametrize("change, message", [
-    (("--split", "nosuch"), "--split nosuch: no such split"),
-    (("--topk", "100000"), "--topk 100000"),
-    (("--path", "/nonexistent.pt"), "/nonexistent.pt: checkpoint not found"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("--split", "nosuch"), "--split nosuch: no such split"),
+        (("--topk", "100000"), "--topk 100000"),
+        (("--path", "/nonexistent.pt"), "/nonexistent.pt: checkpoint not found"),
+    ],
+)
 def test_bad_input_is_one_line(change, message, tiny_data, tiny_checkpoints, tmp_path, capsys):
     args = memoize_args(tiny_data, tiny_checkpoints, str(tmp_path / "x.h5")) + list(change)
     assert_refused(args, capsys, re.escape(message))
@@ -186,8 +230,9 @@ def test_existing_output_is_not_overwritten(store, tiny_data, tiny_checkpoints, 
     assert sha256(store) == before
 
 
-def test_failed_chunk_write_keeps_complete_chunks_and_says_where(tiny_data, tiny_checkpoints, tmp_path, monkeypatch,
-                                                                capsys):
+def test_failed_chunk_write_keeps_complete_chunks_and_says_where(
+    tiny_data, tiny_checkpoints, tmp_path, monkeypatch, capsys
+):
     from ensdist_fairseq.store import format as fmt
 
     out = str(tmp_path / "full.h5")
@@ -203,9 +248,15 @@ def test_failed_chunk_write_keeps_complete_chunks_and_says_where(tiny_data, tiny
         return real(self, i, *a)
 
     monkeypatch.setattr(fmt.RowWriter, "write_sentence", disk_full_in_second_chunk)
-    assert_refused(args, capsys, r"^error: --output .*full.h5: writing failed \(No space left on device\); "
-                                 r"complete chunks are kept in .*full.h5.shards: rerun the same command to resume$")
-    assert os.listdir(out + ".shards") == ["chunk-000000000000-000000000100.h5"]  # no temporary left
+    assert_refused(
+        args,
+        capsys,
+        r"^error: --output .*full.h5: writing failed \(No space left on device\); "
+        r"complete chunks are kept in .*full.h5.shards: rerun the same command to resume$",
+    )
+    assert os.listdir(out + ".shards") == [
+        "chunk-000000000000-000000000100.h5"
+    ]  # no temporary left
     monkeypatch.undo()
     main(args)  # the rerun resumes and finishes
     store_format.StoreReader(out).verify()

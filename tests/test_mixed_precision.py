@@ -12,6 +12,7 @@ and that loss's logits-gradient within 2 roundings of the logits' dtype (relativ
 largest entry: autograd adds the NLL and KD paths' gradients in that dtype); a whole bfloat16 model stays within
 5 % of float32 (its own rounding, not the loss's).
 """
+
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import tiny_fairseq
 import torch
 import torch.nn.functional as F
 from fairseq import utils
@@ -30,12 +32,19 @@ from ensdist_fairseq.criterions.token_kd import TokenKDCriterion
 from ensdist_fairseq.data.teacher_dataset import TeacherStoreDataset
 from ensdist_fairseq.losses import dirichlet_log_predictive
 
-import tiny_fairseq
+pytestmark = pytest.mark.slow  # trains tiny models or runs fairseq commands
 
 WORDS, TOPK, SENTENCES = 30, 6, 5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRECISIONS = [3.0, 5e4, 1e5, 7e5, 1e6, 3e6, float("inf")]
-VARIANTS = [("none", 1), ("none", 3), ("mean_kd", 1), ("mean_kd", 3), ("proxy_dirichlet", 1), ("proxy_dirichlet", 3)]
+VARIANTS = [
+    ("none", 1),
+    ("none", 3),
+    ("mean_kd", 1),
+    ("mean_kd", 3),
+    ("proxy_dirichlet", 1),
+    ("proxy_dirichlet", 3),
+]
 
 
 def fp_convert_sample(sample, dtype):
@@ -46,6 +55,7 @@ def fp_convert_sample(sample, dtype):
 
 class FakeReader:
     """StoreReader.read's contract (float32 arrays, as read from the store's float16/float32)."""
+
     path = "fake.h5"
 
     def __init__(self, lengths, vocab):
@@ -53,9 +63,13 @@ class FakeReader:
         rng = np.random.default_rng(0)
         for i, n in enumerate(lengths):
             probs = np.sort(rng.dirichlet(np.ones(TOPK + 2), size=n)[:, :TOPK], 1)[:, ::-1]
-            indices = np.stack([rng.choice(np.arange(4, vocab), TOPK, replace=False) for _ in range(n)])
+            indices = np.stack(
+                [rng.choice(np.arange(4, vocab), TOPK, replace=False) for _ in range(n)]
+            )
             precision = np.array([PRECISIONS[(i + t) % len(PRECISIONS)] for t in range(n)])
-            self.rows.append((indices, probs.astype(np.float16).astype(np.float32), precision.astype(np.float32)))
+            self.rows.append(
+                (indices, probs.astype(np.float16).astype(np.float32), precision.astype(np.float32))
+            )
 
     def read(self, i, topk):
         indices, probs, precision = self.rows[i]
@@ -68,8 +82,14 @@ def collated_sample():
         d.add_symbol(f"w{i}")
     g = torch.Generator().manual_seed(0)
     lengths = [5, 3, 7, 2, 6]
-    src = [torch.cat([torch.randint(4, len(d), (n + 1,), generator=g), torch.tensor([d.eos()])]) for n in lengths]
-    tgt = [torch.cat([torch.randint(4, len(d), (n - 1,), generator=g), torch.tensor([d.eos()])]) for n in lengths]
+    src = [
+        torch.cat([torch.randint(4, len(d), (n + 1,), generator=g), torch.tensor([d.eos()])])
+        for n in lengths
+    ]
+    tgt = [
+        torch.cat([torch.randint(4, len(d), (n - 1,), generator=g), torch.tensor([d.eos()])])
+        for n in lengths
+    ]
     pairs = LanguagePairDataset(src, [len(s) for s in src], d, tgt, [len(t) for t in tgt], d)
     dataset = TeacherStoreDataset(pairs, FakeReader(lengths, len(d)), TOPK, d.pad())
     sample = dataset.collater([dataset[i] for i in range(SENTENCES)])
@@ -94,7 +114,9 @@ class LogitsModel(torch.nn.Module):
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):
         z = net_output[0]
-        lp = dirichlet_log_predictive(z) if self.predicts_dirichlet else utils.log_softmax(z, dim=-1)
+        lp = (
+            dirichlet_log_predictive(z) if self.predicts_dirichlet else utils.log_softmax(z, dim=-1)
+        )
         return lp if log_probs else lp.exp()
 
     def get_targets(self, sample, net_output):
@@ -102,7 +124,9 @@ class LogitsModel(torch.nn.Module):
 
 
 def criterion(task, kd_loss, passes):
-    c = TokenKDCriterion(task, sentence_avg=False, kd_loss=kd_loss, intra_passes=passes, max_update=100)
+    c = TokenKDCriterion(
+        task, sentence_avg=False, kd_loss=kd_loss, intra_passes=passes, max_update=100
+    )
     c.set_num_updates(30)
     return c
 
@@ -122,7 +146,9 @@ def test_collater_puts_the_teacher_in_dtypes_the_conversion_leaves_alone():
     for dtype in (torch.half, torch.bfloat16):
         converted = fp_convert_sample(sample, dtype)["teacher"]
         for key in ("indices", "probs", "precision"):
-            assert converted[key].dtype == teacher[key].dtype and torch.equal(converted[key], teacher[key])
+            assert converted[key].dtype == teacher[key].dtype and torch.equal(
+                converted[key], teacher[key]
+            )
     stored = teacher["precision"][sample["target"].ne(1)]
     assert stored.max() == float("inf") and (stored == 7e5).any()  # beyond half's 65504, kept
     # what the conversion did to the float32 teacher in store format 1: beta0_hat -> inf
@@ -133,7 +159,10 @@ def test_collater_puts_the_teacher_in_dtypes_the_conversion_leaves_alone():
 @pytest.mark.parametrize("kd_loss,passes", VARIANTS)
 def test_sample_conversion_changes_neither_loss_nor_gradient(kd_loss, passes, dtype):
     task, sample = collated_sample()
-    logits = torch.randn(*sample["target"].shape, WORDS + 4, generator=torch.Generator().manual_seed(2)) * 4
+    logits = (
+        torch.randn(*sample["target"].shape, WORDS + 4, generator=torch.Generator().manual_seed(2))
+        * 4
+    )
     model = LogitsModel(logits, torch.float32, kd_loss == "proxy_dirichlet")
     c = criterion(task, kd_loss, passes)
     loss, log, grads = run(c, model, sample)
@@ -150,7 +179,10 @@ def test_sample_conversion_changes_neither_loss_nor_gradient(kd_loss, passes, dt
 def test_half_logits_give_the_float32_loss_of_the_same_logits(kd_loss, passes, dtype):
     task, sample = collated_sample()
     sample = fp_convert_sample(sample, dtype)
-    logits = torch.randn(*sample["target"].shape, WORDS + 4, generator=torch.Generator().manual_seed(3)) * 4
+    logits = (
+        torch.randn(*sample["target"].shape, WORDS + 4, generator=torch.Generator().manual_seed(3))
+        * 4
+    )
     logits[0, 0, 5] = 40.0  # an overconfident logit: alpha = e^40 in the Proxy-Dirichlet loss
     c = criterion(task, kd_loss, passes)
     # Reference: float32 logits that went through the same rounding (dropout first, then dtype).
@@ -165,7 +197,9 @@ def test_half_logits_give_the_float32_loss_of_the_same_logits(kd_loss, passes, d
         # Autograd sums the NLL and KD paths' gradients in the logits' dtype, each rounded to it:
         # within 2 units of that dtype's rounding of the largest entry.
         eps = torch.finfo(dtype).eps
-        torch.testing.assert_close(g.float(), g_ref, rtol=2 * eps, atol=2 * eps * g_ref.abs().max().item())
+        torch.testing.assert_close(
+            g.float(), g_ref, rtol=2 * eps, atol=2 * eps * g_ref.abs().max().item()
+        )
 
 
 def _rounded_forward(model, dtype):
@@ -187,7 +221,10 @@ def test_amp_autocast_leaves_the_loss_in_float32(kd_loss, passes):
     """--amp: the model's matrix products run in a low precision under autocast (bfloat16 on
     this CPU, float16 on CUDA); the criterion's math is done outside autocast, in float32."""
     task, sample = collated_sample()
-    logits = torch.randn(*sample["target"].shape, WORDS + 4, generator=torch.Generator().manual_seed(4)) * 4
+    logits = (
+        torch.randn(*sample["target"].shape, WORDS + 4, generator=torch.Generator().manual_seed(4))
+        * 4
+    )
     c = criterion(task, kd_loss, passes)
     model = LogitsModel(logits, torch.float32, kd_loss == "proxy_dirichlet")
     loss_ref, _, grads_ref = run(c, model, sample)
@@ -205,17 +242,27 @@ def test_bfloat16_transformer_students_stay_close_to_float32():
     5 % of the float32 model's, finite gradients."""
     import argparse
 
-    import ensdist_fairseq.models  # noqa: F401
     from fairseq.models import ARCH_MODEL_REGISTRY
+
+    import ensdist_fairseq.models  # noqa: F401
 
     task, sample = collated_sample()
     for kd_loss, passes in VARIANTS:
         arch = "dirichlet_transformer" if kd_loss == "proxy_dirichlet" else "transformer"
         args = argparse.Namespace(
-            arch=arch, encoder_layers=1, decoder_layers=1, encoder_embed_dim=16, decoder_embed_dim=16,
-            encoder_ffn_embed_dim=32, decoder_ffn_embed_dim=32, encoder_attention_heads=2,
-            decoder_attention_heads=2, dropout=0.0, share_all_embeddings=True,
-            max_source_positions=64, max_target_positions=64,
+            arch=arch,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_embed_dim=16,
+            decoder_embed_dim=16,
+            encoder_ffn_embed_dim=32,
+            decoder_ffn_embed_dim=32,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            dropout=0.0,
+            share_all_embeddings=True,
+            max_source_positions=64,
+            max_target_positions=64,
         )
         torch.manual_seed(0)
         model = ARCH_MODEL_REGISTRY[arch].build_model(args, task).train()
@@ -225,25 +272,79 @@ def test_bfloat16_transformer_students_stay_close_to_float32():
         loss16.backward()
         assert loss16.dtype == torch.float32
         assert loss16.item() == pytest.approx(loss32.item(), rel=0.05), (kd_loss, passes)
-        assert all(torch.isfinite(p.grad.float()).all() for p in model.parameters() if p.grad is not None)
+        assert all(
+            torch.isfinite(p.grad.float()).all() for p in model.parameters() if p.grad is not None
+        )
 
 
-def test_fairseq_train_bf16_proxy_dirichlet_on_a_memoized_store(tiny_data, tiny_checkpoints, tmp_path):
+def test_fairseq_train_bf16_proxy_dirichlet_on_a_memoized_store(
+    tiny_data, tiny_checkpoints, tmp_path
+):
     """A real --bf16 run on the CPU (ensdist-train, i.e. ensdist_fairseq/cli/train.py: fairseq 0.12 ties --bf16 to
     --tpu) of the Proxy-Dirichlet student with intra-distillation, on a store made by memoize."""
     store = str(tmp_path / "teacher.h5")
-    tiny_fairseq.run([os.path.join(tiny_fairseq.BIN, "ensdist-memoize"), tiny_data, "--path",
-                      ":".join(tiny_checkpoints), "--output", store, "--topk", "8", "--cpu"])
-    out = tiny_fairseq.run([
-        sys.executable, "-m", "ensdist_fairseq.cli.train", tiny_data,
-        "--user-dir", os.path.join(ROOT, "ensdist_fairseq"), "--task", "translation_distill",
-        "--teacher-store", store, *tiny_fairseq.TINY_ARCH_ARGS[2:], "--arch", "dirichlet_transformer",
-        "--criterion", "token_kd", "--kd-loss", "proxy_dirichlet", "--intra-passes", "2",
-        "--max-update", "6", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "400", "--cpu",
-        "--bf16", "--log-format", "json", "--log-interval", "1", "--no-save", "--seed", "1",
-    ])
-    records = [json.loads(line[line.index('{"'):]) for line in (out.stdout + out.stderr).splitlines()
-               if '{"' in line and "train" in line[:line.index('{"')]]
-    inner = [r for r in records if "update" in r and "loss" in r]  # one per update (--log-interval 1)
-    assert len(inner) == 6 and all(math.isfinite(float(r[k])) for r in inner for k in ("loss", "kd_loss", "intra_loss"))
+    tiny_fairseq.run(
+        [
+            os.path.join(tiny_fairseq.BIN, "ensdist-memoize"),
+            tiny_data,
+            "--path",
+            ":".join(tiny_checkpoints),
+            "--output",
+            store,
+            "--topk",
+            "8",
+            "--cpu",
+        ]
+    )
+    out = tiny_fairseq.run(
+        [
+            sys.executable,
+            "-m",
+            "ensdist_fairseq.cli.train",
+            tiny_data,
+            "--user-dir",
+            os.path.join(ROOT, "ensdist_fairseq"),
+            "--task",
+            "translation_distill",
+            "--teacher-store",
+            store,
+            *tiny_fairseq.TINY_ARCH_ARGS[2:],
+            "--arch",
+            "dirichlet_transformer",
+            "--criterion",
+            "token_kd",
+            "--kd-loss",
+            "proxy_dirichlet",
+            "--intra-passes",
+            "2",
+            "--max-update",
+            "6",
+            "--optimizer",
+            "adam",
+            "--lr",
+            "1e-3",
+            "--max-tokens",
+            "400",
+            "--cpu",
+            "--bf16",
+            "--log-format",
+            "json",
+            "--log-interval",
+            "1",
+            "--no-save",
+            "--seed",
+            "1",
+        ]
+    )
+    records = [
+        json.loads(line[line.index('{"') :])
+        for line in (out.stdout + out.stderr).splitlines()
+        if '{"' in line and "train" in line[: line.index('{"')]
+    ]
+    inner = [
+        r for r in records if "update" in r and "loss" in r
+    ]  # one per update (--log-interval 1)
+    assert len(inner) == 6 and all(
+        math.isfinite(float(r[k])) for r in inner for k in ("loss", "kd_loss", "intra_loss")
+    )
     assert records[-1]["train_num_updates"] == "6" and "train_teacher_precision" in records[-1]

@@ -1,8 +1,13 @@
 """The package as fairseq and users see it: registration, the user-dir path, light pure modules."""
+
 import os
 import subprocess
 import sys
 import zipfile
+
+import pytest
+
+pytestmark = pytest.mark.slow  # trains tiny models or runs fairseq commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,8 +31,11 @@ def test_importing_after_fairseq_registers_everything():
 
 def test_user_dir_loader_registers_the_task(tiny_data):
     """fairseq's own --user-dir mechanism (what fairseq-train does) finds the plugin's task."""
-    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ensdist-path")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "ensdist-path")],
+        capture_output=True,
+        text=True,
+    )
     user_dir = r.stdout.strip()
     assert r.returncode == 0 and os.path.isfile(os.path.join(user_dir, "__init__.py"))
     code = (
@@ -51,14 +59,32 @@ def test_pure_modules_do_not_import_fairseq():
 
 def test_non_editable_wheel_carries_the_package(tmp_path):
     """`pip install .` builds this wheel: every module, with the console scripts."""
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                        "-q", "-w", str(tmp_path), ROOT], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            ROOT,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = [p for p in os.listdir(tmp_path) if p.endswith(".whl")]
     names = zipfile.ZipFile(tmp_path / wheel).namelist()
-    for module in ("ensdist_fairseq/__init__.py", "ensdist_fairseq/tasks/translation_distill.py",
-                   "ensdist_fairseq/criterions/token_kd.py", "ensdist_fairseq/store/format.py",
-                   "ensdist_fairseq/cli/memoize.py"):
+    for module in (
+        "ensdist_fairseq/__init__.py",
+        "ensdist_fairseq/tasks/translation_distill.py",
+        "ensdist_fairseq/criterions/token_kd.py",
+        "ensdist_fairseq/store/format.py",
+        "ensdist_fairseq/cli/memoize.py",
+    ):
         assert module in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(tmp_path / wheel).read(entry_points).decode()

@@ -1,22 +1,37 @@
 """The report refuses what it cannot compare or place (report.check_result, check_comparable),
 through the functions and through `ensdist-report`; the paper-pattern checks need strict wins."""
+
 import json
 
 import pytest
 
-from ensdist_fairseq.report import table2 as report
 from ensdist_fairseq.cli import report as report_cli
+from ensdist_fairseq.report import table2 as report
 from ensdist_fairseq.report.paper_pattern import pattern_checks
 
 
-def full_result(name, method="CE+SWA", kind="individual", n=1, bleu=20.0, ece1=3.0,
-                split="test", num_bins=10):
+def full_result(
+    name, method="CE+SWA", kind="individual", n=1, bleu=20.0, ece1=3.0, split="test", num_bins=10
+):
     bins = {"confidence": [0.2, 0.8], "accuracy": [0.25, 0.7], "count": [5, 5]}
-    return {"schema_version": 1, "name": name, "method": method, "kind": kind, "num_models": n,
-            "split": split, "num_bins": num_bins, "bleu": bleu, "bleu_signature": "nrefs:1",
-            "ece1": {"unweighted": ece1 / 100, "weighted": ece1 / 100},
-            "ece5": {"unweighted": 0.01, "weighted": 0.01}, "brier": 0.5, "nll": 2.0,
-            "accuracy": 0.5, "num_tokens": 10, "reliability": {"top1": bins, "top5": bins}}
+    return {
+        "schema_version": 1,
+        "name": name,
+        "method": method,
+        "kind": kind,
+        "num_models": n,
+        "split": split,
+        "num_bins": num_bins,
+        "bleu": bleu,
+        "bleu_signature": "nrefs:1",
+        "ece1": {"unweighted": ece1 / 100, "weighted": ece1 / 100},
+        "ece5": {"unweighted": 0.01, "weighted": 0.01},
+        "brier": 0.5,
+        "nll": 2.0,
+        "accuracy": 0.5,
+        "num_tokens": 10,
+        "reliability": {"top1": bins, "top5": bins},
+    }
 
 
 def write_results(directory, results):
@@ -43,7 +58,11 @@ def test_unknown_kind_is_refused(tmp_path, capsys):
         report.check_result(full_result("t", kind="teacher"), "x.json")
     report.check_result(full_result("ok"), "ok.json")  # a good one passes
     rc, err = run_report(tmp_path, [full_result("a"), full_result("t", kind="teacher")], capsys)
-    assert rc == 1 and "t.json: kind 'teacher'" in err and not (tmp_path / "out" / "report.md").exists()
+    assert (
+        rc == 1
+        and "t.json: kind 'teacher'" in err
+        and not (tmp_path / "out" / "report.md").exists()
+    )
 
 
 @pytest.mark.parametrize("key,value", [("split", "valid"), ("num_bins", 15)])
@@ -59,15 +78,24 @@ def test_results_of_another_split_or_binning_are_refused(tmp_path, capsys, key, 
 def test_ties_are_not_wins():
     """Equal numbers do not show the paper's claims: every comparison is strict."""
     members = [full_result("m1", bleu=20.0, ece1=4.0), full_result("m2", bleu=22.0, ece1=2.0)]
-    tie_bleu = [*members, full_result("e", kind="ensemble", n=2, bleu=21.0, ece1=1.0),
-                full_result("s", kind="student", bleu=21.0, ece1=1.0),
-                full_result("ls", method="LS+SWA", kind="ensemble", n=2, bleu=21.0, ece1=1.0)]
+    tie_bleu = [
+        *members,
+        full_result("e", kind="ensemble", n=2, bleu=21.0, ece1=1.0),
+        full_result("s", kind="student", bleu=21.0, ece1=1.0),
+        full_result("ls", method="LS+SWA", kind="ensemble", n=2, bleu=21.0, ece1=1.0),
+    ]
     assert [c[1] for c in pattern_checks(tie_bleu)] == [False, False, False]
-    tie_ece = [*members, full_result("e", kind="ensemble", n=2, bleu=23.0, ece1=3.0),
-               full_result("s", kind="student", bleu=23.0, ece1=3.0)]
+    tie_ece = [
+        *members,
+        full_result("e", kind="ensemble", n=2, bleu=23.0, ece1=3.0),
+        full_result("s", kind="student", bleu=23.0, ece1=3.0),
+    ]
     assert [c[1] for c in pattern_checks(tie_ece)] == [False, False, None]
     # just past the tie, each claim holds: the comparisons above failed on the tie alone
-    wins = [*members, full_result("e", kind="ensemble", n=2, bleu=21.01, ece1=2.99),
-            full_result("s", kind="student", bleu=21.01, ece1=2.99),
-            full_result("ls", method="LS+SWA", kind="ensemble", n=2, bleu=21.0, ece1=2.995)]
+    wins = [
+        *members,
+        full_result("e", kind="ensemble", n=2, bleu=21.01, ece1=2.99),
+        full_result("s", kind="student", bleu=21.01, ece1=2.99),
+        full_result("ls", method="LS+SWA", kind="ensemble", n=2, bleu=21.0, ece1=2.995),
+    ]
     assert [c[1] for c in pattern_checks(wins)] == [True, True, True]

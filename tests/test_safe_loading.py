@@ -1,4 +1,5 @@
 """fairseq checkpoints load through torch's weights_only loader; anything else pickled is refused."""
+
 import argparse
 import fractions
 import os
@@ -10,6 +11,8 @@ import torch
 
 import ensdist_fairseq  # noqa: F401  (installs the allow-list)
 from ensdist_fairseq.checkpoints.safe_loading import FAIRSEQ_CHECKPOINT_GLOBALS, load_checkpoint
+
+pytestmark = pytest.mark.slow  # trains tiny models or runs fairseq commands
 
 
 def test_fairseq_checkpoint_needs_exactly_the_allow_list(tiny_checkpoints):
@@ -57,12 +60,41 @@ def test_fairseq_validate_and_restore_load_with_user_dir(tiny_data, tiny_checkpo
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     user_dir = os.path.dirname(ensdist_fairseq.__file__)
-    ok = subprocess.run([_fairseq_cli("fairseq-validate"), tiny_data, "--path", tiny_checkpoints[0],
-                         "--user-dir", user_dir, "--task", "translation", "--cpu", "--max-tokens", "2000"],
-                        capture_output=True, text=True, env=env)
+    ok = subprocess.run(
+        [
+            _fairseq_cli("fairseq-validate"),
+            tiny_data,
+            "--path",
+            tiny_checkpoints[0],
+            "--user-dir",
+            user_dir,
+            "--task",
+            "translation",
+            "--cpu",
+            "--max-tokens",
+            "2000",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "valid on 'valid' subset" in ok.stdout + ok.stderr
     # Without the plugin torch refuses the same checkpoint: the allow-list is what makes it work.
-    refused = subprocess.run([_fairseq_cli("fairseq-validate"), tiny_data, "--path", tiny_checkpoints[0],
-                              "--task", "translation", "--cpu", "--max-tokens", "2000"], capture_output=True, text=True, env=env)
+    refused = subprocess.run(
+        [
+            _fairseq_cli("fairseq-validate"),
+            tiny_data,
+            "--path",
+            tiny_checkpoints[0],
+            "--task",
+            "translation",
+            "--cpu",
+            "--max-tokens",
+            "2000",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert refused.returncode != 0 and "argparse.Namespace" in refused.stderr

@@ -1,4 +1,5 @@
 """The store file format and chunk stitching, with h5py/numpy only (no fairseq)."""
+
 import multiprocessing
 import os
 import pickle
@@ -14,9 +15,18 @@ from ensdist_fairseq.store.validate import PRECISION_MAX
 
 
 def provenance(vocab_size=100, topk=4, num_sentences=6, **kw):
-    fields = dict(vocab_size=vocab_size, topk=topk, num_teachers=3, teacher_sha256=("a" * 64, "b" * 64, "c" * 64),
-                  dictionary_sha256="d" * 64, split="train", num_sentences=num_sentences,
-                  target_checksum="e" * 64, source_checksum="f" * 64, package_version="test")
+    fields = dict(
+        vocab_size=vocab_size,
+        topk=topk,
+        num_teachers=3,
+        teacher_sha256=("a" * 64, "b" * 64, "c" * 64),
+        dictionary_sha256="d" * 64,
+        split="train",
+        num_sentences=num_sentences,
+        target_checksum="e" * 64,
+        source_checksum="f" * 64,
+        package_version="test",
+    )
     fields.update(kw)
     return Provenance(**fields)
 
@@ -26,7 +36,9 @@ def random_rows(lengths, topk, vocab_size, seed=0):
     rows = []
     for n in lengths:
         probs = np.sort(rng.dirichlet(np.ones(vocab_size), size=n), axis=1)[:, ::-1][:, :topk]
-        rows.append((rng.integers(0, vocab_size, size=(n, topk)), probs, rng.uniform(1, 1e4, size=n)))
+        rows.append(
+            (rng.integers(0, vocab_size, size=(n, topk)), probs, rng.uniform(1, 1e4, size=n))
+        )
     return rows
 
 
@@ -54,8 +66,15 @@ def test_round_trip_layout_and_size(store):
     with h5py.File(path, "r") as f:  # the documented layout, read with plain h5py
         np.testing.assert_array_equal(f["offsets"][()], np.concatenate([[0], np.cumsum(lengths)]))
         assert f["indices"].dtype == np.uint16 and f["probs"].dtype == np.float16
-        assert f["precision"].dtype == np.float32 and f["indices"].shape == (sum(lengths), prov.topk)
-        assert f.attrs["topk"] == 4 and f.attrs["split"] == "train" and len(f.attrs["teacher_sha256"]) == 3
+        assert f["precision"].dtype == np.float32 and f["indices"].shape == (
+            sum(lengths),
+            prov.topk,
+        )
+        assert (
+            f.attrs["topk"] == 4
+            and f.attrs["split"] == "train"
+            and len(f.attrs["teacher_sha256"]) == 3
+        )
         np.testing.assert_array_equal(f["indices"][3:4], rows[1][0])
     reader = store_format.StoreReader(path)
     assert reader.provenance == prov and reader.num_sentences == 6
@@ -66,7 +85,10 @@ def test_round_trip_layout_and_size(store):
         np.testing.assert_allclose(got[2], prec, rtol=1e-7)
         np.testing.assert_array_equal(reader.read(i, topk=2)[0], idx[:, :2])
     entries = sum(lengths) * prov.topk
-    assert store_format.store_nbytes(6, sum(lengths), 4, 100) - sum(lengths) * 4 - 6 * 12 - 8 == entries * 4
+    assert (
+        store_format.store_nbytes(6, sum(lengths), 4, 100) - sum(lengths) * 4 - 6 * 12 - 8
+        == entries * 4
+    )
 
 
 def test_index_dtype_widens_for_large_vocabularies():
@@ -106,15 +128,18 @@ def _bad_rows(what):
     return idx, probs, prec
 
 
-@pytest.mark.parametrize("what, message", [
-    ("nan", "probability nan is not in \\[0, 1\\]"),
-    ("negative", "probability -0.25 is not in \\[0, 1\\]"),
-    ("above one", "probability 2.0 is not in \\[0, 1\\]"),
-    ("sum", "probabilities sum to 2 > 1"),
-    ("index", "token index 100 is not in 0..99"),
-    ("zero precision", "precision 0.0 is not finite and > 0"),
-    ("nan precision", "precision nan is not finite and > 0"),
-])
+@pytest.mark.parametrize(
+    "what, message",
+    [
+        ("nan", "probability nan is not in \\[0, 1\\]"),
+        ("negative", "probability -0.25 is not in \\[0, 1\\]"),
+        ("above one", "probability 2.0 is not in \\[0, 1\\]"),
+        ("sum", "probabilities sum to 2 > 1"),
+        ("index", "token index 100 is not in 0..99"),
+        ("zero precision", "precision 0.0 is not finite and > 0"),
+        ("nan precision", "precision nan is not finite and > 0"),
+    ],
+)
 def test_rows_that_are_not_a_distribution_are_refused_on_read(tmp_path, what, message):
     path = str(tmp_path / "bad.h5")
     write_store(path, [3], provenance(num_sentences=1), [_bad_rows(what)])  # valid CRC, bad content
@@ -209,7 +234,7 @@ def test_stitched_chunks_equal_a_store_written_at_once(tmp_path):
     chunks = shards.plan_chunks(len(lengths), 3)
     os.makedirs(shards.shard_dir(output))
     for chunk in chunks:
-        local = offsets[chunk[0]:chunk[1] + 1] - offsets[chunk[0]]
+        local = offsets[chunk[0] : chunk[1] + 1] - offsets[chunk[0]]
         path = shards.chunk_path(output, chunk)
         layout = store_format.create(path, local, prov, first_sentence=chunk[0])
         writer = store_format.RowWriter(path, layout, local)
@@ -217,9 +242,15 @@ def test_stitched_chunks_equal_a_store_written_at_once(tmp_path):
             writer.write_sentence(i - chunk[0], *rows[i])
         writer.close()
         assert shards.is_complete(path, chunk, prov, offsets)
-    with pytest.raises(StoreError, match="split differs: store 'train', expected 'valid' .*other inputs"):
-        shards.is_complete(shards.chunk_path(output, chunks[0]), chunks[0], provenance(split="valid"), offsets)
-    shards.stitch(output, chunks, prov, offsets, block_rows=2)  # small blocks: several copies per chunk
+    with pytest.raises(
+        StoreError, match="split differs: store 'train', expected 'valid' .*other inputs"
+    ):
+        shards.is_complete(
+            shards.chunk_path(output, chunks[0]), chunks[0], provenance(split="valid"), offsets
+        )
+    shards.stitch(
+        output, chunks, prov, offsets, block_rows=2
+    )  # small blocks: several copies per chunk
     assert not os.path.exists(shards.shard_dir(output))
     write_store(str(tmp_path / "direct.h5"), lengths, prov, rows)
     a, b = store_format.StoreReader(output), store_format.StoreReader(str(tmp_path / "direct.h5"))
@@ -232,7 +263,9 @@ def test_stitched_chunks_equal_a_store_written_at_once(tmp_path):
 def test_one_writer_per_output_and_only_dead_writers_temporaries_are_removed(tmp_path):
     output = str(tmp_path / "out.h5")
     lock = shards.OutputLock(output)
-    with pytest.raises(StoreError, match="^--output .*out.h5: another ensdist-memoize is writing this store"):
+    with pytest.raises(
+        StoreError, match="^--output .*out.h5: another ensdist-memoize is writing this store"
+    ):
         shards.OutputLock(output)
     lock.release(remove=True)
     shards.OutputLock(output).release(remove=False)  # free again
@@ -262,7 +295,10 @@ def test_failed_stitch_keeps_the_chunks_and_names_them(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(shards.os, "pwrite", disk_full)
-    with pytest.raises(StoreError, match=r"^--output .*out.h5: writing the store failed \(No space left on device\); "
-                                         r"the complete chunks are kept in .*out.h5.shards: rerun"):
+    with pytest.raises(
+        StoreError,
+        match=r"^--output .*out.h5: writing the store failed \(No space left on device\); "
+        r"the complete chunks are kept in .*out.h5.shards: rerun",
+    ):
         shards.stitch(output, [chunk], prov, offsets, block_rows=2)
     assert os.listdir(tmp_path) == ["out.h5.shards"] and os.listdir(shards.shard_dir(output))

@@ -1,12 +1,17 @@
 """teacher_distribution against a float64 computation written out here from the papers' definitions."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from ensdist_fairseq.store.teacher_distribution import (
+    LOG_PROB_FLOOR,
+    EnsembleMean,
+    NonFiniteMemberOutput,
+)
 from ensdist_fairseq.store.validate import PRECISION_MAX
-from ensdist_fairseq.store.teacher_distribution import LOG_PROB_FLOOR, EnsembleMean, NonFiniteMemberOutput
 
 
 def teacher_entries(members, topk):
@@ -32,12 +37,14 @@ def test_matches_reference(scale):
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(3, 7, 50)) * scale
     mean, beta0 = reference(logits)
-    members = [torch.log_softmax(torch.tensor(l, dtype=torch.float32), -1) for l in logits]
+    members = [torch.log_softmax(torch.tensor(x, dtype=torch.float32), -1) for x in logits]
     got = teacher_entries(members, topk=10)
     order = np.argsort(-mean, axis=1, kind="stable")[:, :10]
     indices, probs, precision = got
     np.testing.assert_array_equal(indices.numpy(), order)
-    np.testing.assert_allclose(probs.numpy(), np.take_along_axis(mean, order, 1), rtol=1e-5, atol=1e-30)
+    np.testing.assert_allclose(
+        probs.numpy(), np.take_along_axis(mean, order, 1), rtol=1e-5, atol=1e-30
+    )
     np.testing.assert_allclose(precision.numpy(), beta0, rtol=1e-4)
     assert probs.dtype == torch.float32 and torch.all(probs[:, :-1] >= probs[:, 1:])
 

@@ -1,19 +1,22 @@
 """ensdist-ood-sets and ensdist-uncertainty on tiny models (single, ensemble, Dirichlet student),
 the report section, and the Dirichlet predictive option at load time."""
+
 import copy
 import filecmp
 import json
 import os
 
 import pytest
+import tiny_fairseq
 import torch
 
-import tiny_fairseq
-from ensdist_fairseq.cli import uncertainty as cli
-from ensdist_fairseq.uncertainty import measures as M
 from ensdist_fairseq.cli import ood_sets as ood_sets_cli
-from ensdist_fairseq.uncertainty import ood_sets
+from ensdist_fairseq.cli import uncertainty as cli
 from ensdist_fairseq.report import uncertainty_section as report_section
+from ensdist_fairseq.uncertainty import measures as M
+from ensdist_fairseq.uncertainty import ood_sets
+
+pytestmark = pytest.mark.slow  # trains tiny models or runs fairseq commands
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +27,22 @@ def corpus(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("unc")
     tiny_fairseq.write_synthetic_raw(str(root / "data" / "raw"), n_train=200, n_test=30)
-    sp.run(spm_cli.build_parser().parse_args([
-        "--raw", str(root / "data" / "raw"), "--src", "en", "--tgt", "de", "--vocab-size", "48",
-        "--out", str(root / "data" / "spm")]))
+    sp.run(
+        spm_cli.build_parser().parse_args(
+            [
+                "--raw",
+                str(root / "data" / "raw"),
+                "--src",
+                "en",
+                "--tgt",
+                "de",
+                "--vocab-size",
+                "48",
+                "--out",
+                str(root / "data" / "spm"),
+            ]
+        )
+    )
     bin_dir = tiny_fairseq.binarize(str(root / "data" / "spm"), str(root / "data" / "bin"))
     # One training; the second member and the Dirichlet student are derived from it (a
     # dirichlet_transformer has the Transformer's parameters: only the output reading differs).
@@ -34,21 +50,49 @@ def corpus(tmp_path_factory):
     state = torch.load(ckpt["m1"], weights_only=False)
     g = torch.Generator().manual_seed(0)
     for name, kind in (("m2", "transformer"), ("dir", "dirichlet_transformer")):
-        derived = dict(state, model={k: v + 0.05 * torch.randn(v.shape, generator=g)
-                                     if v.is_floating_point() else v for k, v in state["model"].items()})
+        derived = dict(
+            state,
+            model={
+                k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                for k, v in state["model"].items()
+            },
+        )
         derived["cfg"] = dict(state["cfg"], model=copy.copy(state["cfg"]["model"]))
         derived["cfg"]["model"].arch = derived["cfg"]["model"]._name = kind
         ckpt[name] = str(root / f"{name}.pt")
         torch.save(derived, ckpt[name])
-    assert ood_sets_cli.main(["--data-dir", str(root / "data"), "--out", str(root / "ood"), "--size", "12"]) == 0
+    assert (
+        ood_sets_cli.main(
+            ["--data-dir", str(root / "data"), "--out", str(root / "ood"), "--size", "12"]
+        )
+        == 0
+    )
     return root, bin_dir, ckpt
 
 
 def run_cli(root, bin_dir, path, name, *extra):
     out = root / "results" / "uncertainty" / name
-    code = cli.main([bin_dir, "--path", path, "--name", name, "--out", str(out), "--cpu",
-                     "--ood-dir", str(root / "ood"), "--beam", "3", "--max-len-a", "1.5",
-                     "--max-len-b", "10", *extra])
+    code = cli.main(
+        [
+            bin_dir,
+            "--path",
+            path,
+            "--name",
+            name,
+            "--out",
+            str(out),
+            "--cpu",
+            "--ood-dir",
+            str(root / "ood"),
+            "--beam",
+            "3",
+            "--max-len-a",
+            "1.5",
+            "--max-len-b",
+            "10",
+            *extra,
+        ]
+    )
     return code, out
 
 
@@ -62,7 +106,12 @@ def test_ood_sets_are_deterministic_and_binarized(corpus, tmp_path):
     manifest = ood_sets.read_manifest(str(root / "ood"))
     assert [s["name"] for s in manifest["sets"]] == ["permuted", "target", "domain", "third"]
     assert all(s["lines"] == 12 for s in manifest["sets"])
-    assert ood_sets_cli.main(["--data-dir", str(root / "data"), "--out", str(tmp_path), "--size", "12"]) == 0
+    assert (
+        ood_sets_cli.main(
+            ["--data-dir", str(root / "data"), "--out", str(tmp_path), "--size", "12"]
+        )
+        == 0
+    )
     for s in manifest["sets"]:
         for rel in (s["raw"], s["bin"] + ".bin", s["bin"] + ".idx"):
             assert filecmp.cmp(root / "ood" / rel, tmp_path / rel, shallow=False), rel
@@ -77,8 +126,12 @@ def test_ood_sets_errors(corpus, tmp_path, capsys):
     root, _, _ = corpus
     assert ood_sets_cli.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     assert "no bin/test" in capsys.readouterr().err
-    assert ood_sets_cli.main(["--data-dir", str(root / "data"), "--out", str(tmp_path / "o"),
-                          "--size", "1000"]) == 1
+    assert (
+        ood_sets_cli.main(
+            ["--data-dir", str(root / "data"), "--out", str(tmp_path / "o"), "--size", "1000"]
+        )
+        == 1
+    )
     assert "only 30 usable lines, --size asks for 1000" in capsys.readouterr().err
 
 
@@ -90,11 +143,15 @@ def test_three_kinds_of_system_and_the_report(corpus, capsys):
     assert code == 0
     code, pd = run_cli(root, bin_dir, ckpt["dir"], "pd")
     assert code == 0
-    meta = {n: json.loads((d / "system.json").read_text()) for n, d in
-            (("m1", single), ("ens", ens), ("pd", pd))}
+    meta = {
+        n: json.loads((d / "system.json").read_text())
+        for n, d in (("m1", single), ("ens", ens), ("pd", pd))
+    }
     assert meta["m1"]["measures"] == ["total"] and meta["m1"]["group"] == "single"
     assert meta["ens"]["kind"] == "ensemble" and "rmi" in meta["ens"]["measures"]
-    assert meta["pd"]["group"] == "proxy-dirichlet" and meta["pd"]["dirichlet_predictive"] == "softmax"
+    assert (
+        meta["pd"]["group"] == "proxy-dirichlet" and meta["pd"]["dirichlet_predictive"] == "softmax"
+    )
     rows = records(ens / "test.jsonl")
     assert sorted(r["id"] for r in rows) == list(range(30))
     for r in rows:
@@ -107,7 +164,9 @@ def test_three_kinds_of_system_and_the_report(corpus, capsys):
         assert r["log_prob"] == pytest.approx(r["score"] * r["length"], abs=1e-3)
     assert len(records(ens / "third.jsonl")) == 12
     text, pngs = report_section.section(str(root / "results"), str(root / "results"))
-    assert "| Single (m1) |" in text and "| Ensemble (ens) |" in text and "| PD student (pd) |" in text
+    assert (
+        "| Single (m1) |" in text and "| Ensemble (ens) |" in text and "| PD student (pd) |" in text
+    )
     assert "Do the PD paper's uncertainty findings hold here?" in text
     assert all(os.path.getsize(p) > 1000 for p in pngs) and len(pngs) == 2
 
@@ -115,8 +174,9 @@ def test_three_kinds_of_system_and_the_report(corpus, capsys):
 def test_dirichlet_measures_come_from_alpha_whatever_the_predictive(corpus):
     root, bin_dir, ckpt = corpus
     code, soft = run_cli(root, bin_dir, ckpt["dir"], "pd-soft", "--ood-dir", str(root / "ood"))
-    code2, mean = run_cli(root, bin_dir, ckpt["dir"], "pd-mean", "--dirichlet-predictive", "mean",
-                          "--limit", "20")
+    code2, mean = run_cli(
+        root, bin_dir, ckpt["dir"], "pd-mean", "--dirichlet-predictive", "mean", "--limit", "20"
+    )
     assert code == code2 == 0
     assert len(records(mean / "test.jsonl")) == 20 and len(records(mean / "third.jsonl")) == 12
     assert json.loads((mean / "system.json").read_text())["dirichlet_predictive"] == "mean"
@@ -131,37 +191,94 @@ def test_predictive_override_at_load_time(corpus):
 
     _, bin_dir, ckpt = corpus
     (soft,), task = teacher_forcing.load_models([ckpt["dir"]], bin_dir)
-    (mean,), _ = teacher_forcing.load_models([ckpt["dir"]], bin_dir,
-                                             overrides={"dirichlet_predictive": "mean"})
+    (mean,), _ = teacher_forcing.load_models(
+        [ckpt["dir"]], bin_dir, overrides={"dirichlet_predictive": "mean"}
+    )
     assert soft.dirichlet_predictive == "softmax" and mean.dirichlet_predictive == "mean"
     src = torch.tensor([[5, 6, 7, 2]])
-    net_input = {"src_tokens": src, "src_lengths": torch.tensor([4]),
-                 "prev_output_tokens": torch.tensor([[2, 5, 6]])}
+    net_input = {
+        "src_tokens": src,
+        "src_lengths": torch.tensor([4]),
+        "prev_output_tokens": torch.tensor([[2, 5, 6]]),
+    }
     with torch.no_grad():
         out = soft(**net_input)
         z = out[0].double()
-        torch.testing.assert_close(soft.get_normalized_probs(out, True).double(),
-                                   torch.log_softmax(z, -1), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(mean.get_normalized_probs(out, True).double(),
-                                   M.dirichlet_log_alpha(z) - torch.logsumexp(M.dirichlet_log_alpha(z), -1, keepdim=True),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            soft.get_normalized_probs(out, True).double(),
+            torch.log_softmax(z, -1),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+        torch.testing.assert_close(
+            mean.get_normalized_probs(out, True).double(),
+            M.dirichlet_log_alpha(z) - torch.logsumexp(M.dirichlet_log_alpha(z), -1, keepdim=True),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_errors(corpus, tmp_path, capsys):
     root, bin_dir, ckpt = corpus
     out = str(tmp_path / "x")
-    assert cli.main([bin_dir, "--path", ckpt["m1"], "--name", "x", "--out", out,
-                     "--measures", "total,rmi", "--cpu"]) == 1
+    assert (
+        cli.main(
+            [
+                bin_dir,
+                "--path",
+                ckpt["m1"],
+                "--name",
+                "x",
+                "--out",
+                out,
+                "--measures",
+                "total,rmi",
+                "--cpu",
+            ]
+        )
+        == 1
+    )
     assert "error: --measures rmi: a single model" in capsys.readouterr().err
     assert cli.main([bin_dir, "--path", str(tmp_path / "no.pt"), "--name", "x", "--out", out]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
-    assert cli.main([bin_dir, "--path", ckpt["m1"], "--name", "x", "--out", out,
-                     "--ood", f"a={tmp_path / 'missing.txt'}", "--cpu"]) == 1
+    assert (
+        cli.main(
+            [
+                bin_dir,
+                "--path",
+                ckpt["m1"],
+                "--name",
+                "x",
+                "--out",
+                out,
+                "--ood",
+                f"a={tmp_path / 'missing.txt'}",
+                "--cpu",
+            ]
+        )
+        == 1
+    )
     assert "file not found" in capsys.readouterr().err
     (tmp_path / "user.txt").write_text("s1 s2 s3\ns4 s5\n")
-    assert cli.main([bin_dir, "--path", ckpt["m1"], "--name", "x", "--out", out, "--cpu",
-                     "--ood", f"mine={tmp_path / 'user.txt'}",
-                     "--spm-model", str(root / "data" / "spm" / "spm.model")]) == 0
+    assert (
+        cli.main(
+            [
+                bin_dir,
+                "--path",
+                ckpt["m1"],
+                "--name",
+                "x",
+                "--out",
+                out,
+                "--cpu",
+                "--ood",
+                f"mine={tmp_path / 'user.txt'}",
+                "--spm-model",
+                str(root / "data" / "spm" / "spm.model"),
+            ]
+        )
+        == 0
+    )
     assert len(records(tmp_path / "x" / "mine.jsonl")) == 2
 
 
@@ -177,5 +294,7 @@ def test_measures_inside_the_search_equal_the_teacher_forced_ones(corpus, system
         assert a.keys() == b.keys()
         for i in a:
             assert a[i]["log_prob"] == pytest.approx(b[i]["log_prob"], abs=1e-4)
-            for m, v in b[i]["uncertainty"].items():  # fairseq stores the in-search values in float32
+            for m, v in b[i][
+                "uncertainty"
+            ].items():  # fairseq stores the in-search values in float32
                 assert a[i]["uncertainty"][m] == pytest.approx(v, rel=1e-4, abs=1e-7), (name, i, m)

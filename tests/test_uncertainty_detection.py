@@ -1,4 +1,5 @@
 """ROC-AUC against sklearn, rejection curves against their definitions."""
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -44,4 +45,6 @@ def test_rejection_oracle_random_and_prr():
         assert r["kept_quality"][k] == pytest.approx(q[kept].mean())
     errs = 100 - q
     curve = [errs[np.setdiff1d(np.arange(400), order[:k])].sum() / 400 for k in range(401)]
-    assert r["auc"] == pytest.approx(np.trapezoid(curve, dx=1 / 400) if hasattr(np, "trapezoid") else np.trapz(curve, dx=1 / 400))
+    assert r["auc"] == pytest.approx(
+        np.trapezoid(curve, dx=1 / 400) if hasattr(np, "trapezoid") else np.trapz(curve, dx=1 / 400)
+    )

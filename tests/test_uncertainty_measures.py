@@ -1,5 +1,6 @@
 """Token and sequence uncertainty measures against independent computation (float64 references,
 brute force over member pairs, Monte Carlo from torch.distributions.Dirichlet)."""
+
 import math
 
 import pytest
@@ -21,13 +22,15 @@ def brute_force_ensemble(lp):
     data = sum(H(p[k]) for k in range(K)) / K
     mi = sum(KL(p[k], mean) for k in range(K)) / K
     rmi = sum(KL(mean, p[k]) for k in range(K)) / K
-    epkl = sum(KL(p[k], p[j]) for k in range(K) for j in range(K)) / K ** 2
+    epkl = sum(KL(p[k], p[j]) for k in range(K) for j in range(K)) / K**2
     return {"total": total, "data": data, "mi": mi, "rmi": rmi, "epkl": epkl}
 
 
 def random_members(K=4, shape=(3, 5), V=7, scale=2.0, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.log_softmax(scale * torch.randn(K, *shape, V, generator=g, dtype=torch.float64), -1)
+    return torch.log_softmax(
+        scale * torch.randn(K, *shape, V, generator=g, dtype=torch.float64), -1
+    )
 
 
 def test_ensemble_measures_match_brute_force_and_identities():
@@ -107,13 +110,19 @@ def test_dirichlet_closed_forms_match_monte_carlo(logits):
     mc, n = mc_dirichlet(alpha)
     for name in M.DIRICHLET_MEASURES:
         # MC error ~ sd / sqrt(n); these quantities have sd < 1, so 5e-3 is > 3 standard errors
-        assert abs(float(got[name]) - float(mc[name])) < 5e-3, (name, float(got[name]), float(mc[name]))
+        assert abs(float(got[name]) - float(mc[name])) < 5e-3, (
+            name,
+            float(got[name]),
+            float(mc[name]),
+        )
 
 
 def test_dirichlet_identities_and_non_negativity():
     g = torch.Generator().manual_seed(4)
     # from flat (alpha ~ 1) to very confident students (alpha_0 ~ 1e13)
-    z = torch.cat([0.1 * torch.randn(8, 4000, generator=g), 30 * torch.rand(8, 4000, generator=g) - 20])
+    z = torch.cat(
+        [0.1 * torch.randn(8, 4000, generator=g), 30 * torch.rand(8, 4000, generator=g) - 20]
+    )
     z[:, 0] += torch.linspace(0, 30, 16)
     for dtype in (torch.float32, torch.float64):
         got = M.dirichlet_measures(z.to(dtype))
@@ -174,23 +183,31 @@ from ensdist_fairseq.uncertainty import fast_measures as F  # noqa: E402
 def test_fast_ensemble_matches_exact_and_stays_non_negative(eps):
     g = torch.Generator().manual_seed(5)
     base = 4 * torch.randn(200, 500, generator=g, dtype=torch.float64)
-    lp = torch.log_softmax(base + eps * torch.randn(3, 200, 500, generator=g, dtype=torch.float64), -1)
+    lp = torch.log_softmax(
+        base + eps * torch.randn(3, 200, 500, generator=g, dtype=torch.float64), -1
+    )
     fast, ref = F.ensemble_measures(lp.float()), brute_force_ensemble(lp.float())
     for name in M.ENSEMBLE_MEASURES:  # float32 element-wise, float64 sums: ~1e-7 absolute
         torch.testing.assert_close(fast[name], ref[name], rtol=1e-6, atol=1e-6)
     fast64 = F.ensemble_measures(lp)  # float64 members: float64 throughout
     for name in M.ENSEMBLE_MEASURES:
-        torch.testing.assert_close(fast64[name], brute_force_ensemble(lp)[name], rtol=1e-6, atol=1e-12)
+        torch.testing.assert_close(
+            fast64[name], brute_force_ensemble(lp)[name], rtol=1e-6, atol=1e-12
+        )
     for name in M.KNOWLEDGE_MEASURES:
         assert (fast[name] >= 0).all(), name
 
 
 def test_fast_dirichlet_matches_exact_from_flat_to_very_confident():
     g = torch.Generator().manual_seed(6)
-    z = torch.cat([0.1 * torch.randn(8, 4000, generator=g),            # flat: every class in the head
-                   3 * torch.randn(8, 4000, generator=g) - 12,          # trained-like: tail + a few
-                   2 * torch.randn(8, 4000, generator=g) - 8,           # tail near the threshold
-                   torch.full((4, 4000), -30.0)])                       # everything in the tail
+    z = torch.cat(
+        [
+            0.1 * torch.randn(8, 4000, generator=g),  # flat: every class in the head
+            3 * torch.randn(8, 4000, generator=g) - 12,  # trained-like: tail + a few
+            2 * torch.randn(8, 4000, generator=g) - 8,  # tail near the threshold
+            torch.full((4, 4000), -30.0),
+        ]
+    )  # everything in the tail
     z[8:, 0] += torch.linspace(0, 60, 20)  # alpha_0 up to ~1e21: the exact fallback
     # the whole batch (mostly tail: moments + sparse head) and the flat rows alone (dense path)
     for rows in (z, z[:8], z[8:]):

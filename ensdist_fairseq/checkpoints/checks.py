@@ -14,12 +14,13 @@ What is compared, and why it is sound (docs/store-format.md, "Dictionaries"):
     resolved against the current directory; only an absolute recorded path whose dictionary
     differs gives a warning.
 """
+
 import logging
 import os
 from typing import Sequence
 
-from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.checkpoints.safe_loading import load_checkpoint
+from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -66,12 +67,15 @@ def check_ensemble(paths: Sequence[str], data_dir: str) -> None:
         data_dict = os.path.join(data_dir, f"dict.{tgt}.txt")
         if tgt is None or not os.path.isfile(data_dict):
             raise EnsdistError(f"{data_dir}: no dict.{tgt}.txt for the target language of {p}")
-        out = state["model"].get("decoder.output_projection.weight",
-                                 state["model"].get("decoder.embed_tokens.weight"))
+        out = state["model"].get(
+            "decoder.output_projection.weight", state["model"].get("decoder.embed_tokens.weight")
+        )
         expected = 4 + _num_dictionary_lines(data_dict)
         if out is not None and out.shape[0] != expected:
-            raise EnsdistError(f"{p}: output vocabulary {out.shape[0]} != {expected} symbols of {data_dict} "
-                               "(trained with a different dictionary)")
+            raise EnsdistError(
+                f"{p}: output vocabulary {out.shape[0]} != {expected} symbols of {data_dict} "
+                "(trained with a different dictionary)"
+            )
         check_dictionary_record(p, state.get("task_state") or {}, task, data_dict)
         if first is None:
             first = (p, tgt)
@@ -85,13 +89,20 @@ def check_dictionary_record(checkpoint: str, task_state: dict, task_cfg, data_di
     if recorded:
         actual = file_sha256(data_dict)
         if recorded != actual:
-            raise EnsdistError(f"{checkpoint}: trained with another dictionary than {data_dict} "
-                               f"(sha256 {recorded[:12]}… recorded in the checkpoint, {actual[:12]}… in the file)")
+            raise EnsdistError(
+                f"{checkpoint}: trained with another dictionary than {data_dict} "
+                f"(sha256 {recorded[:12]}… recorded in the checkpoint, {actual[:12]}… in the file)"
+            )
         return
     trained_data = str(_get(task_cfg, "data", "") or "").split(":")[0]
     trained_dict = os.path.join(trained_data, os.path.basename(data_dict))
-    if os.path.isabs(trained_data) and os.path.isfile(trained_dict) and \
-            os.path.realpath(trained_dict) != os.path.realpath(data_dict) and \
-            file_sha256(trained_dict) != file_sha256(data_dict):
-        logger.warning(f"{checkpoint}: records no dictionary checksum, and {trained_dict} (its training "
-                       f"data path) differs from {data_dict}; the dictionary there may have changed since")
+    if (
+        os.path.isabs(trained_data)
+        and os.path.isfile(trained_dict)
+        and os.path.realpath(trained_dict) != os.path.realpath(data_dict)
+        and file_sha256(trained_dict) != file_sha256(data_dict)
+    ):
+        logger.warning(
+            f"{checkpoint}: records no dictionary checksum, and {trained_dict} (its training "
+            f"data path) differs from {data_dict}; the dictionary there may have changed since"
+        )

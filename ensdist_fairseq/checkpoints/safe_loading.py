@@ -7,6 +7,7 @@ We allow-list exactly the types a fairseq translation checkpoint contains, so fa
 (restore), fairseq-generate and fairseq-validate work, while a checkpoint that pickles any other
 global is still refused. weights_only is never switched off.
 """
+
 import argparse
 
 import torch

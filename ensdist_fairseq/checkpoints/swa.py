@@ -15,14 +15,16 @@ Transformers use LayerNorm, not BatchNorm, so SWA's BatchNorm pass (update_bn) h
 Averaging works on checkpoints rather than a live model so a finished run can be averaged
 without retraining and the result is an ordinary fairseq checkpoint (fairseq-generate reads it).
 """
+
 import os
 from typing import Dict, List, Sequence
 
 import torch
 
-from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.atomic_files import atomic_open
 from ensdist_fairseq.checkpoints.safe_loading import load_checkpoint
+from ensdist_fairseq.errors import EnsdistError
+
 
 def best_epoch(save_dir: str) -> int:
     """The epoch whose end produced SAVE_DIR/checkpoint_best.pt (the best validation loss).
@@ -41,20 +43,26 @@ def best_epoch(save_dir: str) -> int:
 def swa_window(end_epoch: int, num_epochs: int) -> List[int]:
     """Epochs end_epoch-num_epochs+1 .. end_epoch, starting at epoch 1 at the earliest."""
     if num_epochs < 1 or end_epoch < 1:
-        raise EnsdistError(f"SWA window: need num_epochs >= 1 and end epoch >= 1, got "
-                         f"{num_epochs} ending at {end_epoch}")
+        raise EnsdistError(
+            f"SWA window: need num_epochs >= 1 and end epoch >= 1, got "
+            f"{num_epochs} ending at {end_epoch}"
+        )
     return list(range(max(1, end_epoch - num_epochs + 1), end_epoch + 1))
 
 
 def epoch_snapshots(save_dir: str, last_epoch: int, num_epochs: int) -> List[str]:
     """The epoch checkpoints of swa_window(last_epoch, num_epochs) in `save_dir`, in order;
     ValueError naming the first one missing."""
-    paths = [os.path.join(save_dir, f"checkpoint{e}.pt") for e in swa_window(last_epoch, num_epochs)]
+    paths = [
+        os.path.join(save_dir, f"checkpoint{e}.pt") for e in swa_window(last_epoch, num_epochs)
+    ]
     for p in paths:
         if not os.path.isfile(p):
-            raise EnsdistError(f"{p}: epoch checkpoint missing (needed for SWA over the "
-                             f"{num_epochs} epochs ending at epoch {last_epoch}; keep at least "
-                             f"SWA epochs + patience with --keep-last-epochs)")
+            raise EnsdistError(
+                f"{p}: epoch checkpoint missing (needed for SWA over the "
+                f"{num_epochs} epochs ending at epoch {last_epoch}; keep at least "
+                f"SWA epochs + patience with --keep-last-epochs)"
+            )
     return paths
 
 

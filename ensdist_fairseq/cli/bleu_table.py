@@ -6,47 +6,62 @@ system decodes in-process (evaluation/decoding.py) over the same batches. Decodi
 fairseq-generate's search options under their own names (--beam, --lenpen, --max-len-a, ...).
 Writes a JSON results file and a markdown table.
 """
+
 import json
 import os
 import sys
 from typing import List, Optional
 
-from ensdist_fairseq.evaluation import bleu
 from ensdist_fairseq.atomic_files import check_writable, write_or_keep
 from ensdist_fairseq.checkpoints.checks import check_ensemble
+from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
-from ensdist_fairseq.cli import generation_options as gen_opts
+from ensdist_fairseq.evaluation import bleu
 from ensdist_fairseq.report.table2 import mean_and_stderr
 
 
 def markdown_table(results: dict) -> str:
     ind = results["individual"]
     se = "n/a" if ind["stderr"] is None else f"{ind['stderr']:.2f}"
-    rows = ["| system | #models | BLEU |", "|---|---:|---:|",
-            f"| individual (mean ± s.e., n={ind['n']}) | 1 | {ind['mean']:.2f} ± {se} |"]
+    rows = [
+        "| system | #models | BLEU |",
+        "|---|---:|---:|",
+        f"| individual (mean ± s.e., n={ind['n']}) | 1 | {ind['mean']:.2f} ± {se} |",
+    ]
     rows += [f"| ensemble | {e['size']} | {e['bleu']:.2f} |" for e in results["ensembles"]]
     return "\n".join(rows) + f"\n\nsacreBLEU: {results['signature']}\n"
 
 
 def bleu_of_members_and_ensembles(args, paths: List[str]):
     """(members, ensembles) result rows; every checkpoint loaded once."""
-    from ensdist_fairseq.teachers import teacher_forcing
     from ensdist_fairseq.evaluation import decoding
+    from ensdist_fairseq.teachers import teacher_forcing
 
     device = options.device(args)
     models, task = teacher_forcing.load_models(paths, args.data, device)
     task.load_dataset(args.split)
     dataset = task.dataset(args.split)
-    teacher_forcing.check_sizes(dataset, teacher_forcing.max_positions(task, models),
-                                args.max_tokens, f"split {args.split} of {args.data}")
+    teacher_forcing.check_sizes(
+        dataset,
+        teacher_forcing.max_positions(task, models),
+        args.max_tokens,
+        f"split {args.split} of {args.data}",
+    )
     batches = teacher_forcing.plan_batches(dataset, None, args.max_tokens, args.batch_size)
     gen_cfg = decoding.generation_config(**gen_opts.generation_overrides(args))
 
     def score(systems):
-        return bleu.decode_bleu(systems, task, dataset, gen_cfg, batches, device,
-                                reference_file=args.reference,
-                                post_process=gen_opts.post_process(args))
+        return bleu.decode_bleu(
+            systems,
+            task,
+            dataset,
+            gen_cfg,
+            batches,
+            device,
+            reference_file=args.reference,
+            post_process=gen_opts.post_process(args),
+        )
 
     members = []
     for i, (p, model) in enumerate(zip(paths, models), 1):
@@ -65,7 +80,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("data", help="fairseq binarized data directory")
     options.add_path(ap, "members in seed order")
     options.add_split(ap, "test")
-    ap.add_argument("--reference", help="raw reference file of the split (default: fairseq's T- lines)")
+    ap.add_argument(
+        "--reference", help="raw reference file of the split (default: fairseq's T- lines)"
+    )
     options.add_batching(ap)
     options.add_cpu(ap)
     ap.add_argument("--output-json", required=True)
@@ -88,9 +105,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     check_ensemble(paths, args.data)
     members, ensembles = bleu_of_members_and_ensembles(args, paths)
     mean, se = mean_and_stderr([m["bleu"] for m in members])
-    results = {"data": args.data, "split": args.split, "signature": members[0]["signature"],
-               "members": members, "individual": {"mean": mean, "stderr": se, "n": len(members)},
-               "ensembles": ensembles}
+    results = {
+        "data": args.data,
+        "split": args.split,
+        "signature": members[0]["signature"],
+        "members": members,
+        "individual": {"mean": mean, "stderr": se, "n": len(members)},
+        "ensembles": ensembles,
+    }
     table = markdown_table(results)
     write_or_keep(args.output_json, json.dumps(results, indent=2) + "\n", "--output-json")
     write_or_keep(args.output_md, table, "--output-md")

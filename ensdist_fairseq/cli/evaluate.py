@@ -5,6 +5,7 @@ teacher-forces the references (ensemble = mean of the members' probabilities) fo
 Brier, NLL and accuracy, and decodes in-process with fairseq's SequenceGenerator for sacreBLEU.
 Writes one JSON per system (schema: docs/evaluation.md) and prints one summary line.
 """
+
 import argparse
 import json
 import math
@@ -14,10 +15,10 @@ import time
 from typing import List, Optional
 
 from ensdist_fairseq.atomic_files import check_writable, write_or_keep
+from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.metrics.calibration import DEFAULT_NUM_BINS, CalibrationAccumulator
-from ensdist_fairseq.cli import generation_options as gen_opts
 
 SCHEMA_VERSION = 1
 KINDS = ("individual", "ensemble", "student")
@@ -30,27 +31,58 @@ def build_parser() -> options.Parser:
     options.add_path(ap)
     options.add_split(ap, "test")
     ap.add_argument("--name", required=True, help="name of the evaluated system")
-    ap.add_argument("--method", default="default",
-                    help="report group, e.g. 'CE+SWA' (rows of one method share a block)")
-    ap.add_argument("--kind", choices=KINDS,
-                    help="report row type (default: individual for one model, else ensemble)")
-    ap.add_argument("--num-teachers", type=options.integer(1),
-                    help="students: size of the teacher ensemble (the report's #models)")
-    ap.add_argument("--output", "--output-json", dest="output", required=True,
-                    help="the result file to write (JSON)")
-    ap.add_argument("--bleu", action=argparse.BooleanOptionalAction, default=True,
-                    help="also decode (in-process beam search) and score with sacreBLEU")
+    ap.add_argument(
+        "--method",
+        default="default",
+        help="report group, e.g. 'CE+SWA' (rows of one method share a block)",
+    )
+    ap.add_argument(
+        "--kind",
+        choices=KINDS,
+        help="report row type (default: individual for one model, else ensemble)",
+    )
+    ap.add_argument(
+        "--num-teachers",
+        type=options.integer(1),
+        help="students: size of the teacher ensemble (the report's #models)",
+    )
+    ap.add_argument(
+        "--output",
+        "--output-json",
+        dest="output",
+        required=True,
+        help="the result file to write (JSON)",
+    )
+    ap.add_argument(
+        "--bleu",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also decode (in-process beam search) and score with sacreBLEU",
+    )
     options.add_batching(ap)
-    ap.add_argument("--num-bins", type=options.integer(1), default=DEFAULT_NUM_BINS,
-                    help="equal-count bins for ECE (at most the split's number of target tokens)")
-    ap.add_argument("--reference", help="raw reference file of the split (BLEU; default: "
-                                        "fairseq's detokenized targets)")
+    ap.add_argument(
+        "--num-bins",
+        type=options.integer(1),
+        default=DEFAULT_NUM_BINS,
+        help="equal-count bins for ECE (at most the split's number of target tokens)",
+    )
+    ap.add_argument(
+        "--reference",
+        help="raw reference file of the split (BLEU; default: " "fairseq's detokenized targets)",
+    )
     options.add_cpu(ap)
-    ap.add_argument("--dirichlet-predictive", choices=("softmax", "mean"),
-                    help="Proxy-Dirichlet students: score and decode with softmax(z) or the "
-                         "Dirichlet mean alpha/alpha_0 (default: the checkpoint's own option)")
-    ap.add_argument("--log-interval", type=options.integer(1), default=100,
-                    help="report progress to stderr every this many batches")
+    ap.add_argument(
+        "--dirichlet-predictive",
+        choices=("softmax", "mean"),
+        help="Proxy-Dirichlet students: score and decode with softmax(z) or the "
+        "Dirichlet mean alpha/alpha_0 (default: the checkpoint's own option)",
+    )
+    ap.add_argument(
+        "--log-interval",
+        type=options.integer(1),
+        default=100,
+        help="report progress to stderr every this many batches",
+    )
     gen_opts.add_generation_options(ap)
     return ap
 
@@ -68,7 +100,9 @@ def flag_error(args) -> Optional[str]:
 
 
 def _load(paths: List[str], data: str, device, overrides=None):
-    from ensdist_fairseq.teachers.teacher_forcing import load_models  # imports fairseq: keep --help fast
+    from ensdist_fairseq.teachers.teacher_forcing import (
+        load_models,
+    )  # imports fairseq: keep --help fast
 
     try:
         return load_models(paths, data, device, overrides=overrides)
@@ -82,23 +116,32 @@ def check_num_bins(num_bins: int, num_tokens: int, where: str) -> None:
     """Equal-count bins need a pair each: more ECE-1 bins than tokens would leave bins empty
     (and ECE silently averaged over fewer bins than asked for)."""
     if num_bins > num_tokens:
-        raise EnsdistError(f"--num-bins {num_bins}: more bins than the {num_tokens} target "
-                           f"tokens of {where}")
+        raise EnsdistError(
+            f"--num-bins {num_bins}: more bins than the {num_tokens} target " f"tokens of {where}"
+        )
 
 
 def evaluate(args, paths: List[str], device) -> dict:
-    from ensdist_fairseq.teachers import teacher_forcing
-    from ensdist_fairseq.evaluation import bleu
+    from ensdist_fairseq.evaluation import bleu, decoding
     from ensdist_fairseq.evaluation.ensemble_scoring import score_split
-    from ensdist_fairseq.evaluation import decoding
+    from ensdist_fairseq.teachers import teacher_forcing
 
-    models, task = _load(paths, args.data, device, overrides=(
-        {"dirichlet_predictive": args.dirichlet_predictive} if args.dirichlet_predictive else None))
+    models, task = _load(
+        paths,
+        args.data,
+        device,
+        overrides=(
+            {"dirichlet_predictive": args.dirichlet_predictive}
+            if args.dirichlet_predictive
+            else None
+        ),
+    )
     task.load_dataset(args.split)
     dataset = task.dataset(args.split)
     where = f"split {args.split} of {args.data}"
-    teacher_forcing.check_sizes(dataset, teacher_forcing.max_positions(task, models),
-                                args.max_tokens, where)
+    teacher_forcing.check_sizes(
+        dataset, teacher_forcing.max_positions(task, models), args.max_tokens, where
+    )
     check_num_bins(args.num_bins, int(dataset.tgt_sizes.sum()), where)
     batches = teacher_forcing.plan_batches(dataset, None, args.max_tokens, args.batch_size)
     accumulator = CalibrationAccumulator(num_bins=args.num_bins)
@@ -107,31 +150,59 @@ def evaluate(args, paths: List[str], device) -> dict:
     def progress(done: int, total: int, tokens: int) -> None:
         if done % args.log_interval == 0 or done == total:
             rate = tokens / max(time.perf_counter() - start, 1e-9)
-            print(f"[evaluate] {args.name}: batch {done}/{total}, {tokens} tokens, "
-                  f"{rate:.0f} tokens/s", file=sys.stderr, flush=True)
+            print(
+                f"[evaluate] {args.name}: batch {done}/{total}, {tokens} tokens, "
+                f"{rate:.0f} tokens/s",
+                file=sys.stderr,
+                flush=True,
+            )
 
-    num_sentences = score_split(models, dataset, batches, task.target_dictionary.pad(),
-                                accumulator, device, names=paths, where=where, progress=progress)
+    num_sentences = score_split(
+        models,
+        dataset,
+        batches,
+        task.target_dictionary.pad(),
+        accumulator,
+        device,
+        names=paths,
+        where=where,
+        progress=progress,
+    )
     seconds = time.perf_counter() - start
     result = {
-        "schema_version": SCHEMA_VERSION, "name": args.name, "method": args.method,
+        "schema_version": SCHEMA_VERSION,
+        "name": args.name,
+        "method": args.method,
         "kind": args.kind or ("individual" if len(paths) == 1 else "ensemble"),
-        "num_models": len(paths), "num_teachers": args.num_teachers,
-        "paths": [os.path.abspath(p) for p in paths], "data": os.path.abspath(args.data),
-        "split": args.split, "num_sentences": num_sentences,
+        "num_models": len(paths),
+        "num_teachers": args.num_teachers,
+        "paths": [os.path.abspath(p) for p in paths],
+        "data": os.path.abspath(args.data),
+        "split": args.split,
+        "num_sentences": num_sentences,
         **accumulator.result().to_dict(),
-        "scoring_seconds": seconds, "tokens_per_second": accumulator.num_tokens / seconds,
-        "bleu": None, "bleu_signature": None,
+        "scoring_seconds": seconds,
+        "tokens_per_second": accumulator.num_tokens / seconds,
+        "bleu": None,
+        "bleu_signature": None,
     }
     if args.bleu:
         print(f"[evaluate] {args.name}: decoding (beam {args.beam})", file=sys.stderr, flush=True)
         start = time.perf_counter()
         gen_cfg = decoding.generation_config(**gen_opts.generation_overrides(args))
-        b = bleu.decode_bleu(models, task, dataset, gen_cfg, batches, device,
-                             reference_file=args.reference,
-                             post_process=gen_opts.post_process(args))
-        result.update(bleu=b.bleu, bleu_signature=b.signature,
-                      decoding_seconds=time.perf_counter() - start)
+        b = bleu.decode_bleu(
+            models,
+            task,
+            dataset,
+            gen_cfg,
+            batches,
+            device,
+            reference_file=args.reference,
+            post_process=gen_opts.post_process(args),
+        )
+        result.update(
+            bleu=b.bleu, bleu_signature=b.signature, decoding_seconds=time.perf_counter() - start
+        )
     return result
 
 
@@ -139,8 +210,11 @@ def non_finite_field(value, key: str = "") -> Optional[str]:
     """The first number in a result that is NaN or infinite (its key path), or None."""
     if isinstance(value, float) and not math.isfinite(value):
         return key
-    items = (value.items() if isinstance(value, dict) else
-             enumerate(value) if isinstance(value, list) else ())
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value) if isinstance(value, list) else ()
+    )
     for k, v in items:
         found = non_finite_field(v, f"{key}.{k}" if key else str(k))
         if found:
@@ -150,12 +224,14 @@ def non_finite_field(value, key: str = "") -> Optional[str]:
 
 def summary_line(r: dict) -> str:
     bleu_text = "n/a" if r["bleu"] is None else f"{r['bleu']:.2f}"
-    return (f"{r['name']} ({r['kind']}, {r['num_models']} model(s), {r['split']}): "
-            f"BLEU {bleu_text} | ECE-1 {100 * r['ece1']['unweighted']:.3f}% "
-            f"ECE-5 {100 * r['ece5']['unweighted']:.3f}% (unweighted; weighted "
-            f"{100 * r['ece1']['weighted']:.3f}% / {100 * r['ece5']['weighted']:.3f}%) | "
-            f"Brier {r['brier']:.4f} | NLL {r['nll']:.4f} | acc {100 * r['accuracy']:.2f}% | "
-            f"{r['num_tokens']} tokens")
+    return (
+        f"{r['name']} ({r['kind']}, {r['num_models']} model(s), {r['split']}): "
+        f"BLEU {bleu_text} | ECE-1 {100 * r['ece1']['unweighted']:.3f}% "
+        f"ECE-5 {100 * r['ece5']['unweighted']:.3f}% (unweighted; weighted "
+        f"{100 * r['ece1']['weighted']:.3f}% / {100 * r['ece5']['weighted']:.3f}%) | "
+        f"Brier {r['brier']:.4f} | NLL {r['nll']:.4f} | acc {100 * r['accuracy']:.2f}% | "
+        f"{r['num_tokens']} tokens"
+    )
 
 
 @options.command

@@ -6,6 +6,7 @@ default (GenerationConfig's, checked by tests/test_decoding.py) and the range th
 rule of cli/options.py enforces; anything else is refused by name. No fairseq import: building
 the parser (and `--help`) stays fast.
 """
+
 import argparse
 from typing import Dict, Optional
 
@@ -16,36 +17,59 @@ from ensdist_fairseq.cli import options
 # temperature overflows the scaled scores into NaN).
 SEARCH_OPTIONS = (
     ("--beam", "beam", options.integer(1, 1000), 5, "beam size"),
-    ("--lenpen", "lenpen", options.real(), 1.0,
-     "length penalty: <1.0 favours shorter, >1.0 longer sentences"),
-    ("--max-len-a", "max_len_a", options.real(0), 0.0,
-     "generate sequences of maximum length ax + b, where x is the source length"),
+    (
+        "--lenpen",
+        "lenpen",
+        options.real(),
+        1.0,
+        "length penalty: <1.0 favours shorter, >1.0 longer sentences",
+    ),
+    (
+        "--max-len-a",
+        "max_len_a",
+        options.real(0),
+        0.0,
+        "generate sequences of maximum length ax + b, where x is the source length",
+    ),
     ("--max-len-b", "max_len_b", options.integer(1), 200, "see --max-len-a"),
     ("--min-len", "min_len", options.integer(1), 1, "minimum generation length"),
     ("--unkpen", "unkpen", options.real(), 0.0, "unknown word penalty: <0 produces more unks"),
-    ("--no-repeat-ngram-size", "no_repeat_ngram_size", options.integer(0), 0,
-     "ngram blocking such that this size ngram cannot be repeated in the generation"),
-    ("--temperature", "temperature", options.real(1e-3, 1e3), 1.0,
-     "temperature for generation (of the model's scores, as fairseq-generate's)"),
+    (
+        "--no-repeat-ngram-size",
+        "no_repeat_ngram_size",
+        options.integer(0),
+        0,
+        "ngram blocking such that this size ngram cannot be repeated in the generation",
+    ),
+    (
+        "--temperature",
+        "temperature",
+        options.real(1e-3, 1e3),
+        1.0,
+        "temperature for generation (of the model's scores, as fairseq-generate's)",
+    ),
 )
-SWITCHES = (
-    ("--unnormalized", "unnormalized", "compare unnormalized hypothesis scores"),
-)
+SWITCHES = (("--unnormalized", "unnormalized", "compare unnormalized hypothesis scores"),)
 DEFAULT_POST_PROCESS = "sentencepiece"
 
 
 def add_generation_options(parser: argparse.ArgumentParser, post_process: bool = True) -> None:
     group = parser.add_argument_group("decoding (fairseq-generate's options, same meaning)")
     for flag, dest, typ, default, text in SEARCH_OPTIONS:
-        group.add_argument(flag, dest=dest, type=typ, default=default,
-                           help=f"{text} (default: {default})")
+        group.add_argument(
+            flag, dest=dest, type=typ, default=default, help=f"{text} (default: {default})"
+        )
     for flag, dest, text in SWITCHES:
         group.add_argument(flag, dest=dest, action="store_true", help=text)
     if post_process:
-        group.add_argument("--post-process", "--remove-bpe", dest="post_process",
-                           default=DEFAULT_POST_PROCESS,
-                           help="how pieces become text, as fairseq-generate's --post-process "
-                                f"(default: {DEFAULT_POST_PROCESS}; 'none' keeps the pieces)")
+        group.add_argument(
+            "--post-process",
+            "--remove-bpe",
+            dest="post_process",
+            default=DEFAULT_POST_PROCESS,
+            help="how pieces become text, as fairseq-generate's --post-process "
+            f"(default: {DEFAULT_POST_PROCESS}; 'none' keeps the pieces)",
+        )
 
 
 def generation_overrides(args: argparse.Namespace) -> Dict[str, object]:
@@ -62,13 +86,20 @@ def post_process(args: argparse.Namespace):
 def generation_error(args: argparse.Namespace) -> Optional[str]:
     """The first combination of decoding options fairseq's search would assert on, or None."""
     if args.max_len_a == 0 and args.min_len > args.max_len_b:
-        return (f"--min-len {args.min_len} is longer than the longest output "
-                f"(--max-len-b {args.max_len_b} with --max-len-a 0)")
+        return (
+            f"--min-len {args.min_len} is longer than the longest output "
+            f"(--max-len-b {args.max_len_b} with --max-len-a 0)"
+        )
     return None
 
 
 def unknown_options_error(unknown) -> str:
-    known = ", ".join([f for f, *_ in SEARCH_OPTIONS] + [f for f, *_ in SWITCHES]
-                      + ["--batch-size", "--post-process"])
-    return (f"unrecognized arguments: {' '.join(unknown)} (decoding is in-process; the "
-            f"fairseq-generate options accepted are {known})")
+    known = ", ".join(
+        [f for f, *_ in SEARCH_OPTIONS]
+        + [f for f, *_ in SWITCHES]
+        + ["--batch-size", "--post-process"]
+    )
+    return (
+        f"unrecognized arguments: {' '.join(unknown)} (decoding is in-process; the "
+        f"fairseq-generate options accepted are {known})"
+    )

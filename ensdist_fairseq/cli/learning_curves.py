@@ -5,6 +5,7 @@ markdown table and a PNG (ensdist_fairseq.report.learning_curves).
         --run "LS member=runs/demo/teachers/ls/seed1/train.log" \
         --output-md docs/learning_curves_cpu.md --output-png docs/learning_curves_cpu.png
 """
+
 import argparse
 import os
 from typing import List, Optional, Tuple
@@ -25,8 +26,11 @@ def _parse_run(spec: str) -> Tuple[str, str]:
 
 @options.command
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = options.Parser(prog="ensdist-learning-curves", description=__doc__,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = options.Parser(
+        prog="ensdist-learning-curves",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--run", action="append", required=True, help="LABEL=TRAIN_LOG (repeat)")
     ap.add_argument("--title", help="heading of the table and the figure")
     ap.add_argument("--output-md", help="write the markdown table here (default: print it)")
@@ -39,7 +43,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise EnsdistError(f"--run {spec}: {path}: no such file")
         run = read_train_log(path)
         if not run.valid:
-            raise EnsdistError(f"{path}: no validation lines (a fairseq-train --log-format simple log?)")
+            raise EnsdistError(
+                f"{path}: no validation lines (a fairseq-train --log-format simple log?)"
+            )
         runs.append((label, run))
     md = curves_markdown(runs, args.title)
     if args.output_md:

@@ -6,6 +6,7 @@
 The store format is docs/store-format.md. An interrupted run resumes from its complete chunks
 when rerun with the same arguments (any number of processes).
 """
+
 from typing import List, Optional
 
 from ensdist_fairseq.cli import options
@@ -18,15 +19,27 @@ def build_parser() -> options.Parser:
     p.add_argument("--output", required=True, help="the store file to write (HDF5)")
     options.add_split(p, "train")
     # V' is checked against the vocabulary in one place (store.provenance.check_topk).
-    p.add_argument("--topk", type=options.integer(1), default=64,
-                   help="V': events kept per target token (default: %(default)s)")
+    p.add_argument(
+        "--topk",
+        type=options.integer(1),
+        default=64,
+        help="V': events kept per target token (default: %(default)s)",
+    )
     options.add_batching(p)
-    p.add_argument("--chunk-sentences", type=options.integer(1), default=10000,
-                   help="sentences per chunk file: the unit of sharding and of resuming "
-                        "(default: %(default)s)")
+    p.add_argument(
+        "--chunk-sentences",
+        type=options.integer(1),
+        default=10000,
+        help="sentences per chunk file: the unit of sharding and of resuming "
+        "(default: %(default)s)",
+    )
     options.add_cpu(p)
-    p.add_argument("--log-interval", type=options.real(0, lo_open=True, inf_means="no progress lines"),
-                   default=30.0, help="seconds between progress lines (default: %(default)s)")
+    p.add_argument(
+        "--log-interval",
+        type=options.real(0, lo_open=True, inf_means="no progress lines"),
+        default=30.0,
+        help="seconds between progress lines (default: %(default)s)",
+    )
     return p
 
 
@@ -37,9 +50,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ensdist_fairseq.teachers.memoize import MemoizeConfig, memoize  # imports fairseq, h5py
 
     cfg = MemoizeConfig(
-        data=args.data, paths=options.split_paths(args.path), output=args.output,
-        split=args.split, topk=args.topk, max_tokens=args.max_tokens, batch_size=args.batch_size,
-        chunk_sentences=args.chunk_sentences, cpu=args.cpu, log_interval=args.log_interval)
+        data=args.data,
+        paths=options.split_paths(args.path),
+        output=args.output,
+        split=args.split,
+        topk=args.topk,
+        max_tokens=args.max_tokens,
+        batch_size=args.batch_size,
+        chunk_sentences=args.chunk_sentences,
+        cpu=args.cpu,
+        log_interval=args.log_interval,
+    )
     memoize(cfg)
     return 0
 

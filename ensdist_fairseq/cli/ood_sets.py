@@ -4,6 +4,7 @@ on the machine (ensdist_fairseq.uncertainty.ood_sets says what each set is).
     ensdist-ood-sets --data-dir runs/demo/data --out runs/demo/ood [--size 500] [--seed 1]
                      [--extra NAME=FILE ...]
 """
+
 import argparse
 import os
 from typing import List, Optional
@@ -15,14 +16,22 @@ from ensdist_fairseq.uncertainty.ood_sets import LOCALE_DIR, MANIFEST, write_set
 
 @options.command
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = options.Parser(prog="ensdist-ood-sets", description=__doc__,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = options.Parser(
+        prog="ensdist-ood-sets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--data-dir", required=True, help="prepared corpus: raw/, spm/, bin/")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--size", type=options.integer(1), default=500, help="sentences per OOD set")
     ap.add_argument("--seed", type=options.integer(), default=1)
-    ap.add_argument("--extra", action="append", default=[], metavar="NAME=FILE",
-                    help="also binarize your own raw source-language file as OOD set NAME")
+    ap.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="also binarize your own raw source-language file as OOD set NAME",
+    )
     ap.add_argument("--locale-dir", default=LOCALE_DIR, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     extra = {}
@@ -33,7 +42,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         extra[name] = path
     manifest = write_sets(args.data_dir, args.out, args.size, args.seed, extra, args.locale_dir)
     for s in manifest["sets"]:
-        print(f"[ood-sets] {s['name']}: {s['lines']} lines, {s['unk_tokens']} <unk> -- {s['about']}")
+        print(
+            f"[ood-sets] {s['name']}: {s['lines']} lines, {s['unk_tokens']} <unk> -- {s['about']}"
+        )
     print(f"[ood-sets] -> {os.path.join(args.out, MANIFEST)}")
     return 0
 

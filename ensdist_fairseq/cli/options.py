@@ -15,6 +15,7 @@ The conventions, decided here once:
   `--batch-size` (batch limits, same defaults everywhere), `--out DIR` for a directory,
   `--output FILE` for one file, `--output-json` / `--output-md` where a command writes both.
 """
+
 import argparse
 import functools
 import math
@@ -53,8 +54,14 @@ def integer(lo: int = 0, hi: int = INT_MAX) -> Callable[[str], int]:
     return parse
 
 
-def real(lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False,
-         hi_open: bool = False, inf_means: Optional[str] = None) -> Callable[[str], float]:
+def real(
+    lo: float = -math.inf,
+    hi: float = math.inf,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    inf_means: Optional[str] = None,
+) -> Callable[[str], float]:
     """An argparse type: a finite float in the interval (open ends where asked). ``inf`` is
     taken only where `inf_means` says what it does (e.g. "no limit"); NaN never."""
 
@@ -79,8 +86,9 @@ def real(lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False,
 
 
 def add_path(ap: argparse.ArgumentParser, what: str = "checkpoint(s)") -> None:
-    ap.add_argument("--path", required=True,
-                    help=f"{what}; an ensemble as a.pt:b.pt:c.pt (fairseq's separator)")
+    ap.add_argument(
+        "--path", required=True, help=f"{what}; an ensemble as a.pt:b.pt:c.pt (fairseq's separator)"
+    )
 
 
 def split_paths(spec: str) -> List[str]:
@@ -91,15 +99,24 @@ def split_paths(spec: str) -> List[str]:
 
 
 def add_split(ap: argparse.ArgumentParser, default: str) -> None:
-    ap.add_argument("--split", default=default,
-                    help="split of the data directory (default: %(default)s)")
+    ap.add_argument(
+        "--split", default=default, help="split of the data directory (default: %(default)s)"
+    )
 
 
 def add_batching(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--max-tokens", type=integer(1), default=DEFAULT_MAX_TOKENS,
-                    help="at most this many tokens a batch (default: %(default)s)")
-    ap.add_argument("--batch-size", type=integer(1), default=None,
-                    help="at most this many sentences a batch (with --max-tokens)")
+    ap.add_argument(
+        "--max-tokens",
+        type=integer(1),
+        default=DEFAULT_MAX_TOKENS,
+        help="at most this many tokens a batch (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--batch-size",
+        type=integer(1),
+        default=None,
+        help="at most this many sentences a batch (with --max-tokens)",
+    )
 
 
 def add_cpu(ap: argparse.ArgumentParser) -> None:
@@ -117,8 +134,9 @@ def quiet_fairseq_logging() -> None:
     only, so our progress lines and the one error line are what a user reads."""
     import logging
 
-    logging.basicConfig(level=logging.WARNING, force=True,
-                        format="%(levelname)s | %(name)s | %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, force=True, format="%(levelname)s | %(name)s | %(message)s"
+    )
 
 
 def command(main: Callable[..., Optional[int]]) -> Callable[..., int]:

@@ -1,4 +1,5 @@
 """`ensdist-path`: print the directory to pass as fairseq's --user-dir."""
+
 import os
 
 

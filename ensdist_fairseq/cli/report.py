@@ -4,18 +4,19 @@ Reads every ``*.json`` in RESULTS_DIR that ``ensdist-evaluate`` wrote (files wit
 "schema_version" are skipped, so a run directory may hold other JSONs), writes report.md and
 one reliability_<method>.png per method to --out (default RESULTS_DIR), prints the table.
 """
+
 import glob
 import json
 import os
 import sys
 from typing import List, Optional
 
-from ensdist_fairseq.report import table2 as report
-from ensdist_fairseq.report.paper_pattern import pattern_checks, pattern_markdown
-from ensdist_fairseq.report.regime import regime_markdown
 from ensdist_fairseq.atomic_files import write_text_atomically
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.report import table2 as report
+from ensdist_fairseq.report.paper_pattern import pattern_checks, pattern_markdown
+from ensdist_fairseq.report.regime import regime_markdown
 from ensdist_fairseq.report.uncertainty_section import section as uncertainty_section
 
 
@@ -44,10 +45,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = options.Parser(prog="ensdist-report", description=__doc__)
     ap.add_argument("results_dir", help="directory of ensdist-evaluate --output files")
     ap.add_argument("--out", help="output directory (default: RESULTS_DIR)")
-    ap.add_argument("--ce-method", default="CE+SWA",
-                    help="method of the distillation teachers, for the paper-pattern checks")
-    ap.add_argument("--ls-method", default="LS+SWA",
-                    help="method of the label-smoothed comparison ensemble")
+    ap.add_argument(
+        "--ce-method",
+        default="CE+SWA",
+        help="method of the distillation teachers, for the paper-pattern checks",
+    )
+    ap.add_argument(
+        "--ls-method", default="LS+SWA", help="method of the label-smoothed comparison ensemble"
+    )
     args = ap.parse_args(argv)
     out = args.out or args.results_dir
     if not os.path.isdir(args.results_dir):
@@ -55,8 +60,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     results, sources = load_results(args.results_dir)
     os.makedirs(out, exist_ok=True)
     checks = pattern_checks(results, args.ce_method, args.ls_method)
-    text = (report.report_markdown(results) + "\n## Does the paper's pattern hold here?\n\n"
-            + pattern_markdown(checks))
+    text = (
+        report.report_markdown(results)
+        + "\n## Does the paper's pattern hold here?\n\n"
+        + pattern_markdown(checks)
+    )
     regime = regime_markdown(results)  # where each model stopped (from its train.log)
     text += "\n" + regime if regime else ""
     unc_text, unc_pngs = uncertainty_section(args.results_dir, out)  # RESULTS/uncertainty/*/
@@ -64,8 +72,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     write_text_atomically(os.path.join(out, "report.md"), text)
     pngs = report.write_reliability_diagrams(results, out) + unc_pngs
     print(text)
-    print(f"[report] {len(sources)} systems -> {os.path.join(out, 'report.md')}, "
-          f"{', '.join(pngs)}", file=sys.stderr)
+    print(
+        f"[report] {len(sources)} systems -> {os.path.join(out, 'report.md')}, "
+        f"{', '.join(pngs)}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ reads RAWDIR/{train,valid,test}.{src,tgt} (plain text, one sentence per line, al
 SPMDIR/spm.model, SPMDIR/spm.vocab and SPMDIR/{train,valid,test}.{src,tgt} (space-separated
 pieces), each file under a temporary name until all are written.
 """
+
 from typing import List, Optional
 
 from ensdist_fairseq.cli import options
@@ -23,21 +24,45 @@ def build_parser() -> options.Parser:
     p.add_argument("--raw", required=True, help="directory with {train,valid,test}.{SRC,TGT}")
     p.add_argument("--src", required=True, help="source language suffix, e.g. en")
     p.add_argument("--tgt", required=True, help="target language suffix, e.g. de")
-    p.add_argument("--vocab-size", type=options.integer(1, MAX_VOCAB), required=True,
-                   help="joint vocabulary size")
+    p.add_argument(
+        "--vocab-size",
+        type=options.integer(1, MAX_VOCAB),
+        required=True,
+        help="joint vocabulary size",
+    )
     p.add_argument("--out", required=True, help="output directory (spm.model, spm.vocab, pieces)")
     p.add_argument("--model-type", default="unigram", choices=("unigram", "bpe"))
-    p.add_argument("--character-coverage", type=options.real(0, 1, lo_open=True), default=1.0,
-                   help="share of characters covered by the model (1.0: small alphabets like en/de)")
-    p.add_argument("--sample-sentences", type=options.integer(0), default=0,
-                   help="train the model on a seeded sample of this many lines (0: all lines)")
-    p.add_argument("--threads", type=options.integer(1, 1024), default=1,
-                   help="trainer threads; the model is reproducible only for a fixed value")
+    p.add_argument(
+        "--character-coverage",
+        type=options.real(0, 1, lo_open=True),
+        default=1.0,
+        help="share of characters covered by the model (1.0: small alphabets like en/de)",
+    )
+    p.add_argument(
+        "--sample-sentences",
+        type=options.integer(0),
+        default=0,
+        help="train the model on a seeded sample of this many lines (0: all lines)",
+    )
+    p.add_argument(
+        "--threads",
+        type=options.integer(1, 1024),
+        default=1,
+        help="trainer threads; the model is reproducible only for a fixed value",
+    )
     p.add_argument("--seed", type=options.integer(), default=1, help="sentencepiece random seed")
-    p.add_argument("--clean-max-len", type=options.integer(1), default=None,
-                   help="drop train pairs with a side longer than this many pieces")
-    p.add_argument("--clean-ratio", type=options.real(1), default=None,
-                   help="drop train pairs whose piece-length ratio exceeds this")
+    p.add_argument(
+        "--clean-max-len",
+        type=options.integer(1),
+        default=None,
+        help="drop train pairs with a side longer than this many pieces",
+    )
+    p.add_argument(
+        "--clean-ratio",
+        type=options.real(1),
+        default=None,
+        help="drop train pairs whose piece-length ratio exceeds this",
+    )
     return p
 
 

@@ -11,6 +11,7 @@ it was asked for:
 
 Every other argument is fairseq-train's; without --bf16 it is fairseq-train.
 """
+
 import sys
 
 from fairseq import options

@@ -11,6 +11,7 @@ writes per sentence its output and the sequence-level measures (docs/uncertainty
     DIR/system.json   name, group, kind, measures, sets (lines, seconds), written last
 `ensdist-report RESULTS` reads RESULTS/uncertainty/*/system.json.
 """
+
 import argparse
 import json
 import os
@@ -32,35 +33,65 @@ SCHEMA_VERSION = 1
 
 
 def build_parser() -> options.Parser:
-    ap = options.Parser(prog="ensdist-uncertainty", description=__doc__,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = options.Parser(
+        prog="ensdist-uncertainty",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("data", help="fairseq binarized data directory (the system's dictionary)")
     options.add_path(ap)
     ap.add_argument("--name", required=True, help="system name (a row of the report)")
     ap.add_argument("--out", required=True, help="output directory of this system")
-    ap.add_argument("--group", choices=GROUPS,
-                    help="report row (default: ensemble for K > 1, proxy-dirichlet for a "
-                         "Dirichlet model, else single; use mean-kd for mean-KD students)")
+    ap.add_argument(
+        "--group",
+        choices=GROUPS,
+        help="report row (default: ensemble for K > 1, proxy-dirichlet for a "
+        "Dirichlet model, else single; use mean-kd for mean-KD students)",
+    )
     options.add_split(ap, "test")
     ap.add_argument("--ood-dir", help="OOD sets built by ensdist-ood-sets (all of them)")
-    ap.add_argument("--ood", action="append", default=[], metavar="NAME=FILE",
-                    help="an extra OOD set: raw source-language text, one sentence a line")
-    ap.add_argument("--spm-model", help="SentencePiece model for --ood files "
-                                        "(default: DATA/../spm/spm.model)")
+    ap.add_argument(
+        "--ood",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="an extra OOD set: raw source-language text, one sentence a line",
+    )
+    ap.add_argument(
+        "--spm-model",
+        help="SentencePiece model for --ood files " "(default: DATA/../spm/spm.model)",
+    )
     ap.add_argument("--measures", help="comma-separated (default: every measure the system has)")
-    ap.add_argument("--weight-temperature", type=options.real(1e-3, 1e3), default=1.0,
-                    help="temperature of the importance weights over the beam (sequence.py; "
-                         "not the generation --temperature)")
-    ap.add_argument("--dirichlet-predictive", choices=("softmax", "mean"),
-                    help="override a Dirichlet student's predictive (default: its own option)")
+    ap.add_argument(
+        "--weight-temperature",
+        type=options.real(1e-3, 1e3),
+        default=1.0,
+        help="temperature of the importance weights over the beam (sequence.py; "
+        "not the generation --temperature)",
+    )
+    ap.add_argument(
+        "--dirichlet-predictive",
+        choices=("softmax", "mean"),
+        help="override a Dirichlet student's predictive (default: its own option)",
+    )
     options.add_batching(ap)
-    ap.add_argument("--teacher-forced", action="store_true",
-                    help="measure by a second, teacher-forced pass over the hypotheses instead of "
-                         "inside the beam search (same values, about twice the cost; a cross-check)")
-    ap.add_argument("--limit", type=options.integer(1),
-                    help="score only the first N sentences of each set (a cheaper, deterministic run)")
-    ap.add_argument("--sentences-per-chunk", type=options.integer(1), default=64,
-                    help="sentences whose hypotheses are teacher-forced together")
+    ap.add_argument(
+        "--teacher-forced",
+        action="store_true",
+        help="measure by a second, teacher-forced pass over the hypotheses instead of "
+        "inside the beam search (same values, about twice the cost; a cross-check)",
+    )
+    ap.add_argument(
+        "--limit",
+        type=options.integer(1),
+        help="score only the first N sentences of each set (a cheaper, deterministic run)",
+    )
+    ap.add_argument(
+        "--sentences-per-chunk",
+        type=options.integer(1),
+        default=64,
+        help="sentences whose hypotheses are teacher-forced together",
+    )
     options.add_cpu(ap)
     gen_opts.add_generation_options(ap, post_process=False)
     return ap
@@ -75,10 +106,14 @@ def _ood_files(args, src_lang: str):
         manifest = read_manifest(args.ood_dir)
         data_dict = os.path.join(args.data, f"dict.{manifest['src']}.txt")
         if not os.path.isfile(data_dict) or file_sha256(data_dict) != manifest["dict_sha256"]:
-            raise EnsdistError(f"--ood-dir {args.ood_dir}: built with another dictionary than {data_dict}")
+            raise EnsdistError(
+                f"--ood-dir {args.ood_dir}: built with another dictionary than {data_dict}"
+            )
         if manifest["src"] != src_lang:
-            raise EnsdistError(f"--ood-dir {args.ood_dir}: source language {manifest['src']}, the "
-                             f"system reads {src_lang}")
+            raise EnsdistError(
+                f"--ood-dir {args.ood_dir}: source language {manifest['src']}, the "
+                f"system reads {src_lang}"
+            )
         sets += [(s["name"], "bin", os.path.join(args.ood_dir, s["bin"])) for s in manifest["sets"]]
     for item in args.ood:
         name, sep, path = item.partition("=")
@@ -106,28 +141,48 @@ def _raw_dataset(task, path: str, spm_model: str):
         lines = [line.strip() for line in f if line.strip()]
     if not lines:
         raise EnsdistError(f"--ood {path}: no non-empty lines")
-    tokens = [d.encode_line(" ".join(sp.encode(line, out_type=str)), add_if_not_exist=False,
-                            append_eos=True).long() for line in lines]
+    tokens = [
+        d.encode_line(
+            " ".join(sp.encode(line, out_type=str)), add_if_not_exist=False, append_eos=True
+        ).long()
+        for line in lines
+    ]
     return task.build_dataset_for_inference(tokens, [t.numel() for t in tokens])
 
 
 def run(args, paths: List[str], device: torch.device) -> dict:
-    from ensdist_fairseq.teachers import teacher_forcing
     from ensdist_fairseq.evaluation.decoding import generation_config
+    from ensdist_fairseq.teachers import teacher_forcing
     from ensdist_fairseq.uncertainty import runner
 
-    overrides = {"dirichlet_predictive": args.dirichlet_predictive} if args.dirichlet_predictive else None
+    overrides = (
+        {"dirichlet_predictive": args.dirichlet_predictive} if args.dirichlet_predictive else None
+    )
     models, task = teacher_forcing.load_models(paths, args.data, device, overrides=overrides)
     kind = runner.system_kind(models)
     measures = runner.check_measures(
-        kind, args.measures.split(",") if args.measures else runner.AVAILABLE[kind])
-    group = args.group or {"ensemble": "ensemble", "dirichlet": "proxy-dirichlet"}.get(kind, "single")
+        kind, args.measures.split(",") if args.measures else runner.AVAILABLE[kind]
+    )
+    group = args.group or {"ensemble": "ensemble", "dirichlet": "proxy-dirichlet"}.get(
+        kind, "single"
+    )
     task.load_dataset(args.split)
     sets = [(args.split, "in-domain", task.dataset(args.split))]
-    spm_model = args.spm_model or os.path.join(os.path.dirname(os.path.abspath(args.data)), "spm", "spm.model")
+    spm_model = args.spm_model or os.path.join(
+        os.path.dirname(os.path.abspath(args.data)), "spm", "spm.model"
+    )
     for name, how, path in _ood_files(args, task.cfg.source_lang):
-        sets.append((name, "ood", runner.ood_dataset(task, path) if how == "bin"
-                     else _raw_dataset(task, path, spm_model)))
+        sets.append(
+            (
+                name,
+                "ood",
+                (
+                    runner.ood_dataset(task, path)
+                    if how == "bin"
+                    else _raw_dataset(task, path, spm_model)
+                ),
+            )
+        )
     gen_cfg = generation_config(nbest=args.beam, **gen_opts.generation_overrides(args))
     os.makedirs(args.out, exist_ok=True)
     summary = []
@@ -135,27 +190,58 @@ def run(args, paths: List[str], device: torch.device) -> dict:
         start, n = time.perf_counter(), 0
         path = os.path.join(args.out, f"{name}.jsonl")
         with open(path + ".tmp", "w", encoding="utf-8") as f:
-            for record in runner.score_split(models, task, dataset, name, gen_cfg, measures,
-                                             args.max_tokens, args.sentences_per_chunk,
-                                             args.weight_temperature, chrf=(role == "in-domain"),
-                                             limit=args.limit, teacher_forced=args.teacher_forced):
+            for record in runner.score_split(
+                models,
+                task,
+                dataset,
+                name,
+                gen_cfg,
+                measures,
+                args.max_tokens,
+                args.sentences_per_chunk,
+                args.weight_temperature,
+                chrf=(role == "in-domain"),
+                limit=args.limit,
+                teacher_forced=args.teacher_forced,
+            ):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 n += 1
         os.replace(path + ".tmp", path)
         seconds = time.perf_counter() - start
-        summary.append({"name": name, "role": role, "file": os.path.basename(path),
-                        "sentences": n, "seconds": round(seconds, 3)})
-        print(f"[uncertainty] {args.name}: {name} ({role}) {n} sentences in {seconds:.1f} s",
-              file=sys.stderr, flush=True)
+        summary.append(
+            {
+                "name": name,
+                "role": role,
+                "file": os.path.basename(path),
+                "sentences": n,
+                "seconds": round(seconds, 3),
+            }
+        )
+        print(
+            f"[uncertainty] {args.name}: {name} ({role}) {n} sentences in {seconds:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     predictive = getattr(models[0], "dirichlet_predictive", None)
-    return {"schema_version": SCHEMA_VERSION, "name": args.name, "group": group, "kind": kind,
-            "num_models": len(paths), "paths": [os.path.abspath(p) for p in paths],
-            "data": os.path.abspath(args.data), "measures": measures,
-            "knowledge": [m for m in measures if m != "total" and m != "data"],
-            "beam": args.beam, "lenpen": args.lenpen, "weight_temperature": args.weight_temperature,
-            "generation": gen_opts.generation_overrides(args),
-            "limit": args.limit, "teacher_forced": args.teacher_forced,
-            "dirichlet_predictive": predictive, "sets": summary}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": args.name,
+        "group": group,
+        "kind": kind,
+        "num_models": len(paths),
+        "paths": [os.path.abspath(p) for p in paths],
+        "data": os.path.abspath(args.data),
+        "measures": measures,
+        "knowledge": [m for m in measures if m != "total" and m != "data"],
+        "beam": args.beam,
+        "lenpen": args.lenpen,
+        "weight_temperature": args.weight_temperature,
+        "generation": gen_opts.generation_overrides(args),
+        "limit": args.limit,
+        "teacher_forced": args.teacher_forced,
+        "dirichlet_predictive": predictive,
+        "sets": summary,
+    }
 
 
 @options.command
@@ -168,10 +254,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     paths = options.split_paths(args.path)
     check_ensemble(paths, args.data)
     result = run(args, paths, options.device(args))
-    write_text_atomically(os.path.join(args.out, "system.json"), json.dumps(result, indent=2) + "\n")
+    write_text_atomically(
+        os.path.join(args.out, "system.json"), json.dumps(result, indent=2) + "\n"
+    )
     total = sum(s["seconds"] for s in result["sets"])
-    print(f"{args.name} ({result['group']}, {result['kind']}, {len(paths)} model(s)): "
-          f"{', '.join(result['measures'])} on {len(result['sets'])} sets in {total:.1f} s -> {args.out}")
+    print(
+        f"{args.name} ({result['group']}, {result['kind']}, {len(paths)} model(s)): "
+        f"{', '.join(result['measures'])} on {len(result['sets'])} sets in {total:.1f} s -> {args.out}"
+    )
     return 0
 
 

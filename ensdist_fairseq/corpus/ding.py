@@ -11,11 +11,11 @@ sub-entries that are whole sentences on both sides are real, human-translated pa
 
 The command is `ensdist-corpus-ding` (cli/corpus_ding.py).
 """
+
 import hashlib
 import os
 import re
 from typing import Dict, Iterable, List, Tuple
-
 
 Pair = Tuple[str, str]  # (english, german)
 SPLITS = ("train", "valid", "test")
@@ -28,8 +28,20 @@ _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,!?;:])")
 _SPACES = re.compile(r"\s+")
 # Curly quotes are straightened so that the same sentence typed with straight quotes elsewhere
 # is the same string (dedup) and the subword model does not spend pieces on quote variants.
-_QUOTES = str.maketrans({"’": "'", "‘": "'", "‚": "'", "′": "'",
-                         "“": '"', "”": '"', "„": '"', "″": '"', "«": '"', "»": '"'})
+_QUOTES = str.maketrans(
+    {
+        "’": "'",
+        "‘": "'",
+        "‚": "'",
+        "′": "'",
+        "“": '"',
+        "”": '"',
+        "„": '"',
+        "″": '"',
+        "«": '"',
+        "»": '"',
+    }
+)
 # A sentence ends like a sentence; headwords and phrases ("to keep the distance") do not.
 _TERMINAL = (".", "!", "?")
 
@@ -133,7 +145,9 @@ def rank_pairs(pairs: List[Pair], seed: int) -> List[Pair]:
     return sorted(pairs, key=lambda p: _rank_key(p, seed))
 
 
-def heldout_sizes(n: int, valid_size: int, test_size: int, max_heldout_fraction: float) -> Tuple[int, int]:
+def heldout_sizes(
+    n: int, valid_size: int, test_size: int, max_heldout_fraction: float
+) -> Tuple[int, int]:
     """valid/test sizes for n pairs: as asked, or scaled down together so that they take at
     most max_heldout_fraction of the data (a --max-pairs sample must still leave a train set)."""
     budget = int(n * max_heldout_fraction)
@@ -143,19 +157,23 @@ def heldout_sizes(n: int, valid_size: int, test_size: int, max_heldout_fraction:
     return int(valid_size * scale), int(test_size * scale)
 
 
-def split_pairs(pairs: List[Pair], valid_size: int, test_size: int, seed: int) -> Dict[str, List[Pair]]:
+def split_pairs(
+    pairs: List[Pair], valid_size: int, test_size: int, seed: int
+) -> Dict[str, List[Pair]]:
     """Disjoint train/valid/test: test and valid are the first pairs of the seeded ranking,
     train is the rest. Each split keeps the dictionary's order (easier to inspect)."""
     ranked = rank_pairs(pairs, seed)
     test = set(ranked[:test_size])
-    valid = set(ranked[test_size:test_size + valid_size])
+    valid = set(ranked[test_size : test_size + valid_size])
     out = {name: [] for name in SPLITS}
     for p in pairs:
         out["test" if p in test else "valid" if p in valid else "train"].append(p)
     return out
 
 
-def write_splits(out_dir: str, splits: Dict[str, List[Pair]], src: str = "en", tgt: str = "de") -> None:
+def write_splits(
+    out_dir: str, splits: Dict[str, List[Pair]], src: str = "en", tgt: str = "de"
+) -> None:
     """Write {split}.{src|tgt}: every file goes to a temporary name first and all are renamed
     only after all were written, so an interrupted run leaves no file under a final name."""
     os.makedirs(out_dir, exist_ok=True)

@@ -7,6 +7,7 @@ The command is `ensdist-sentencepiece` (cli/sentencepiece.py): it reads RAWDIR/{
 SPMDIR/spm.model, SPMDIR/spm.vocab and SPMDIR/{train,valid,test}.{src,tgt} (space-separated
 pieces), each file under a temporary name until all are written.
 """
+
 import io
 import os
 import re
@@ -14,8 +15,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import sentencepiece as spm
 
-from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.corpus.text_lines import read_lines, read_pairs
+from ensdist_fairseq.errors import EnsdistError
 
 SPLITS = ("train", "valid", "test")
 
@@ -40,8 +41,10 @@ def check_raw_files(raw_dir: str, src: str, tgt: str) -> Dict[str, int]:
         n_src = count_lines(raw_path(raw_dir, split, src))
         n_tgt = count_lines(raw_path(raw_dir, split, tgt))
         if n_src != n_tgt:
-            raise EnsdistError(f"{raw_path(raw_dir, split, src)}: {n_src} lines, but "
-                             f"{raw_path(raw_dir, split, tgt)} has {n_tgt}")
+            raise EnsdistError(
+                f"{raw_path(raw_dir, split, src)}: {n_src} lines, but "
+                f"{raw_path(raw_dir, split, tgt)} has {n_tgt}"
+            )
         if n_src == 0:
             raise EnsdistError(f"{raw_path(raw_dir, split, src)} is empty")
         counts[split] = n_src
@@ -58,8 +61,15 @@ def _lines(paths: Sequence[str], errors: list) -> Iterator[str]:
         errors.append(e)
 
 
-def train_model(train_files: Sequence[str], vocab_size: int, model_type: str,
-                character_coverage: float, sample_sentences: int, threads: int, seed: int) -> bytes:
+def train_model(
+    train_files: Sequence[str],
+    vocab_size: int,
+    model_type: str,
+    character_coverage: float,
+    sample_sentences: int,
+    threads: int,
+    seed: int,
+) -> bytes:
     """The serialized model, identical for identical text wherever the files are: sentences go in
     through an iterator and the model out to memory, because sentencepiece stores --input paths
     and --model_prefix inside the model."""
@@ -69,10 +79,16 @@ def train_model(train_files: Sequence[str], vocab_size: int, model_type: str,
     out, errors = io.BytesIO(), []
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_lines(train_files, errors), model_writer=out, vocab_size=vocab_size,
-            model_type=model_type, character_coverage=character_coverage,
-            input_sentence_size=sample_sentences, shuffle_input_sentence=True,
-            num_threads=threads, minloglevel=2)
+            sentence_iterator=_lines(train_files, errors),
+            model_writer=out,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            input_sentence_size=sample_sentences,
+            shuffle_input_sentence=True,
+            num_threads=threads,
+            minloglevel=2,
+        )
     except RuntimeError as e:
         if errors:
             raise errors[0] from None
@@ -81,8 +97,10 @@ def train_model(train_files: Sequence[str], vocab_size: int, model_type: str,
         limit = re.search(r"<=\s*(\d+)", reason)
         if "ocabulary size" in reason:
             most = f" (at most {limit.group(1)} for this data)" if limit else ""
-            raise EnsdistError(f"--vocab-size {vocab_size} does not fit the training data "
-                             f"{', '.join(train_files)}{most}: {reason}") from None
+            raise EnsdistError(
+                f"--vocab-size {vocab_size} does not fit the training data "
+                f"{', '.join(train_files)}{most}: {reason}"
+            ) from None
         raise EnsdistError(f"sentencepiece training failed: {_first_line(e)}") from None
     if errors:
         raise errors[0]
@@ -96,11 +114,14 @@ def _first_line(e) -> str:
 
 def vocab_text(sp: spm.SentencePieceProcessor) -> str:
     """The model's pieces and scores in sentencepiece's own .vocab format."""
-    return "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
+    return "".join(
+        f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size())
+    )
 
 
-def keep_pair(src_pieces: List[str], tgt_pieces: List[str],
-              max_len: Optional[int], max_ratio: Optional[float]) -> bool:
+def keep_pair(
+    src_pieces: List[str], tgt_pieces: List[str], max_len: Optional[int], max_ratio: Optional[float]
+) -> bool:
     """Moses clean-corpus-n on pieces: drop empty sides, sides longer than max_len, and pairs
     whose length ratio (either way) exceeds max_ratio -- usually misaligned lines."""
     ns, nt = len(src_pieces), len(tgt_pieces)
@@ -113,13 +134,23 @@ def keep_pair(src_pieces: List[str], tgt_pieces: List[str],
     return True
 
 
-def encode_split(sp, src_in: str, tgt_in: str, src_out: str, tgt_out: str,
-                 clean: bool, max_len: Optional[int], max_ratio: Optional[float]) -> Tuple[int, int]:
+def encode_split(
+    sp,
+    src_in: str,
+    tgt_in: str,
+    src_out: str,
+    tgt_out: str,
+    clean: bool,
+    max_len: Optional[int],
+    max_ratio: Optional[float],
+) -> Tuple[int, int]:
     """Encode one aligned split line by line (streaming: WMT does not fit in memory twice).
     Returns (kept, dropped); only `clean` splits (train) are filtered."""
     kept = dropped = 0
-    with open(src_out, "w", encoding="utf-8", newline="\n") as gs, \
-            open(tgt_out, "w", encoding="utf-8", newline="\n") as gt:
+    with (
+        open(src_out, "w", encoding="utf-8", newline="\n") as gs,
+        open(tgt_out, "w", encoding="utf-8", newline="\n") as gt,
+    ):
         for s_line, t_line in read_pairs(src_in, tgt_in):
             s = sp.encode(s_line, out_type=str)
             t = sp.encode(t_line, out_type=str)
@@ -135,8 +166,15 @@ def encode_split(sp, src_in: str, tgt_in: str, src_out: str, tgt_out: str,
 def run(a) -> Dict[str, Tuple[int, int]]:
     check_raw_files(a.raw, a.src, a.tgt)
     train_files = [raw_path(a.raw, "train", a.src), raw_path(a.raw, "train", a.tgt)]
-    model = train_model(train_files, a.vocab_size, a.model_type, a.character_coverage,
-                        a.sample_sentences, a.threads, a.seed)
+    model = train_model(
+        train_files,
+        a.vocab_size,
+        a.model_type,
+        a.character_coverage,
+        a.sample_sentences,
+        a.threads,
+        a.seed,
+    )
     sp = spm.SentencePieceProcessor(model_proto=model)
     os.makedirs(a.out, exist_ok=True)
     tmp = f".tmp-{os.getpid()}"
@@ -155,11 +193,19 @@ def run(a) -> Dict[str, Tuple[int, int]]:
         counts = {}
         for split in SPLITS:
             counts[split] = encode_split(
-                sp, raw_path(a.raw, split, a.src), raw_path(a.raw, split, a.tgt),
-                staged(f"{split}.{a.src}"), staged(f"{split}.{a.tgt}"),
-                clean=(split == "train"), max_len=a.clean_max_len, max_ratio=a.clean_ratio)
+                sp,
+                raw_path(a.raw, split, a.src),
+                raw_path(a.raw, split, a.tgt),
+                staged(f"{split}.{a.src}"),
+                staged(f"{split}.{a.tgt}"),
+                clean=(split == "train"),
+                max_len=a.clean_max_len,
+                max_ratio=a.clean_ratio,
+            )
         if counts["train"][0] == 0:
-            raise EnsdistError("cleaning dropped every training pair (--clean-max-len / --clean-ratio)")
+            raise EnsdistError(
+                "cleaning dropped every training pair (--clean-max-len / --clean-ratio)"
+            )
     except BaseException:
         for final in finals:
             if os.path.exists(final + tmp):

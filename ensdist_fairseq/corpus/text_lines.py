@@ -7,6 +7,7 @@ in binary, split at b"\\n", and each line is decoded on its own, so that invalid
 reported with its file and line. A Windows line end ("\\r\\n") is one line end; a "\\r" inside a
 line is whitespace and becomes a space.
 """
+
 from typing import Iterator, Tuple
 
 from ensdist_fairseq.errors import EnsdistError
@@ -23,8 +24,10 @@ def decode_line(raw: bytes, path: str, number: int) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise EnsdistError(f"{path}: line {number}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at "
-                           f"column {e.start + 1})") from None
+        raise EnsdistError(
+            f"{path}: line {number}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at "
+            f"column {e.start + 1})"
+        ) from None
     if text.endswith("\n"):
         text = text[:-1]
     if text.endswith("\r"):

@@ -13,6 +13,7 @@ Mixed precision: the batch's teacher arrives as float16 probabilities and float6
 (fairseq's --fp16/--bf16 sample conversion only narrows float32), the model's log-probs are
 float32, and every loss is computed in float32 (float64 for a float64 model) outside autocast.
 """
+
 import math
 from dataclasses import dataclass, field
 
@@ -48,32 +49,56 @@ INTRA_FORWARDS = ("sequential", "stacked")
 
 @dataclass
 class TokenKDConfig(LabelSmoothedCrossEntropyCriterionConfig):
-    label_smoothing: float = field(default=0.1, metadata={"help": "epsilon for label smoothing of the NLL term"})
-    kd_loss: ChoiceEnum(KD_LOSSES) = field(
-        default="mean_kd", metadata={"help": "distillation term; needs sample['teacher'] unless 'none'"}
+    label_smoothing: float = field(
+        default=0.1, metadata={"help": "epsilon for label smoothing of the NLL term"}
     )
-    kd_weight: float = field(default=0.5, metadata={"help": "beta in (1 - beta) * NLL^LS + beta * KD, in [0, 1]"})
-    kd_temperature: float = field(default=1.0, metadata={"help": "mean_kd temperature T > 0 (loss scaled by T^2)"})
+    kd_loss: ChoiceEnum(KD_LOSSES) = field(
+        default="mean_kd",
+        metadata={"help": "distillation term; needs sample['teacher'] unless 'none'"},
+    )
+    kd_weight: float = field(
+        default=0.5, metadata={"help": "beta in (1 - beta) * NLL^LS + beta * KD, in [0, 1]"}
+    )
+    kd_temperature: float = field(
+        default=1.0, metadata={"help": "mean_kd temperature T > 0 (loss scaled by T^2)"}
+    )
     kd_truncation: ChoiceEnum(TRUNCATION_POLICIES) = field(
-        default="tail", metadata={"help": "mean_kd use of the top-V' events: none | renormalize | tail (docs/criterion.md)"}
+        default="tail",
+        metadata={
+            "help": "mean_kd use of the top-V' events: none | renormalize | tail (docs/criterion.md)"
+        },
     )
     precision_limit: float = field(
         default=DEFAULT_PRECISION_LIMIT,
-        metadata={"help": f"upper bound on the stored Proxy-Dirichlet precision beta0_hat (<= {MAX_PRECISION_LIMIT:g})"},
+        metadata={
+            "help": f"upper bound on the stored Proxy-Dirichlet precision beta0_hat (<= {MAX_PRECISION_LIMIT:g})"
+        },
     )
     precision_floor: float = field(
         default=DEFAULT_PRECISION_FLOOR,
-        metadata={"help": "lower bound on beta0_hat (> 0): 0 (a member with log-prob -inf) would make the loss infinite"},
+        metadata={
+            "help": "lower bound on beta0_hat (> 0): 0 (a member with log-prob -inf) would make the loss infinite"
+        },
     )
-    intra_passes: int = field(default=1, metadata={"help": "K dropout passes for intra-distillation; 1 = off"})
+    intra_passes: int = field(
+        default=1, metadata={"help": "K dropout passes for intra-distillation; 1 = off"}
+    )
     intra_alpha: float = field(default=5.0, metadata={"help": "weight alpha of the X-divergence"})
     no_intra_adaptive: bool = field(
-        default=False, metadata={"help": "alpha_t = --intra-alpha from the first update (default: the p/q ramp over --max-update)"}
+        default=False,
+        metadata={
+            "help": "alpha_t = --intra-alpha from the first update (default: the p/q ramp over --max-update)"
+        },
     )
     intra_p: float = field(default=5.0, metadata={"help": "alpha_t reaches alpha at update N/p"})
-    intra_q: float = field(default=10.0, metadata={"help": "alpha_t reaches 1 at update N/q (q > p)"})
+    intra_q: float = field(
+        default=10.0, metadata={"help": "alpha_t reaches 1 at update N/q (q > p)"}
+    )
     intra_forward: ChoiceEnum(INTRA_FORWARDS) = field(
-        default="stacked", metadata={"help": "one forward pass on the K-times stacked batch, or K passes one after another"}
+        default="stacked",
+        metadata={
+            "help": "one forward pass on the K-times stacked batch, or K passes one after another"
+        },
     )
     max_update: int = II("optimization.max_update")
 
@@ -81,16 +106,43 @@ class TokenKDConfig(LabelSmoothedCrossEntropyCriterionConfig):
 @register_criterion("token_kd", dataclass=TokenKDConfig)
 class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
     def __init__(
-        self, task, sentence_avg, label_smoothing=0.1, ignore_prefix_size=0, report_accuracy=False,
-        kd_loss="mean_kd", kd_weight=0.5, kd_temperature=1.0, kd_truncation="tail",
-        precision_limit=DEFAULT_PRECISION_LIMIT, precision_floor=DEFAULT_PRECISION_FLOOR,
-        intra_passes=1, intra_alpha=5.0, no_intra_adaptive=False, intra_p=5.0, intra_q=10.0,
-        intra_forward="stacked", max_update=0,
+        self,
+        task,
+        sentence_avg,
+        label_smoothing=0.1,
+        ignore_prefix_size=0,
+        report_accuracy=False,
+        kd_loss="mean_kd",
+        kd_weight=0.5,
+        kd_temperature=1.0,
+        kd_truncation="tail",
+        precision_limit=DEFAULT_PRECISION_LIMIT,
+        precision_floor=DEFAULT_PRECISION_FLOOR,
+        intra_passes=1,
+        intra_alpha=5.0,
+        no_intra_adaptive=False,
+        intra_p=5.0,
+        intra_q=10.0,
+        intra_forward="stacked",
+        max_update=0,
     ):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
-        _check_flags(label_smoothing, ignore_prefix_size, kd_loss, kd_weight, kd_temperature, kd_truncation,
-                     precision_limit, precision_floor, intra_passes, intra_alpha, no_intra_adaptive,
-                     intra_p, intra_q, max_update)
+        _check_flags(
+            label_smoothing,
+            ignore_prefix_size,
+            kd_loss,
+            kd_weight,
+            kd_temperature,
+            kd_truncation,
+            precision_limit,
+            precision_floor,
+            intra_passes,
+            intra_alpha,
+            no_intra_adaptive,
+            intra_p,
+            intra_q,
+            max_update,
+        )
         self.kd_loss = kd_loss
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
@@ -118,7 +170,10 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
         net_outputs = self.run_passes(model, sample["net_input"], passes)
         with _no_autocast(sample["target"]):
             losses, nll_losses, kd_losses, lprobs = zip(
-                *(self.pass_loss(model, net_output, sample, teacher, reduce) for net_output in net_outputs)
+                *(
+                    self.pass_loss(model, net_output, sample, teacher, reduce)
+                    for net_output in net_outputs
+                )
             )
             loss = sum(losses) / passes if passes > 1 else losses[0]
             logging_output = {}
@@ -156,9 +211,13 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
         if self.kd_loss == "none" or not model.training:
             return None
         if "teacher" not in sample:
-            raise EnsdistError(f"--kd-loss {self.kd_loss} needs sample['teacher']: train with --task translation_distill --teacher-store")
+            raise EnsdistError(
+                f"--kd-loss {self.kd_loss} needs sample['teacher']: train with --task translation_distill --teacher-store"
+            )
         if self.kd_loss == "proxy_dirichlet" and not getattr(model, "predicts_dirichlet", False):
-            raise EnsdistError("--kd-loss proxy_dirichlet needs a Dirichlet student: --arch dirichlet_transformer[_*]")
+            raise EnsdistError(
+                "--kd-loss proxy_dirichlet needs a Dirichlet student: --arch dirichlet_transformer[_*]"
+            )
         teacher = sample["teacher"]
         if teacher["indices"].shape[:2] != sample["target"].shape:
             raise EnsdistError(
@@ -170,7 +229,9 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
         """net_output of each pass; dropout makes them differ in train mode."""
         if passes == 1 or self.intra_forward == "sequential":
             return [model(**net_input) for _ in range(passes)]
-        stacked = {k: torch.cat([v] * passes) if torch.is_tensor(v) else v for k, v in net_input.items()}
+        stacked = {
+            k: torch.cat([v] * passes) if torch.is_tensor(v) else v for k, v in net_input.items()
+        }
         logits, extra = model(**stacked)
         return [(chunk, extra) for chunk in logits.chunk(passes)]
 
@@ -178,7 +239,9 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
         """(loss, nll_loss, kd_loss or None, lprobs (B*T, V)) of one pass: sums over the
         non-pad tokens, or (B*T, 1) per-token values with reduce=False."""
         lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
-        ls_loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce)
+        ls_loss, nll_loss = label_smoothed_nll_loss(
+            lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce
+        )
         if teacher is None:
             return ls_loss, nll_loss, None, lprobs
         non_pad = target.ne(self.padding_idx)
@@ -188,8 +251,14 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
             kd = ensemble_mean_kd(lprobs, indices, probs, self.kd_temperature, self.kd_truncation)
         else:
             logits = net_output[0].reshape(-1, net_output[0].size(-1))
-            kd = proxy_dirichlet_rkl(logits, indices, probs, teacher["precision"].reshape(-1),
-                                     self.precision_limit, self.precision_floor)
+            kd = proxy_dirichlet_rkl(
+                logits,
+                indices,
+                probs,
+                teacher["precision"].reshape(-1),
+                self.precision_limit,
+                self.precision_floor,
+            )
         kd = torch.where(non_pad, kd, torch.zeros_like(kd))
         kd = kd.sum() if reduce else kd.unsqueeze(-1)
         loss = (1 - self.kd_weight) * ls_loss + self.kd_weight * kd
@@ -198,7 +267,9 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
     @torch.no_grad()
     def teacher_stats(self, sample, teacher):
         non_pad = sample["target"].ne(self.padding_idx)
-        precision = bound_precision(teacher["precision"].double(), self.precision_limit, self.precision_floor)
+        precision = bound_precision(
+            teacher["precision"].double(), self.precision_limit, self.precision_floor
+        )
         return {
             "teacher_ntokens": non_pad.sum().data,
             "teacher_coverage": teacher["probs"].float().sum(-1)[non_pad].sum().data,
@@ -214,7 +285,9 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
                 "--task translation_distill hands to the criterion: use that task (without "
                 "--teacher-store it is fairseq's translation) or --no-intra-adaptive"
             )
-        return adaptive_alpha(self.intra_alpha, self.num_updates, self.max_update, self.intra_p, self.intra_q)
+        return adaptive_alpha(
+            self.intra_alpha, self.num_updates, self.max_update, self.intra_p, self.intra_q
+        )
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
@@ -227,12 +300,28 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
         sample_size = total("sample_size")
         teacher_ntokens = total("teacher_ntokens")
         if teacher_ntokens > 0:
-            metrics.log_scalar("kd_loss", total("kd_loss") / sample_size / math.log(2), sample_size, round=3)
-            metrics.log_scalar("teacher_coverage", total("teacher_coverage") / teacher_ntokens, teacher_ntokens, round=4)
-            metrics.log_scalar("teacher_precision", total("teacher_precision") / teacher_ntokens, teacher_ntokens, round=1)
+            metrics.log_scalar(
+                "kd_loss", total("kd_loss") / sample_size / math.log(2), sample_size, round=3
+            )
+            metrics.log_scalar(
+                "teacher_coverage",
+                total("teacher_coverage") / teacher_ntokens,
+                teacher_ntokens,
+                round=4,
+            )
+            metrics.log_scalar(
+                "teacher_precision",
+                total("teacher_precision") / teacher_ntokens,
+                teacher_ntokens,
+                round=1,
+            )
         if any("intra_loss" in log for log in logging_outputs):
-            metrics.log_scalar("intra_loss", total("intra_loss") / sample_size / math.log(2), sample_size, round=3)
-            metrics.log_scalar("intra_alpha", total("intra_alpha") / sample_size, sample_size, round=3)
+            metrics.log_scalar(
+                "intra_loss", total("intra_loss") / sample_size / math.log(2), sample_size, round=3
+            )
+            metrics.log_scalar(
+                "intra_alpha", total("intra_alpha") / sample_size, sample_size, round=3
+            )
 
 
 def _total(x):
@@ -245,14 +334,29 @@ def _no_autocast(like):
     return torch.autocast(device_type=like.device.type, enabled=False)
 
 
-def _check_flags(label_smoothing, ignore_prefix_size, kd_loss, kd_weight, kd_temperature, kd_truncation,
-                 precision_limit, precision_floor, intra_passes, intra_alpha, no_intra_adaptive, intra_p,
-                 intra_q, max_update):
+def _check_flags(
+    label_smoothing,
+    ignore_prefix_size,
+    kd_loss,
+    kd_weight,
+    kd_temperature,
+    kd_truncation,
+    precision_limit,
+    precision_floor,
+    intra_passes,
+    intra_alpha,
+    no_intra_adaptive,
+    intra_p,
+    intra_q,
+    max_update,
+):
     """Refuse impossible settings, naming the flag."""
     if not 0 <= label_smoothing < 1:
         raise EnsdistError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
     if ignore_prefix_size:
-        raise EnsdistError("--ignore-prefix-size is not supported by --criterion token_kd (the teacher covers every target token)")
+        raise EnsdistError(
+            "--ignore-prefix-size is not supported by --criterion token_kd (the teacher covers every target token)"
+        )
     if not 0 <= kd_weight <= 1:
         raise EnsdistError(f"--kd-weight (beta) must be in [0, 1], got {kd_weight}")
     if not kd_temperature > 0:
@@ -262,9 +366,13 @@ def _check_flags(label_smoothing, ignore_prefix_size, kd_loss, kd_weight, kd_tem
     if kd_loss == "proxy_dirichlet" and kd_temperature != 1:
         raise EnsdistError("--kd-temperature applies to mean_kd only; proxy_dirichlet needs 1")
     if not 0 < precision_limit <= MAX_PRECISION_LIMIT:
-        raise EnsdistError(f"--precision-limit must be in (0, {MAX_PRECISION_LIMIT:g}], got {precision_limit}")
+        raise EnsdistError(
+            f"--precision-limit must be in (0, {MAX_PRECISION_LIMIT:g}], got {precision_limit}"
+        )
     if not 0 < precision_floor <= precision_limit:
-        raise EnsdistError(f"--precision-floor must be in (0, --precision-limit], got {precision_floor}")
+        raise EnsdistError(
+            f"--precision-floor must be in (0, --precision-limit], got {precision_floor}"
+        )
     if intra_passes < 1:
         raise EnsdistError(f"--intra-passes must be >= 1 (1 = off), got {intra_passes}")
     if intra_alpha < 0:
@@ -275,4 +383,6 @@ def _check_flags(label_smoothing, ignore_prefix_size, kd_loss, kd_weight, kd_tem
         except ValueError as e:
             raise EnsdistError(f"--intra-p/--intra-q: {e}") from None
         if max_update <= 0:
-            raise EnsdistError("--max-update must be > 0 with the adaptive --intra-alpha schedule (it is N), or pass --no-intra-adaptive")
+            raise EnsdistError(
+                "--max-update must be > 0 with the adaptive --intra-alpha schedule (it is N), or pass --no-intra-adaptive"
+            )

@@ -2,6 +2,7 @@
 
 The memoizer records these and the distillation task recomputes them on load; any difference
 means the store's rows would be attached to the wrong tokens."""
+
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -34,12 +35,18 @@ def _sentences(dataset) -> Iterator[np.ndarray]:
         sizes = np.asarray(index.sizes, dtype=np.int64)
         itemsize = np.dtype(index.dtype).itemsize
         pointers = np.asarray(index._pointers, dtype=np.int64)
-        if len(sizes) == 0 or np.array_equal(pointers[1:], pointers[0] + np.cumsum(sizes)[:-1] * itemsize):
+        if len(sizes) == 0 or np.array_equal(
+            pointers[1:], pointers[0] + np.cumsum(sizes)[:-1] * itemsize
+        ):
             total = int(sizes.sum())
             for first in range(0, total, _BLOCK_TOKENS):
                 count = min(_BLOCK_TOKENS, total - first)
-                yield np.frombuffer(dataset._bin_buffer, dtype=index.dtype, count=count,
-                                    offset=int(pointers[0]) + first * itemsize if len(sizes) else 0)
+                yield np.frombuffer(
+                    dataset._bin_buffer,
+                    dtype=index.dtype,
+                    count=count,
+                    offset=int(pointers[0]) + first * itemsize if len(sizes) else 0,
+                )
             return
     for i in range(len(dataset)):
         yield np.asarray(dataset[i])

@@ -5,6 +5,7 @@ collated tensors are filled through the collated target's non-pad mask, so the e
 the target through fairseq's shuffling, length sorting, bucketing and left or right padding
 without assuming any of them. Everything else is delegated to the wrapped dataset.
 """
+
 import torch
 from fairseq.data import BaseWrapperDataset
 
@@ -17,7 +18,9 @@ class TeacherStoreDataset(BaseWrapperDataset):
     "precision": (B, T) float64}, aligned to sample["target"], zeros at pads."""
 
     def __init__(self, dataset, reader: StoreReader, topk: int, pad_idx: int):
-        super().__init__(dataset)  # the task checked the store against the dataset (StoreReader.check_data)
+        super().__init__(
+            dataset
+        )  # the task checked the store against the dataset (StoreReader.check_data)
         self.reader, self.topk, self.pad_idx = reader, topk, pad_idx
 
     def __getitem__(self, index):
@@ -26,9 +29,15 @@ class TeacherStoreDataset(BaseWrapperDataset):
         # the store holds unpadded tokens; --num-batch-buckets may have padded the target
         num_tokens = int(item["target"].ne(self.pad_idx).sum())
         if len(indices) != num_tokens:
-            raise StoreError(f"{self.reader.path}: sentence {index} has {len(indices)} rows, "
-                             f"its target has {num_tokens} tokens")
-        item["teacher"] = (torch.from_numpy(indices), torch.from_numpy(probs), torch.from_numpy(precision))
+            raise StoreError(
+                f"{self.reader.path}: sentence {index} has {len(indices)} rows, "
+                f"its target has {num_tokens} tokens"
+            )
+        item["teacher"] = (
+            torch.from_numpy(indices),
+            torch.from_numpy(probs),
+            torch.from_numpy(precision),
+        )
         return item
 
     def collater(self, samples, pad_to_length=None):
@@ -68,4 +77,3 @@ class TeacherStoreDataset(BaseWrapperDataset):
     @property
     def buckets(self):
         return self.dataset.buckets
-

@@ -6,6 +6,7 @@ detokenized as fairseq-generate's D- lines (`--post-process sentencepiece`); sac
 them, so the result carries sacreBLEU's signature, against the raw reference file when given
 (the binarized one may contain <unk>) or else fairseq's detokenized targets (T- lines).
 """
+
 from dataclasses import asdict, dataclass
 from typing import Callable, List, Optional, Sequence
 
@@ -42,9 +43,17 @@ def read_references(reference_file: str, num_sentences: int) -> List[str]:
     return raw
 
 
-def decode_bleu(models: Sequence, task, dataset, gen_cfg, batches, device=None,
-                reference_file: Optional[str] = None, post_process: Optional[str] = "sentencepiece",
-                progress: Optional[Callable[[int, int], None]] = None) -> BleuResult:
+def decode_bleu(
+    models: Sequence,
+    task,
+    dataset,
+    gen_cfg,
+    batches,
+    device=None,
+    reference_file: Optional[str] = None,
+    post_process: Optional[str] = "sentencepiece",
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> BleuResult:
     """Decode the `batches` of `dataset` with `models` (already loaded) and score with sacreBLEU.
 
     progress(sentences done, sentences in total) is called after every sentence's hypotheses."""
@@ -54,8 +63,9 @@ def decode_bleu(models: Sequence, task, dataset, gen_cfg, batches, device=None,
     hyps, refs = [None] * len(dataset), [None] * len(dataset)
     total = sum(len(b) for b in batches)
     done = 0
-    for d in decoding.decode(models, task, dataset, gen_cfg, batches=batches, device=device,
-                             post_process=post_process):
+    for d in decoding.decode(
+        models, task, dataset, gen_cfg, batches=batches, device=device, post_process=post_process
+    ):
         hyps[d.id], refs[d.id] = d.hypotheses[0].text, d.reference
         done += 1
         if progress is not None:

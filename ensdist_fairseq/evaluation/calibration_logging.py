@@ -11,21 +11,27 @@ Used by ``tasks/translation_distill.py``: ``valid_step`` adds
 ``calibration_logging_output(lprobs, target, pad)`` to each logging output and ``reduce_metrics``
 calls ``reduce_calibration_metrics(logging_outputs)``; any task can do the same.
 """
+
 from functools import partial
 from typing import Dict, Sequence
 
 import torch
 from fairseq.logging import metrics
 
-from ensdist_fairseq.metrics.calibration import (DEFAULT_NUM_BINS, ece_from_fine_histogram, fine_histogram,
-                          summarize_predictions)
+from ensdist_fairseq.metrics.calibration import (
+    DEFAULT_NUM_BINS,
+    ece_from_fine_histogram,
+    fine_histogram,
+    summarize_predictions,
+)
 
 # logging-output keys -> name of the derived metric fairseq prints
 HISTOGRAM_KEYS = {"ece1_histogram": "ece1", "ece5_histogram": "ece5"}
 
 
-def calibration_logging_output(lprobs: torch.Tensor, target: torch.Tensor, pad_idx: int
-                               ) -> Dict[str, torch.Tensor]:
+def calibration_logging_output(
+    lprobs: torch.Tensor, target: torch.Tensor, pad_idx: int
+) -> Dict[str, torch.Tensor]:
     """Fine histograms of one batch's top-1 and top-5 pairs: tensors that add across workers."""
     with torch.no_grad():
         preds = summarize_predictions(lprobs.detach(), target, target.eq(pad_idx), log_probs=True)
@@ -39,8 +45,9 @@ def _derived_ece_percent(meter_key: str, num_bins: int, meters) -> float:
     return round(100.0 * ece_from_fine_histogram(meters[meter_key].sum, num_bins), 3)
 
 
-def reduce_calibration_metrics(logging_outputs: Sequence[dict],
-                               num_bins: int = DEFAULT_NUM_BINS) -> None:
+def reduce_calibration_metrics(
+    logging_outputs: Sequence[dict], num_bins: int = DEFAULT_NUM_BINS
+) -> None:
     """Log ece1 / ece5 (percent) from the summed histograms; a no-op for outputs without them
     (training steps)."""
     for key, name in HISTOGRAM_KEYS.items():

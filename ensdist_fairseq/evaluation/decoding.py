@@ -19,6 +19,7 @@ Scores are fairseq's: natural logarithms (fairseq-generate prints them divided b
 `score` is the sum of the positional scores divided by len(tokens) ** lenpen (unless
 --unnormalized).
 """
+
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence
 
@@ -30,10 +31,10 @@ from ensdist_fairseq.teachers import teacher_forcing
 
 @dataclass
 class Hypothesis:
-    tokens: torch.Tensor             # (L,) int64 on the CPU, ends with EOS
+    tokens: torch.Tensor  # (L,) int64 on the CPU, ends with EOS
     positional_scores: torch.Tensor  # (L,) float32 on the CPU: ln p(token_t | prefix, source)
-    score: float                     # fairseq's hypothesis score (length-normalized, natural log)
-    text: str                        # detokenized, as fairseq-generate's D- line
+    score: float  # fairseq's hypothesis score (length-normalized, natural log)
+    text: str  # detokenized, as fairseq-generate's D- line
     # (M, L) float32 per-position values a search_model returned in fairseq's attention slot
     # (uncertainty/in_search.py: token measures carried along the beam); None otherwise
     extra: Optional[torch.Tensor] = None
@@ -41,10 +42,10 @@ class Hypothesis:
 
 @dataclass
 class Decoded:
-    id: int                          # the sentence's index in the split
-    source: str                      # detokenized source (S- line)
-    reference: Optional[str]         # detokenized reference (T- line), None without targets
-    hypotheses: List[Hypothesis]     # n-best, best first
+    id: int  # the sentence's index in the split
+    source: str  # detokenized source (S- line)
+    reference: Optional[str]  # detokenized reference (T- line), None without targets
+    hypotheses: List[Hypothesis]  # n-best, best first
 
 
 def generation_config(**overrides):
@@ -70,11 +71,20 @@ class _Cfg:  # prepare_for_inference_ reads cfg.generation only
         self.generation = generation
 
 
-def decode(models: Sequence[torch.nn.Module], task, dataset, gen_cfg=None,
-           max_tokens: Optional[int] = None, batch_size: Optional[int] = None,
-           ids: Optional[np.ndarray] = None, device: Optional[torch.device] = None,
-           post_process: Optional[str] = "sentencepiece", where: str = "split",
-           batches: Optional[Sequence[np.ndarray]] = None, search_model=None) -> Iterator[Decoded]:
+def decode(
+    models: Sequence[torch.nn.Module],
+    task,
+    dataset,
+    gen_cfg=None,
+    max_tokens: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    ids: Optional[np.ndarray] = None,
+    device: Optional[torch.device] = None,
+    post_process: Optional[str] = "sentencepiece",
+    where: str = "split",
+    batches: Optional[Sequence[np.ndarray]] = None,
+    search_model=None,
+) -> Iterator[Decoded]:
     """Yield each sentence's n-best (gen_cfg.nbest, best first) as fairseq-generate finds them.
 
     models: loaded and on `device` (teacher_forcing.load_models); an ensemble is searched jointly.
@@ -87,24 +97,31 @@ def decode(models: Sequence[torch.nn.Module], task, dataset, gen_cfg=None,
     if device is None:
         device = next(iter(models[0].parameters())).device
     if batches is None:
-        teacher_forcing.check_sizes(dataset, teacher_forcing.max_positions(task, models),
-                                    max_tokens, where)
+        teacher_forcing.check_sizes(
+            dataset, teacher_forcing.max_positions(task, models), max_tokens, where
+        )
         batches = teacher_forcing.plan_batches(dataset, ids, max_tokens, batch_size)
     for model in models:
         # What fairseq-generate does before decoding (beamable matmul; no-op if done before).
         model.prepare_for_inference_(_Cfg(gen_cfg))
     # search_model: an EnsembleModel (subclass) over `models` to search with instead of fairseq's
     # own, e.g. one that returns per-step values in the attention slot (Hypothesis.extra).
-    generator = task.build_generator(list(models) if search_model is None else search_model, gen_cfg)
+    generator = task.build_generator(
+        list(models) if search_model is None else search_model, gen_cfg
+    )
     tgt_dict, src_dict = task.target_dictionary, getattr(task, "source_dictionary", None)
     strip = symbols_to_strip(generator)
     nbest = gen_cfg.nbest
     with torch.no_grad():
         for sample in teacher_forcing.samples(dataset, batches, device):
-            prefix = (sample["target"][:, :gen_cfg.prefix_size]
-                      if gen_cfg.prefix_size > 0 else None)
-            hypos = task.inference_step(generator, list(models), sample, prefix_tokens=prefix,
-                                        constraints=sample.get("constraints"))
+            prefix = sample["target"][:, : gen_cfg.prefix_size] if gen_cfg.prefix_size > 0 else None
+            hypos = task.inference_step(
+                generator,
+                list(models),
+                sample,
+                prefix_tokens=prefix,
+                constraints=sample.get("constraints"),
+            )
             target = sample.get("target")
             for i, sid in enumerate(sample["id"].tolist()):
                 source = ""
@@ -114,15 +131,21 @@ def decode(models: Sequence[torch.nn.Module], task, dataset, gen_cfg=None,
                 reference = None
                 if target is not None:
                     ref = target[i][target[i].ne(tgt_dict.pad())].int().cpu()
-                    reference = tgt_dict.string(ref, post_process, escape_unk=True,
-                                                extra_symbols_to_ignore=strip)
+                    reference = tgt_dict.string(
+                        ref, post_process, escape_unk=True, extra_symbols_to_ignore=strip
+                    )
                 best = []
                 for h in hypos[i][:nbest]:
                     tokens = h["tokens"].cpu()
-                    best.append(Hypothesis(
-                        tokens=tokens, positional_scores=h["positional_scores"].float().cpu(),
-                        score=float(h["score"]),
-                        text=tgt_dict.string(tokens.int(), post_process,
-                                             extra_symbols_to_ignore=strip),
-                        extra=None if search_model is None else h["attention"].float().cpu()))
+                    best.append(
+                        Hypothesis(
+                            tokens=tokens,
+                            positional_scores=h["positional_scores"].float().cpu(),
+                            score=float(h["score"]),
+                            text=tgt_dict.string(
+                                tokens.int(), post_process, extra_symbols_to_ignore=strip
+                            ),
+                            extra=None if search_model is None else h["attention"].float().cpu(),
+                        )
+                    )
                 yield Decoded(id=sid, source=source, reference=reference, hypotheses=best)

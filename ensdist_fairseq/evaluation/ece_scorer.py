@@ -18,6 +18,7 @@ through the same models and hands the per-token summary to the active ECE scorer
 builds one scorer per run, before its first batch. With another task (e.g. --task
 translation) nothing feeds the scorer and its line says so.
 """
+
 import weakref
 from dataclasses import dataclass, field
 from typing import Optional
@@ -25,7 +26,11 @@ from typing import Optional
 from fairseq.dataclass import FairseqDataclass
 from fairseq.scoring import BaseScorer, register_scorer
 
-from ensdist_fairseq.metrics.calibration import DEFAULT_NUM_BINS, CalibrationAccumulator, TokenPredictions
+from ensdist_fairseq.metrics.calibration import (
+    DEFAULT_NUM_BINS,
+    CalibrationAccumulator,
+    TokenPredictions,
+)
 
 _active: Optional[weakref.ref] = None
 
@@ -37,8 +42,9 @@ def active_scorer() -> Optional["EceScorer"]:
 
 @dataclass
 class EceScorerConfig(FairseqDataclass):
-    ece_num_bins: int = field(default=DEFAULT_NUM_BINS,
-                              metadata={"help": "equal-count bins for ECE-1 / ECE-5"})
+    ece_num_bins: int = field(
+        default=DEFAULT_NUM_BINS, metadata={"help": "equal-count bins for ECE-1 / ECE-5"}
+    )
 
 
 @register_scorer("ece", dataclass=EceScorerConfig)
@@ -59,13 +65,17 @@ class EceScorer(BaseScorer):
 
     def result_string(self) -> str:
         if self.accumulator.num_tokens == 0:
-            return ("ECE: no teacher-forced tokens were scored (the confidences come from "
-                    "--task translation_distill's inference step, on a split with references)")
+            return (
+                "ECE: no teacher-forced tokens were scored (the confidences come from "
+                "--task translation_distill's inference step, on a split with references)"
+            )
         r = self.accumulator.result()
-        text = (f"ECE-1 = {100 * r.ece1_unweighted:.4f} % | ECE-5 = {100 * r.ece5_unweighted:.4f} % "
-                f"(unweighted over {r.num_bins} equal-count bins; weighted "
-                f"{100 * r.ece1_weighted:.4f} % / {100 * r.ece5_weighted:.4f} %) | "
-                f"NLL = {r.nll:.4f} | accuracy = {100 * r.accuracy:.2f} % | {r.num_tokens} tokens")
+        text = (
+            f"ECE-1 = {100 * r.ece1_unweighted:.4f} % | ECE-5 = {100 * r.ece5_unweighted:.4f} % "
+            f"(unweighted over {r.num_bins} equal-count bins; weighted "
+            f"{100 * r.ece1_weighted:.4f} % / {100 * r.ece5_weighted:.4f} %) | "
+            f"NLL = {r.nll:.4f} | accuracy = {100 * r.accuracy:.2f} % | {r.num_tokens} tokens"
+        )
         if self.pred:
             from ensdist_fairseq.evaluation.bleu import corpus_bleu
 

@@ -10,13 +10,18 @@ both go through `summarize_batch`, so they report the same numbers.
 A model that outputs NaN (or +inf) log-probabilities is refused here, naming the checkpoint and
 the sentence: a NaN would otherwise travel into ECE and end up as "ece1": NaN in a result file.
 """
+
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from ensdist_fairseq.teachers import teacher_forcing
-from ensdist_fairseq.metrics.calibration import CalibrationAccumulator, TokenPredictions, summarize_predictions
 from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.metrics.calibration import (
+    CalibrationAccumulator,
+    TokenPredictions,
+    summarize_predictions,
+)
+from ensdist_fairseq.teachers import teacher_forcing
 
 # Called after each batch with (batches done, batches in total, target tokens so far).
 ProgressCallback = Callable[[int, int, int], None]
@@ -25,9 +30,11 @@ ProgressCallback = Callable[[int, int, int], None]
 def _finite(preds: TokenPredictions) -> bool:
     # topk ranks NaN and +inf above every number, so a row holding one anywhere shows it in its
     # top-1 confidence: checking the (tokens × 5) summary covers the whole (tokens × V) output.
-    return bool(torch.isfinite(preds.top_confidence).all()
-                and not torch.isnan(preds.target_log_prob).any()
-                and torch.isfinite(preds.sum_squared_probs).all())
+    return bool(
+        torch.isfinite(preds.top_confidence).all()
+        and not torch.isnan(preds.target_log_prob).any()
+        and torch.isfinite(preds.sum_squared_probs).all()
+    )
 
 
 def _first_non_finite(models, sample, names: Sequence[str], where: str) -> EnsdistError:
@@ -40,8 +47,13 @@ def _first_non_finite(models, sample, names: Sequence[str], where: str) -> Ensdi
     return EnsdistError(f"{':'.join(names)}: non-finite ensemble probabilities in {where}")
 
 
-def summarize_batch(models: Sequence[torch.nn.Module], sample: dict, pad: int,
-                    names: Optional[Sequence[str]] = None, where: str = "split") -> TokenPredictions:
+def summarize_batch(
+    models: Sequence[torch.nn.Module],
+    sample: dict,
+    pad: int,
+    names: Optional[Sequence[str]] = None,
+    where: str = "split",
+) -> TokenPredictions:
     """Calibration numbers of one fairseq sample's reference tokens under the ensemble's mean;
     EnsdistError (naming the checkpoint of `names` and the sentence) on a non-finite output."""
     target = sample["target"]
@@ -55,10 +67,17 @@ def summarize_batch(models: Sequence[torch.nn.Module], sample: dict, pad: int,
     return preds
 
 
-def score_split(models: Sequence[torch.nn.Module], dataset, batches, pad: int,
-                accumulator: CalibrationAccumulator, device: torch.device,
-                names: Optional[Sequence[str]] = None, where: str = "split",
-                progress: Optional[ProgressCallback] = None) -> int:
+def score_split(
+    models: Sequence[torch.nn.Module],
+    dataset,
+    batches,
+    pad: int,
+    accumulator: CalibrationAccumulator,
+    device: torch.device,
+    names: Optional[Sequence[str]] = None,
+    where: str = "split",
+    progress: Optional[ProgressCallback] = None,
+) -> int:
     """Feed every target token of the `batches` of `dataset` to `accumulator`; return the number
     of sentences scored."""
     seen = 0

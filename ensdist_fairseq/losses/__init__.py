@@ -1,6 +1,15 @@
 """Distillation losses as plain torch functions (no fairseq import), one concept per module."""
-from ensdist_fairseq.losses.ensemble_mean_kd import TRUNCATION_POLICIES, ensemble_mean_kd, teacher_distribution
-from ensdist_fairseq.losses.intra_distillation import adaptive_alpha, check_adaptive_schedule, x_divergence
+
+from ensdist_fairseq.losses.ensemble_mean_kd import (
+    TRUNCATION_POLICIES,
+    ensemble_mean_kd,
+    teacher_distribution,
+)
+from ensdist_fairseq.losses.intra_distillation import (
+    adaptive_alpha,
+    check_adaptive_schedule,
+    x_divergence,
+)
 from ensdist_fairseq.losses.proxy_dirichlet import (
     DEFAULT_PRECISION_FLOOR,
     DEFAULT_PRECISION_LIMIT,

@@ -11,6 +11,7 @@ truncation enters the loss is a policy, chosen explicitly:
 
 No fairseq import here: the criterion is the thin glue.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -32,7 +33,9 @@ def teacher_distribution(probs, temperature=1.0, truncation="tail", dtype=torch.
     log_probs = torch.log(probs)
     if truncation == "none":
         if temperature != 1:
-            raise ValueError("truncation 'none' is only defined for temperature 1 (use 'tail' or 'renormalize')")
+            raise ValueError(
+                "truncation 'none' is only defined for temperature 1 (use 'tail' or 'renormalize')"
+            )
         return probs, log_probs
     if truncation == "renormalize":
         has_mass = probs.sum(-1, keepdim=True) > 0
@@ -47,7 +50,9 @@ def teacher_distribution(probs, temperature=1.0, truncation="tail", dtype=torch.
     return log_w.exp(), log_w
 
 
-def ensemble_mean_kd(student_lprobs, teacher_indices, teacher_probs, temperature=1.0, truncation="tail"):
+def ensemble_mean_kd(
+    student_lprobs, teacher_indices, teacher_probs, temperature=1.0, truncation="tail"
+):
     """Per-position T^2 * sum_{v in top-V'} q~_v (log q~_v - log p_T(v)).
 
     student_lprobs: (..., V) log-probabilities of the student's predictive distribution.

@@ -9,6 +9,7 @@ Adaptive weight: for alpha > 1 and t < N/p, alpha_t = alpha * (p t / N)^gamma wi
 gamma = ln(1/alpha) / ln(p/q); else alpha_t = alpha. It rises from 0 to 1 at t = N/q and to alpha
 at t = N/p, so q > p > 0.
 """
+
 import math
 
 import torch
@@ -91,14 +92,18 @@ def check_adaptive_schedule(alpha, p, q):
     if alpha < 0:
         raise ValueError(f"intra-distillation alpha must be >= 0, got {alpha}")
     if not 0 < p < q:
-        raise ValueError(f"the adaptive alpha schedule needs 0 < p < q (alpha reaches 1 at N/q before alpha at N/p), got p={p}, q={q}")
+        raise ValueError(
+            f"the adaptive alpha schedule needs 0 < p < q (alpha reaches 1 at N/q before alpha at N/p), got p={p}, q={q}"
+        )
 
 
 def adaptive_alpha(alpha, num_updates, total_updates, p, q):
     """alpha_t of the adaptive schedule at update t = num_updates with N = total_updates."""
     check_adaptive_schedule(alpha, p, q)
     if total_updates <= 0:
-        raise ValueError(f"the adaptive alpha schedule needs N = max_update > 0, got {total_updates}")
+        raise ValueError(
+            f"the adaptive alpha schedule needs N = max_update > 0, got {total_updates}"
+        )
     if alpha <= 1 or num_updates >= total_updates / p:
         return alpha
     gamma = math.log(1 / alpha) / math.log(p / q)

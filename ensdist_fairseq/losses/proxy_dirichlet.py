@@ -26,6 +26,7 @@ bounding. Logits above the largest value whose alpha_0 * log(alpha_0) is still f
 compute dtype are clamped for the forward pass, with the gradient passed straight through so the
 loss can pull them back (a zero gradient would freeze them).
 """
+
 import math
 
 import torch
@@ -93,7 +94,9 @@ class _ProxyDirichletRKL(torch.autograd.Function):
         beta_rest = tail / max(n_rest, 1) * precision + 1
         beta_top = probs * precision.unsqueeze(-1) + 1
         beta0 = beta_top.sum(-1) + n_rest * beta_rest
-        log_norm_beta = torch.lgamma(beta_top).sum(-1) + n_rest * torch.lgamma(beta_rest) - torch.lgamma(beta0)
+        log_norm_beta = (
+            torch.lgamma(beta_top).sum(-1) + n_rest * torch.lgamma(beta_rest) - torch.lgamma(beta0)
+        )
 
         digamma = torch.digamma(alpha)
         # sum_v (alpha_v - beta_v) psi(alpha_v), with beta = beta_rest except on the stored events.
@@ -119,7 +122,9 @@ class _ProxyDirichletRKL(torch.autograd.Function):
         trigamma = torch.polygamma(1, alpha)
         # (alpha_v - beta_v) psi'(alpha_v) with beta = beta_rest, then corrected on the stored events.
         bracket = (alpha - beta_rest.unsqueeze(-1)) * trigamma
-        bracket.scatter_add_(-1, indices, (beta_rest.unsqueeze(-1) - beta_top) * trigamma.gather(-1, indices))
+        bracket.scatter_add_(
+            -1, indices, (beta_rest.unsqueeze(-1) - beta_top) * trigamma.gather(-1, indices)
+        )
         bracket -= ((alpha0 - beta0) * torch.polygamma(1, alpha0)).unsqueeze(-1)
         _recompute_large(bracket, alpha, alpha0, beta_top, beta_rest, beta0, indices)
         scale = (grad_out.to(alpha.dtype) / precision).unsqueeze(-1)
@@ -161,14 +166,22 @@ def _recompute_large(bracket, alpha, alpha0, beta_top, beta_rest, beta0, indices
     hit = indices[rows] == cols.unsqueeze(-1)
     beta = torch.where(hit.any(-1), (beta_top[rows] * hit).sum(-1), beta_rest[rows])
     exact = (
-        _x_trigamma_minus_one(a) - _x_trigamma_minus_one(a0)
-        - beta * torch.polygamma(1, a) + beta0[rows] * torch.polygamma(1, a0)
+        _x_trigamma_minus_one(a)
+        - _x_trigamma_minus_one(a0)
+        - beta * torch.polygamma(1, a)
+        + beta0[rows] * torch.polygamma(1, a0)
     )
     bracket[rows, cols] = exact
 
 
-def proxy_dirichlet_rkl(logits, teacher_indices, teacher_probs, precision,
-                        precision_limit=DEFAULT_PRECISION_LIMIT, precision_floor=DEFAULT_PRECISION_FLOOR):
+def proxy_dirichlet_rkl(
+    logits,
+    teacher_indices,
+    teacher_probs,
+    precision,
+    precision_limit=DEFAULT_PRECISION_LIMIT,
+    precision_floor=DEFAULT_PRECISION_FLOOR,
+):
     """Per-position KL[Dir(alpha) || Dir(beta)] / beta0_hat (see the module docstring).
 
     logits: (..., V) raw student outputs z (any float dtype); teacher_indices / teacher_probs:

@@ -22,6 +22,7 @@ For sums across fairseq workers there is also a mergeable form: a fixed fine his
 (count, Σ confidence, Σ correct), from which ``ece_from_fine_histogram`` rebuilds equal-count
 bins approximately (see there). Plain numpy/torch: no fairseq import.
 """
+
 from dataclasses import dataclass
 from typing import List
 
@@ -64,8 +65,11 @@ class ReliabilityBins:
         return float(np.mean(gap))
 
     def to_dict(self) -> dict:
-        return {"confidence": self.confidence.tolist(), "accuracy": self.accuracy.tolist(),
-                "count": self.count.tolist()}
+        return {
+            "confidence": self.confidence.tolist(),
+            "accuracy": self.accuracy.tolist(),
+            "count": self.count.tolist(),
+        }
 
 
 def reliability_bins(confidences, correct, num_bins: int = DEFAULT_NUM_BINS) -> ReliabilityBins:
@@ -88,13 +92,16 @@ def reliability_bins(confidences, correct, num_bins: int = DEFAULT_NUM_BINS) -> 
     counts = np.diff(edges)
     starts = edges[:-1][counts > 0]  # fewer pairs than bins leaves some bins empty
     counts = counts[counts > 0]
-    return ReliabilityBins(confidence=np.add.reduceat(conf[order], starts) / counts,
-                           accuracy=np.add.reduceat(corr[order], starts) / counts,
-                           count=counts)
+    return ReliabilityBins(
+        confidence=np.add.reduceat(conf[order], starts) / counts,
+        accuracy=np.add.reduceat(corr[order], starts) / counts,
+        count=counts,
+    )
 
 
-def expected_calibration_error(confidences, correct, num_bins: int = DEFAULT_NUM_BINS,
-                               weighted: bool = True) -> float:
+def expected_calibration_error(
+    confidences, correct, num_bins: int = DEFAULT_NUM_BINS, weighted: bool = True
+) -> float:
     """ECE over (confidence, correct) pairs with adaptive equal-count bins (fraction, not %).
 
     weighted=True: Σ_b (n_b/N)|acc_b − conf_b|; weighted=False: the authors' mean over bins.
@@ -112,8 +119,9 @@ class TokenPredictions:
     sum_squared_probs: torch.Tensor  # (n,) Σ_v p_v², for the multi-class Brier score
 
 
-def summarize_predictions(scores, targets, pad_mask=None, log_probs: bool = True,
-                          top_k: int = ECE5_TOP_K) -> TokenPredictions:
+def summarize_predictions(
+    scores, targets, pad_mask=None, log_probs: bool = True, top_k: int = ECE5_TOP_K
+) -> TokenPredictions:
     """Reduce a batch of predictive distributions to the per-token numbers calibration needs.
 
     scores: (..., V) log-probabilities (or probabilities with log_probs=False); targets: (...)
@@ -121,13 +129,18 @@ def summarize_predictions(scores, targets, pad_mask=None, log_probs: bool = True
     """
     scores, targets = torch.as_tensor(scores), torch.as_tensor(targets)
     if scores.shape[:-1] != targets.shape:
-        raise ValueError(f"scores {tuple(scores.shape)} do not match targets {tuple(targets.shape)}")
+        raise ValueError(
+            f"scores {tuple(scores.shape)} do not match targets {tuple(targets.shape)}"
+        )
     vocab = scores.size(-1)
     # float32 at least: fp16 log-probs lose the confidence digits ECE is made of.
     flat, tgt = scores.reshape(-1, vocab).float(), targets.reshape(-1).long()
     logp = flat if log_probs else flat.log()
-    keep = (torch.ones_like(tgt, dtype=torch.bool) if pad_mask is None else
-            ~torch.as_tensor(pad_mask, dtype=torch.bool, device=tgt.device).reshape(-1))
+    keep = (
+        torch.ones_like(tgt, dtype=torch.bool)
+        if pad_mask is None
+        else ~torch.as_tensor(pad_mask, dtype=torch.bool, device=tgt.device).reshape(-1)
+    )
     tgt = tgt.masked_fill(~keep, 0)  # pad positions may hold any index; they are dropped below
     if tgt.numel() and (int(tgt.min()) < 0 or int(tgt.max()) >= vocab):
         raise ValueError(f"target index outside the {vocab}-symbol vocabulary")
@@ -135,10 +148,12 @@ def summarize_predictions(scores, targets, pad_mask=None, log_probs: bool = True
     # are then filtered, so no V-sized copy of the non-pad rows is made.
     top_logp, top_idx = logp.topk(min(top_k, vocab), dim=-1)
     target_logp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-    return TokenPredictions(top_confidence=top_logp.exp()[keep],
-                            top_correct=top_idx.eq(tgt.unsqueeze(-1))[keep],
-                            target_log_prob=target_logp[keep],
-                            sum_squared_probs=_sum_squared_probs(logp)[keep])
+    return TokenPredictions(
+        top_confidence=top_logp.exp()[keep],
+        top_correct=top_idx.eq(tgt.unsqueeze(-1))[keep],
+        target_log_prob=target_logp[keep],
+        sum_squared_probs=_sum_squared_probs(logp)[keep],
+    )
 
 
 SQUARES_ROWS_PER_CHUNK = 256  # exp() of 256 rows at a time: a temporary the allocator reuses
@@ -149,8 +164,12 @@ def _sum_squared_probs(logp: torch.Tensor) -> torch.Tensor:
     """Σ_v p_v² for each row of log-probabilities."""
     if logp.size(0) == 0:
         return logp.new_zeros(0)
-    return torch.cat([torch.linalg.vector_norm(rows.exp(), dim=-1)
-                      for rows in logp.split(SQUARES_ROWS_PER_CHUNK)]).square()
+    return torch.cat(
+        [
+            torch.linalg.vector_norm(rows.exp(), dim=-1)
+            for rows in logp.split(SQUARES_ROWS_PER_CHUNK)
+        ]
+    ).square()
 
 
 @dataclass
@@ -173,13 +192,18 @@ class CalibrationResult:
 
     def to_dict(self) -> dict:
         return {
-            "num_tokens": self.num_tokens, "num_bins": self.num_bins,
+            "num_tokens": self.num_tokens,
+            "num_bins": self.num_bins,
             "ece1": {"weighted": self.ece1_weighted, "unweighted": self.ece1_unweighted},
             "ece5": {"weighted": self.ece5_weighted, "unweighted": self.ece5_unweighted},
-            "brier": self.brier, "brier_plus": self.brier_plus, "nll": self.nll,
+            "brier": self.brier,
+            "brier_plus": self.brier_plus,
+            "nll": self.nll,
             "accuracy": self.accuracy,
-            "reliability": {"top1": self.reliability_top1.to_dict(),
-                            "top5": self.reliability_top5.to_dict()},
+            "reliability": {
+                "top1": self.reliability_top1.to_dict(),
+                "top5": self.reliability_top5.to_dict(),
+            },
         }
 
 
@@ -218,12 +242,19 @@ class CalibrationAccumulator:
         topk = reliability_bins(conf, corr, self.num_bins)
         n = self.num_tokens
         return CalibrationResult(
-            num_tokens=n, num_bins=self.num_bins,
-            ece1_weighted=top1.ece(True), ece1_unweighted=top1.ece(False),
-            ece5_weighted=topk.ece(True), ece5_unweighted=topk.ece(False),
-            brier=self._brier_sum / n, brier_plus=self._brier_plus_sum / n,
-            nll=self._nll_sum / n, accuracy=float(corr[:, 0].mean()),
-            reliability_top1=top1, reliability_top5=topk)
+            num_tokens=n,
+            num_bins=self.num_bins,
+            ece1_weighted=top1.ece(True),
+            ece1_unweighted=top1.ece(False),
+            ece5_weighted=topk.ece(True),
+            ece5_unweighted=topk.ece(False),
+            brier=self._brier_sum / n,
+            brier_plus=self._brier_plus_sum / n,
+            nll=self._nll_sum / n,
+            accuracy=float(corr[:, 0].mean()),
+            reliability_top1=top1,
+            reliability_top5=topk,
+        )
 
 
 # --- Mergeable form, for fairseq logging outputs summed across workers and batches ----------
@@ -243,9 +274,13 @@ def fine_histogram(confidences: torch.Tensor, correct: torch.Tensor) -> torch.Te
     logit = torch.log(conf) - torch.log1p(-conf)  # ±inf at 0 and 1 land in the end bins
     width = 2 * FINE_LOGIT_LIMIT / FINE_BINS
     idx = ((logit + FINE_LOGIT_LIMIT) / width).floor().clamp(0, FINE_BINS - 1).long()
-    return torch.stack([torch.bincount(idx, minlength=FINE_BINS).double(),
-                        torch.bincount(idx, weights=conf, minlength=FINE_BINS),
-                        torch.bincount(idx, weights=corr, minlength=FINE_BINS)])
+    return torch.stack(
+        [
+            torch.bincount(idx, minlength=FINE_BINS).double(),
+            torch.bincount(idx, weights=conf, minlength=FINE_BINS),
+            torch.bincount(idx, weights=corr, minlength=FINE_BINS),
+        ]
+    )
 
 
 def ece_from_fine_histogram(histogram, num_bins: int = DEFAULT_NUM_BINS) -> float:

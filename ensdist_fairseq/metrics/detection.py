@@ -12,6 +12,7 @@ AUC_rand = mean error / 2 (expected); the oracle rejects the largest errors firs
 PRR = (AUC_rand − AUC) / (AUC_rand − AUC_orc) × 100: 100 = as good as the oracle, 0 = random.
 The figure shows the friendlier mean chrF of the *kept* sentences against the fraction rejected.
 """
+
 from typing import Dict, Sequence
 
 import numpy as np
@@ -36,7 +37,7 @@ def roc_auc(in_domain: Sequence[float], ood: Sequence[float]) -> float:
     if len(a) == 0 or len(b) == 0:
         raise ValueError("ROC-AUC needs sentences on both sides")
     ranks = _average_ranks(np.concatenate([a, b]))
-    u = ranks[len(a):].sum() - len(b) * (len(b) + 1) / 2.0
+    u = ranks[len(a) :].sum() - len(b) * (len(b) + 1) / 2.0
     return 100.0 * u / (len(a) * len(b))
 
 
@@ -78,8 +79,16 @@ def rejection(uncertainty: Sequence[float], quality: Sequence[float]) -> Dict[st
     prr = 100.0 * (auc_random - auc) / denominator if denominator > 0 else float("nan")
     # Mean quality of the kept sentences, rejecting most-uncertain first (for the figure).
     kept = np.arange(len(q), 0, -1)
-    kept_quality = (q.sum() - np.r_[0.0, np.cumsum(q[np.argsort(-u, kind="mergesort")])])[:-1] / kept
+    kept_quality = (q.sum() - np.r_[0.0, np.cumsum(q[np.argsort(-u, kind="mergesort")])])[
+        :-1
+    ] / kept
     kept_oracle = (q.sum() - np.r_[0.0, np.cumsum(np.sort(q))])[:-1] / kept
-    return {"auc": auc, "auc_oracle": auc_oracle, "auc_random": auc_random, "prr": prr,
-            "mean_quality": float(q.mean()), "kept_quality": kept_quality,
-            "kept_quality_oracle": kept_oracle}
+    return {
+        "auc": auc,
+        "auc_oracle": auc_oracle,
+        "auc_random": auc_random,
+        "prr": prr,
+        "mean_quality": float(q.mean()),
+        "kept_quality": kept_quality,
+        "kept_quality_oracle": kept_oracle,
+    }

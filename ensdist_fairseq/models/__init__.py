@@ -1,2 +1,3 @@
 """fairseq models registered by the plugin."""
+
 from ensdist_fairseq.models import dirichlet_transformer  # noqa: F401

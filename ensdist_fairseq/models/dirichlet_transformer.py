@@ -18,13 +18,13 @@ an existing checkpoint at load time: fairseq-generate --model-overrides
 "{'dirichlet_predictive': 'mean'}" or checkpoint_utils.load_model_ensemble(...,
 arg_overrides={'dirichlet_predictive': 'mean'}).
 """
+
+import torch
 import torch.nn.functional as F
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerModel, base_architecture, transformer_iwslt_de_en
 
 from ensdist_fairseq.losses.proxy_dirichlet import dirichlet_log_predictive
-
-import torch
 
 PREDICTIVES = ("softmax", "mean")
 DEFAULT_PREDICTIVE = "softmax"
@@ -37,7 +37,9 @@ def log_predictive(logits, predictive: str):
         return F.log_softmax(logits.float(), dim=-1)
     if predictive == "mean":
         return dirichlet_log_predictive(logits)
-    raise ValueError(f"--dirichlet-predictive must be one of {', '.join(PREDICTIVES)}, got {predictive!r}")
+    raise ValueError(
+        f"--dirichlet-predictive must be one of {', '.join(PREDICTIVES)}, got {predictive!r}"
+    )
 
 
 @register_model("dirichlet_transformer")
@@ -50,15 +52,21 @@ class DirichletTransformerModel(TransformerModel):
     @classmethod
     def add_args(cls, parser):
         super().add_args(parser)
-        parser.add_argument("--dirichlet-predictive", choices=PREDICTIVES, default=None,
-                            help="predictive distribution for decoding and scoring: softmax(z) "
-                                 "(default, the authors') or the Dirichlet mean alpha/alpha_0; "
-                                 "the loss and the uncertainty measures always use alpha = exp(z)+1")
+        parser.add_argument(
+            "--dirichlet-predictive",
+            choices=PREDICTIVES,
+            default=None,
+            help="predictive distribution for decoding and scoring: softmax(z) "
+            "(default, the authors') or the Dirichlet mean alpha/alpha_0; "
+            "the loss and the uncertainty measures always use alpha = exp(z)+1",
+        )
 
     @classmethod
     def build_model(cls, args, task):
         if getattr(args, "adaptive_softmax_cutoff", None):
-            raise ValueError("dirichlet_transformer needs full-vocabulary logits: --adaptive-softmax-cutoff is not supported")
+            raise ValueError(
+                "dirichlet_transformer needs full-vocabulary logits: --adaptive-softmax-cutoff is not supported"
+            )
         if getattr(args, "dirichlet_predictive", None) is None:  # older checkpoints: the default
             args.dirichlet_predictive = DEFAULT_PREDICTIVE
         log_predictive(_PROBE, args.dirichlet_predictive)  # fails early on a bad value

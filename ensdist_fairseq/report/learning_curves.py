@@ -12,6 +12,7 @@ for CE and label-smoothed members), ECE-1 (%) and a marker on the best epoch (wh
 window ends). ECE-1 needs a validation that
 measures calibration (the teacher recipes pass it); "–" where a log has none.
 """
+
 from typing import Optional, Sequence, Tuple
 
 from ensdist_fairseq.report.train_logs import RunLog
@@ -24,8 +25,11 @@ def curves_markdown(runs: Sequence[Run], title: Optional[str] = None) -> str:
     head = ["epoch"]
     for label, _ in runs:
         head += [f"{label}: valid NLL (bits)", f"{label}: ECE-1 (%)"]
-    lines = [f"## {title}\n" if title else "", "| " + " | ".join(head) + " |",
-             "|" + "---:|" * len(head)]
+    lines = [
+        f"## {title}\n" if title else "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---:|" * len(head),
+    ]
     for e in epochs:
         row = [str(e)]
         for _, r in runs:
@@ -40,14 +44,19 @@ def curves_markdown(runs: Sequence[Run], title: Optional[str] = None) -> str:
     for label, r in runs:
         if not r.valid:
             continue
-        how = (f"early stop (patience {r.early_stop_patience})" if r.stopped_early
-               else "no early stop in the log (epoch cap, or still running)")
+        how = (
+            f"early stop (patience {r.early_stop_patience})"
+            if r.stopped_early
+            else "no early stop in the log (epoch cap, or still running)"
+        )
         secs = [t["train_wall"] for t in r.train.values() if "train_wall" in t]
         per_epoch = f", {sum(secs) / len(secs):.0f} s/epoch training" if secs else ""
-        notes.append(f"- {label}: best epoch {r.best_epoch} "
-                     f"(validation {r.metric} {r.valid[r.best_epoch][r.metric]:.3f} bits), "
-                     f"last epoch {r.last_epoch}: {how}{per_epoch}.")
-    return "\n".join(l for l in lines if l != "") + "\n\n" + "\n".join(notes) + "\n"
+        notes.append(
+            f"- {label}: best epoch {r.best_epoch} "
+            f"(validation {r.metric} {r.valid[r.best_epoch][r.metric]:.3f} bits), "
+            f"last epoch {r.last_epoch}: {how}{per_epoch}."
+        )
+    return "\n".join(line for line in lines if line != "") + "\n\n" + "\n".join(notes) + "\n"
 
 
 def write_curves_png(runs: Sequence[Run], path: str, title: Optional[str] = None) -> None:
@@ -59,16 +68,26 @@ def write_curves_png(runs: Sequence[Run], path: str, title: Optional[str] = None
     ax_loss, ax_ece = fig.subplots(1, 2)
     for label, r in runs:
         ep = r.epochs
-        line, = ax_loss.plot(ep, [r.valid[e][r.metric] for e in ep], marker="o", ms=3, label=label)
+        (line,) = ax_loss.plot(
+            ep, [r.valid[e][r.metric] for e in ep], marker="o", ms=3, label=label
+        )
         if r.best_epoch is not None:
             ax_loss.axvline(r.best_epoch, color=line.get_color(), ls=":", lw=1)
         ece_ep = [e for e in ep if "ece1" in r.valid[e]]
         if ece_ep:
-            ax_ece.plot(ece_ep, [r.valid[e]["ece1"] for e in ece_ep], marker="o", ms=3,
-                        color=line.get_color(), label=label)
+            ax_ece.plot(
+                ece_ep,
+                [r.valid[e]["ece1"] for e in ece_ep],
+                marker="o",
+                ms=3,
+                color=line.get_color(),
+                label=label,
+            )
             if r.best_epoch is not None:
                 ax_ece.axvline(r.best_epoch, color=line.get_color(), ls=":", lw=1)
-    ax_loss.set(xlabel="epoch", ylabel="validation NLL (bits)", title="validation NLL of the references")
+    ax_loss.set(
+        xlabel="epoch", ylabel="validation NLL (bits)", title="validation NLL of the references"
+    )
     ax_ece.set(xlabel="epoch", ylabel="validation ECE-1 (%)", title="validation ECE-1")
     for ax in (ax_loss, ax_ece):
         ax.grid(alpha=0.3)

@@ -7,6 +7,7 @@ The claims (Table 2), each answered yes / no / not measured with the numbers beh
 ECE-1 is the authors' unweighted form. "Beats" is a plain comparison of the measured numbers: at
 small scale a difference can be within noise, which the table's standard errors let a reader judge.
 """
+
 from typing import List, Optional, Sequence, Tuple
 
 Check = Tuple[str, Optional[bool], str]  # (claim, holds or None when not measured, evidence)
@@ -28,8 +29,9 @@ def _mean(values):
     return sum(values) / len(values)
 
 
-def pattern_checks(results: Sequence[dict], ce_method: str = "CE+SWA",
-                   ls_method: str = "LS+SWA") -> List[Check]:
+def pattern_checks(
+    results: Sequence[dict], ce_method: str = "CE+SWA", ls_method: str = "LS+SWA"
+) -> List[Check]:
     checks: List[Check] = []
     members = _of(results, ce_method, "individual")
     ens = _largest(_of(results, ce_method, "ensemble"))
@@ -41,24 +43,41 @@ def pattern_checks(results: Sequence[dict], ce_method: str = "CE+SWA",
         checks.append((claim, None, "not measured"))
     else:
         holds = ens["bleu"] > bleu_avg and _ece1(ens) < ece_avg
-        checks.append((claim, holds, f"ensemble of {ens['num_models']}: BLEU {ens['bleu']:.2f} vs "
-                       f"{bleu_avg:.2f}, ECE-1 {_ece1(ens):.3f} vs {ece_avg:.3f}"))
+        checks.append(
+            (
+                claim,
+                holds,
+                f"ensemble of {ens['num_models']}: BLEU {ens['bleu']:.2f} vs "
+                f"{bleu_avg:.2f}, ECE-1 {_ece1(ens):.3f} vs {ece_avg:.3f}",
+            )
+        )
     for s in sorted(_of(results, ce_method, "student"), key=lambda r: r["name"]):
         claim = f"{s['name']} better than the members' mean in BLEU and ECE-1"
         if not members or not have_bleu or s["bleu"] is None:
             checks.append((claim, None, "not measured"))
             continue
         holds = s["bleu"] > bleu_avg and _ece1(s) < ece_avg
-        checks.append((claim, holds, f"BLEU {s['bleu']:.2f} vs {bleu_avg:.2f}, "
-                       f"ECE-1 {_ece1(s):.3f} vs {ece_avg:.3f}"))
+        checks.append(
+            (
+                claim,
+                holds,
+                f"BLEU {s['bleu']:.2f} vs {bleu_avg:.2f}, "
+                f"ECE-1 {_ece1(s):.3f} vs {ece_avg:.3f}",
+            )
+        )
     ls_ens = _largest(_of(results, ls_method, "ensemble"))
     claim = f"{ls_method} ensemble worse calibrated (higher ECE-1) than the {ce_method} ensemble"
     if ls_ens is None or ens is None:
         checks.append((claim, None, "not measured"))
     else:
-        checks.append((claim, _ece1(ls_ens) > _ece1(ens),
-                       f"ECE-1 {_ece1(ls_ens):.3f} ({ls_ens['num_models']} models) vs "
-                       f"{_ece1(ens):.3f} ({ens['num_models']} models)"))
+        checks.append(
+            (
+                claim,
+                _ece1(ls_ens) > _ece1(ens),
+                f"ECE-1 {_ece1(ls_ens):.3f} ({ls_ens['num_models']} models) vs "
+                f"{_ece1(ens):.3f} ({ens['num_models']} models)",
+            )
+        )
     return checks
 
 

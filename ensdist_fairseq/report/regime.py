@@ -12,6 +12,7 @@ training ended by early stopping (PATIENCE validations without a new best), i.e.
 validation epoch is followed by epochs that did not improve; a run that hit the epoch cap
 did not show its plateau.
 """
+
 import os
 from typing import List, Optional, Sequence
 
@@ -39,13 +40,19 @@ def regime_rows(results: Sequence[dict]) -> List[dict]:
         if not run.valid:
             continue
         best = run.best_epoch
-        rows.append({
-            "name": r["name"], "method": r["method"], "kind": r["kind"],
-            "checkpoint": os.path.basename(r["paths"][0]),
-            "last_epoch": run.last_epoch, "best_epoch": best,
-            "best_loss": run.valid[best][run.metric], "best_ece1": run.valid[best].get("ece1"),
-            "plateau": run.stopped_early,
-        })
+        rows.append(
+            {
+                "name": r["name"],
+                "method": r["method"],
+                "kind": r["kind"],
+                "checkpoint": os.path.basename(r["paths"][0]),
+                "last_epoch": run.last_epoch,
+                "best_epoch": best,
+                "best_loss": run.valid[best][run.metric],
+                "best_ece1": run.valid[best].get("ece1"),
+                "plateau": run.stopped_early,
+            }
+        )
     return rows
 
 
@@ -66,14 +73,21 @@ def regime_markdown(results: Sequence[dict]) -> str:
     ]
     for w in rows:
         ece = f"{w['best_ece1']:.2f}" if w["best_ece1"] is not None else "–"
-        lines.append(f"| {w['name']} | {w['method']} | {w['checkpoint']} | {w['last_epoch']} | "
-                     f"{w['best_epoch']} | {w['best_loss']:.3f} | {ece} | "
-                     f"{'yes' if w['plateau'] else '**no** (epoch cap)'} |")
+        lines.append(
+            f"| {w['name']} | {w['method']} | {w['checkpoint']} | {w['last_epoch']} | "
+            f"{w['best_epoch']} | {w['best_loss']:.3f} | {ece} | "
+            f"{'yes' if w['plateau'] else '**no** (epoch cap)'} |"
+        )
     n_plateau = sum(w["plateau"] for w in rows)
     lines.append("")
-    lines.append(f"{n_plateau} of {len(rows)} models reached their plateau"
-                 + ("." if n_plateau == len(rows) else
-                    ": the rest stopped at the epoch cap, so the comparison above is partly "
-                    "between models still improving, not the converged models the papers' "
-                    "claims are about."))
+    lines.append(
+        f"{n_plateau} of {len(rows)} models reached their plateau"
+        + (
+            "."
+            if n_plateau == len(rows)
+            else ": the rest stopped at the epoch cap, so the comparison above is partly "
+            "between models still improving, not the converged models the papers' "
+            "claims are about."
+        )
+    )
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ individual members collapse into one row, mean ± standard error (sample standar
 sqrt(n)); ensembles follow by size, students by teacher-ensemble size. ECE columns are the
 authors' unweighted form in percent; the second table has every metric of every system.
 """
+
 import os
 import re
 from typing import Dict, List, Optional, Sequence
@@ -13,22 +14,39 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from matplotlib.figure import Figure  # a bare Figure renders with Agg, no GUI backend needed
 
-from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.atomic_files import atomic_open
+from ensdist_fairseq.errors import EnsdistError
 
 KIND_ORDER = ("individual", "ensemble", "student")
 KIND_LABEL = {"individual": "Individual", "ensemble": "Ensemble", "student": "Distilled"}
-REQUIRED_KEYS = ("name", "method", "kind", "num_models", "split", "num_bins", "bleu",
-                 "ece1", "ece5", "brier", "nll", "accuracy", "reliability")
+REQUIRED_KEYS = (
+    "name",
+    "method",
+    "kind",
+    "num_models",
+    "split",
+    "num_bins",
+    "bleu",
+    "ece1",
+    "ece5",
+    "brier",
+    "nll",
+    "accuracy",
+    "reliability",
+)
 
 
 def check_result(result: dict, source: str) -> None:
     """Raise ValueError naming `source` if `result` lacks what the report reads."""
     missing = [k for k in REQUIRED_KEYS if k not in result]
     if missing:
-        raise EnsdistError(f"{source}: not an ensdist-evaluate result (missing {', '.join(missing)})")
+        raise EnsdistError(
+            f"{source}: not an ensdist-evaluate result (missing {', '.join(missing)})"
+        )
     if result["kind"] not in KIND_ORDER:
-        raise EnsdistError(f"{source}: kind {result['kind']!r} is not one of {', '.join(KIND_ORDER)}")
+        raise EnsdistError(
+            f"{source}: kind {result['kind']!r} is not one of {', '.join(KIND_ORDER)}"
+        )
 
 
 def check_comparable(results: Sequence[dict], sources: Sequence[str]) -> None:
@@ -36,8 +54,9 @@ def check_comparable(results: Sequence[dict], sources: Sequence[str]) -> None:
     for r, src in zip(results[1:], sources[1:]):
         for key in ("split", "num_bins"):
             if r[key] != results[0][key]:
-                raise EnsdistError(f"{src}: {key} {r[key]!r} differs from {sources[0]}'s "
-                                 f"{results[0][key]!r}")
+                raise EnsdistError(
+                    f"{src}: {key} {r[key]!r} differs from {sources[0]}'s " f"{results[0][key]!r}"
+                )
 
 
 def mean_and_stderr(values: Sequence[float]):
@@ -79,8 +98,10 @@ def _individual_cell(values: List[Optional[float]], digits: int) -> str:
 
 def table2_markdown(results: Sequence[dict]) -> str:
     """Method | Model | # Models | BLEU | ECE-1 | ECE-5 (ECE unweighted, in percent)."""
-    lines = ["| Method | Model | # Models | BLEU | ECE-1 (%) | ECE-5 (%) |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| Method | Model | # Models | BLEU | ECE-1 (%) | ECE-5 (%) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for method, kinds in grouped(results).items():
         first = True
         for kind in KIND_ORDER:
@@ -88,26 +109,42 @@ def table2_markdown(results: Sequence[dict]) -> str:
             if not rows:
                 continue
             if kind == "individual":
-                cells = [(f"Avg (n={len(rows)})", _individual_cell([r["bleu"] for r in rows], 2),
-                          _individual_cell([100 * r["ece1"]["unweighted"] for r in rows], 3),
-                          _individual_cell([100 * r["ece5"]["unweighted"] for r in rows], 3))]
+                cells = [
+                    (
+                        f"Avg (n={len(rows)})",
+                        _individual_cell([r["bleu"] for r in rows], 2),
+                        _individual_cell([100 * r["ece1"]["unweighted"] for r in rows], 3),
+                        _individual_cell([100 * r["ece5"]["unweighted"] for r in rows], 3),
+                    )
+                ]
             else:
-                cells = [(str(_size(r)), _fmt(r["bleu"], 2), _fmt(100 * r["ece1"]["unweighted"], 3),
-                          _fmt(100 * r["ece5"]["unweighted"], 3)) for r in rows]
+                cells = [
+                    (
+                        str(_size(r)),
+                        _fmt(r["bleu"], 2),
+                        _fmt(100 * r["ece1"]["unweighted"], 3),
+                        _fmt(100 * r["ece5"]["unweighted"], 3),
+                    )
+                    for r in rows
+                ]
             for i, (size, b, e1, e5) in enumerate(cells):
                 label = KIND_LABEL[kind] if i == 0 else ""
                 if kind == "student":  # several students of one teacher set: say which is which
                     label = f"{KIND_LABEL[kind]} ({rows[i]['name']})"
-                lines.append(f"| {method if first else ''} | {label} | {size} | {b} | {e1} | {e5} |")
+                lines.append(
+                    f"| {method if first else ''} | {label} | {size} | {b} | {e1} | {e5} |"
+                )
                 first = False
     return "\n".join(lines) + "\n"
 
 
 def details_markdown(results: Sequence[dict]) -> str:
     """Every system with both ECE forms, Brier, NLL and accuracy."""
-    lines = ["| System | Method | Kind | # Models | BLEU | ECE-1 unw. / w. (%) | "
-             "ECE-5 unw. / w. (%) | Brier | NLL (nats) | Acc. (%) | Tokens |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| System | Method | Kind | # Models | BLEU | ECE-1 unw. / w. (%) | "
+        "ECE-5 unw. / w. (%) | Brier | NLL (nats) | Acc. (%) | Tokens |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for kinds in grouped(results).values():
         for kind in KIND_ORDER:
             for r in kinds.get(kind, []):
@@ -116,18 +153,21 @@ def details_markdown(results: Sequence[dict]) -> str:
                     f"{100 * r['ece1']['unweighted']:.3f} / {100 * r['ece1']['weighted']:.3f} | "
                     f"{100 * r['ece5']['unweighted']:.3f} / {100 * r['ece5']['weighted']:.3f} | "
                     f"{r['brier']:.4f} | {r['nll']:.4f} | {100 * r['accuracy']:.2f} | "
-                    f"{r.get('num_tokens', '–')} |")
+                    f"{r.get('num_tokens', '–')} |"
+                )
     return "\n".join(lines) + "\n"
 
 
 def report_markdown(results: Sequence[dict]) -> str:
     r0 = results[0]
     signatures = sorted({r["bleu_signature"] for r in results if r.get("bleu_signature")})
-    text = (f"## Results ({r0['split']} split)\n\n{table2_markdown(results)}\n"
-            f"ECE: token level, teacher-forced, {r0['num_bins']} equal-count bins, unweighted mean "
-            "over bins (the authors' form), in percent. Individual: mean ± standard error over "
-            f"members.\n\n### All metrics\n\n{details_markdown(results)}\n"
-            "w. = count-weighted ECE. Brier: multi-class, per token.\n")
+    text = (
+        f"## Results ({r0['split']} split)\n\n{table2_markdown(results)}\n"
+        f"ECE: token level, teacher-forced, {r0['num_bins']} equal-count bins, unweighted mean "
+        "over bins (the authors' form), in percent. Individual: mean ± standard error over "
+        f"members.\n\n### All metrics\n\n{details_markdown(results)}\n"
+        "w. = count-weighted ECE. Brier: multi-class, per token.\n"
+    )
     if signatures:
         text += "\nsacreBLEU: " + "; ".join(signatures) + "\n"
     return text
@@ -141,23 +181,46 @@ def reliability_figure(method: str, kinds: Dict[str, List[dict]]) -> Figure:
     """Accuracy vs confidence per bin (top-1 and top-5 pairs), the diagonal dotted."""
     fig = Figure(figsize=(10, 4.6))
     colours = {"ensemble": "tab:orange", "student": "tab:green"}
-    for ax, which, title in zip(fig.subplots(1, 2), ("top1", "top5"), ("top-1 (ECE-1)",
-                                                                       "top-5 pairs (ECE-5)")):
+    for ax, which, title in zip(
+        fig.subplots(1, 2), ("top1", "top5"), ("top-1 (ECE-1)", "top-5 pairs (ECE-5)")
+    ):
         ax.plot([0, 1], [0, 1], ":", color="black", linewidth=1, label="perfect calibration")
         for i, r in enumerate(kinds.get("individual", [])):
             b = r["reliability"][which]
-            ax.plot(b["confidence"], b["accuracy"], "o-", color="tab:blue", alpha=0.5,
-                    markersize=3, linewidth=1, label="individual" if i == 0 else None)
+            ax.plot(
+                b["confidence"],
+                b["accuracy"],
+                "o-",
+                color="tab:blue",
+                alpha=0.5,
+                markersize=3,
+                linewidth=1,
+                label="individual" if i == 0 else None,
+            )
         for kind in ("ensemble", "student"):
             rows = kinds.get(kind, [])
             for j, r in enumerate(rows):
                 b = r["reliability"][which]
                 shade = 0.4 + 0.6 * (j + 1) / len(rows)  # larger ensembles drawn more opaque
-                ax.plot(b["confidence"], b["accuracy"], "s-", color=colours[kind], alpha=shade,
-                        markersize=4, linewidth=1.5, label=(r["name"] if kind == "student"
-                               else f"{KIND_LABEL[kind].lower()} {_size(r)}"))
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (bin mean)",
-               ylabel="accuracy (bin)", title=f"{method}: {title}")
+                ax.plot(
+                    b["confidence"],
+                    b["accuracy"],
+                    "s-",
+                    color=colours[kind],
+                    alpha=shade,
+                    markersize=4,
+                    linewidth=1.5,
+                    label=(
+                        r["name"] if kind == "student" else f"{KIND_LABEL[kind].lower()} {_size(r)}"
+                    ),
+                )
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="confidence (bin mean)",
+            ylabel="accuracy (bin)",
+            title=f"{method}: {title}",
+        )
         ax.set_aspect("equal")
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()

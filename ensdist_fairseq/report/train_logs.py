@@ -12,6 +12,7 @@ label smoothing or distillation terms) and nll_loss (the references' NLL) are in
 base 2), ece1/ece5 in percent (present when the validation measures calibration).
 A train line ``... | train | epoch 011 | loss ... | train_wall 21 | ...`` gives the epoch's time.
 """
+
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -37,6 +38,7 @@ def _fields(rest: str) -> Dict[str, float]:
 class RunLog:
     """One run: per-epoch validation metrics (last line per epoch wins: a resumed run repeats
     nothing, but a validation rerun would) and training seconds."""
+
     valid: Dict[int, Dict[str, float]] = field(default_factory=dict)
     train: Dict[int, Dict[str, float]] = field(default_factory=dict)
     early_stop_patience: Optional[int] = None
@@ -53,7 +55,11 @@ class RunLog:
     def metric(self) -> str:
         """The validation NLL of the references (nll_loss) that the recipes' early stopping
         watches (--best-checkpoint-metric nll_loss); "loss" for logs without it."""
-        return "nll_loss" if self.valid and all("nll_loss" in v for v in self.valid.values()) else "loss"
+        return (
+            "nll_loss"
+            if self.valid and all("nll_loss" in v for v in self.valid.values())
+            else "loss"
+        )
 
     @property
     def best_epoch(self) -> Optional[int]:

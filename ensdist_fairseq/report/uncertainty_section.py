@@ -5,6 +5,7 @@ Reads RESULTS/uncertainty/<system>/system.json and its <set>.jsonl files (ensdis
 Rows: members of group "single" collapse into one row, mean ± s.e. (sample sd / sqrt(n)); then
 one row per ensemble, mean-KD student, Proxy-Dirichlet student and other system.
 """
+
 import glob
 import json
 import os
@@ -16,13 +17,18 @@ from matplotlib.figure import Figure  # a bare Figure renders with Agg, no GUI b
 from ensdist_fairseq.metrics import detection
 
 GROUP_ORDER = ("single", "ensemble", "mean-kd", "proxy-dirichlet", "other")
-GROUP_LABEL = {"single": "Single", "ensemble": "Ensemble", "mean-kd": "Mean-KD student",
-               "proxy-dirichlet": "PD student", "other": "Other"}
+GROUP_LABEL = {
+    "single": "Single",
+    "ensemble": "Ensemble",
+    "mean-kd": "Mean-KD student",
+    "proxy-dirichlet": "PD student",
+    "other": "Other",
+}
 KNOWLEDGE = "rmi"  # the paper's knowledge measure for Table 4 (sequence-level RMI)
 LANGUAGE_SHIFT = ("target", "third")  # source in the target language / in a third language
 # Findings' criteria, fixed before any run (percentage points of ROC-AUC):
-KNOWLEDGE_MARGIN = 5.0   # F1: ensemble knowledge >= min(total + this, SATURATED) on every
-SATURATED = 95.0         #     language-shift set (a total already near 100 leaves no room)
+KNOWLEDGE_MARGIN = 5.0  # F1: ensemble knowledge >= min(total + this, SATURATED) on every
+SATURATED = 95.0  #     language-shift set (a total already near 100 leaves no room)
 CLOSE_TO_ENSEMBLE = 10.0  # F2: PD knowledge within this of the ensemble's, averaged over OOD sets
 
 
@@ -43,7 +49,9 @@ def load_systems(unc_dir: str) -> List[dict]:
                         cols[m].append(r["uncertainty"][m])
                     if "chrf" in r:
                         cols["chrf"].append(r["chrf"])
-            meta["values"][s["name"]] = {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
+            meta["values"][s["name"]] = {
+                k: np.asarray(v, dtype=np.float64) for k, v in cols.items()
+            }
             if s["role"] == "in-domain":
                 meta["in_domain"] = s["name"]
         systems.append(meta)
@@ -53,8 +61,11 @@ def load_systems(unc_dir: str) -> List[dict]:
 def ood_aucs(system: dict) -> Dict[str, Dict[str, float]]:
     """{ood set: {measure: ROC-AUC %}} of one system (in-domain vs that set)."""
     ind = system["values"][system["in_domain"]]
-    return {name: {m: detection.roc_auc(ind[m], vals[m]) for m in system["measures"]}
-            for name, vals in system["values"].items() if name != system["in_domain"]}
+    return {
+        name: {m: detection.roc_auc(ind[m], vals[m]) for m in system["measures"]}
+        for name, vals in system["values"].items()
+        if name != system["in_domain"]
+    }
 
 
 def _rows(systems: List[dict]) -> List[Tuple[str, List[dict]]]:
@@ -63,8 +74,16 @@ def _rows(systems: List[dict]) -> List[Tuple[str, List[dict]]]:
     for group in GROUP_ORDER:
         members = [s for s in systems if s["group"] == group]
         if group == "single" and members:
-            rows.append((f"Single (mean ± s.e. of {len(members)})" if len(members) > 1
-                         else f"Single ({members[0]['name']})", members))
+            rows.append(
+                (
+                    (
+                        f"Single (mean ± s.e. of {len(members)})"
+                        if len(members) > 1
+                        else f"Single ({members[0]['name']})"
+                    ),
+                    members,
+                )
+            )
         else:
             rows += [(f"{GROUP_LABEL[group]} ({s['name']})", [s]) for s in members]
     return rows
@@ -102,8 +121,10 @@ def ood_table(systems: List[dict], sets: List[str]) -> Tuple[str, dict]:
 
 
 def rejection_table(systems: List[dict]) -> Tuple[str, Dict[str, dict]]:
-    lines = ["| system | measure | PRR % | AUC-RC (lower is better) | random | oracle |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| system | measure | PRR % | AUC-RC (lower is better) | random | oracle |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     curves = {}
     for s in systems:
         ind = s["values"][s["in_domain"]]
@@ -114,8 +135,10 @@ def rejection_table(systems: List[dict]) -> Tuple[str, Dict[str, dict]]:
                 continue
             r = detection.rejection(ind[m], ind["chrf"])
             curves[(s["name"], m)] = r
-            lines.append(f"| {s['name']} | {m} | {r['prr']:.1f} | {r['auc']:.2f} | "
-                         f"{r['auc_random']:.2f} | {r['auc_oracle']:.2f} |")
+            lines.append(
+                f"| {s['name']} | {m} | {r['prr']:.1f} | {r['auc']:.2f} | "
+                f"{r['auc_random']:.2f} | {r['auc_oracle']:.2f} |"
+            )
     return "\n".join(lines), curves
 
 
@@ -125,33 +148,54 @@ def findings(summary: dict, sets: List[str]) -> List[str]:
     for label, row in summary.items():
         by_group.setdefault(row["group"], row)
     out = []
-    ens, pd, mkd = by_group.get("ensemble"), by_group.get("proxy-dirichlet"), by_group.get("mean-kd")
+    ens, pd, mkd = (
+        by_group.get("ensemble"),
+        by_group.get("proxy-dirichlet"),
+        by_group.get("mean-kd"),
+    )
     shift = [s for s in LANGUAGE_SHIFT if s in sets]
     if ens and shift and all(ens[s]["knowledge"] is not None for s in shift):
-        ok = all(ens[s]["knowledge"] >= min(ens[s]["total"] + KNOWLEDGE_MARGIN, SATURATED) for s in shift)
-        out.append(f"- **Ensemble: knowledge beats total on the language-shift sets** "
-                   f"(criterion: {KNOWLEDGE}-AUC ≥ min(total-AUC + {KNOWLEDGE_MARGIN:g}, {SATURATED:g}) on each of "
-                   f"{', '.join(shift)}): {'holds' if ok else 'does not hold'} — "
-                   + ", ".join(f"{s}: {ens[s]['knowledge']:.1f} vs {ens[s]['total']:.1f}" for s in shift))
+        ok = all(
+            ens[s]["knowledge"] >= min(ens[s]["total"] + KNOWLEDGE_MARGIN, SATURATED) for s in shift
+        )
+        out.append(
+            f"- **Ensemble: knowledge beats total on the language-shift sets** "
+            f"(criterion: {KNOWLEDGE}-AUC ≥ min(total-AUC + {KNOWLEDGE_MARGIN:g}, {SATURATED:g}) on each of "
+            f"{', '.join(shift)}): {'holds' if ok else 'does not hold'} — "
+            + ", ".join(f"{s}: {ens[s]['knowledge']:.1f} vs {ens[s]['total']:.1f}" for s in shift)
+        )
     else:
         out.append("- Ensemble knowledge vs total on the language-shift sets: not measured")
-    if ens and pd and all(ens[s]["knowledge"] is not None and pd[s]["knowledge"] is not None for s in sets):
+    if (
+        ens
+        and pd
+        and all(ens[s]["knowledge"] is not None and pd[s]["knowledge"] is not None for s in sets)
+    ):
         gap = float(np.mean([abs(ens[s]["knowledge"] - pd[s]["knowledge"]) for s in sets]))
         ok = gap <= CLOSE_TO_ENSEMBLE
-        out.append(f"- **PD student's knowledge comes close to the ensemble's** (criterion: mean "
-                   f"|ensemble − PD| knowledge AUC over the OOD sets ≤ {CLOSE_TO_ENSEMBLE:g}): "
-                   f"{'holds' if ok else 'does not hold'} — mean gap {gap:.1f} ("
-                   + ", ".join(f"{s}: {pd[s]['knowledge']:.1f} vs {ens[s]['knowledge']:.1f}" for s in sets) + ")")
+        out.append(
+            f"- **PD student's knowledge comes close to the ensemble's** (criterion: mean "
+            f"|ensemble − PD| knowledge AUC over the OOD sets ≤ {CLOSE_TO_ENSEMBLE:g}): "
+            f"{'holds' if ok else 'does not hold'} — mean gap {gap:.1f} ("
+            + ", ".join(f"{s}: {pd[s]['knowledge']:.1f} vs {ens[s]['knowledge']:.1f}" for s in sets)
+            + ")"
+        )
     else:
         out.append("- PD student's knowledge vs the ensemble's: not measured")
     if mkd:
         has_none = all(mkd[s]["knowledge"] is None for s in sets)
-        text = (f"- **Mean-KD student has no knowledge uncertainty**: "
-                f"{'holds' if has_none else 'does not hold'} (a single softmax model gives only total"
-                " uncertainty; ensdist-uncertainty refuses knowledge measures for it)")
+        text = (
+            f"- **Mean-KD student has no knowledge uncertainty**: "
+            f"{'holds' if has_none else 'does not hold'} (a single softmax model gives only total"
+            " uncertainty; ensdist-uncertainty refuses knowledge measures for it)"
+        )
         if pd and shift and all(pd[s]["knowledge"] is not None for s in shift):
-            text += "; on the language-shift sets its total vs the PD student's knowledge: " + ", ".join(
-                f"{s}: {mkd[s]['total']:.1f} vs {pd[s]['knowledge']:.1f}" for s in shift)
+            text += (
+                "; on the language-shift sets its total vs the PD student's knowledge: "
+                + ", ".join(
+                    f"{s}: {mkd[s]['total']:.1f} vs {pd[s]['knowledge']:.1f}" for s in shift
+                )
+            )
         out.append(text)
     else:
         out.append("- Mean-KD student: not measured")
@@ -173,7 +217,11 @@ def write_figures(systems: List[dict], sets: List[str], curves: dict, out_dir: s
                         fpr, tpr = detection.roc_curve(ind[m], s["values"][st][m])
                         ax.plot(fpr, tpr, style, label=f"{s['name']} {m}")
             ax.plot([0, 1], [0, 1], ":", color="grey")
-            ax.set(title=f"in-domain vs {st}", xlabel="false positive rate", ylabel="true positive rate")
+            ax.set(
+                title=f"in-domain vs {st}",
+                xlabel="false positive rate",
+                ylabel="true positive rate",
+            )
         fig.axes[0].legend(fontsize=6)
         fig.tight_layout()
         pngs.append(_save(fig, out_dir, "uncertainty_roc.png"))
@@ -182,12 +230,19 @@ def write_figures(systems: List[dict], sets: List[str], curves: dict, out_dir: s
         ax = fig.add_subplot(1, 1, 1)
         for (name, m), r in curves.items():
             x = np.arange(len(r["kept_quality"])) / len(r["kept_quality"])
-            ax.plot(x, r["kept_quality"], "-" if m != "total" else "--", label=f"{name} {m} (PRR {r['prr']:.0f})")
+            ax.plot(
+                x,
+                r["kept_quality"],
+                "-" if m != "total" else "--",
+                label=f"{name} {m} (PRR {r['prr']:.0f})",
+            )
         r = next(iter(curves.values()))
         x = np.arange(len(r["kept_quality_oracle"])) / len(r["kept_quality_oracle"])
         ax.plot(x, r["kept_quality_oracle"], ":", color="black", label="oracle (first system)")
         ax.axhline(r["mean_quality"], color="grey", lw=0.8, label="random (first system)")
-        ax.set(xlabel="fraction rejected (most uncertain first)", ylabel="mean chrF of kept sentences")
+        ax.set(
+            xlabel="fraction rejected (most uncertain first)", ylabel="mean chrF of kept sentences"
+        )
         ax.legend(fontsize=6)
         fig.tight_layout()
         pngs.append(_save(fig, out_dir, "uncertainty_rejection.png"))
@@ -206,22 +261,35 @@ def section(results_dir: str, out_dir: str) -> Tuple[str, List[str]]:
     systems = [s for s in load_systems(os.path.join(results_dir, "uncertainty")) if s["in_domain"]]
     if not systems:
         return "", []
-    sets = sorted({n for s in systems for n in s["values"] if n != s["in_domain"]},
-                  key=lambda n: (("permuted", "domain", "target", "third").index(n)
-                                 if n in ("permuted", "domain", "target", "third") else 9, n))
+    sets = sorted(
+        {n for s in systems for n in s["values"] if n != s["in_domain"]},
+        key=lambda n: (
+            (
+                ("permuted", "domain", "target", "third").index(n)
+                if n in ("permuted", "domain", "target", "third")
+                else 9
+            ),
+            n,
+        ),
+    )
     table, summary = ood_table(systems, sets)
     rej, curves = rejection_table(systems)
     pngs = write_figures(systems, sets, curves, out_dir)
-    text = ("\n## Uncertainty: out-of-distribution detection (PD paper Table 4 layout)\n\n"
-            f"ROC-AUC (%) of in-domain ({systems[0]['in_domain']}) vs each OOD set, sequence-level "
-            f"total uncertainty / knowledge uncertainty ({KNOWLEDGE}), beam {systems[0]['beam']}; "
-            "members as mean ± s.e. Sets: permuted = test sources with words shuffled, domain = "
-            "source-language text of another domain, target = target-language sentences as sources, "
-            "third = a third language (docs/uncertainty.md).\n\n" + table
-            + "\n\n## Uncertainty: error detection (reject the most uncertain first)\n\n"
-            "Sentence chrF on the in-domain set; PRR = 100 × (AUC_random − AUC)/(AUC_random − "
-            "AUC_oracle) of the rejection curve of 100 − chrF.\n\n" + rej
-            + "\n\n## Do the PD paper's uncertainty findings hold here?\n\n"
-            + "\n".join(findings(summary, sets)) + "\n\n"
-            + "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in pngs))
+    text = (
+        "\n## Uncertainty: out-of-distribution detection (PD paper Table 4 layout)\n\n"
+        f"ROC-AUC (%) of in-domain ({systems[0]['in_domain']}) vs each OOD set, sequence-level "
+        f"total uncertainty / knowledge uncertainty ({KNOWLEDGE}), beam {systems[0]['beam']}; "
+        "members as mean ± s.e. Sets: permuted = test sources with words shuffled, domain = "
+        "source-language text of another domain, target = target-language sentences as sources, "
+        "third = a third language (docs/uncertainty.md).\n\n"
+        + table
+        + "\n\n## Uncertainty: error detection (reject the most uncertain first)\n\n"
+        "Sentence chrF on the in-domain set; PRR = 100 × (AUC_random − AUC)/(AUC_random − "
+        "AUC_oracle) of the rejection curve of 100 − chrF.\n\n"
+        + rej
+        + "\n\n## Do the PD paper's uncertainty findings hold here?\n\n"
+        + "\n".join(findings(summary, sets))
+        + "\n\n"
+        + "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in pngs)
+    )
     return text, pngs

@@ -8,6 +8,7 @@ allocated when the file is created. That is what makes the store fast and small 
 Each sentence carries a CRC-32 of its rows, checked on every read, so corruption is detected
 when the data is used, at the cost of about a microsecond per sentence.
 """
+
 import logging
 import os
 import zlib
@@ -37,22 +38,33 @@ def index_dtype(vocab_size: int) -> np.dtype:
 
 def store_nbytes(num_sentences: int, num_rows: int, topk: int, vocab_size: int) -> int:
     """Bytes of the datasets of a store (HDF5 metadata adds a few KB)."""
-    per_row = topk * (index_dtype(vocab_size).itemsize + PROB_DTYPE.itemsize) + PRECISION_DTYPE.itemsize
+    per_row = (
+        topk * (index_dtype(vocab_size).itemsize + PROB_DTYPE.itemsize) + PRECISION_DTYPE.itemsize
+    )
     return num_rows * per_row + num_sentences * (8 + CRC_DTYPE.itemsize) + 8
 
 
 def _dtypes(vocab_size: int):
-    return {INDICES: index_dtype(vocab_size), PROBS: PROB_DTYPE, PRECISION: PRECISION_DTYPE,
-            CRC32: CRC_DTYPE}
+    return {
+        INDICES: index_dtype(vocab_size),
+        PROBS: PROB_DTYPE,
+        PRECISION: PRECISION_DTYPE,
+        CRC32: CRC_DTYPE,
+    }
 
 
 def _shapes(num_sentences: int, num_rows: int, topk: int):
-    return {INDICES: (num_rows, topk), PROBS: (num_rows, topk), PRECISION: (num_rows,),
-            CRC32: (num_sentences,)}
+    return {
+        INDICES: (num_rows, topk),
+        PROBS: (num_rows, topk),
+        PRECISION: (num_rows,),
+        CRC32: (num_sentences,),
+    }
 
 
 class Layout(NamedTuple):
     """Where each row dataset's bytes are in the file."""
+
     byte_offset: dict
     nbytes: dict
     dtype: dict
@@ -63,7 +75,9 @@ class Layout(NamedTuple):
         return self.dtype[name].itemsize * (self.topk if name in (INDICES, PROBS) else 1)
 
 
-def create(path: str, offsets: np.ndarray, provenance: Provenance, first_sentence: int = 0) -> Layout:
+def create(
+    path: str, offsets: np.ndarray, provenance: Provenance, first_sentence: int = 0
+) -> Layout:
     """Create a store file with its offsets, attributes and (unwritten) row datasets."""
     offsets = np.asarray(offsets, dtype="<i8")
     num_sentences, num_rows = len(offsets) - 1, int(offsets[-1])
@@ -77,7 +91,9 @@ def create(path: str, offsets: np.ndarray, provenance: Provenance, first_sentenc
         dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # space exists now: byte offsets are final
         dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # every byte is written by us; skip zero-fill
         for name in ROW_DATASETS:
-            f.create_dataset(name, shape=shapes[name], dtype=dtypes[name], dcpl=dcpl, track_times=False)
+            f.create_dataset(
+                name, shape=shapes[name], dtype=dtypes[name], dcpl=dcpl, track_times=False
+            )
         for key, value in provenance.to_attrs().items():
             f.attrs[key] = value
         f.attrs[FIRST_SENTENCE] = first_sentence
@@ -93,7 +109,9 @@ def _layout(f: h5py.File, path: str, topk: int) -> Layout:
         ds = f[name]
         off = ds.id.get_offset()
         if off is None or ds.chunks is not None:
-            raise StoreError(f"{path}: dataset '{name}' is not stored contiguously (not written by ensdist-memoize)")
+            raise StoreError(
+                f"{path}: dataset '{name}' is not stored contiguously (not written by ensdist-memoize)"
+            )
         byte_offset[name], nbytes[name], dtype[name] = off, ds.id.get_storage_size(), ds.dtype
     return Layout(byte_offset, nbytes, dtype, topk)
 
@@ -113,13 +131,21 @@ class RowWriter:
 
     def _pwrite(self, name: str, array: np.ndarray, first: int):
         data = memoryview(np.ascontiguousarray(array, dtype=self.layout.dtype[name])).cast("B")
-        os.pwrite(self._fd, data, self.layout.byte_offset[name] + first * self.layout.row_nbytes(name))
+        os.pwrite(
+            self._fd, data, self.layout.byte_offset[name] + first * self.layout.row_nbytes(name)
+        )
 
     def write_sentence(self, i: int, indices: np.ndarray, probs: np.ndarray, precision: np.ndarray):
         """Sentence `i` (of this file) gets rows offsets[i]:offsets[i+1]."""
         first, n = int(self.offsets[i]), int(self.offsets[i + 1] - self.offsets[i])
-        if indices.shape != (n, self.layout.topk) or probs.shape != indices.shape or precision.shape != (n,):
-            raise ValueError(f"{self.path}: sentence {i} has {n} rows, got entries of shape {indices.shape}")
+        if (
+            indices.shape != (n, self.layout.topk)
+            or probs.shape != indices.shape
+            or precision.shape != (n,)
+        ):
+            raise ValueError(
+                f"{self.path}: sentence {i} has {n} rows, got entries of shape {indices.shape}"
+            )
         indices = np.ascontiguousarray(indices, dtype=self.layout.dtype[INDICES])
         probs = np.ascontiguousarray(probs, dtype=self.layout.dtype[PROBS])
         precision = np.ascontiguousarray(precision, dtype=self.layout.dtype[PRECISION])
@@ -170,13 +196,17 @@ class StoreReader:
         expected = _shapes(n, int(offs[-1]), p.topk)
         for name, dt in _dtypes(p.vocab_size).items():
             if shapes[name] != expected[name] or self.layout.dtype[name] != dt:
-                raise StoreError(f"{self.path}: dataset '{name}' has shape {shapes[name]} "
-                                 f"{self.layout.dtype[name]}, expected {expected[name]} {dt}")
+                raise StoreError(
+                    f"{self.path}: dataset '{name}' has shape {shapes[name]} "
+                    f"{self.layout.dtype[name]}, expected {expected[name]} {dt}"
+                )
         size = os.path.getsize(self.path)
         for name in ROW_DATASETS:
             end = self.layout.byte_offset[name] + self.layout.nbytes[name]
             if end > size:
-                raise StoreError(f"{self.path}: truncated ({size} bytes, dataset '{name}' ends at {end})")
+                raise StoreError(
+                    f"{self.path}: truncated ({size} bytes, dataset '{name}' ends at {end})"
+                )
 
     @property
     def num_sentences(self) -> int:
@@ -194,7 +224,10 @@ class StoreReader:
         row_nbytes = self.layout.row_nbytes(name)
         nbytes = count * row_nbytes
         buf = bytearray(nbytes)  # writable: consumers may torch.from_numpy the rows
-        if os.preadv(self._descriptor(), [buf], self.layout.byte_offset[name] + first * row_nbytes) != nbytes:
+        if (
+            os.preadv(self._descriptor(), [buf], self.layout.byte_offset[name] + first * row_nbytes)
+            != nbytes
+        ):
             raise StoreError(f"{self.path}: truncated while reading '{name}'")
         return np.frombuffer(buf, dtype=self.layout.dtype[name])
 
@@ -223,10 +256,13 @@ class StoreReader:
 
     def check_data(self, expected: dict, target_lengths: np.ndarray, context: str) -> None:
         """StoreError unless this is a whole store (not a chunk) whose provenance agrees with
-        `expected` (Provenance.first_difference) and whose sentence i owns target_lengths[i] rows."""
+        `expected` (Provenance.first_difference) and whose sentence i owns target_lengths[i] rows.
+        """
         if self.first_sentence != 0 or self.provenance.num_sentences != self.num_sentences:
-            raise StoreError(f"{self.path}: holds sentences {self.first_sentence}.."
-                             f"{self.first_sentence + self.num_sentences - 1} of a split: a chunk, not a whole store")
+            raise StoreError(
+                f"{self.path}: holds sentences {self.first_sentence}.."
+                f"{self.first_sentence + self.num_sentences - 1} of a split: a chunk, not a whole store"
+            )
         self.provenance.check_against(self.path, expected, context)
         self.check_lengths(target_lengths)
 
@@ -234,12 +270,16 @@ class StoreReader:
         """StoreError naming the first sentence whose row count differs from its target's length."""
         lengths = np.asarray(target_lengths, dtype=np.int64)
         if len(lengths) != self.num_sentences:
-            raise StoreError(f"{self.path}: {self.num_sentences} sentences, the data has {len(lengths)}")
+            raise StoreError(
+                f"{self.path}: {self.num_sentences} sentences, the data has {len(lengths)}"
+            )
         bad = np.flatnonzero(np.diff(self.offsets) != lengths)
         if len(bad):
             b = int(bad[0])
-            raise StoreError(f"{self.path}: sentence {first + b} has {self.num_rows(b)} rows, "
-                             f"its target has {lengths[b]} tokens")
+            raise StoreError(
+                f"{self.path}: sentence {first + b} has {self.num_rows(b)} rows, "
+                f"its target has {lengths[b]} tokens"
+            )
 
     def raw_rows(self, name: str, first: int, count: int) -> bytes:
         """Raw bytes of `count` rows (or CRCs) of a dataset, for stitching chunk files."""

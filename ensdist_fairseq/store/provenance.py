@@ -3,6 +3,7 @@
 The authors' code aligned stored teacher entries to batches by assumption only; a store here
 carries these facts as HDF5 attributes and every consumer compares them with its own data.
 """
+
 import dataclasses
 from typing import Optional, Tuple
 
@@ -15,18 +16,29 @@ FORMAT_VERSION = 2
 # largest float32). Version 1 stores are still read: the reader maps +inf to that cap.
 READABLE_VERSIONS = (1, 2)
 # What a consumer can recompute from its data directory and split (the rest describes the teachers).
-DATA_FIELDS = ("vocab_size", "dictionary_sha256", "split", "num_sentences", "target_checksum",
-               "source_checksum")
-_LABELS = {"vocab_size": "vocabulary size", "dictionary_sha256": "dictionary sha256",
-           "num_sentences": "number of sentences", "target_checksum": "target token checksum",
-           "source_checksum": "source token checksum", "teacher_sha256": "teacher checkpoints' sha256",
-           "num_teachers": "number of teachers", "topk": "V'"}
+DATA_FIELDS = (
+    "vocab_size",
+    "dictionary_sha256",
+    "split",
+    "num_sentences",
+    "target_checksum",
+    "source_checksum",
+)
+_LABELS = {
+    "vocab_size": "vocabulary size",
+    "dictionary_sha256": "dictionary sha256",
+    "num_sentences": "number of sentences",
+    "target_checksum": "target token checksum",
+    "source_checksum": "source token checksum",
+    "teacher_sha256": "teacher checkpoints' sha256",
+    "num_teachers": "number of teachers",
+    "topk": "V'",
+}
 
 
 class StoreError(EnsdistError):
     """A teacher store is unreadable, corrupt, or does not belong to the data it is used with.
     The message is one line and starts with the file it is about."""
-
 
 
 def check_topk(requested: Optional[int], available: int, flag: str, why: str) -> int:
@@ -37,7 +49,6 @@ def check_topk(requested: Optional[int], available: int, flag: str, why: str) ->
     if not 1 <= requested <= available:
         raise StoreError(f"{flag} {requested}: must be in 1..{available} ({why})")
     return requested
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +87,10 @@ class Provenance:
                 v = v.decode() if isinstance(v, bytes) else str(v)
             values[f.name] = v
         if values["format_version"] not in READABLE_VERSIONS:
-            raise StoreError(f"{path}: store format version {values['format_version']}, "
-                             f"this package reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+            raise StoreError(
+                f"{path}: store format version {values['format_version']}, "
+                f"this package reads versions {', '.join(map(str, READABLE_VERSIONS))}"
+            )
         return cls(**values)
 
     def first_difference(self, expected: dict) -> Optional[str]:

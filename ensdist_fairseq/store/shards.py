@@ -7,6 +7,7 @@ written to a temporary name and renamed when complete, so a file under a chunk's
 always whole; resuming skips those. Rank 0 then copies the chunks' rows into one file (written
 under a temporary name, verified, renamed) and removes the chunk directory.
 """
+
 import glob
 import os
 import shutil
@@ -23,13 +24,16 @@ Chunk = Tuple[int, int]  # [start, end) sentence indices of the split
 def plan_chunks(num_sentences: int, chunk_sentences: int) -> List[Chunk]:
     if chunk_sentences < 1:
         raise ValueError(f"--chunk-sentences must be >= 1, got {chunk_sentences}")
-    return [(s, min(s + chunk_sentences, num_sentences)) for s in range(0, num_sentences, chunk_sentences)]
+    return [
+        (s, min(s + chunk_sentences, num_sentences))
+        for s in range(0, num_sentences, chunk_sentences)
+    ]
 
 
 def chunks_of_rank(chunks: Sequence[Chunk], rank: int, world_size: int) -> List[Chunk]:
     """A contiguous block of chunks per rank (so each rank covers contiguous sentence ranges)."""
     n = len(chunks)
-    return list(chunks[rank * n // world_size:(rank + 1) * n // world_size])
+    return list(chunks[rank * n // world_size : (rank + 1) * n // world_size])
 
 
 def shard_dir(output: str) -> str:
@@ -63,7 +67,7 @@ def remove_stale_temporaries(final: str) -> List[str]:
     a live process's temporary file (another rank of this run) is never touched. Returns them."""
     removed = []
     for p in glob.glob(glob.escape(final) + TMP_MARK + "*"):
-        pid = p[len(final) + len(TMP_MARK):]
+        pid = p[len(final) + len(TMP_MARK) :]
         if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
             continue
         try:
@@ -87,14 +91,18 @@ class OutputLock:
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise StoreError(f"--output {output}: cannot create {self.path} ({e.strerror}): "
-                             "is the directory writable?") from None
+            raise StoreError(
+                f"--output {output}: cannot create {self.path} ({e.strerror}): "
+                "is the directory writable?"
+            ) from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
-            raise StoreError(f"--output {output}: another ensdist-memoize is writing this store "
-                             f"(it holds {self.path})") from None
+            raise StoreError(
+                f"--output {output}: another ensdist-memoize is writing this store "
+                f"(it holds {self.path})"
+            ) from None
 
     def release(self, remove: bool) -> None:
         """Unlock; `remove` deletes the lock file (only once the store exists: a later run that
@@ -126,16 +134,25 @@ def is_complete(path: str, chunk: Chunk, provenance: Provenance, offsets: np.nda
         return False
     reader = store_format.StoreReader(path)
     reader.provenance.check_against(
-        path, provenance.as_expected(), f"left by a run with other inputs; delete {os.path.dirname(path)} to start over")
+        path,
+        provenance.as_expected(),
+        f"left by a run with other inputs; delete {os.path.dirname(path)} to start over",
+    )
     if reader.first_sentence != chunk[0]:
         raise StoreError(f"{path}: starts at sentence {reader.first_sentence}, expected {chunk[0]}")
-    reader.check_lengths(np.diff(offsets[chunk[0]:chunk[1] + 1]), first=chunk[0])
+    reader.check_lengths(np.diff(offsets[chunk[0] : chunk[1] + 1]), first=chunk[0])
     reader.close()
     return True
 
 
-def stitch(output: str, chunks: Sequence[Chunk], provenance: Provenance, offsets: np.ndarray,
-           block_rows: int, after_create: Optional[Callable[[], None]] = None) -> None:
+def stitch(
+    output: str,
+    chunks: Sequence[Chunk],
+    provenance: Provenance,
+    offsets: np.ndarray,
+    block_rows: int,
+    after_create: Optional[Callable[[], None]] = None,
+) -> None:
     """Copy the chunk files' rows into `output` (block by block: memory stays flat), verify it,
     rename it into place and remove the chunk directory."""
     tmp = temporary_path(output)
@@ -147,9 +164,11 @@ def stitch(output: str, chunks: Sequence[Chunk], provenance: Provenance, offsets
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(e, OSError):  # disk full, permissions changed, ...: the chunks are intact
-            raise StoreError(f"--output {output}: writing the store failed ({e.strerror or e}); the "
-                             f"complete chunks are kept in {shard_dir(output)}: rerun the same command "
-                             "to stitch them") from None
+            raise StoreError(
+                f"--output {output}: writing the store failed ({e.strerror or e}); the "
+                f"complete chunks are kept in {shard_dir(output)}: rerun the same command "
+                "to stitch them"
+            ) from None
         raise
     shutil.rmtree(shard_dir(output))
 
@@ -168,7 +187,11 @@ def _copy_rows(tmp, output, chunks, provenance, offsets, block_rows, after_creat
                 count = reader.num_sentences if per_sentence else int(reader.offsets[-1])
                 for first in range(0, count, block_rows):
                     data = reader.raw_rows(name, first, min(block_rows, count - first))
-                    os.pwrite(fd, data, layout.byte_offset[name] + (first_dest + first) * layout.row_nbytes(name))
+                    os.pwrite(
+                        fd,
+                        data,
+                        layout.byte_offset[name] + (first_dest + first) * layout.row_nbytes(name),
+                    )
             reader.close()
         os.fsync(fd)
     finally:

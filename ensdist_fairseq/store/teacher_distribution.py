@@ -13,6 +13,7 @@ compute, per position,
 Members are consumed one at a time (running logsumexp and running sum of log-probs), so memory
 is O(positions x V) whatever K is.
 """
+
 import math
 from typing import Optional
 
@@ -57,15 +58,19 @@ class EnsembleMean:
         lp = member_log_probs.float()
         row = first_non_finite_row(lp)
         if row is not None:
-            raise NonFiniteMemberOutput(row, float(lp[row][torch.isnan(lp[row]) | torch.isposinf(lp[row])][0]))
+            raise NonFiniteMemberOutput(
+                row, float(lp[row][torch.isnan(lp[row]) | torch.isposinf(lp[row])][0])
+            )
         floored = torch.where(torch.isneginf(lp), torch.full_like(lp, LOG_PROB_FLOOR), lp)
         if self._log_sum_probs is None:
             self._log_sum_probs = lp.clone()
             self._sum_log_probs = floored
         else:
             if lp.shape != self._log_sum_probs.shape:
-                raise ValueError(f"member log-probs of shape {tuple(lp.shape)} do not match "
-                                 f"{tuple(self._log_sum_probs.shape)}")
+                raise ValueError(
+                    f"member log-probs of shape {tuple(lp.shape)} do not match "
+                    f"{tuple(self._log_sum_probs.shape)}"
+                )
             torch.logaddexp(self._log_sum_probs, lp, out=self._log_sum_probs)
             self._sum_log_probs.add_(floored)
         self.num_members += 1

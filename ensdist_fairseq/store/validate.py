@@ -7,6 +7,7 @@ the file, the sentence and the first bad row, instead of training on NaN or on r
 Cost: a handful of vectorized comparisons over one sentence's (rows × V') values, a few
 microseconds per sentence (BENCHMARKS.md, store section).
 """
+
 from typing import Optional
 
 import numpy as np
@@ -16,11 +17,12 @@ import numpy as np
 PRECISION_MAX = float(np.finfo(np.float32).max)
 # A row's stored probabilities sum to at most 1 (the top-V' of a distribution, not renormalized),
 # up to float16 rounding: each value is within a relative 2**-11 of the float32 it came from.
-ROW_SUM_MAX = 1.0 + 2.0 ** -10
+ROW_SUM_MAX = 1.0 + 2.0**-10
 
 
-def first_problem(indices: np.ndarray, probs: np.ndarray, precision: np.ndarray,
-                  vocab_size: int) -> Optional[str]:
+def first_problem(
+    indices: np.ndarray, probs: np.ndarray, precision: np.ndarray, vocab_size: int
+) -> Optional[str]:
     """'row r: <what>' for the first bad row of one sentence, or None when all rows are valid.
 
     indices (n, V') integer, probs (n, V') float16, precision (n,) float32, as stored.
@@ -32,7 +34,9 @@ def first_problem(indices: np.ndarray, probs: np.ndarray, precision: np.ndarray,
             return _locate(indices, probs, precision, vocab_size)
         if float(_row_sums(probs).max()) > ROW_SUM_MAX:
             return _locate(indices, probs, precision, vocab_size)
-        if int(indices.max()) >= vocab_size or (indices.dtype.kind != "u" and int(indices.min()) < 0):
+        if int(indices.max()) >= vocab_size or (
+            indices.dtype.kind != "u" and int(indices.min()) < 0
+        ):
             return _locate(indices, probs, precision, vocab_size)
     # min/max propagate NaN, and comparisons with NaN are False: NaN and inf fail here too.
     if precision.size and not (precision.min() > 0 and precision.max() <= PRECISION_MAX):
@@ -42,7 +46,9 @@ def first_problem(indices: np.ndarray, probs: np.ndarray, precision: np.ndarray,
 
 _ONE_F16_BITS = int(np.array(1.0, dtype=np.float16).view(np.uint16))
 # float16 -> float32 by table lookup: numpy's own float16 conversion is a slow scalar loop.
-_F16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+_F16_TO_F32 = (
+    np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+)
 _ONES = {}
 
 
@@ -71,4 +77,6 @@ def _locate(indices, probs, precision, vocab_size) -> str:
             return f"row {r}: token index {indices[r][bad[0]]} is not in 0..{vocab_size - 1}"
         if not 0 < precision[r] <= PRECISION_MAX:
             return f"row {r}: precision {precision[r]} is not finite and > 0"
-    raise AssertionError("first_problem found a problem that _locate did not")  # same tests: unreachable
+    raise AssertionError(
+        "first_problem found a problem that _locate did not"
+    )  # same tests: unreachable

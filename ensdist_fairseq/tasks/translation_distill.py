@@ -6,6 +6,7 @@ checked against the data (once per process, when the split is loaded); valid and
 are untouched. With --eval-calibration, validation (fairseq-train, fairseq-validate) also logs
 ECE-1 and ECE-5. train_step hands the update number to the criterion (set_num_updates).
 """
+
 import logging
 import os
 from dataclasses import dataclass, field
@@ -16,13 +17,13 @@ from fairseq import utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from ensdist_fairseq.evaluation import calibration_logging
 from ensdist_fairseq.checkpoints.checks import DICTIONARY_SHA256_KEY
 from ensdist_fairseq.data.split_fingerprint import fingerprint
 from ensdist_fairseq.data.teacher_dataset import TeacherStoreDataset
 from ensdist_fairseq.errors import EnsdistError
-from ensdist_fairseq.store.format import StoreReader
+from ensdist_fairseq.evaluation import calibration_logging
 from ensdist_fairseq.hashing import file_sha256
+from ensdist_fairseq.store.format import StoreReader
 from ensdist_fairseq.store.provenance import StoreError, check_topk
 
 logger = logging.getLogger(__name__)
@@ -32,18 +33,24 @@ logger = logging.getLogger(__name__)
 class TranslationDistillConfig(TranslationConfig):
     teacher_store: Optional[str] = field(
         default=None,
-        metadata={"help": "teacher store written by ensdist-memoize for the training split; "
-                          "without it the task is plain translation"},
+        metadata={
+            "help": "teacher store written by ensdist-memoize for the training split; "
+            "without it the task is plain translation"
+        },
     )
     teacher_topk: Optional[int] = field(
         default=None,
-        metadata={"help": "V': teacher events per token passed to the criterion, at most the "
-                          "stored V' (default: the stored V')"},
+        metadata={
+            "help": "V': teacher events per token passed to the criterion, at most the "
+            "stored V' (default: the stored V')"
+        },
     )
     eval_calibration: bool = field(
         default=False,
-        metadata={"help": "validation also logs ECE-1/ECE-5 (percent) of the model's predictive "
-                          "distribution: one extra no-grad forward pass per batch (like --eval-bleu)"},
+        metadata={
+            "help": "validation also logs ECE-1/ECE-5 (percent) of the model's predictive "
+            "distribution: one extra no-grad forward pass per batch (like --eval-bleu)"
+        },
     )
 
 
@@ -54,7 +61,9 @@ class TranslationDistillTask(TranslationTask):
     @classmethod
     def setup_task(cls, cfg, **kwargs):
         task = super().setup_task(cfg, **kwargs)
-        task.dictionary_path = os.path.join(utils.split_paths(cfg.data)[0], f"dict.{cfg.target_lang}.txt")
+        task.dictionary_path = os.path.join(
+            utils.split_paths(cfg.data)[0], f"dict.{cfg.target_lang}.txt"
+        )
         task.dictionary_sha256 = file_sha256(task.dictionary_path)
         return task
 
@@ -70,17 +79,27 @@ class TranslationDistillTask(TranslationTask):
     def load_state_dict(self, state_dict):
         state_dict = dict(state_dict or {})
         recorded = state_dict.pop(DICTIONARY_SHA256_KEY, None)
-        if recorded and getattr(self, "dictionary_sha256", None) and recorded != self.dictionary_sha256:
-            raise EnsdistError(f"{self.dictionary_path}: not the dictionary the model was trained with "
-                               f"(sha256 {self.dictionary_sha256[:12]}…, its checkpoint records {recorded[:12]}…)")
+        if (
+            recorded
+            and getattr(self, "dictionary_sha256", None)
+            and recorded != self.dictionary_sha256
+        ):
+            raise EnsdistError(
+                f"{self.dictionary_path}: not the dictionary the model was trained with "
+                f"(sha256 {self.dictionary_sha256[:12]}…, its checkpoint records {recorded[:12]}…)"
+            )
         super().load_state_dict(state_dict)
 
     def _open_store(self) -> StoreReader:
         """The store, and the V' this run uses (the store's, or fewer with --teacher-topk)."""
         cfg = self.cfg
         reader = StoreReader(cfg.teacher_store)
-        cfg.teacher_topk = check_topk(cfg.teacher_topk, reader.provenance.topk, "--teacher-topk",
-                                      f"the store {cfg.teacher_store} holds V'={reader.provenance.topk}")
+        cfg.teacher_topk = check_topk(
+            cfg.teacher_topk,
+            reader.provenance.topk,
+            "--teacher-topk",
+            f"the store {cfg.teacher_store} holds V'={reader.provenance.topk}",
+        )
         return reader
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
@@ -96,17 +115,26 @@ class TranslationDistillTask(TranslationTask):
         cfg = self.cfg
         paths = utils.split_paths(cfg.data)
         if len(paths) != 1:
-            raise StoreError(f"--teacher-store: one store covers one data directory, --data has {len(paths)}")
+            raise StoreError(
+                f"--teacher-store: one store covers one data directory, --data has {len(paths)}"
+            )
         reader = self._open_store()
         dict_path = os.path.join(paths[0], f"dict.{cfg.target_lang}.txt")
         fp = fingerprint(dataset)
-        expected = dict(vocab_size=len(self.tgt_dict), dictionary_sha256=file_sha256(dict_path),
-                        split=cfg.train_subset, num_sentences=len(dataset),
-                        target_checksum=fp.target_checksum, source_checksum=fp.source_checksum)
+        expected = dict(
+            vocab_size=len(self.tgt_dict),
+            dictionary_sha256=file_sha256(dict_path),
+            split=cfg.train_subset,
+            num_sentences=len(dataset),
+            target_checksum=fp.target_checksum,
+            source_checksum=fp.source_checksum,
+        )
         reader.check_data(expected, fp.target_lengths, f"split '{cfg.train_subset}' of {paths[0]}")
         p = reader.provenance
-        logger.info(f"teacher store {cfg.teacher_store}: K={p.num_teachers}, V'={cfg.teacher_topk} of "
-                    f"{p.topk}, {p.num_sentences} sentences, provenance checked")
+        logger.info(
+            f"teacher store {cfg.teacher_store}: K={p.num_teachers}, V'={cfg.teacher_topk} of "
+            f"{p.topk}, {p.num_sentences} sentences, provenance checked"
+        )
         return TeacherStoreDataset(dataset, reader, cfg.teacher_topk, self.tgt_dict.pad())
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
@@ -125,8 +153,11 @@ class TranslationDistillTask(TranslationTask):
         if getattr(self.cfg, "eval_calibration", False):  # absent from older checkpoints
             with torch.no_grad():
                 lprobs = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)
-            logging_output.update(calibration_logging.calibration_logging_output(
-                lprobs, sample["target"], self.target_dictionary.pad()))
+            logging_output.update(
+                calibration_logging.calibration_logging_output(
+                    lprobs, sample["target"], self.target_dictionary.pad()
+                )
+            )
         return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion):
@@ -139,14 +170,19 @@ class TranslationDistillTask(TranslationTask):
         batch's references through the same models and hand it their calibration summary
         (scorers only ever receive strings or tokens: evaluation/ece_scorer.py). First, so a
         model with non-finite output gets our one-line error, not an assertion in the search."""
-        from ensdist_fairseq.evaluation import ece_scorer  # registered with the plugin; imported lazily here
+        from ensdist_fairseq.evaluation import (
+            ece_scorer,
+        )  # registered with the plugin; imported lazily here
 
         scorer = ece_scorer.active_scorer()
         if scorer is not None and sample.get("target") is not None:
             from ensdist_fairseq.evaluation.ensemble_scoring import summarize_batch
 
-            scorer.add_calibration(summarize_batch(models, sample, self.target_dictionary.pad(),
-                                                   where="the generated split"))
-        return super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
-                                      constraints=constraints)
-
+            scorer.add_calibration(
+                summarize_batch(
+                    models, sample, self.target_dictionary.pad(), where="the generated split"
+                )
+            )
+        return super().inference_step(
+            generator, models, sample, prefix_tokens=prefix_tokens, constraints=constraints
+        )

@@ -6,6 +6,7 @@ in teacher_forcing.py, the file format in store/; this module cuts the split int
 outputs into store rows. One writer per store: rank 0 holds `<output>.lock` from before any
 work until the store is in place.
 """
+
 import dataclasses
 import datetime
 import os
@@ -19,15 +20,15 @@ import numpy as np
 import torch
 
 from ensdist_fairseq import __version__
-from ensdist_fairseq.teachers import teacher_forcing
 from ensdist_fairseq.checkpoints.checks import check_ensemble
 from ensdist_fairseq.data.split_fingerprint import fingerprint
 from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.hashing import file_sha256
 from ensdist_fairseq.store import format as store_format
 from ensdist_fairseq.store import shards
-from ensdist_fairseq.hashing import file_sha256
 from ensdist_fairseq.store.provenance import Provenance, StoreError, check_topk
 from ensdist_fairseq.store.teacher_distribution import EnsembleMean, NonFiniteMemberOutput
+from ensdist_fairseq.teachers import teacher_forcing
 
 # Rows copied per read/write while stitching: 1M rows of V'=64 is 256 MB at most per dataset
 # read, large enough for sequential disk speed, small enough to keep memory flat.
@@ -66,18 +67,26 @@ class Run:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         check_ensemble(cfg.paths, cfg.data)
         use_cuda = torch.cuda.is_available() and not cfg.cpu
-        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu")
+        self.device = torch.device(
+            f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu"
+        )
         self.models, task = teacher_forcing.load_models(cfg.paths, cfg.data, self.device)
         empty = _empty_split_file(cfg.data, cfg.split, task.cfg.source_lang, task.cfg.target_lang)
         if empty is not None:  # fairseq's mmap reader fails on it and then again in __del__
-            raise EnsdistError(f"--split {cfg.split}: the split in {cfg.data} has no sentences ({empty} is empty)")
+            raise EnsdistError(
+                f"--split {cfg.split}: the split in {cfg.data} has no sentences ({empty} is empty)"
+            )
         try:
             # combine=True: the same (train, train1, ...) concatenation and indices as fairseq-train
             task.load_dataset(cfg.split, combine=True)
         except FileNotFoundError:
             raise EnsdistError(f"--split {cfg.split}: no such split in {cfg.data}") from None
-        except ValueError as e:  # fairseq cannot even open an empty binarized split (mmap of 0 bytes)
-            raise EnsdistError(f"--split {cfg.split}: the split in {cfg.data} has no sentences ({e})") from None
+        except (
+            ValueError
+        ) as e:  # fairseq cannot even open an empty binarized split (mmap of 0 bytes)
+            raise EnsdistError(
+                f"--split {cfg.split}: the split in {cfg.data} has no sentences ({e})"
+            ) from None
         self.task, self.dataset = task, task.dataset(cfg.split)
         if len(self.dataset) == 0:
             raise EnsdistError(f"--split {cfg.split}: the split in {cfg.data} has no sentences")
@@ -85,18 +94,30 @@ class Run:
         vocab_size = len(task.target_dictionary)
         check_topk(cfg.topk, vocab_size, "--topk", "the target vocabulary size")
         try:
-            teacher_forcing.check_sizes(self.dataset, teacher_forcing.max_positions(task, self.models),
-                                        cfg.max_tokens, f"split '{cfg.split}' of {cfg.data}")
+            teacher_forcing.check_sizes(
+                self.dataset,
+                teacher_forcing.max_positions(task, self.models),
+                cfg.max_tokens,
+                f"split '{cfg.split}' of {cfg.data}",
+            )
         except ValueError as e:  # bad input by design (an EnsdistError in newer teacher_forcing)
             raise EnsdistError(str(e)) from None
         fp = fingerprint(self.dataset)
         self.offsets = np.concatenate([[0], np.cumsum(fp.target_lengths)]).astype(np.int64)
         self.provenance = Provenance(
-            vocab_size=vocab_size, topk=cfg.topk, num_teachers=len(cfg.paths),
+            vocab_size=vocab_size,
+            topk=cfg.topk,
+            num_teachers=len(cfg.paths),
             teacher_sha256=tuple(file_sha256(p) for p in cfg.paths),
-            dictionary_sha256=file_sha256(os.path.join(cfg.data, f"dict.{task.cfg.target_lang}.txt")),
-            split=cfg.split, num_sentences=len(self.dataset), target_checksum=fp.target_checksum,
-            source_checksum=fp.source_checksum, package_version=__version__)
+            dictionary_sha256=file_sha256(
+                os.path.join(cfg.data, f"dict.{task.cfg.target_lang}.txt")
+            ),
+            split=cfg.split,
+            num_sentences=len(self.dataset),
+            target_checksum=fp.target_checksum,
+            source_checksum=fp.source_checksum,
+            package_version=__version__,
+        )
         self.chunks = shards.plan_chunks(len(self.dataset), cfg.chunk_sentences)
 
     def log(self, msg: str):
@@ -106,21 +127,30 @@ class Run:
     def announce_size(self):
         n, rows = len(self.offsets) - 1, int(self.offsets[-1])
         nbytes = store_format.store_nbytes(n, rows, self.cfg.topk, self.provenance.vocab_size)
-        per_entry = store_format.index_dtype(self.provenance.vocab_size).itemsize + store_format.PROB_DTYPE.itemsize
-        self.log(f"{n} sentences, {rows} target tokens, V'={self.cfg.topk}, K={self.provenance.num_teachers}: "
-                 f"the store will take {_human(nbytes)} ({per_entry} bytes per entry), "
-                 f"twice that while its chunks are stitched")
+        per_entry = (
+            store_format.index_dtype(self.provenance.vocab_size).itemsize
+            + store_format.PROB_DTYPE.itemsize
+        )
+        self.log(
+            f"{n} sentences, {rows} target tokens, V'={self.cfg.topk}, K={self.provenance.num_teachers}: "
+            f"the store will take {_human(nbytes)} ({per_entry} bytes per entry), "
+            f"twice that while its chunks are stitched"
+        )
         out_dir = os.path.dirname(os.path.abspath(self.cfg.output))
         free = shutil.disk_usage(out_dir).free
         if free < 2 * nbytes:
-            raise EnsdistError(f"--output {self.cfg.output}: {_human(free)} free in {out_dir}, need {_human(2 * nbytes)}")
+            raise EnsdistError(
+                f"--output {self.cfg.output}: {_human(free)} free in {out_dir}, need {_human(2 * nbytes)}"
+            )
 
     @torch.inference_mode()
     def teacher_rows(self, sample):
         """[(sentence id, indices, probs, precision)] for one collated sample."""
         mask = sample["target"].ne(self.pad)
         mean = EnsembleMean()
-        for path, lp in zip(self.cfg.paths, teacher_forcing.member_log_probs(self.models, sample["net_input"])):
+        for path, lp in zip(
+            self.cfg.paths, teacher_forcing.member_log_probs(self.models, sample["net_input"])
+        ):
             try:
                 mean.add(lp[mask])
             except NonFiniteMemberOutput as e:
@@ -128,20 +158,27 @@ class Run:
                 raise EnsdistError(
                     f"{path}: non-finite output (log-probability {e.value}) at target token "
                     f"{int(mask[b, :t].sum())} of sentence {int(sample['id'][b])} of split '{self.cfg.split}'; "
-                    "refusing to store it") from None
+                    "refusing to store it"
+                ) from None
         indices, probs = mean.top_k(self.cfg.topk)
         precision = mean.precision()
         lengths = mask.sum(1).tolist()
-        indices, probs, precision = indices.cpu().numpy(), probs.cpu().numpy(), precision.cpu().numpy()
+        indices, probs, precision = (
+            indices.cpu().numpy(),
+            probs.cpu().numpy(),
+            precision.cpu().numpy(),
+        )
         bounds = np.concatenate([[0], np.cumsum(lengths)])
-        return [(int(sid), indices[a:b], probs[a:b], precision[a:b])
-                for sid, a, b in zip(sample["id"].tolist(), bounds[:-1], bounds[1:])]
+        return [
+            (int(sid), indices[a:b], probs[a:b], precision[a:b])
+            for sid, a, b in zip(sample["id"].tolist(), bounds[:-1], bounds[1:])
+        ]
 
     def memoize_chunk(self, number, chunk, progress):
         final = shards.chunk_path(self.cfg.output, chunk)
         shards.remove_stale_temporaries(final)
         tmp = shards.temporary_path(final)
-        local = self.offsets[chunk[0]:chunk[1] + 1] - self.offsets[chunk[0]]
+        local = self.offsets[chunk[0] : chunk[1] + 1] - self.offsets[chunk[0]]
         layout = store_format.create(tmp, local, self.provenance, first_sentence=chunk[0])
         _test_kill(f"chunk-started:{number}")
         writer = store_format.RowWriter(tmp, layout, local)
@@ -158,13 +195,18 @@ class Run:
         shards.commit(tmp, final)
 
     def _fill_chunk(self, chunk, local, writer, written, progress):
-        batches = teacher_forcing.plan_batches(self.dataset, np.arange(*chunk), self.cfg.max_tokens,
-                                               self.cfg.batch_size)
-        for batch, sample in zip(batches, teacher_forcing.samples(self.dataset, batches, self.device)):
+        batches = teacher_forcing.plan_batches(
+            self.dataset, np.arange(*chunk), self.cfg.max_tokens, self.cfg.batch_size
+        )
+        for batch, sample in zip(
+            batches, teacher_forcing.samples(self.dataset, batches, self.device)
+        ):
             for sid, indices, probs, precision in self.teacher_rows(sample):
                 if len(indices) != local[sid - chunk[0] + 1] - local[sid - chunk[0]]:
-                    raise RuntimeError(f"sentence {sid}: {len(indices)} target tokens in the batch, "
-                                       f"{self.offsets[sid + 1] - self.offsets[sid]} in the split's sizes")
+                    raise RuntimeError(
+                        f"sentence {sid}: {len(indices)} target tokens in the batch, "
+                        f"{self.offsets[sid + 1] - self.offsets[sid]} in the split's sizes"
+                    )
                 writer.write_sentence(sid - chunk[0], indices, probs, precision)
                 written[sid - chunk[0]] = True
             progress(len(batch), int(sum(self.offsets[i + 1] - self.offsets[i] for i in batch)))
@@ -231,15 +273,23 @@ def _memoize_locked(cfg: MemoizeConfig, rank: int, world_size: int) -> bool:
             _all_ok(False, run.device)
         if isinstance(e, OSError):  # disk full, permissions: what is complete stays complete
             where = f" on {e.filename}" if e.filename else ""
-            raise EnsdistError(f"--output {cfg.output}: writing failed ({e.strerror or e}{where}); "
-                               f"complete chunks are kept in {shards.shard_dir(cfg.output)}: rerun the "
-                               "same command to resume") from None
+            raise EnsdistError(
+                f"--output {cfg.output}: writing failed ({e.strerror or e}{where}); "
+                f"complete chunks are kept in {shards.shard_dir(cfg.output)}: rerun the "
+                "same command to resume"
+            ) from None
         raise
     if world_size == 1 or _all_ok(True, run.device):
         if rank == 0:
             run.log(f"stitching {len(run.chunks)} chunks into {cfg.output}")
-            shards.stitch(cfg.output, run.chunks, run.provenance, run.offsets, STITCH_BLOCK_ROWS,
-                          after_create=lambda: _test_kill("stitch-started"))
+            shards.stitch(
+                cfg.output,
+                run.chunks,
+                run.provenance,
+                run.offsets,
+                STITCH_BLOCK_ROWS,
+                after_create=lambda: _test_kill("stitch-started"),
+            )
             run.log(f"wrote {cfg.output} ({_human(os.path.getsize(cfg.output))})")
     else:
         raise StoreError(f"{shards.shard_dir(cfg.output)}: another rank failed; rerun to resume")
@@ -261,9 +311,17 @@ def _all_ok(ok: bool, device) -> bool:
 
 def _memoize_share(run: Run):
     mine = shards.chunks_of_rank(run.chunks, run.rank, run.world_size)
-    todo = [c for c in mine if not shards.is_complete(shards.chunk_path(run.cfg.output, c), c, run.provenance, run.offsets)]
+    todo = [
+        c
+        for c in mine
+        if not shards.is_complete(
+            shards.chunk_path(run.cfg.output, c), c, run.provenance, run.offsets
+        )
+    ]
     if len(todo) < len(mine):
-        run.log(f"resuming: {len(mine) - len(todo)} of this rank's {len(mine)} chunks are already complete")
+        run.log(
+            f"resuming: {len(mine) - len(todo)} of this rank's {len(mine)} chunks are already complete"
+        )
     total_sentences = sum(c[1] - c[0] for c in todo)
     state = {"sentences": 0, "tokens": 0, "start": time.time(), "last": time.time()}
 
@@ -274,8 +332,10 @@ def _memoize_share(run: Run):
         if now - state["last"] >= run.cfg.log_interval or state["sentences"] == total_sentences:
             state["last"] = now
             rate = state["tokens"] / max(now - state["start"], 1e-9)
-            run.log(f"{state['sentences']}/{total_sentences} sentences "
-                    f"({100 * state['sentences'] / total_sentences:.1f}%), {rate:.0f} target tokens/s")
+            run.log(
+                f"{state['sentences']}/{total_sentences} sentences "
+                f"({100 * state['sentences'] / total_sentences:.1f}%), {rate:.0f} target tokens/s"
+            )
 
     for number, chunk in enumerate(todo):
         run.memoize_chunk(number, chunk, progress)

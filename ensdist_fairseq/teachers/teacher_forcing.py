@@ -12,6 +12,7 @@ Batching: sentences sorted by length (stable), then fairseq's batch_by_size with
 required_batch_size_multiple=1 (fairseq 0.12 drops a last batch that is not a multiple of it),
 then a check that every requested sentence is in exactly one batch.
 """
+
 import math
 from typing import Iterator, List, Optional, Sequence
 
@@ -21,8 +22,12 @@ import torch
 from ensdist_fairseq.errors import EnsdistError
 
 
-def load_models(paths: Sequence[str], data_dir: str, device: torch.device = torch.device("cpu"),
-                overrides: Optional[dict] = None):
+def load_models(
+    paths: Sequence[str],
+    data_dir: str,
+    device: torch.device = torch.device("cpu"),
+    overrides: Optional[dict] = None,
+):
     """(models in eval mode on `device`, task) for the checkpoints `paths` on `data_dir`.
 
     overrides: model options set at load time, like fairseq's --model-overrides (e.g.
@@ -33,7 +38,8 @@ def load_models(paths: Sequence[str], data_dir: str, device: torch.device = torc
 
     register_with_fairseq()  # the checkpoints may name our task or model
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        list(paths), arg_overrides={**(overrides or {}), "data": data_dir})
+        list(paths), arg_overrides={**(overrides or {}), "data": data_dir}
+    )
     # eval(): dropout off, the test-time predictive distribution
     return [m.to(device).eval() for m in models], task
 
@@ -54,28 +60,45 @@ def check_sizes(dataset, positions, max_tokens: Optional[int], where: str) -> No
     num_tokens = dataset.num_tokens_vec(np.arange(n))
     if max_tokens is not None and num_tokens.max() > max_tokens:
         i = int(num_tokens.argmax())
-        raise EnsdistError(f"--max-tokens {max_tokens}: sentence {i} of {where} has {num_tokens[i]} tokens")
-    for sizes, limit, side in ((dataset.src_sizes, positions[0], "source"),
-                               (dataset.tgt_sizes, positions[1], "target")):
+        raise EnsdistError(
+            f"--max-tokens {max_tokens}: sentence {i} of {where} has {num_tokens[i]} tokens"
+        )
+    for sizes, limit, side in (
+        (dataset.src_sizes, positions[0], "source"),
+        (dataset.tgt_sizes, positions[1], "target"),
+    ):
         if sizes is not None and limit is not None and sizes.max() > limit:
             i = int(sizes.argmax())
-            raise EnsdistError(f"{where}: {side} of sentence {i} has {sizes[i]} tokens, "
-                             f"more than the models' {limit} positions")
+            raise EnsdistError(
+                f"{where}: {side} of sentence {i} has {sizes[i]} tokens, "
+                f"more than the models' {limit} positions"
+            )
 
 
-def plan_batches(dataset, ids: Optional[np.ndarray] = None, max_tokens: Optional[int] = None,
-                 batch_size: Optional[int] = None) -> List[np.ndarray]:
+def plan_batches(
+    dataset,
+    ids: Optional[np.ndarray] = None,
+    max_tokens: Optional[int] = None,
+    batch_size: Optional[int] = None,
+) -> List[np.ndarray]:
     """Batches (arrays of dataset indices) covering `ids` (default: every sentence) exactly once."""
     from fairseq.data import data_utils
 
-    ids = np.arange(len(dataset), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+    ids = (
+        np.arange(len(dataset), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+    )
     if len(ids) == 0:
         return []
     num_tokens = dataset.num_tokens_vec(ids).astype(np.int64)  # the Cython batcher wants int64
     order = np.argsort(num_tokens, kind="mergesort")  # similar lengths together: little padding
     batches = data_utils.batch_by_size(
-        ids[order], dataset.num_tokens, num_tokens_vec=num_tokens[order], max_tokens=max_tokens,
-        max_sentences=batch_size, required_batch_size_multiple=1)
+        ids[order],
+        dataset.num_tokens,
+        num_tokens_vec=num_tokens[order],
+        max_tokens=max_tokens,
+        max_sentences=batch_size,
+        required_batch_size_multiple=1,
+    )
     covered = np.sort(np.concatenate(batches)) if batches else np.array([], dtype=np.int64)
     if not np.array_equal(covered, np.sort(ids)):
         raise RuntimeError(f"batching covered {len(covered)} of {len(ids)} sentences")

@@ -18,6 +18,7 @@ where mi or rmi < 1e-9 × (the size of the sums) are recomputed with measures.py
 so the results keep measures.py's guarantee (mi, rmi, epkl >= 0, never clamped). Tests check
 both paths against each other (tests/test_uncertainty_measures.py).
 """
+
 import math
 from typing import Dict
 
@@ -28,8 +29,8 @@ from ensdist_fairseq.uncertainty import measures as M
 _TAIL_EPS = 3e-3  # classes with ε = e^z below this enter through the moments Σ ε^n only
 _TAIL_DEGREE = 6  # first omitted term ~ ζ(8) ε^7 < 3e-18 per class
 _DENSE_HEAD_SHARE = 0.3  # above this share of head classes, digamma densely on every class
-_RELATIVE = 1e-9            # float64 inputs
-_RELATIVE_FLOAT32 = 1e-5    # ensemble of float32 members (see ensemble_measures)
+_RELATIVE = 1e-9  # float64 inputs
+_RELATIVE_FLOAT32 = 1e-5  # ensemble of float32 members (see ensemble_measures)
 _RELATIVE_DIRICHLET = 1e-6  # Dirichlet: float32 moments (see dirichlet_measures)
 _EULER = 0.5772156649015329
 
@@ -38,9 +39,19 @@ def _tail_coefficients(degree: int):
     """c_n of (1+ε)ψ(1+ε) = Σ c_n ε^n and b_n of (1+ε)ln(1+ε) = Σ b_n ε^n, n = 0..degree.
 
     ψ(1+ε) = −γ + Σ_{k>=2} (−1)^k ζ(k) ε^(k−1);  ln(1+ε) = Σ_{n>=1} (−1)^(n+1) ε^n / n."""
-    zeta = [float(torch.special.zeta(torch.tensor(float(k), dtype=torch.float64),
-                                     torch.tensor(1.0, dtype=torch.float64))) if k >= 2 else 0.0
-            for k in range(degree + 2)]
+    zeta = [
+        (
+            float(
+                torch.special.zeta(
+                    torch.tensor(float(k), dtype=torch.float64),
+                    torch.tensor(1.0, dtype=torch.float64),
+                )
+            )
+            if k >= 2
+            else 0.0
+        )
+        for k in range(degree + 2)
+    ]
     a = [-_EULER] + [(-1) ** (n + 1) * zeta[n + 1] for n in range(1, degree + 1)]
     c = [a[0]] + [a[n] + a[n - 1] for n in range(1, degree + 1)]
     b = [0.0, 1.0] + [(-1) ** n / (n * (n - 1)) for n in range(2, degree + 1)]
@@ -116,7 +127,11 @@ def dirichlet_measures(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
             alpha = 1 + head_eps
             # per-row sums through a dense buffer: index_add over many rows is a slow scatter
             buf = torch.zeros(z.shape, dtype=torch.float64)
-            for acc, vals in ((0, head_eps), (1, alpha * torch.digamma(alpha)), (2, alpha * torch.log(alpha))):
+            for acc, vals in (
+                (0, head_eps),
+                (1, alpha * torch.digamma(alpha)),
+                (2, alpha * torch.log(alpha)),
+            ):
                 buf[head] = vals
                 row_sums = buf.sum(-1)
                 if acc == 0:
@@ -128,9 +143,16 @@ def dirichlet_measures(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
     total = torch.log(alpha0) - s_log / alpha0
     mi = (s_psi + vocab - s_log) / alpha0 - M._phi(alpha0)
     rmi = (s_log - s_psi) / alpha0 - M._chi(alpha0)
-    values = {"total": total, "data": total - mi, "mi": mi, "rmi": rmi,
-              "epkl": (vocab - 1) / alpha0}
+    values = {
+        "total": total,
+        "data": total - mi,
+        "mi": mi,
+        "rmi": rmi,
+        "epkl": (vocab - 1) / alpha0,
+    }
     scale = _RELATIVE_DIRICHLET * (s_psi.abs() + s_log.abs() + vocab) / alpha0
-    _recompute(values, (mi < scale) | (rmi < scale) | ~torch.isfinite(alpha0), M.dirichlet_measures, z)
+    _recompute(
+        values, (mi < scale) | (rmi < scale) | ~torch.isfinite(alpha0), M.dirichlet_measures, z
+    )
     values["data"] = values["total"] - values["mi"]
     return values

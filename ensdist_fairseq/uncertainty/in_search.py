@@ -15,6 +15,7 @@ The measures are those of runner.py: the members' distributions for an ensemble,
 from the raw logits for a Dirichlet student, the entropy for a single model; fairseq stores
 them in float32. Cost: the measures for every live beam at every step, no second decoder pass.
 """
+
 import math
 from typing import List, Sequence
 
@@ -38,8 +39,9 @@ class MeasuringEnsemble(EnsembleModel):
         for i, model in enumerate(self.models):
             encoder_out = encoder_outs[i] if self.has_encoder() else None
             if self.has_incremental_states():
-                decoder_out = model.decoder.forward(tokens, encoder_out=encoder_out,
-                                                    incremental_state=incremental_states[i])
+                decoder_out = model.decoder.forward(
+                    tokens, encoder_out=encoder_out, incremental_state=incremental_states[i]
+                )
             else:
                 decoder_out = model.decoder.forward(tokens, encoder_out=encoder_out)
             last = decoder_out[0][:, -1:, :]
@@ -61,4 +63,6 @@ class MeasuringEnsemble(EnsembleModel):
         else:
             values = M.single_measures(predictive)
         # (rows, M): fairseq copies it into its attention buffer at this step's column
-        return predictive, torch.stack([values[m] for m in self.measure_names], dim=1).to(predictive)
+        return predictive, torch.stack([values[m] for m in self.measure_names], dim=1).to(
+            predictive
+        )

@@ -29,6 +29,7 @@ non-negative *as computed*, so mi, rmi, epkl >= 0 hold exactly, in float32 too, 
     float64, from ψ for x < 10 and from their asymptotic series for x >= 10, where ψ(x) − ln x
     would cancel (α₀ reaches 1e9 for confident students).
 """
+
 import math
 from typing import Dict
 
@@ -39,7 +40,7 @@ DIRICHLET_MEASURES = ENSEMBLE_MEASURES
 SINGLE_MEASURES = ("total",)
 KNOWLEDGE_MEASURES = ("mi", "rmi", "epkl")
 
-_SMALL_D = 0.1       # below this |d| the Taylor series of g is used
+_SMALL_D = 0.1  # below this |d| the Taylor series of g is used
 _ASYMPTOTIC_X = 10.0  # from here on φ and χ come from their asymptotic series
 
 
@@ -85,7 +86,9 @@ def _chi_series(x: torch.Tensor) -> torch.Tensor:
     """ln x − ψ(x) = 1/(2x) + Σ_n B_2n / (2n x^2n) (Bernoulli numbers), to x^-10: the first
     omitted term is < 2e-15 at x = 10."""
     inv2 = 1 / (x * x)
-    return 1 / (2 * x) + inv2 * (1 / 12 - inv2 * (1 / 120 - inv2 * (1 / 252 - inv2 * (1 / 240 - inv2 / 132))))
+    return 1 / (2 * x) + inv2 * (
+        1 / 12 - inv2 * (1 / 120 - inv2 * (1 / 252 - inv2 * (1 / 240 - inv2 / 132)))
+    )
 
 
 def _phi(x: torch.Tensor) -> torch.Tensor:
@@ -123,8 +126,13 @@ def dirichlet_measures(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
     mi = (mean * (_phi(alpha) - _phi(alpha0))).sum(-1)
     rmi = (mean * (_chi(alpha) - _chi(alpha0))).sum(-1)
     vocab = logits.size(-1)
-    return {"total": total, "data": total - mi, "mi": mi, "rmi": rmi,
-            "epkl": (vocab - 1) * torch.exp(-log_alpha0)}
+    return {
+        "total": total,
+        "data": total - mi,
+        "mi": mi,
+        "rmi": rmi,
+        "epkl": (vocab - 1) * torch.exp(-log_alpha0),
+    }
 
 
 def single_measures(log_probs: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ Out (OUT/): raw/NAME.SRC (text), spm/NAME.SRC (pieces, the corpus's SentencePiec
 bin/NAME.SRC.{bin,idx} (fairseq mmap, the corpus's source dictionary), ood_sets.json (manifest,
 written last). `ensdist-uncertainty --ood-dir OUT` reads the manifest.
 """
+
 import gettext
 import glob
 import json
@@ -36,10 +37,21 @@ from ensdist_fairseq.hashing import file_sha256
 MANIFEST = "ood_sets.json"
 LOCALE_DIR = "/usr/share/locale"
 # Catalogs of Debian Essential packages (catalog name -> Debian package), installed everywhere.
-CATALOGS = {"coreutils": "coreutils", "bash": "bash", "dpkg": "dpkg", "tar": "tar", "sed": "sed",
-            "grep": "grep", "findutils": "findutils", "diffutils": "diffutils", "shadow": "login"}
+CATALOGS = {
+    "coreutils": "coreutils",
+    "bash": "bash",
+    "dpkg": "dpkg",
+    "tar": "tar",
+    "sed": "sed",
+    "grep": "grep",
+    "findutils": "findutils",
+    "diffutils": "diffutils",
+    "shadow": "login",
+}
 THIRD_LANGUAGES = ("fr", "es", "it")
-_WORD = re.compile(r"^[^\W\d_]+(?:['’-][^\W\d_]+)*[.,:;!?]?$")  # a word of letters, maybe punctuated
+_WORD = re.compile(
+    r"^[^\W\d_]+(?:['’-][^\W\d_]+)*[.,:;!?]?$"
+)  # a word of letters, maybe punctuated
 
 
 def clean_message_lines(text: str) -> List[str]:
@@ -77,15 +89,26 @@ def catalog_lines(lang: str, locale_dir: str = LOCALE_DIR) -> Tuple[List[str], L
             text = msgid if lang == "en" else msgstr
             if isinstance(text, str) and (lang == "en" or msgstr != msgid):
                 lines.update(clean_message_lines(text))
-        sources.append({"catalog": path, "package": package, "version": _package_version(package),
-                        "sha256": file_sha256(path), "lines": len(lines) - before})
+        sources.append(
+            {
+                "catalog": path,
+                "package": package,
+                "version": _package_version(package),
+                "sha256": file_sha256(path),
+                "lines": len(lines) - before,
+            }
+        )
     return sorted(lines), sources
 
 
 def _package_version(package: str) -> Optional[str]:
     try:
-        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True,
-                             text=True, check=False)
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", package],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         return out.stdout.strip() or None
     except OSError:  # not a Debian system
         return None
@@ -123,27 +146,38 @@ def corpus_languages(data_dir: str) -> Tuple[str, str]:
         src, tgt = pair.split("-")
         if lang == src:
             return src, tgt
-    raise EnsdistError(f"--data-dir {data_dir}: no bin/test.SRC-TGT.SRC.idx (run scripts/prepare_raw.sh)")
+    raise EnsdistError(
+        f"--data-dir {data_dir}: no bin/test.SRC-TGT.SRC.idx (run scripts/prepare_raw.sh)"
+    )
 
 
-def build_sets(data_dir: str, size: int, seed: int, extra: Dict[str, str],
-               locale_dir: str = LOCALE_DIR) -> Tuple[Dict[str, List[str]], dict]:
+def build_sets(
+    data_dir: str, size: int, seed: int, extra: Dict[str, str], locale_dir: str = LOCALE_DIR
+) -> Tuple[Dict[str, List[str]], dict]:
     """{name: source lines} of every OOD set and the manifest's provenance entries."""
     src, tgt = corpus_languages(data_dir)
     test_src = read_lines(os.path.join(data_dir, "raw", f"test.{src}"))
     test_tgt = read_lines(os.path.join(data_dir, "raw", f"test.{tgt}"))
     rng = random.Random(seed)
-    sets = {"permuted": [permute_words(s, rng) for s in sample(test_src, size, seed, "permuted")],
-            "target": sample(test_tgt, size, seed, f"target ({tgt} test sentences)")}
-    about = {"permuted": f"test.{src} with words shuffled (seed {seed})",
-             "target": f"test.{tgt}: {tgt} sentences given as {src} sources"}
+    sets = {
+        "permuted": [permute_words(s, rng) for s in sample(test_src, size, seed, "permuted")],
+        "target": sample(test_tgt, size, seed, f"target ({tgt} test sentences)"),
+    }
+    about = {
+        "permuted": f"test.{src} with words shuffled (seed {seed})",
+        "target": f"test.{tgt}: {tgt} sentences given as {src} sources",
+    }
     provenance = {}
     domain, provenance["domain"] = catalog_lines(src, locale_dir)
-    sets["domain"] = sample(domain, size, seed, f"domain ({src} gettext catalogs under {locale_dir})")
+    sets["domain"] = sample(
+        domain, size, seed, f"domain ({src} gettext catalogs under {locale_dir})"
+    )
     about["domain"] = f"{src} message strings of Debian Essential packages' gettext catalogs"
     third = next(lang for lang in THIRD_LANGUAGES if lang not in (src, tgt))
     lines, provenance["third"] = catalog_lines(third, locale_dir)
-    sets["third"] = sample(lines, size, seed, f"third ({third} gettext catalogs under {locale_dir})")
+    sets["third"] = sample(
+        lines, size, seed, f"third ({third} gettext catalogs under {locale_dir})"
+    )
     about["third"] = f"{third} message strings of the same catalogs (a third language)"
     for name, path in extra.items():
         if name in sets or not re.fullmatch(r"[A-Za-z0-9_]+", name):
@@ -167,8 +201,9 @@ def encode_and_binarize(lines: Sequence[str], spm_model: str, dict_path: str, ou
     sp = spm.SentencePieceProcessor(model_file=spm_model)
     dictionary = Dictionary.load(dict_path)
     pieces = [" ".join(sp.encode(line, out_type=str)) for line in lines]
-    builder = indexed_dataset.make_builder(out_prefix + ".bin", impl="mmap",
-                                           vocab_size=len(dictionary))
+    builder = indexed_dataset.make_builder(
+        out_prefix + ".bin", impl="mmap", vocab_size=len(dictionary)
+    )
     unknown = 0
     for p in pieces:
         ids = dictionary.encode_line(p, add_if_not_exist=False, append_eos=True).long()
@@ -178,8 +213,14 @@ def encode_and_binarize(lines: Sequence[str], spm_model: str, dict_path: str, ou
     return pieces, unknown
 
 
-def write_sets(data_dir: str, out: str, size: int = 500, seed: int = 1,
-               extra: Optional[Dict[str, str]] = None, locale_dir: str = LOCALE_DIR) -> dict:
+def write_sets(
+    data_dir: str,
+    out: str,
+    size: int = 500,
+    seed: int = 1,
+    extra: Optional[Dict[str, str]] = None,
+    locale_dir: str = LOCALE_DIR,
+) -> dict:
     sets, meta = build_sets(data_dir, size, seed, extra or {}, locale_dir)
     src = meta["src"]
     spm_model = os.path.join(data_dir, "spm", "spm.model")
@@ -193,18 +234,35 @@ def write_sets(data_dir: str, out: str, size: int = 500, seed: int = 1,
     for name, lines in sets.items():
         with open(os.path.join(out, "raw", f"{name}.{src}"), "w", encoding="utf-8") as f:
             f.writelines(line + "\n" for line in lines)
-        pieces, unknown = encode_and_binarize(lines, spm_model, dict_path,
-                                              os.path.join(out, "bin", f"{name}.{src}"))
+        pieces, unknown = encode_and_binarize(
+            lines, spm_model, dict_path, os.path.join(out, "bin", f"{name}.{src}")
+        )
         with open(os.path.join(out, "spm", f"{name}.{src}"), "w", encoding="utf-8") as f:
             f.writelines(p + "\n" for p in pieces)
-        entries.append({"name": name, "lines": len(lines), "unk_tokens": unknown,
-                        "about": meta["about"][name], "bin": f"bin/{name}.{src}",
-                        "raw": f"raw/{name}.{src}",
-                        "raw_sha256": file_sha256(os.path.join(out, "raw", f"{name}.{src}"))})
-    manifest = {"schema_version": 1, "data_dir": os.path.abspath(data_dir), "src": src,
-                "tgt": meta["tgt"], "size": size, "seed": seed, "in_domain": "test",
-                "dict_sha256": file_sha256(dict_path), "spm_sha256": file_sha256(spm_model),
-                "sets": entries, "catalogs": meta["catalogs"]}
+        entries.append(
+            {
+                "name": name,
+                "lines": len(lines),
+                "unk_tokens": unknown,
+                "about": meta["about"][name],
+                "bin": f"bin/{name}.{src}",
+                "raw": f"raw/{name}.{src}",
+                "raw_sha256": file_sha256(os.path.join(out, "raw", f"{name}.{src}")),
+            }
+        )
+    manifest = {
+        "schema_version": 1,
+        "data_dir": os.path.abspath(data_dir),
+        "src": src,
+        "tgt": meta["tgt"],
+        "size": size,
+        "seed": seed,
+        "in_domain": "test",
+        "dict_sha256": file_sha256(dict_path),
+        "spm_sha256": file_sha256(spm_model),
+        "sets": entries,
+        "catalogs": meta["catalogs"],
+    }
     tmp = os.path.join(out, MANIFEST + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)

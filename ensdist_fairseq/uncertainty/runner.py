@@ -11,6 +11,7 @@ Systems (SYSTEM_KINDS): "single" (one ordinary model, incl. a mean-KD student: e
 α = exp(z) + 1 of its raw logits, never from get_normalized_probs).
 Nothing is kept across chunks: memory is flat in the size of the split.
 """
+
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -22,8 +23,11 @@ from ensdist_fairseq.uncertainty import measures as M
 from ensdist_fairseq.uncertainty import sequence as S
 
 SYSTEM_KINDS = ("single", "ensemble", "dirichlet")
-AVAILABLE = {"single": M.SINGLE_MEASURES, "ensemble": M.ENSEMBLE_MEASURES,
-             "dirichlet": M.DIRICHLET_MEASURES}
+AVAILABLE = {
+    "single": M.SINGLE_MEASURES,
+    "ensemble": M.ENSEMBLE_MEASURES,
+    "dirichlet": M.DIRICHLET_MEASURES,
+}
 POSITIONS_PER_CHUNK = 2048  # token positions per measure computation: bounds K x P x V buffers
 
 
@@ -37,12 +41,15 @@ def check_measures(kind: str, requested: Sequence[str]) -> List[str]:
     """The requested measures, or ValueError naming one the system cannot give."""
     for name in requested:
         if name not in M.ENSEMBLE_MEASURES:
-            raise EnsdistError(f"--measures {name}: unknown (one of {', '.join(M.ENSEMBLE_MEASURES)})")
+            raise EnsdistError(
+                f"--measures {name}: unknown (one of {', '.join(M.ENSEMBLE_MEASURES)})"
+            )
         if name not in AVAILABLE[kind]:
             raise EnsdistError(
                 f"--measures {name}: a single model (or mean-KD student) gives only total "
                 "uncertainty (its entropy); knowledge uncertainty needs an ensemble "
-                "(--path a.pt:b.pt) or a Proxy-Dirichlet student")
+                "(--path a.pt:b.pt) or a Proxy-Dirichlet student"
+            )
     return list(requested)
 
 
@@ -55,25 +62,35 @@ def hypothesis_batch(dataset, decoded: Sequence, device):
     pad, eos = dataset.src_dict.pad(), dataset.src_dict.eos()
     sources = [dataset[d.id]["source"] for d in decoded]
     hyps = [h.tokens for d in decoded for h in d.hypotheses]
-    new_order = torch.repeat_interleave(torch.arange(len(decoded)),
-                                        torch.tensor([len(d.hypotheses) for d in decoded]))
+    new_order = torch.repeat_interleave(
+        torch.arange(len(decoded)), torch.tensor([len(d.hypotheses) for d in decoded])
+    )
     tgt_pad, tgt_eos = dataset.tgt_dict.pad(), dataset.tgt_dict.eos()
     batch = {
-        "src_tokens": data_utils.collate_tokens(sources, pad, eos, left_pad=dataset.left_pad_source),
+        "src_tokens": data_utils.collate_tokens(
+            sources, pad, eos, left_pad=dataset.left_pad_source
+        ),
         "src_lengths": torch.tensor([s.numel() for s in sources]),
-        "prev_output_tokens": data_utils.collate_tokens(hyps, tgt_pad, tgt_eos, left_pad=False,
-                                                        move_eos_to_beginning=True),
+        "prev_output_tokens": data_utils.collate_tokens(
+            hyps, tgt_pad, tgt_eos, left_pad=False, move_eos_to_beginning=True
+        ),
     }
     target = data_utils.collate_tokens(hyps, tgt_pad, tgt_eos, left_pad=False)
-    return ({k: v.to(device) for k, v in batch.items()}, target.to(device),
-            target.ne(tgt_pad).to(device), new_order.to(device))
+    return (
+        {k: v.to(device) for k, v in batch.items()},
+        target.to(device),
+        target.ne(tgt_pad).to(device),
+        new_order.to(device),
+    )
 
 
 def _chunked(fn, *position_tensors) -> Dict[str, torch.Tensor]:
     """fn over slices of the position dimension (dim -2), concatenated: bounded memory."""
     n = position_tensors[0].size(-2)
-    parts = [fn(*(t[..., i:i + POSITIONS_PER_CHUNK, :] for t in position_tensors))
-             for i in range(0, n, POSITIONS_PER_CHUNK)]
+    parts = [
+        fn(*(t[..., i : i + POSITIONS_PER_CHUNK, :] for t in position_tensors))
+        for i in range(0, n, POSITIONS_PER_CHUNK)
+    ]
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
@@ -84,22 +101,34 @@ def _member_output(model, net_input: dict, new_order: torch.Tensor, mask: torch.
     reorder_encoder_out, as beam search does); the output projection runs on the P real
     positions only, not on padding. Models without this encoder/decoder split run whole."""
     decoder = getattr(model, "decoder", None)
-    if hasattr(model, "encoder") and hasattr(decoder, "extract_features") and hasattr(decoder, "output_layer"):
+    if (
+        hasattr(model, "encoder")
+        and hasattr(decoder, "extract_features")
+        and hasattr(decoder, "output_layer")
+    ):
         enc = model.encoder(net_input["src_tokens"], src_lengths=net_input["src_lengths"])
         enc = model.encoder.reorder_encoder_out(enc, new_order)
         features, extra = decoder.extract_features(net_input["prev_output_tokens"], encoder_out=enc)
         net_output = (decoder.output_layer(features[mask]), extra)
     else:
-        full = model(src_tokens=net_input["src_tokens"].index_select(0, new_order),
-                     src_lengths=net_input["src_lengths"].index_select(0, new_order),
-                     prev_output_tokens=net_input["prev_output_tokens"])
+        full = model(
+            src_tokens=net_input["src_tokens"].index_select(0, new_order),
+            src_lengths=net_input["src_lengths"].index_select(0, new_order),
+            prev_output_tokens=net_input["prev_output_tokens"],
+        )
         net_output = (full[0][mask], full[1])
     return net_output[0], model.get_normalized_probs(net_output, log_probs=True).float()
 
 
 @torch.no_grad()
-def token_measures(models, kind: str, net_input: dict, target: torch.Tensor, mask: torch.Tensor,
-                   new_order: torch.Tensor):
+def token_measures(
+    models,
+    kind: str,
+    net_input: dict,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    new_order: torch.Tensor,
+):
     """({measure: (N, T) values, 0 at pads}, (N,) ln P(y|x) under the system's predictive)."""
     outputs = [_member_output(m, net_input, new_order, mask) for m in models]
     if kind == "ensemble":
@@ -119,7 +148,9 @@ def token_measures(models, kind: str, net_input: dict, target: torch.Tensor, mas
         values[name] = full
     picked = log_pred.gather(-1, target[mask].unsqueeze(-1)).squeeze(-1).double()
     rows = mask.nonzero(as_tuple=True)[0]
-    hyp_lp = torch.zeros(mask.size(0), dtype=torch.float64, device=mask.device).index_add(0, rows, picked)
+    hyp_lp = torch.zeros(mask.size(0), dtype=torch.float64, device=mask.device).index_add(
+        0, rows, picked
+    )
     return values, hyp_lp
 
 
@@ -130,16 +161,28 @@ def _in_search_values(chunk: Sequence, measures: Sequence[str]):
     mask = torch.zeros(len(hyps), longest, dtype=torch.bool)
     stacked = torch.zeros(len(measures), len(hyps), longest, dtype=torch.float64)
     for i, h in enumerate(hyps):
-        mask[i, :h.extra.size(1)] = True
-        stacked[:, i, :h.extra.size(1)] = h.extra.double()
-    hyp_lp = torch.tensor([float(h.positional_scores.double().sum()) for h in hyps], dtype=torch.float64)
+        mask[i, : h.extra.size(1)] = True
+        stacked[:, i, : h.extra.size(1)] = h.extra.double()
+    hyp_lp = torch.tensor(
+        [float(h.positional_scores.double().sum()) for h in hyps], dtype=torch.float64
+    )
     return {m: stacked[j] for j, m in enumerate(measures)}, mask, hyp_lp
 
 
-def score_split(models, task, dataset, set_name: str, gen_cfg, measures: Sequence[str],
-                max_tokens: int, sentences_per_chunk: int = 64, temperature: float = 1.0,
-                chrf: bool = True, limit: Optional[int] = None,
-                teacher_forced: bool = False) -> Iterator[dict]:
+def score_split(
+    models,
+    task,
+    dataset,
+    set_name: str,
+    gen_cfg,
+    measures: Sequence[str],
+    max_tokens: int,
+    sentences_per_chunk: int = 64,
+    temperature: float = 1.0,
+    chrf: bool = True,
+    limit: Optional[int] = None,
+    teacher_forced: bool = False,
+) -> Iterator[dict]:
     """Yield one record per sentence of `dataset`: its output and sequence-level measures.
 
     Token measures come from inside the beam search (in_search.py, default) or, with
@@ -163,21 +206,38 @@ def score_split(models, task, dataset, set_name: str, gen_cfg, measures: Sequenc
             b = len(d.hypotheses)
             rows = slice(start, start + b)
             start += b
-            seq = S.sequence_measures({m: values[m][rows] for m in measures}, mask[rows],
-                                      hyp_lp[rows], temperature)
+            seq = S.sequence_measures(
+                {m: values[m][rows] for m in measures}, mask[rows], hyp_lp[rows], temperature
+            )
             best = d.hypotheses[0]
-            record = {"set": set_name, "id": d.id, "output": best.text, "source": d.source,
-                      "reference": d.reference, "score": best.score, "num_hypotheses": b,
-                      "log_prob": float(hyp_lp[rows][0]), "length": int(mask[rows][0].sum()),
-                      "uncertainty": seq}
+            record = {
+                "set": set_name,
+                "id": d.id,
+                "output": best.text,
+                "source": d.source,
+                "reference": d.reference,
+                "score": best.score,
+                "num_hypotheses": b,
+                "log_prob": float(hyp_lp[rows][0]),
+                "length": int(mask[rows][0].sum()),
+                "uncertainty": seq,
+            }
             if chrf and d.reference is not None:
                 record["chrf"] = sentence_chrf(best.text, d.reference)
             yield record
 
     search_model = None if teacher_forced else MeasuringEnsemble(models, kind, measures)
     ids = None if limit is None else np.arange(min(limit, len(dataset)), dtype=np.int64)
-    for d in decode(models, task, dataset, gen_cfg, max_tokens=max_tokens, ids=ids, where=set_name,
-                    search_model=search_model):
+    for d in decode(
+        models,
+        task,
+        dataset,
+        gen_cfg,
+        max_tokens=max_tokens,
+        ids=ids,
+        where=set_name,
+        search_model=search_model,
+    ):
         if not d.hypotheses:  # fairseq found nothing (cannot happen with min_len 1): skip it
             continue
         chunk.append(d)

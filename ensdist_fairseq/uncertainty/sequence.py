@@ -20,6 +20,7 @@ for a Dirichlet student, its decoding predictive (the model option, softmax(z) b
 the token measures themselves come from the members (ensemble) or from α (Dirichlet).
 Hypotheses are the system's own beam output, so each system is judged on what it produces.
 """
+
 from typing import Dict, Sequence
 
 import torch
@@ -38,17 +39,24 @@ def importance_weights(hyp_log_probs: torch.Tensor, temperature: float = 1.0) ->
     return torch.softmax(hyp_log_probs.double() / temperature, dim=-1)
 
 
-def sequence_measures(token_measures: Dict[str, torch.Tensor], mask: torch.Tensor,
-                      hyp_log_probs: torch.Tensor, temperature: float = 1.0) -> Dict[str, float]:
+def sequence_measures(
+    token_measures: Dict[str, torch.Tensor],
+    mask: torch.Tensor,
+    hyp_log_probs: torch.Tensor,
+    temperature: float = 1.0,
+) -> Dict[str, float]:
     """Û = Σ_b w_b ū_b for each measure of one sentence: token_measures[name] is (B, T),
     mask (B, T) marks each hypothesis's L_b positions, hyp_log_probs (B,) its ln P(y|x)."""
     w = importance_weights(hyp_log_probs, temperature)
-    return {name: float((w * hypothesis_means(values.double(), mask)).sum())
-            for name, values in token_measures.items()}
+    return {
+        name: float((w * hypothesis_means(values.double(), mask)).sum())
+        for name, values in token_measures.items()
+    }
 
 
-def hypothesis_log_probs(log_probs: torch.Tensor, tokens: torch.Tensor,
-                         mask: torch.Tensor) -> torch.Tensor:
+def hypothesis_log_probs(
+    log_probs: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """ln P(y⁽ᵇ⁾|x) = Σ_l ln P(y_l | …) from (B, T, V) log-probs of the teacher-forced pass."""
     picked = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).double()
     return (picked * mask.to(picked.dtype)).sum(-1)
