@@ -43,6 +43,7 @@ setup(
             "ensdist-learning-curves=ensdist_fairseq.cli.learning_curves:main",
             "ensdist-corpus-ding=ensdist_fairseq.cli.corpus_ding:main",
             "ensdist-sentencepiece=ensdist_fairseq.cli.sentencepiece:main",
+            "ensdist-seqkd=ensdist_fairseq.cli.seqkd:main",
         ]
     },
 )
