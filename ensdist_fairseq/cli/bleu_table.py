@@ -50,6 +50,8 @@ def bleu_of_members_and_ensembles(args, paths: List[str]):
     )
     batches = teacher_forcing.plan_batches(dataset, None, args.max_tokens, args.batch_size)
     gen_cfg = decoding.generation_config(**gen_opts.generation_overrides(args))
+    post = decoding.resolve_post_process(args.post_process, task.target_dictionary)
+    print(f"[bleu] post-process: {post or 'none'}", file=sys.stderr, flush=True)
 
     def score(systems):
         return bleu.decode_bleu(
@@ -60,7 +62,7 @@ def bleu_of_members_and_ensembles(args, paths: List[str]):
             batches,
             device,
             reference_file=args.reference,
-            post_process=gen_opts.post_process(args),
+            post_process=post,
         )
 
     members = []

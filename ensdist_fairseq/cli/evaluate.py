@@ -187,7 +187,13 @@ def evaluate(args, paths: List[str], device) -> dict:
         "bleu_signature": None,
     }
     if args.bleu:
-        print(f"[evaluate] {args.name}: decoding (beam {args.beam})", file=sys.stderr, flush=True)
+        post = decoding.resolve_post_process(args.post_process, task.target_dictionary)
+        print(
+            f"[evaluate] {args.name}: decoding (beam {args.beam}, post-process "
+            f"{post or 'none'})",
+            file=sys.stderr,
+            flush=True,
+        )
         start = time.perf_counter()
         gen_cfg = decoding.generation_config(**gen_opts.generation_overrides(args))
         b = bleu.decode_bleu(
@@ -198,10 +204,13 @@ def evaluate(args, paths: List[str], device) -> dict:
             batches,
             device,
             reference_file=args.reference,
-            post_process=gen_opts.post_process(args),
+            post_process=post,
         )
         result.update(
-            bleu=b.bleu, bleu_signature=b.signature, decoding_seconds=time.perf_counter() - start
+            bleu=b.bleu,
+            bleu_signature=b.signature,
+            post_process=post or "none",
+            decoding_seconds=time.perf_counter() - start,
         )
     return result
 

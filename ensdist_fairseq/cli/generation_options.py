@@ -50,7 +50,21 @@ SEARCH_OPTIONS = (
     ),
 )
 SWITCHES = (("--unnormalized", "unnormalized", "compare unnormalized hypothesis scores"),)
-DEFAULT_POST_PROCESS = "sentencepiece"
+# fairseq-generate's --post-process symbols (fairseq.data.data_utils.post_process), and "auto":
+# what the data was made with, read off its dictionary (evaluation/decoding.resolve_post_process).
+POST_PROCESS = (
+    "auto",
+    "sentencepiece",
+    "subword_nmt",
+    "@@ ",
+    "@@",
+    "wordpiece",
+    "letter",
+    "silence",
+    "_EOW",
+    "none",
+)
+DEFAULT_POST_PROCESS = "auto"
 
 
 def add_generation_options(parser: argparse.ArgumentParser, post_process: bool = True) -> None:
@@ -77,10 +91,6 @@ def generation_overrides(args: argparse.Namespace) -> Dict[str, object]:
     out = {dest: getattr(args, dest) for _f, dest, *_ in SEARCH_OPTIONS}
     out.update({dest: getattr(args, dest) for _f, dest, _t in SWITCHES})
     return out
-
-
-def post_process(args: argparse.Namespace):
-    return None if args.post_process in (None, "none") else args.post_process
 
 
 def generation_error(args: argparse.Namespace) -> Optional[str]:

@@ -93,7 +93,7 @@ def build_parser() -> options.Parser:
         help="sentences whose hypotheses are teacher-forced together",
     )
     options.add_cpu(ap)
-    gen_opts.add_generation_options(ap, post_process=False)
+    gen_opts.add_generation_options(ap)
     return ap
 
 
@@ -129,29 +129,38 @@ def _ood_files(args, src_lang: str):
     return sets
 
 
-def _raw_dataset(task, path: str, spm_model: str):
-    """Encode a raw text file with the corpus's SentencePiece model and the task's dictionary."""
-    import sentencepiece as spm
+def _raw_dataset(task, path: str, spm_model: str, post: Optional[str], encoded: bool):
+    """A raw text file as the task's source tokens: encoded with the corpus's SentencePiece model
+    (SentencePiece data), split at spaces (word-level data, or --ood-encoded: already in the
+    data's pieces); subword-nmt BPE needs its codes, which the data directory does not hold."""
+    from ensdist_fairseq.corpus.text_lines import read_lines
 
-    if not os.path.isfile(spm_model):
-        raise EnsdistError(f"--spm-model {spm_model}: not found (needed for --ood files)")
-    sp = spm.SentencePieceProcessor(model_file=spm_model)
-    d = task.source_dictionary
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f if line.strip()]
+    lines = [line.strip() for line in read_lines(path) if line.strip()]
     if not lines:
         raise EnsdistError(f"--ood {path}: no non-empty lines")
-    tokens = [
-        d.encode_line(
-            " ".join(sp.encode(line, out_type=str)), add_if_not_exist=False, append_eos=True
-        ).long()
-        for line in lines
-    ]
+    if post == "sentencepiece" and not encoded:
+        import sentencepiece as spm
+
+        if not os.path.isfile(spm_model):
+            raise EnsdistError(
+                f"--spm-model {spm_model}: not found (needed to encode --ood files of "
+                "SentencePiece data; or give them already encoded with --ood-encoded)"
+            )
+        sp = spm.SentencePieceProcessor(model_file=spm_model)
+        lines = [" ".join(sp.encode(line, out_type=str)) for line in lines]
+    elif post not in (None, "sentencepiece") and not encoded:
+        raise EnsdistError(
+            f"--ood {path}: the data's subword scheme is {post}, whose encoder is not in the "
+            "data directory: give the file in the data's pieces (--ood-encoded) or binarized "
+            "(ensdist-ood-sets --extra)"
+        )
+    d = task.source_dictionary
+    tokens = [d.encode_line(line, add_if_not_exist=False, append_eos=True).long() for line in lines]
     return task.build_dataset_for_inference(tokens, [t.numel() for t in tokens])
 
 
 def run(args, paths: List[str], device: torch.device) -> dict:
-    from ensdist_fairseq.evaluation.decoding import generation_config
+    from ensdist_fairseq.evaluation.decoding import generation_config, resolve_post_process
     from ensdist_fairseq.teachers import teacher_forcing
     from ensdist_fairseq.uncertainty import runner
 
@@ -166,6 +175,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
     group = args.group or {"ensemble": "ensemble", "dirichlet": "proxy-dirichlet"}.get(
         kind, "single"
     )
+    post = resolve_post_process(args.post_process, task.target_dictionary)
     task.load_dataset(args.split)
     sets = [(args.split, "in-domain", task.dataset(args.split))]
     spm_model = args.spm_model or os.path.join(
@@ -179,7 +189,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
                 (
                     runner.ood_dataset(task, path)
                     if how == "bin"
-                    else _raw_dataset(task, path, spm_model)
+                    else _raw_dataset(task, path, spm_model, post, args.ood_encoded)
                 ),
             )
         )
@@ -203,6 +213,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
                 chrf=(role == "in-domain"),
                 limit=args.limit,
                 teacher_forced=args.teacher_forced,
+                post_process=post,
             ):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 n += 1
@@ -237,6 +248,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
         "lenpen": args.lenpen,
         "weight_temperature": args.weight_temperature,
         "generation": gen_opts.generation_overrides(args),
+        "post_process": post or "none",
         "limit": args.limit,
         "teacher_forced": args.teacher_forced,
         "dirichlet_predictive": predictive,

@@ -2,7 +2,8 @@
 
 The models already loaded decode the split with fairseq's SequenceGenerator (an ensemble is
 searched jointly: the mean of its members' probabilities at every step) and the hypotheses are
-detokenized as fairseq-generate's D- lines (`--post-process sentencepiece`); sacreBLEU scores
+detokenized as fairseq-generate's D- lines (its `--post-process`: decoding.resolve_post_process
+picks the data's own scheme by default); sacreBLEU scores
 them, so the result carries sacreBLEU's signature, against the raw reference file when given
 (the binarized one may contain <unk>) or else fairseq's detokenized targets (T- lines).
 """
@@ -51,7 +52,7 @@ def decode_bleu(
     batches,
     device=None,
     reference_file: Optional[str] = None,
-    post_process: Optional[str] = "sentencepiece",
+    post_process: Optional[str] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> BleuResult:
     """Decode the `batches` of `dataset` with `models` (already loaded) and score with sacreBLEU.

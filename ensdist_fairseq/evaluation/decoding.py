@@ -61,6 +61,22 @@ def generation_config(**overrides):
     return cfg
 
 
+def resolve_post_process(symbol: Optional[str], dictionary) -> Optional[str]:
+    """fairseq's post-process symbol for `dictionary`'s text (None keeps the pieces as they are).
+
+    "auto": what the data was made with, from its symbols: SentencePiece pieces carry U+2581
+    (word start), subword-nmt BPE marks continued words with a trailing "@@"; neither means
+    whole words (or a scheme fairseq cannot undo), which are kept as they are."""
+    if symbol == "auto":
+        symbols = dictionary.symbols[dictionary.nspecial :]
+        if any("\u2581" in s for s in symbols):
+            return "sentencepiece"
+        if any(s.endswith("@@") for s in symbols):
+            return "subword_nmt"
+        return None
+    return None if symbol in (None, "none") else symbol
+
+
 def symbols_to_strip(generator) -> set:
     """What fairseq-generate leaves out of printed strings (get_symbols_to_strip_from_output)."""
     return getattr(generator, "symbols_to_strip_from_output", None) or {generator.eos}

@@ -182,11 +182,14 @@ def score_split(
     chrf: bool = True,
     limit: Optional[int] = None,
     teacher_forced: bool = False,
+    post_process: Optional[str] = None,
 ) -> Iterator[dict]:
     """Yield one record per sentence of `dataset`: its output and sequence-level measures.
 
     Token measures come from inside the beam search (in_search.py, default) or, with
-    teacher_forced, from a second pass over the hypotheses (the same values, twice the cost)."""
+    teacher_forced, from a second pass over the hypotheses (the same values, twice the cost).
+    post_process: fairseq's symbol for the text of outputs, sources and references (None: pieces).
+    """
     from ensdist_fairseq.evaluation.decoding import decode
     from ensdist_fairseq.uncertainty.in_search import MeasuringEnsemble
 
@@ -237,6 +240,7 @@ def score_split(
         ids=ids,
         where=set_name,
         search_model=search_model,
+        post_process=post_process,
     ):
         if not d.hypotheses:  # fairseq found nothing (cannot happen with min_len 1): skip it
             continue
