@@ -50,7 +50,7 @@ def check_writable(path: str, flag: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise EnsdistError(
-            f"{flag} {path}: cannot write in {directory} " f"({e.strerror or type(e).__name__})"
+            f"{flag} {path}: cannot write in {directory} ({e.strerror or type(e).__name__})"
         ) from None
 
 

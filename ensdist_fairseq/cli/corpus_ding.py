@@ -65,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if not os.path.isfile(args.source):
         raise EnsdistError(
-            f"--source {args.source}: no such file " f"(install: apt-get install trans-de-en=1.9-6)"
+            f"--source {args.source}: no such file (install: apt-get install trans-de-en=1.9-6)"
         )
     pairs = extract_pairs(read_lines(args.source), args.min_words)
     n_extracted = len(pairs)

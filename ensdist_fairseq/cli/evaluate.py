@@ -68,7 +68,7 @@ def build_parser() -> options.Parser:
     )
     ap.add_argument(
         "--reference",
-        help="raw reference file of the split (BLEU; default: " "fairseq's detokenized targets)",
+        help="raw reference file of the split (BLEU; default: fairseq's detokenized targets)",
     )
     options.add_cpu(ap)
     ap.add_argument(
@@ -117,7 +117,7 @@ def check_num_bins(num_bins: int, num_tokens: int, where: str) -> None:
     (and ECE silently averaged over fewer bins than asked for)."""
     if num_bins > num_tokens:
         raise EnsdistError(
-            f"--num-bins {num_bins}: more bins than the {num_tokens} target " f"tokens of {where}"
+            f"--num-bins {num_bins}: more bins than the {num_tokens} target tokens of {where}"
         )
 
 

@@ -32,7 +32,7 @@ def build_parser() -> options.Parser:
         "--chunk-sentences",
         type=options.integer(1),
         default=2000,
-        help="sentences per chunk: the unit of sharding and of resuming " "(default: %(default)s)",
+        help="sentences per chunk: the unit of sharding and of resuming (default: %(default)s)",
     )
     options.add_cpu(p)
     gen_opts.add_generation_options(p, post_process=False)

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
         "--epochs",
         type=options.integer(1),
         required=True,
-        help="average this many epoch checkpoints (fewer if the window starts " "before epoch 1)",
+        help="average this many epoch checkpoints (fewer if the window starts before epoch 1)",
     )
     ap.add_argument(
         "--end-epoch",

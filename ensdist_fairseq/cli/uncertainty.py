@@ -59,7 +59,12 @@ def build_parser() -> options.Parser:
     )
     ap.add_argument(
         "--spm-model",
-        help="SentencePiece model for --ood files " "(default: DATA/../spm/spm.model)",
+        help="SentencePiece model for --ood files (default: DATA/../spm/spm.model)",
+    )
+    ap.add_argument(
+        "--ood-encoded",
+        action="store_true",
+        help="--ood files are already in the data's pieces (any subword scheme)",
     )
     ap.add_argument("--measures", help="comma-separated (default: every measure the system has)")
     ap.add_argument(

@@ -55,7 +55,7 @@ def check_comparable(results: Sequence[dict], sources: Sequence[str]) -> None:
         for key in ("split", "num_bins"):
             if r[key] != results[0][key]:
                 raise EnsdistError(
-                    f"{src}: {key} {r[key]!r} differs from {sources[0]}'s " f"{results[0][key]!r}"
+                    f"{src}: {key} {r[key]!r} differs from {sources[0]}'s {results[0][key]!r}"
                 )
 
 
