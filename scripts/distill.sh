@@ -2,11 +2,13 @@
 # Distill a memoized teacher store into one student.
 #
 #   bash scripts/distill.sh --config configs/builtin_cpu.sh --data DATA_BIN --store STORE.h5 \
-#        --variant mean_kd|proxy_dirichlet|intra_mean_kd --out DIR [--topk V'] \
+#        --variant mean_kd|mean_kd_tail|proxy_dirichlet|intra_mean_kd --out DIR [--topk V'] \
 #        [-- extra fairseq-train args]
 #
 # Variants (criterion token_kd with its defaults, docs/criterion.md):
 #   mean_kd          ensemble-mean KD, (1-β)·NLL^LS + β·KD over the stored top-V′ (Reich et al.)
+#   mean_kd_tail     mean_kd with --kd-truncation tail_kl: the tail mass as one more event, an exact
+#                    (V′+1)-category KL (docs/criterion.md)
 #   proxy_dirichlet  Proxy-Dirichlet reverse KL with the Dirichlet student (Ryabinin et al.)
 #   intra_mean_kd    mean_kd plus intra-distillation over INTRA_PASSES (3) dropout passes (Xu et al.)
 # V′ is the store's (the task reads it); --topk asks for fewer. The student trains from scratch
@@ -42,6 +44,7 @@ ARCH=("${ARCH_ARGS[@]}")
 KD=(--criterion token_kd)
 case "$VARIANT" in
   mean_kd) KD+=(--kd-loss mean_kd) ;;
+  mean_kd_tail) KD+=(--kd-loss mean_kd --kd-truncation tail_kl) ;;
   proxy_dirichlet)
     KD+=(--kd-loss proxy_dirichlet)
     # the same network, read as Dirichlet concentrations exp(z)+1 (docs/criterion.md)
@@ -55,7 +58,7 @@ case "$VARIANT" in
       fi
     done ;;
   intra_mean_kd) KD+=(--kd-loss mean_kd --intra-passes "${INTRA_PASSES:-3}") ;;
-  *) die "--variant ${VARIANT:-(none)}: must be mean_kd, proxy_dirichlet or intra_mean_kd" ;;
+  *) die "--variant ${VARIANT:-(none)}: must be mean_kd, mean_kd_tail, proxy_dirichlet or intra_mean_kd" ;;
 esac
 # Students may need more epochs than their teachers (the KD target regularizes): their own cap.
 STUDENT_MAX_EPOCH="${STUDENT_MAX_EPOCH:-$MAX_EPOCH}"

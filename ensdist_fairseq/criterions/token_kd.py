@@ -65,7 +65,9 @@ class TokenKDConfig(LabelSmoothedCrossEntropyCriterionConfig):
     kd_truncation: ChoiceEnum(TRUNCATION_POLICIES) = field(
         default="tail",
         metadata={
-            "help": "mean_kd use of the top-V' events: none | renormalize | tail (docs/criterion.md)"
+            "help": "mean_kd use of the top-V' events: "
+            + " | ".join(TRUNCATION_POLICIES)
+            + " (docs/criterion.md)"
         },
     )
     precision_limit: float = field(
