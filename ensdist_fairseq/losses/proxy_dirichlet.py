@@ -25,12 +25,21 @@ any dtype (float16 probabilities, float64 precisions) are converted to the compu
 bounding. Logits above the largest value whose alpha_0 * log(alpha_0) is still finite in the
 compute dtype are clamped for the forward pass, with the gradient passed straight through so the
 loss can pull them back (a zero gradient would freeze them).
+
+Float32 (and half) logits take the fused pass: loss and gradient together in the forward, a block
+of rows at a time, with lgamma/digamma/trigamma from dirichlet_special instead of torch's scalar
+kernels; the backward only scales the saved gradient. The few classes with alpha >= SERIES_FROM
+get their loss terms in float64 (each is ~alpha_0 log alpha_0 and cancels against the alpha_0
+terms) and the cancellation-free gradient bracket. Float64 logits keep torch's special functions
+and serve as the reference.
 """
 
 import math
 
 import torch
 import torch.nn.functional as F
+
+from ensdist_fairseq.losses.dirichlet_special import GammaWorkspace
 
 
 def compute_dtype(dtype):
@@ -82,6 +91,13 @@ class _ProxyDirichletRKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, indices, probs, precision):
+        ctx.input_dtype = logits.dtype
+        if compute_dtype(logits.dtype) == torch.float32:
+            kl, grad = _fused_rkl_and_gradient(logits, indices, probs, precision)
+            ctx.fused = True
+            ctx.save_for_backward(grad)
+            return kl
+        ctx.fused = False
         dtype = compute_dtype(logits.dtype)
         vocab, stored = logits.size(-1), indices.size(-1)
         z = logits.to(dtype).clamp(max=max_safe_logit(vocab, dtype))
@@ -113,11 +129,13 @@ class _ProxyDirichletRKL(torch.autograd.Function):
             - (alpha0 - beta0) * torch.digamma(alpha0)
         )
         ctx.save_for_backward(alpha, alpha0, beta_top, beta_rest, beta0, indices, precision)
-        ctx.input_dtype = logits.dtype
         return kl / precision
 
     @staticmethod
     def backward(ctx, grad_out):
+        if ctx.fused:
+            (grad,) = ctx.saved_tensors
+            return (grad * grad_out.unsqueeze(-1)).to(ctx.input_dtype), None, None, None
         alpha, alpha0, beta_top, beta_rest, beta0, indices, precision = ctx.saved_tensors
         trigamma = torch.polygamma(1, alpha)
         # (alpha_v - beta_v) psi'(alpha_v) with beta = beta_rest, then corrected on the stored events.
@@ -126,7 +144,7 @@ class _ProxyDirichletRKL(torch.autograd.Function):
             -1, indices, (beta_rest.unsqueeze(-1) - beta_top) * trigamma.gather(-1, indices)
         )
         bracket -= ((alpha0 - beta0) * torch.polygamma(1, alpha0)).unsqueeze(-1)
-        _recompute_large(bracket, alpha, alpha0, beta_top, beta_rest, beta0, indices)
+        _recompute_large(bracket, alpha - 1, alpha0, beta_top, beta_rest, beta0, indices)
         scale = (grad_out.to(alpha.dtype) / precision).unsqueeze(-1)
         grad = (alpha - 1) * bracket * scale
         return grad.to(ctx.input_dtype), None, None, None
@@ -147,8 +165,19 @@ def _x_trigamma_minus_one(x):
     return torch.where(x >= SERIES_FROM, series, x * torch.polygamma(1, x) - 1)
 
 
-def _recompute_large(bracket, alpha, alpha0, beta_top, beta_rest, beta0, indices):
-    """Overwrite bracket_v for alpha_v >= SERIES_FROM with a cancellation-free form (in place).
+def _large(eps):
+    """(rows, cols) of the classes with alpha = 1 + eps >= SERIES_FROM."""
+    return torch.nonzero(eps >= SERIES_FROM - 1, as_tuple=True)
+
+
+def _beta_at(rows, cols, indices, beta_top, beta_rest):
+    """beta at the gathered classes: the stored event's beta if the class is stored, else beta_rest."""
+    hit = indices[rows] == cols.unsqueeze(-1)
+    return torch.where(hit.any(-1), (beta_top[rows] * hit).sum(-1), beta_rest[rows])
+
+
+def _recompute_large(bracket, eps, alpha0, beta_top, beta_rest, beta0, indices, large=None):
+    """Overwrite bracket_v for alpha_v = 1 + eps_v >= SERIES_FROM with a cancellation-free form (in place).
 
     bracket_v = (alpha_v - beta_v) psi'(alpha_v) - (alpha_0 - beta_0) psi'(alpha_0) is a difference
     of two numbers close to 1 once alpha_v is large (x psi'(x) = 1 + 1/(2x) + ...), and (alpha_v - 1)
@@ -158,13 +187,11 @@ def _recompute_large(bracket, alpha, alpha0, beta_top, beta_rest, beta0, indices
     a sum of terms that are each computed to relative precision. Only a few classes per row are
     that large (alpha_0 >= their sum), so they are gathered rather than recomputed everywhere.
     """
-    rows, cols = torch.nonzero(alpha >= SERIES_FROM, as_tuple=True)
+    rows, cols = _large(eps) if large is None else large
     if rows.numel() == 0:
         return
-    a, a0 = alpha[rows, cols], alpha0[rows]
-    # beta at the gathered classes: the stored event's beta if the class is stored, else beta_rest
-    hit = indices[rows] == cols.unsqueeze(-1)
-    beta = torch.where(hit.any(-1), (beta_top[rows] * hit).sum(-1), beta_rest[rows])
+    a, a0 = eps[rows, cols] + 1, alpha0[rows]
+    beta = _beta_at(rows, cols, indices, beta_top, beta_rest)
     exact = (
         _x_trigamma_minus_one(a)
         - _x_trigamma_minus_one(a0)
@@ -172,6 +199,79 @@ def _recompute_large(bracket, alpha, alpha0, beta_top, beta_rest, beta0, indices
         + beta0[rows] * torch.polygamma(1, a0)
     )
     bracket[rows, cols] = exact
+
+
+# Logits below this are raised to it in the fused pass: e^z stays a normal float32 (subnormal
+# arithmetic is many times slower), and 1 + e^z is 1 in float32 either way. The loss changes by
+# less than 1e-26 per class, the gradient of such a class is below 1e-26 / beta0_hat instead of 0.
+FUSED_MIN_LOGIT = -60.0
+# Rows per block: the workspace's dozen float32 buffers of BLOCK_ELEMENTS stay in L2/L3.
+BLOCK_ELEMENTS = 1 << 18
+
+
+def _fused_rkl_and_gradient(logits, indices, probs, precision):
+    """Float32 loss rows and their gradient in one pass over the logits, a block of rows at a
+    time: lgamma/digamma/trigamma from dirichlet_special, row sums and the per-row terms
+    (alpha_0, the target's normalizer) in float64, the cancellation-free bracket for large alpha
+    as in the exact path. Returns (kl / beta0_hat, d(kl / beta0_hat)/dz)."""
+    rows, vocab = logits.shape
+    stored = indices.size(-1)
+    f64 = torch.float64
+    z = logits.to(torch.float32).clamp(
+        min=FUSED_MIN_LOGIT, max=max_safe_logit(vocab, torch.float32)
+    )
+    probs64, precision64 = probs.to(f64), precision.to(f64)
+    n_rest = vocab - stored
+    tail = (1 - probs64.sum(-1)).clamp(min=0)
+    beta_rest = tail / max(n_rest, 1) * precision64 + 1
+    beta_top = probs64 * precision64.unsqueeze(-1) + 1
+    beta0 = beta_top.sum(-1) + n_rest * beta_rest
+    log_norm_beta = (
+        torch.lgamma(beta_top).sum(-1) + n_rest * torch.lgamma(beta_rest) - torch.lgamma(beta0)
+    )
+    beta_top32, beta_rest32, beta0_32 = beta_top.float(), beta_rest.float(), beta0.float()
+
+    block = max(1, min(rows, BLOCK_ELEMENTS // max(vocab, 1)))
+    work = GammaWorkspace((block, vocab), z.device)
+    eps_buf = torch.empty(block, vocab, dtype=torch.float32, device=z.device)
+    grad = torch.empty_like(z)
+    kl = torch.empty(rows, dtype=f64, device=z.device)
+    for r0 in range(0, rows, block):
+        r1 = min(rows, r0 + block)
+        eps, g = eps_buf[: r1 - r0], grad[r0:r1]
+        idx, b, b_top = indices[r0:r1], beta_rest32[r0:r1, None], beta_top32[r0:r1]
+        torch.exp(z[r0:r1], out=eps)
+        lg, dg, tg = work.compute(eps)
+        alpha0 = eps.sum(-1, dtype=f64) + vocab
+        # sum_v (alpha_v - beta_v) psi(alpha_v) - lgamma(alpha_v), beta = beta_rest, in g for now.
+        # The large classes' terms are each about alpha_0 log alpha_0 and cancel against the
+        # alpha_0 terms below: they are left out here and added in float64.
+        large = _large(eps)
+        torch.add(eps, 1 - b, out=g).mul_(dg).sub_(lg)
+        g[large] = 0
+        dg[large] = 0
+        sums = g.sum(-1, dtype=f64)
+        sums -= ((b_top - b) * dg.gather(-1, idx)).sum(-1, dtype=f64)
+        if large[0].numel():
+            a = eps[large].to(f64) + 1
+            beta = _beta_at(*large, idx, beta_top[r0:r1], beta_rest[r0:r1])
+            sums.index_add_(0, large[0], (a - beta) * torch.digamma(a) - torch.lgamma(a))
+        kl[r0:r1] = (
+            torch.lgamma(alpha0)
+            + log_norm_beta[r0:r1]
+            + sums
+            - (alpha0 - beta0[r0:r1]) * torch.digamma(alpha0)
+        )
+        # gradient bracket (alpha_v - beta_v) psi'(alpha_v) - (alpha_0 - beta_0) psi'(alpha_0)
+        last = ((alpha0 - beta0[r0:r1]) * torch.polygamma(1, alpha0)).float()
+        torch.add(eps, 1 - b, out=g).mul_(tg)
+        g.scatter_add_(-1, idx, (b - b_top) * tg.gather(-1, idx))
+        g.sub_(last.unsqueeze(-1))
+        _recompute_large(
+            g, eps, alpha0.float(), b_top, beta_rest32[r0:r1], beta0_32[r0:r1], idx, large
+        )
+        g.mul_(eps).div_(precision64[r0:r1, None].float())
+    return (kl / precision64).float(), grad
 
 
 def proxy_dirichlet_rkl(
