@@ -28,6 +28,7 @@ from fairseq.criterions.label_smoothed_cross_entropy_with_rdrop import (
 from fairseq.data import Dictionary
 from fairseq.models import ARCH_MODEL_REGISTRY
 
+import ensdist_fairseq.losses.proxy_dirichlet as proxy_dirichlet
 import ensdist_fairseq.models  # noqa: F401  (registers dirichlet_transformer)
 from ensdist_fairseq.criterions.token_kd import TokenKDCriterion
 
@@ -48,6 +49,12 @@ def parse_args():
     p.add_argument("--intra-passes", type=int, default=3)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument(
+        "--only",
+        default="",
+        help="comma-separated substrings: time only the variants whose name contains one "
+        "(label_smoothed_cross_entropy, the baseline, always runs)",
+    )
     return p.parse_args()
 
 
@@ -148,7 +155,15 @@ def main():
             LabelSmoothedCrossEntropyCriterion(task, False, 0.1),
         ),
         "token_kd mean_kd": (softmax_model, token_kd(task, kd_loss="mean_kd")),
+        "token_kd mean_kd tail_kl": (
+            softmax_model,
+            token_kd(task, kd_loss="mean_kd", kd_truncation="tail_kl"),
+        ),
         "token_kd proxy_dirichlet": (dirichlet_model, token_kd(task, kd_loss="proxy_dirichlet")),
+        "token_kd proxy_dirichlet unfused": (
+            dirichlet_model,
+            token_kd(task, kd_loss="proxy_dirichlet"),
+        ),
         f"token_kd intra K={k} sequential": (softmax_model, token_kd(task, intra_passes=k)),
         f"token_kd intra K={k} stacked": (
             softmax_model,
@@ -164,6 +179,13 @@ def main():
             token_kd(task, intra_passes=2, intra_forward="stacked"),
         ),
     }
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        variants = {
+            name: v
+            for name, v in variants.items()
+            if name == "label_smoothed_cross_entropy" or any(w in name for w in wanted)
+        }
     passes = {name: (k if f"K={k}" in name else 2 if "K=2" in name else 1) for name in variants}
     device, dtype = torch.device(args.device), DTYPES[args.precision]
     states = {}
@@ -187,6 +209,8 @@ def main():
         model, criterion, optimizer = states[name]
         # R-Drop duplicates net_input in place: give every step its own shallow copy.
         sample = {**batch, "net_input": dict(batch["net_input"])}
+        # the float32 Proxy-Dirichlet pass: fused (default) or torch's special functions
+        proxy_dirichlet.FUSED = not name.endswith("unfused")
         sync()
         start = time.perf_counter()
         optimizer.zero_grad()

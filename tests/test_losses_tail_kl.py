@@ -7,6 +7,7 @@ import torch
 from torch.distributions import Categorical, kl_divergence
 
 from ensdist_fairseq.losses import TRUNCATION_POLICIES, ensemble_mean_kd, teacher_distribution
+from ensdist_fairseq.losses.ensemble_mean_kd import student_tail_log_prob
 
 
 def _teacher(rows, vocab, stored, seed, sharpness=2.0):
@@ -134,3 +135,29 @@ def test_tail_kl_pad_rows_one_hot_teachers_and_saturated_students_stay_finite():
             lprobs.grad = None
     weights, _ = teacher_distribution(probs, 2.0, "tail_kl")
     assert weights.shape == (3, 5) and weights[0].sum() == 0 and weights[1].sum() == 1
+
+
+def test_student_tail_is_accurate_from_a_diffuse_to_an_all_but_certain_student():
+    """Both ways of computing log p(tail) (1 - sum over the stored events, and the logsumexp over
+    the tail for rows under EXACT_TAIL_BELOW) against float64, float32 inputs."""
+    vocab, stored = 500, 10
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(7, vocab, generator=g, dtype=torch.float64)
+    indices = torch.arange(stored).expand(7, stored)
+    # the stored events take ever more of the mass: tail from ~98 % down to ~1e-30
+    logits[:, :stored] += torch.tensor([0.0, 3.0, 6.0, 9.0, 15.0, 30.0, 80.0], dtype=torch.float64)[
+        :, None
+    ]
+    lprobs64 = torch.log_softmax(logits, -1)
+    expected = lprobs64[:, stored:].logsumexp(-1)
+    z = logits.float().requires_grad_()
+    got = student_tail_log_prob(torch.log_softmax(z, -1), indices).squeeze(-1)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+    got.sum().backward()
+    # d log p(tail) / dz_v = p_v (1[v in tail] / p(tail) - 1): the two forms differ as functions
+    # of the log-probabilities but agree on the simplex, so compare through the softmax
+    p = lprobs64.exp()
+    in_tail = torch.ones_like(p)
+    in_tail[:, :stored] = 0
+    expected_grad = p * (in_tail / expected.exp()[:, None] - 1)
+    torch.testing.assert_close(z.grad.double(), expected_grad, rtol=1e-4, atol=1e-6)

@@ -17,6 +17,8 @@ truncation enters the loss is a policy, chosen explicitly:
 No fairseq import here: the criterion is the thin glue.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -61,16 +63,35 @@ def teacher_distribution(probs, temperature=1.0, truncation="tail", dtype=torch.
     return log_w.exp(), log_w
 
 
+# Below this student tail mass, log(1 - sum of the stored probabilities) has lost more than
+# ~1e-5 of its relative precision in float32: such rows take the logsumexp over the tail itself.
+EXACT_TAIL_BELOW = 1e-2
+
+
+def _masked_tail_log_prob(lprobs, indices):
+    """logsumexp over the unstored classes. The stored ones are masked with the most negative
+    finite value, not -inf, so that a row with no unstored class keeps a finite gradient
+    (logsumexp's backward is 0/0 over all -inf)."""
+    masked = lprobs.scatter(-1, indices, torch.finfo(lprobs.dtype).min)
+    return masked.logsumexp(-1, keepdim=True)
+
+
 def student_tail_log_prob(lprobs, indices):
     """log of the student's mass outside the stored events, sum over v not in indices of p(v).
 
-    A logsumexp over the unstored classes rather than log(1 - sum of the stored ones), which loses
-    everything once the student puts almost all its mass on them. The stored classes are masked
-    with the most negative finite value, not -inf, so that a row with no unstored class keeps a
-    finite gradient (logsumexp's backward is 0/0 over all -inf).
+    log(1 - sum of the stored probabilities) costs only the V' gathered log-probabilities, but
+    loses everything once the student puts almost all its mass on them: rows whose tail is below
+    EXACT_TAIL_BELOW (and pad rows, whose repeated index counts one class V' times) are recomputed
+    as a logsumexp over the unstored classes.
     """
-    masked = lprobs.scatter(-1, indices, torch.finfo(lprobs.dtype).min)
-    return masked.logsumexp(-1, keepdim=True)
+    log_stored = lprobs.gather(-1, indices).logsumexp(-1, keepdim=True)
+    limit = math.log1p(-EXACT_TAIL_BELOW)
+    # clamped rows are the recomputed ones: the clamp only keeps their discarded value finite
+    tail = torch.log(-torch.expm1(log_stored.clamp(max=limit)))
+    rows = (log_stored.squeeze(-1) > limit).nonzero().squeeze(-1)
+    if rows.numel():
+        tail = tail.index_put((rows,), _masked_tail_log_prob(lprobs[rows], indices[rows]))
+    return tail
 
 
 def ensemble_mean_kd(

@@ -92,7 +92,7 @@ class _ProxyDirichletRKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, indices, probs, precision):
         ctx.input_dtype = logits.dtype
-        if compute_dtype(logits.dtype) == torch.float32:
+        if FUSED and compute_dtype(logits.dtype) == torch.float32:
             kl, grad = _fused_rkl_and_gradient(logits, indices, probs, precision)
             ctx.fused = True
             ctx.save_for_backward(grad)
@@ -201,6 +201,9 @@ def _recompute_large(bracket, eps, alpha0, beta_top, beta_rest, beta0, indices, 
     bracket[rows, cols] = exact
 
 
+# The float32 fused pass; False computes float32 with torch's special functions as float64 does
+# (kept for benchmarks/bench_criterion.py, which times both).
+FUSED = True
 # Logits below this are raised to it in the fused pass: e^z stays a normal float32 (subnormal
 # arithmetic is many times slower), and 1 + e^z is 1 in float32 either way. The loss changes by
 # less than 1e-26 per class, the gradient of such a class is below 1e-26 / beta0_hat instead of 0.
