@@ -1,5 +1,6 @@
 """Distillation losses as plain torch functions (no fairseq import), one concept per module."""
 
+from ensdist_fairseq.losses.dirichlet_special import GammaWorkspace, gamma_functions_1p
 from ensdist_fairseq.losses.ensemble_mean_kd import (
     TRUNCATION_POLICIES,
     ensemble_mean_kd,
@@ -22,6 +23,7 @@ from ensdist_fairseq.losses.proxy_dirichlet import (
 
 __all__ = [
     "DEFAULT_PRECISION_FLOOR",
+    "GammaWorkspace",
     "DEFAULT_PRECISION_LIMIT",
     "MAX_PRECISION_LIMIT",
     "TRUNCATION_POLICIES",
@@ -31,6 +33,7 @@ __all__ = [
     "check_precision_bounds",
     "dirichlet_log_predictive",
     "ensemble_mean_kd",
+    "gamma_functions_1p",
     "proxy_dirichlet_rkl",
     "teacher_distribution",
     "x_divergence",
