@@ -106,7 +106,7 @@ def mc_dirichlet(alpha, n=400_000, seed=0):
 def test_dirichlet_closed_forms_match_monte_carlo(logits):
     z = torch.tensor(logits, dtype=torch.float64)
     alpha = z.exp() + 1
-    got = M.dirichlet_measures(z)
+    got = M.dirichlet_measures(z, "mean")
     mc, n = mc_dirichlet(alpha)
     for name in M.DIRICHLET_MEASURES:
         # MC error ~ sd / sqrt(n); these quantities have sd < 1, so 5e-3 is > 3 standard errors
@@ -117,6 +117,65 @@ def test_dirichlet_closed_forms_match_monte_carlo(logits):
         )
 
 
+def mc_dirichlet_authors(logits, n=400_000, seed=0):
+    """Monte Carlo of the authors' form: p = softmax(z) as the expected categorical, π ~ Dir(α)."""
+    torch.manual_seed(seed)
+    alpha = logits.exp() + 1
+    pi = torch.distributions.Dirichlet(alpha).sample((n,)).clamp(min=1e-300)
+    log_pi = pi.log()
+    p = logits.softmax(-1)
+    mean = alpha / alpha.sum()
+    total = -(p * p.log()).sum()
+    # E[π_v ln π_v] / E[π_v] = ψ(α_v + 1) − ψ(α₀ + 1): the digamma term, sampled
+    data = -(p * (pi * log_pi).mean(0) / mean).sum()
+    rmi = (p * (p.log() - log_pi.mean(0))).sum()  # E_π KL(p ‖ π)
+    epkl = (pi * log_pi).sum(-1).mean() - (pi.mean(0) * log_pi.mean(0)).sum()
+    return {"total": total, "data": data, "mi": total - data, "rmi": rmi, "epkl": epkl}
+
+
+@pytest.mark.parametrize("logits", [[0.5, -1.0, 2.0, 0.0, 1.0], [3.0, -2.0, -2.0, 1.0]])
+def test_dirichlet_authors_form_matches_monte_carlo(logits):
+    z = torch.tensor(logits, dtype=torch.float64)
+    got = M.dirichlet_measures(z, "softmax")
+    mc = mc_dirichlet_authors(z)
+    for name in M.DIRICHLET_MEASURES:
+        assert abs(float(got[name]) - float(mc[name])) < 5e-3, (name, float(got[name]), mc[name])
+    # the default is the authors' form; it differs from the self-consistent one here
+    assert float(M.dirichlet_measures(z)["total"]) == float(got["total"])
+    assert abs(float(got["total"]) - float(M.dirichlet_measures(z, "mean")["total"])) > 0.05
+
+
+def test_dirichlet_authors_form_on_a_confident_student():
+    """The +1 floor: with V = 4000 and α₀ ≈ 6e4, α/α₀ keeps ~7 % on the tail; the authors' total
+    is the entropy of softmax(z) (what decodes), and their mi goes negative (not clamped)."""
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(4, 4000, generator=g, dtype=torch.float64) - 6
+    z[:, :3] = torch.tensor([10.5, 9.8, 9.0], dtype=torch.float64)
+    got, mean = M.dirichlet_measures(z, "softmax"), M.dirichlet_measures(z, "mean")
+    p = z.softmax(-1)
+    torch.testing.assert_close(got["total"], -(p * p.log()).sum(-1), rtol=1e-12, atol=0)
+    assert (mean["total"] > got["total"] + 0.3).all()
+    alpha = z.exp() + 1
+    a0 = alpha.sum(-1, keepdim=True)  # textbook ψ forms (moderate α: nothing cancels)
+    data = -(p * (torch.digamma(alpha + 1) - torch.digamma(a0 + 1))).sum(-1)
+    rmi = (p * (p.log() - torch.digamma(alpha) + torch.digamma(a0))).sum(-1)
+    torch.testing.assert_close(got["data"], data, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got["rmi"], rmi, rtol=1e-10, atol=1e-12)
+    assert (got["mi"] < 0).all() and (got["rmi"] > 0).all()
+
+
+def test_dirichlet_predictives_are_softmax_and_alpha_over_alpha0():
+    z = torch.randn(3, 9, dtype=torch.float64)
+    alpha = z.exp() + 1
+    torch.testing.assert_close(M.dirichlet_log_predictive(z, "softmax"), z.softmax(-1).log())
+    torch.testing.assert_close(
+        M.dirichlet_log_predictive(z, "mean"), (alpha / alpha.sum(-1, keepdim=True)).log()
+    )
+    assert M.dirichlet_log_predictive(z.half(), "mean").dtype == torch.float32
+    with pytest.raises(ValueError, match="softmax, mean"):
+        M.dirichlet_log_predictive(z, "median")
+
+
 def test_dirichlet_identities_and_non_negativity():
     g = torch.Generator().manual_seed(4)
     # from flat (alpha ~ 1) to very confident students (alpha_0 ~ 1e13)
@@ -125,7 +184,7 @@ def test_dirichlet_identities_and_non_negativity():
     )
     z[:, 0] += torch.linspace(0, 30, 16)
     for dtype in (torch.float32, torch.float64):
-        got = M.dirichlet_measures(z.to(dtype))
+        got = M.dirichlet_measures(z.to(dtype), "mean")
         alpha0 = (z.double().exp() + 1).sum(-1)
         torch.testing.assert_close(got["epkl"], (4000 - 1) / alpha0, rtol=1e-9, atol=0)
         torch.testing.assert_close(got["mi"] + got["rmi"], got["epkl"], rtol=1e-6, atol=1e-15)
@@ -142,7 +201,7 @@ def test_dirichlet_digamma_forms_match_the_textbook_expressions():
     mean = alpha / a0
     data = -(mean * (torch.digamma(alpha + 1) - torch.digamma(a0 + 1))).sum(-1)
     rmi = (mean * mean.log()).sum(-1) - (mean * (torch.digamma(alpha) - torch.digamma(a0))).sum(-1)
-    got = M.dirichlet_measures(z)
+    got = M.dirichlet_measures(z, "mean")
     torch.testing.assert_close(got["data"], data, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got["rmi"], rmi, rtol=1e-12, atol=1e-12)
 
@@ -211,8 +270,11 @@ def test_fast_dirichlet_matches_exact_from_flat_to_very_confident():
     z[8:, 0] += torch.linspace(0, 60, 20)  # alpha_0 up to ~1e21: the exact fallback
     # the whole batch (mostly tail: moments + sparse head) and the flat rows alone (dense path)
     for rows in (z, z[:8], z[8:]):
-        fast, exact = F.dirichlet_measures(rows), M.dirichlet_measures(rows)
-        for name in M.DIRICHLET_MEASURES:  # float32 moments: < 1e-9 absolute (fast_measures.py)
-            torch.testing.assert_close(fast[name], exact[name], rtol=1e-6, atol=1e-9)
-        for name in M.KNOWLEDGE_MEASURES:
-            assert (fast[name] >= 0).all(), name
+        for expected in M.DIRICHLET_PREDICTIVES:
+            fast = F.dirichlet_measures(rows, expected)
+            exact = M.dirichlet_measures(rows, expected)
+            for name in M.DIRICHLET_MEASURES:  # float32 moments: < 1e-9 absolute
+                torch.testing.assert_close(fast[name], exact[name], rtol=1e-6, atol=1e-9)
+            for name in ("rmi", "epkl"):  # mi too for "mean"; the authors' mi can be < 0
+                assert (fast[name] >= 0).all(), name
+        assert (F.dirichlet_measures(rows, "mean")["mi"] >= 0).all()

@@ -13,6 +13,12 @@ Dirichlet: with ε_v = e^{z_v} (α_v = 1 + ε_v), S_ψ = Σ α_v ψ(α_v), S_l =
            about π̂_v β̂₀) enter only through the moments Σε^n, n <= 6, of the power series of
            (1+ε)ψ(1+ε) and (1+ε)ln(1+ε) (error < 3e-18 per class); digamma (~140 ns a call on a
            CPU) runs on the other classes only.
+           That is the self-consistent form (expected categorical α/α₀). With the decoding
+           predictive p = softmax(z) as the expected categorical (the authors' form, measures.py):
+           total = H[p], mi = Σ p φ(α) − φ(α₀) − KL(p ‖ α/α₀), rmi = Σ p χ(α) − χ(α₀) + KL(…),
+           in float64, with φ(1 + ε) and χ(1 + ε) of the tail classes from their power series in
+           ε (degree 7) and digamma on the head classes only; Σ p φ(α) − φ(α₀) is a sum of
+           non-negative terms (φ decreasing, α_v < α₀), so nothing cancels there.
 A difference of sums loses precision only when the measure is tiny against the sums: positions
 where mi or rmi < 1e-9 × (the size of the sums) are recomputed with measures.py's exact forms,
 so the results keep measures.py's guarantee (mi, rmi, epkl >= 0, never clamped). Tests check
@@ -61,6 +67,30 @@ def _tail_coefficients(degree: int):
 _PSI_COEF, _LOG_COEF = _tail_coefficients(_TAIL_DEGREE)
 
 
+def _phi_chi_tail_coefficients(degree: int):
+    """Coefficients of φ(1+ε) = ψ(2+ε) − ln(1+ε) and χ(1+ε) = ln(1+ε) − ψ(1+ε) in powers of ε."""
+    zeta = [
+        float(torch.special.zeta(torch.tensor(float(k), dtype=torch.float64), torch.tensor(1.0)))
+        for k in range(2, degree + 2)
+    ]
+    psi = [-_EULER] + [(-1) ** (n + 1) * zeta[n - 1] for n in range(1, degree + 1)]
+    log = [0.0] + [(-1) ** (n + 1) / n for n in range(1, degree + 1)]
+    phi = [psi[n] + (-1) ** n - log[n] for n in range(degree + 1)]  # ψ(2+ε) = ψ(1+ε) + 1/(1+ε)
+    chi = [log[n] - psi[n] for n in range(degree + 1)]
+    return phi, chi
+
+
+# degree 7 at ε < 3e-3: the first omitted term ~ ζ(9) ε^8 < 1e-20 per class
+_PHI_COEF, _CHI_COEF = _phi_chi_tail_coefficients(_TAIL_DEGREE + 1)
+
+
+def _horner(coefficients, x: torch.Tensor) -> torch.Tensor:
+    out = torch.full_like(x, coefficients[-1])
+    for c in reversed(coefficients[:-1]):
+        out.mul_(x).add_(c)
+    return out
+
+
 def _recompute(values: Dict[str, torch.Tensor], bad: torch.Tensor, exact_fn, *inputs) -> None:
     if bool(bad.any()):
         exact = exact_fn(*(x[..., bad, :] for x in inputs))
@@ -91,8 +121,51 @@ def ensemble_measures(member_log_probs: torch.Tensor) -> Dict[str, torch.Tensor]
     return values
 
 
-def dirichlet_measures(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """measures.dirichlet_measures for (P, V) raw logits, float64 results of shape (P,).
+def dirichlet_measures(
+    logits: torch.Tensor, expected: str = M.DEFAULT_DIRICHLET_PREDICTIVE
+) -> Dict[str, torch.Tensor]:
+    """measures.dirichlet_measures for (P, V) raw logits and the expected categorical
+    `expected` ("softmax" or "mean"), float64 results of shape (P,)."""
+    if expected == "mean":
+        return _self_consistent(logits)
+    if expected == "softmax":
+        return _softmax_expected(logits)
+    return M.dirichlet_measures(logits, expected)  # names it in its error
+
+
+def _softmax_expected(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The authors' form (p = softmax(z)): float64, digamma on the head classes only."""
+    z = logits.double()
+    eps = z.exp()
+    head = eps >= _TAIL_EPS
+    if float(head.double().mean()) > _DENSE_HEAD_SHARE:
+        return M.dirichlet_measures(z, "softmax")
+    log_p = torch.log_softmax(z, dim=-1)
+    log_alpha = torch.nn.functional.softplus(z)
+    log_alpha0 = torch.logsumexp(log_alpha, dim=-1)
+    alpha0 = log_alpha0.exp()
+    kl = M.kl_divergence(log_p, log_alpha - log_alpha0.unsqueeze(-1))
+    p = log_p.exp()
+    total = -(p * log_p).sum(-1)
+    tail_eps = eps.masked_fill_(head, 0.0)
+    phi, chi = _horner(_PHI_COEF, tail_eps), _horner(_CHI_COEF, tail_eps)
+    if bool(head.any()):
+        alpha = z[head].exp() + 1
+        phi[head], chi[head] = M._phi(alpha), M._chi(alpha)
+    mi = (p * phi).sum(-1) - M._phi(alpha0) - kl
+    rmi = (p * chi).sum(-1) - M._chi(alpha0) + kl
+    vocab = z.size(-1)
+    return {
+        "total": total,
+        "data": total - mi,
+        "mi": mi,
+        "rmi": rmi,
+        "epkl": (vocab - 1) / alpha0,
+    }
+
+
+def _self_consistent(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The self-consistent form (expected categorical α/α₀).
 
     ε and its powers stay in the logits' float32 (the moments are summed in float64): a (P, V)
     float64 temporary costs more in page faults than the arithmetic, and float32's relative 6e-8
@@ -152,7 +225,10 @@ def dirichlet_measures(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
     }
     scale = _RELATIVE_DIRICHLET * (s_psi.abs() + s_log.abs() + vocab) / alpha0
     _recompute(
-        values, (mi < scale) | (rmi < scale) | ~torch.isfinite(alpha0), M.dirichlet_measures, z
+        values,
+        (mi < scale) | (rmi < scale) | ~torch.isfinite(alpha0),
+        lambda x: M.dirichlet_measures(x, "mean"),
+        z,
     )
     values["data"] = values["total"] - values["mi"]
     return values

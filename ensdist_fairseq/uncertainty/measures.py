@@ -9,12 +9,20 @@ Ensemble of K members P_k (from their log-probabilities, shape (K, ..., V)), P̄
     rmi        (1/K) Σ_k KL(P̄ ‖ P_k)                        (knowledge: reverse MI)
     epkl       (1/K²) Σ_{k,k'} KL(P_k ‖ P_k') = mi + rmi     (expected pairwise KL)
 
-Dirichlet student Dir(α), α = exp(z) + 1 from the raw logits z, α₀ = Σ_v α_v, P̄ = α/α₀:
-    total      H[P̄]
-    data       −Σ_v P̄_v (ψ(α_v + 1) − ψ(α₀ + 1))             (E_{π~Dir(α)} H[π])
-    mi         total − data = Σ_v P̄_v (φ(α_v) − φ(α₀)),     φ(x) = ψ(x + 1) − ln x
-    rmi        −H[P̄] − Σ_v P̄_v (ψ(α_v) − ψ(α₀)) = Σ_v P̄_v (χ(α_v) − χ(α₀)),  χ(x) = ln x − ψ(x)
-    epkl       (V − 1)/α₀ = mi + rmi                         (because φ + χ = 1/x)
+Dirichlet student Dir(α), α = exp(z) + 1 from the raw logits z, α₀ = Σ_v α_v, m = α/α₀, and an
+expected categorical p (`expected`): the decoding predictive softmax(z) ("softmax", the authors'
+form and the default) or the Dirichlet's mean m ("mean", the self-consistent decomposition):
+    total      H[p]
+    mi         Σ_v p_v (φ(α_v) − φ(α₀)) − KL(p ‖ m),      φ(x) = ψ(x + 1) − ln x
+    data       total − mi = −Σ_v p_v (ψ(α_v + 1) − ψ(α₀ + 1))
+    rmi        Σ_v p_v (ln p_v − ψ(α_v) + ψ(α₀)) = Σ_v p_v (χ(α_v) − χ(α₀)) + KL(p ‖ m),  χ = ln − ψ
+    epkl       (V − 1)/α₀                                 (E_{π,π'~Dir(α)} KL(π ‖ π'))
+With p = m (self-consistent): KL(p ‖ m) = 0, data = E_{π~Dir(α)} H[π], total = data + mi and
+mi + rmi = epkl (because φ + χ = 1/x). With p = softmax(z) (the authors' code: the expected
+categorical is what the student decodes with, α only inside the digammas) rmi = E_{π~Dir(α)}
+KL(p ‖ π) >= 0 still, but mi + rmi = Σ p_v/α_v − 1/α₀ ≠ epkl, and mi is *negative* where the +1
+of α moves m away from p by more than the φ terms (KL(p ‖ m) ≈ −ln(1 − V/α₀) on confident
+positions): the authors' code clamps it at 0; here it is reported as it is.
 
 A single model (or a mean-KD student) has only `total`, the entropy of its predictive.
 
@@ -36,6 +44,10 @@ from typing import Dict
 import torch
 
 ENSEMBLE_MEASURES = ("total", "data", "mi", "rmi", "epkl")
+# The Dirichlet student's predictive distributions, read from its logits z: decided here, once
+# (the model decodes with one of them, the measures take one as the expected categorical).
+DIRICHLET_PREDICTIVES = ("softmax", "mean")
+DEFAULT_DIRICHLET_PREDICTIVE = "softmax"  # the authors' (PD paper eq. 9)
 DIRICHLET_MEASURES = ENSEMBLE_MEASURES
 SINGLE_MEASURES = ("total",)
 KNOWLEDGE_MEASURES = ("mi", "rmi", "epkl")
@@ -115,16 +127,39 @@ def dirichlet_log_alpha(logits: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.softplus(logits.double())
 
 
-def dirichlet_measures(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Every closed-form measure of Dir(exp(z) + 1) from the raw logits z (..., V); float64."""
+def dirichlet_log_predictive(logits: torch.Tensor, predictive: str) -> torch.Tensor:
+    """ln of a Dirichlet student's predictive from its logits z: "softmax" (softmax(z)) or "mean"
+    (α/α₀ = softplus(z) − logsumexp(softplus(z))). float64 stays float64; every other dtype is
+    computed in float32 (half logits would overflow exp)."""
+    z = logits if logits.dtype == torch.float64 else logits.float()
+    if predictive == "softmax":
+        return torch.log_softmax(z, dim=-1)
+    if predictive == "mean":
+        log_alpha = torch.nn.functional.softplus(z)
+        return log_alpha - torch.logsumexp(log_alpha, dim=-1, keepdim=True)
+    raise ValueError(
+        f"dirichlet predictive must be one of {', '.join(DIRICHLET_PREDICTIVES)}, got {predictive!r}"
+    )
+
+
+def dirichlet_measures(
+    logits: torch.Tensor, expected: str = DEFAULT_DIRICHLET_PREDICTIVE
+) -> Dict[str, torch.Tensor]:
+    """Every closed-form measure of Dir(exp(z) + 1) from the raw logits z (..., V), with the
+    expected categorical `expected` ("softmax" or "mean", module docstring); float64."""
     log_alpha = dirichlet_log_alpha(logits)
     log_alpha0 = torch.logsumexp(log_alpha, dim=-1)
     log_mean = log_alpha - log_alpha0.unsqueeze(-1)
-    mean = log_mean.exp()
     alpha, alpha0 = log_alpha.exp(), log_alpha0.exp().unsqueeze(-1)
-    total = entropy(log_mean)
-    mi = (mean * (_phi(alpha) - _phi(alpha0))).sum(-1)
-    rmi = (mean * (_chi(alpha) - _chi(alpha0))).sum(-1)
+    if expected == "mean":
+        log_p, kl = log_mean, torch.zeros_like(log_alpha0)
+    else:
+        log_p = dirichlet_log_predictive(logits.double(), expected)
+        kl = kl_divergence(log_p, log_mean)
+    p = log_p.exp()
+    total = entropy(log_p)
+    mi = (p * (_phi(alpha) - _phi(alpha0))).sum(-1) - kl
+    rmi = (p * (_chi(alpha) - _chi(alpha0))).sum(-1) + kl
     vocab = logits.size(-1)
     return {
         "total": total,
