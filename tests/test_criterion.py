@@ -190,6 +190,49 @@ def test_dirichlet_student_predictive_is_what_fairseq_generate_scores(predictive
         )
 
 
+def test_dirichlet_predictive_changes_neither_the_objective_nor_validation_nll():
+    """--dirichlet-predictive reads a checkpoint: token_kd's NLL term and the validation loss /
+    nll_loss (early stopping) are on softmax(z) whatever it says."""
+    task = make_task()
+    sample = make_sample(task)
+    del sample["teacher"]
+    model = make_model(task, arch="dirichlet_transformer", dropout=0.0).eval()
+    non_pad = sample["target"].ne(task.target_dictionary.pad())
+    with torch.no_grad():
+        z = model(**sample["net_input"])[0].double()
+    nll = -z.log_softmax(-1).gather(-1, sample["target"][..., None]).squeeze(-1)[non_pad].sum()
+    logs = {}
+    for predictive in ("softmax", "mean"):
+        model.args.dirichlet_predictive = predictive
+        _, _, logs[predictive] = make_criterion(task, kd_loss="none")(model, sample)
+        assert logs[predictive]["nll_loss"].item() == pytest.approx(nll.item(), rel=1e-5)
+    assert logs["softmax"]["loss"].item() == logs["mean"]["loss"].item()
+    # while scoring does follow the option (get_normalized_probs)
+    lp = model.get_normalized_probs((z, None), log_probs=True)
+    torch.testing.assert_close(lp, torch.log((z.exp() + 1) / (z.exp() + 1).sum(-1, keepdim=True)))
+
+
+def test_checkpoints_without_the_option_load_as_the_dirichlet_mean(caplog):
+    """A cfg without dirichlet_predictive predates the option (then the model decoded and
+    validated with alpha/alpha_0): it loads as "mean", and says so; a recorded one is kept."""
+    task = make_task()
+    with caplog.at_level("WARNING"):
+        legacy = make_model(task, arch="dirichlet_transformer")
+    assert legacy.dirichlet_predictive == "mean" and "saved before the option" in caplog.text
+    parser = argparse.ArgumentParser()
+    ARCH_MODEL_REGISTRY["dirichlet_transformer"].add_args(parser)
+    assert parser.parse_args([]).dirichlet_predictive == "softmax"  # what fairseq-train records
+    args = legacy.args
+    args.dirichlet_predictive = "softmax"
+    assert (
+        ARCH_MODEL_REGISTRY["dirichlet_transformer"].build_model(args, task).dirichlet_predictive
+        == "softmax"
+    )
+    args.dirichlet_predictive = "median"
+    with pytest.raises(ValueError, match="softmax, mean"):
+        ARCH_MODEL_REGISTRY["dirichlet_transformer"].build_model(args, task)
+
+
 def test_validation_needs_no_teacher_and_reports_label_smoothed_nll():
     task = make_task()
     model, sample = make_model(task).eval(), make_sample(task)

@@ -59,6 +59,8 @@ def corpus(tmp_path_factory):
         )
         derived["cfg"] = dict(state["cfg"], model=copy.copy(state["cfg"]["model"]))
         derived["cfg"]["model"].arch = derived["cfg"]["model"]._name = kind
+        if kind == "dirichlet_transformer":  # as fairseq-train records the option's default
+            derived["cfg"]["model"].dirichlet_predictive = "softmax"
         ckpt[name] = str(root / f"{name}.pt")
         torch.save(derived, ckpt[name])
     assert (
@@ -171,19 +173,108 @@ def test_three_kinds_of_system_and_the_report(corpus, capsys):
     assert all(os.path.getsize(p) > 1000 for p in pngs) and len(pngs) == 2
 
 
-def test_dirichlet_measures_come_from_alpha_whatever_the_predictive(corpus):
+def test_dirichlet_measures_follow_the_decoding_predictive_unless_self_consistent(corpus):
     root, bin_dir, ckpt = corpus
-    code, soft = run_cli(root, bin_dir, ckpt["dir"], "pd-soft", "--ood-dir", str(root / "ood"))
+    code, soft = run_cli(root, bin_dir, ckpt["dir"], "pd-soft", "--limit", "15")
     code2, mean = run_cli(
         root, bin_dir, ckpt["dir"], "pd-mean", "--dirichlet-predictive", "mean", "--limit", "20"
     )
-    assert code == code2 == 0
+    code3, selfc = run_cli(
+        root,
+        bin_dir,
+        ckpt["dir"],
+        "pd-sc",
+        "--dirichlet-measures",
+        "self-consistent",
+        "--limit",
+        "15",
+    )
+    assert code == code2 == code3 == 0
     assert len(records(mean / "test.jsonl")) == 20 and len(records(mean / "third.jsonl")) == 12
-    assert json.loads((mean / "system.json").read_text())["dirichlet_predictive"] == "mean"
+    meta = {
+        n: json.loads((d / "system.json").read_text())
+        for n, d in (("soft", soft), ("mean", mean), ("sc", selfc))
+    }
+    assert [meta[n]["dirichlet_predictive"] for n in ("soft", "mean", "sc")] == [
+        "softmax",
+        "mean",
+        "softmax",
+    ]
+    assert [meta[n]["dirichlet_measures"] for n in ("soft", "mean", "sc")] == [
+        "predictive",
+        "predictive",
+        "self-consistent",
+    ]
+    assert [meta[n]["dirichlet_expected"] for n in ("soft", "mean", "sc")] == [
+        "softmax",
+        "mean",
+        "mean",
+    ]
     a = {r["id"]: r for r in records(soft / "test.jsonl")}
     b = {r["id"]: r for r in records(mean / "test.jsonl")}
+    c = {r["id"]: r for r in records(selfc / "test.jsonl")}
     # different predictive: different scores of the best hypothesis
-    assert any(abs(a[i]["log_prob"] - b[i]["log_prob"]) > 1e-4 for i in b)
+    assert any(abs(a[i]["log_prob"] - b[i]["log_prob"]) > 1e-4 for i in a)
+    # same predictive, other expected categorical: same beam, same weights, other measures
+    for i in a:
+        assert a[i]["output"] == c[i]["output"] and a[i]["log_prob"] == c[i]["log_prob"]
+        assert c[i]["uncertainty"]["epkl"] == pytest.approx(a[i]["uncertainty"]["epkl"], rel=1e-6)
+        # self-consistent: total = data + mi, mi + rmi = epkl (float32 storage)
+        u = c[i]["uncertainty"]
+        assert u["total"] == pytest.approx(u["data"] + u["mi"], abs=1e-5)
+        assert u["mi"] + u["rmi"] == pytest.approx(u["epkl"], rel=1e-4, abs=1e-7)
+    assert any(abs(a[i]["uncertainty"]["total"] - c[i]["uncertainty"]["total"]) > 1e-4 for i in a)
+
+
+def test_dirichlet_token_measures_are_the_closed_forms_of_its_logits(corpus):
+    """The teacher-forced token values of a Dirichlet student are measures.py's closed forms of
+    its raw logits, with softmax(z) or alpha/alpha_0 as asked."""
+    from ensdist_fairseq.teachers import teacher_forcing
+    from ensdist_fairseq.uncertainty import runner
+
+    _, bin_dir, ckpt = corpus
+    (model,), _ = teacher_forcing.load_models([ckpt["dir"]], bin_dir)
+    net_input = {
+        "src_tokens": torch.tensor([[5, 6, 7, 2]]),
+        "src_lengths": torch.tensor([4]),
+        "prev_output_tokens": torch.tensor([[2, 5, 6], [2, 8, 9]]),
+    }
+    target = torch.tensor([[5, 6, 2], [8, 9, 2]])
+    mask = torch.ones_like(target, dtype=torch.bool)
+    new_order = torch.tensor([0, 0])
+    with torch.no_grad():
+        src = {k: v[[0, 0]] for k, v in net_input.items() if k != "prev_output_tokens"}
+        z = model(**src, prev_output_tokens=net_input["prev_output_tokens"])[0].double()
+    for expected in ("softmax", "mean"):
+        values, hyp_lp = runner.token_measures(
+            [model], "dirichlet", net_input, target, mask, new_order, expected
+        )
+        ref = M.dirichlet_measures(z, expected)
+        for name in M.DIRICHLET_MEASURES:
+            torch.testing.assert_close(values[name], ref[name], rtol=1e-4, atol=1e-6)
+        # the beam's weights: the decoding predictive (softmax here), whatever `expected`
+        lp = z.log_softmax(-1).gather(-1, target[..., None]).squeeze(-1).sum(-1)
+        torch.testing.assert_close(hyp_lp, lp, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_records_the_predictive_it_scored_with(corpus, tmp_path):
+    from ensdist_fairseq.cli import evaluate
+
+    _, bin_dir, ckpt = corpus
+    results = {}
+    for name, path, extra in (
+        ("m1", ckpt["m1"], []),
+        ("pd", ckpt["dir"], []),
+        ("pd-mean", ckpt["dir"], ["--dirichlet-predictive", "mean"]),
+    ):
+        out = tmp_path / f"{name}.json"
+        argv = [bin_dir, "--path", path, "--name", name, "--output", str(out), "--no-bleu"]
+        assert evaluate.main([*argv, "--cpu", "--num-bins", "5", *extra]) == 0
+        results[name] = json.loads(out.read_text())
+    assert results["m1"]["dirichlet_predictive"] is None
+    assert results["pd"]["dirichlet_predictive"] == "softmax"
+    assert results["pd-mean"]["dirichlet_predictive"] == "mean"
+    assert results["pd"]["nll"] != results["pd-mean"]["nll"]
 
 
 def test_predictive_override_at_load_time(corpus):

@@ -19,6 +19,7 @@ from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.metrics.calibration import DEFAULT_NUM_BINS, CalibrationAccumulator
+from ensdist_fairseq.uncertainty.measures import DIRICHLET_PREDICTIVES
 
 SCHEMA_VERSION = 1
 KINDS = ("individual", "ensemble", "student")
@@ -73,9 +74,10 @@ def build_parser() -> options.Parser:
     options.add_cpu(ap)
     ap.add_argument(
         "--dirichlet-predictive",
-        choices=("softmax", "mean"),
+        choices=DIRICHLET_PREDICTIVES,
         help="Proxy-Dirichlet students: score and decode with softmax(z) or the "
-        "Dirichlet mean alpha/alpha_0 (default: the checkpoint's own option)",
+        "Dirichlet mean alpha/alpha_0 (default: the checkpoint's own option; recorded in "
+        "the result as dirichlet_predictive)",
     )
     ap.add_argument(
         "--log-interval",
@@ -180,6 +182,12 @@ def evaluate(args, paths: List[str], device) -> dict:
         "data": os.path.abspath(args.data),
         "split": args.split,
         "num_sentences": num_sentences,
+        # a Proxy-Dirichlet student's predictive (what scored and decoded), None for other models
+        "dirichlet_predictive": (
+            models[0].dirichlet_predictive
+            if len(models) == 1 and getattr(models[0], "predicts_dirichlet", False)
+            else None
+        ),
         **accumulator.result().to_dict(),
         "scoring_seconds": seconds,
         "tokens_per_second": accumulator.num_tokens / seconds,

@@ -27,6 +27,7 @@ from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.hashing import file_sha256
+from ensdist_fairseq.uncertainty.measures import DIRICHLET_FORMS, DIRICHLET_PREDICTIVES
 
 GROUPS = ("single", "ensemble", "mean-kd", "proxy-dirichlet", "other")
 SCHEMA_VERSION = 1
@@ -76,8 +77,16 @@ def build_parser() -> options.Parser:
     )
     ap.add_argument(
         "--dirichlet-predictive",
-        choices=("softmax", "mean"),
-        help="override a Dirichlet student's predictive (default: its own option)",
+        choices=DIRICHLET_PREDICTIVES,
+        help="override a Dirichlet student's decoding predictive (default: its checkpoint's)",
+    )
+    ap.add_argument(
+        "--dirichlet-measures",
+        choices=DIRICHLET_FORMS,
+        default=DIRICHLET_FORMS[0],
+        help="a Dirichlet student's expected categorical in the measures: the predictive it "
+        "decodes with (default, the authors' form) or self-consistent alpha/alpha_0 "
+        "(total = data + mi; docs/uncertainty.md)",
     )
     options.add_batching(ap)
     ap.add_argument(
@@ -219,6 +228,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
                 limit=args.limit,
                 teacher_forced=args.teacher_forced,
                 post_process=post,
+                dirichlet_form=args.dirichlet_measures,
             ):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 n += 1
@@ -238,7 +248,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
             file=sys.stderr,
             flush=True,
         )
-    predictive = getattr(models[0], "dirichlet_predictive", None)
+    predictive = getattr(models[0], "dirichlet_predictive", None) if kind == "dirichlet" else None
     return {
         "schema_version": SCHEMA_VERSION,
         "name": args.name,
@@ -256,7 +266,10 @@ def run(args, paths: List[str], device: torch.device) -> dict:
         "post_process": post or "none",
         "limit": args.limit,
         "teacher_forced": args.teacher_forced,
+        # what decoded (and weighs the beam), and the expected categorical of the measures
         "dirichlet_predictive": predictive,
+        "dirichlet_measures": args.dirichlet_measures if kind == "dirichlet" else None,
+        "dirichlet_expected": runner.dirichlet_expected(models, args.dirichlet_measures),
         "sets": summary,
     }
 

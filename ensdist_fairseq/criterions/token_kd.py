@@ -42,6 +42,7 @@ from ensdist_fairseq.losses import (
     proxy_dirichlet_rkl,
     x_divergence,
 )
+from ensdist_fairseq.models.dirichlet_transformer import TRAINING_PREDICTIVE, log_predictive
 
 KD_LOSSES = ("none", "mean_kd", "proxy_dirichlet")
 INTRA_FORWARDS = ("sequential", "stacked")
@@ -236,6 +237,16 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
         }
         logits, extra = model(**stacked)
         return [(chunk, extra) for chunk in logits.chunk(passes)]
+
+    def get_lprobs_and_target(self, model, net_output, sample):
+        """fairseq's, except that a Dirichlet student's log-probs are softmax(z) whatever its
+        --dirichlet-predictive: that option is how a checkpoint is read (decoding, scoring), it
+        changes neither the objective nor the validation nll_loss that early stopping watches."""
+        if not getattr(model, "predicts_dirichlet", False):
+            return super().get_lprobs_and_target(model, net_output, sample)
+        lprobs = log_predictive(net_output[0], TRAINING_PREDICTIVE)
+        target = model.get_targets(sample, net_output)
+        return lprobs.view(-1, lprobs.size(-1)), target.view(-1)
 
     def pass_loss(self, model, net_output, sample, teacher, reduce):
         """(loss, nll_loss, kd_loss or None, lprobs (B*T, V)) of one pass: sums over the

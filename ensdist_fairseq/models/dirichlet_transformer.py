@@ -6,40 +6,66 @@ Two distributions come out of the same logits z = net_output[0]:
   * the Dirichlet Dir(alpha), alpha = exp(z) + 1: what the Proxy-Dirichlet loss trains
     (criterions/token_kd.py reads net_output[0] itself) and what the Dirichlet uncertainty
     measures read (uncertainty/measures.py, from the raw logits);
-  * the predictive distribution that get_normalized_probs returns, i.e. what beam search,
-    scoring (NLL, ECE) and fairseq-generate/validate use. --dirichlet-predictive picks it:
+  * the predictive distribution that get_normalized_probs returns, i.e. what beam search and
+    scoring (ensdist-evaluate's NLL and ECE, --eval-calibration, fairseq-generate's scores) use.
+    --dirichlet-predictive picks it (the names and their math: uncertainty/measures.py):
       softmax  softmax(z) (default): the authors decode their student with the plain
                Transformer's log-softmax (PD paper eq. 9);
       mean     the Dirichlet's mean alpha / alpha_0. With alpha = exp(z) + 1 every class keeps at
                least 1/alpha_0 of the mass (a uniform floor of >= V/alpha_0 in all), so this
-               predictive is flatter (measured: docs/criterion.md).
-Checkpoints saved before the option existed load with the default. The option can be changed on
-an existing checkpoint at load time: fairseq-generate --model-overrides
-"{'dirichlet_predictive': 'mean'}" or checkpoint_utils.load_model_ensemble(...,
-arg_overrides={'dirichlet_predictive': 'mean'}).
+               predictive is flatter.
+The option is a reading of the checkpoint, not part of training: token_kd's NLL term, its
+validation loss / nll_loss (early stopping, the SWA window) always use softmax(z)
+(TRAINING_PREDICTIVE), whatever the option.
+
+A checkpoint records the option (its cfg.model.dirichlet_predictive: fairseq-train stores the
+flag's default). One saved before the option existed has no such field: then get_normalized_probs
+returned alpha / alpha_0, so it loads as "mean" (LEGACY_PREDICTIVE), with a warning. Either
+predictive can be chosen at load time: fairseq-generate --model-overrides
+"{'dirichlet_predictive': 'softmax'}", checkpoint_utils.load_model_ensemble(...,
+arg_overrides={'dirichlet_predictive': 'softmax'}), ensdist-evaluate/-uncertainty
+--dirichlet-predictive.
 """
 
-import torch
-import torch.nn.functional as F
+import logging
+
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerModel, base_architecture, transformer_iwslt_de_en
 
-from ensdist_fairseq.losses.proxy_dirichlet import dirichlet_log_predictive
+from ensdist_fairseq.uncertainty.measures import (
+    DEFAULT_DIRICHLET_PREDICTIVE,
+    DIRICHLET_PREDICTIVES,
+    dirichlet_log_predictive,
+)
 
-PREDICTIVES = ("softmax", "mean")
-DEFAULT_PREDICTIVE = "softmax"
-_PROBE = torch.zeros(1, 2)
+logger = logging.getLogger(__name__)
+
+PREDICTIVES = DIRICHLET_PREDICTIVES
+DEFAULT_PREDICTIVE = DEFAULT_DIRICHLET_PREDICTIVE
+LEGACY_PREDICTIVE = "mean"  # what get_normalized_probs returned before the option existed
+TRAINING_PREDICTIVE = "softmax"  # the criterion's NLL term, whatever the option
 
 
 def log_predictive(logits, predictive: str):
-    """ln of the chosen predictive distribution from the logits z, in float32."""
-    if predictive == "softmax":
-        return F.log_softmax(logits.float(), dim=-1)
-    if predictive == "mean":
-        return dirichlet_log_predictive(logits)
-    raise ValueError(
-        f"--dirichlet-predictive must be one of {', '.join(PREDICTIVES)}, got {predictive!r}"
-    )
+    """ln of the chosen predictive distribution from the logits z, in float32 (float64 kept)."""
+    return dirichlet_log_predictive(logits, predictive)
+
+
+def checkpoint_predictive(args) -> str:
+    """The predictive a model's cfg asks for: its recorded option, LEGACY_PREDICTIVE without one."""
+    recorded = getattr(args, "dirichlet_predictive", None)
+    if recorded is None:
+        logger.warning(
+            "dirichlet_transformer: the checkpoint records no dirichlet_predictive (saved before "
+            f"the option existed, when the model decoded with alpha/alpha_0): loading it as "
+            f"'{LEGACY_PREDICTIVE}'; override with dirichlet_predictive={DEFAULT_PREDICTIVE!r}"
+        )
+        return LEGACY_PREDICTIVE
+    if recorded not in PREDICTIVES:
+        raise ValueError(
+            f"--dirichlet-predictive must be one of {', '.join(PREDICTIVES)}, got {recorded!r}"
+        )
+    return recorded
 
 
 @register_model("dirichlet_transformer")
@@ -55,10 +81,10 @@ class DirichletTransformerModel(TransformerModel):
         parser.add_argument(
             "--dirichlet-predictive",
             choices=PREDICTIVES,
-            default=None,
-            help="predictive distribution for decoding and scoring: softmax(z) "
-            "(default, the authors') or the Dirichlet mean alpha/alpha_0; "
-            "the loss and the uncertainty measures always use alpha = exp(z)+1",
+            default=DEFAULT_PREDICTIVE,
+            help="predictive distribution for decoding and scoring (not training: the NLL "
+            "term and validation loss use softmax(z)): softmax(z) (default, the authors') or "
+            "the Dirichlet mean alpha/alpha_0; the PD loss uses alpha = exp(z)+1",
         )
 
     @classmethod
@@ -67,14 +93,12 @@ class DirichletTransformerModel(TransformerModel):
             raise ValueError(
                 "dirichlet_transformer needs full-vocabulary logits: --adaptive-softmax-cutoff is not supported"
             )
-        if getattr(args, "dirichlet_predictive", None) is None:  # older checkpoints: the default
-            args.dirichlet_predictive = DEFAULT_PREDICTIVE
-        log_predictive(_PROBE, args.dirichlet_predictive)  # fails early on a bad value
+        args.dirichlet_predictive = checkpoint_predictive(args)  # decided here, once
         return super().build_model(args, task)
 
     @property
     def dirichlet_predictive(self) -> str:
-        return getattr(self.args, "dirichlet_predictive", None) or DEFAULT_PREDICTIVE
+        return self.args.dirichlet_predictive
 
     def get_normalized_probs(self, net_output, log_probs, sample=None):
         """The predictive chosen by --dirichlet-predictive (log or not), in float32."""
@@ -82,18 +106,11 @@ class DirichletTransformerModel(TransformerModel):
         return lprobs if log_probs else lprobs.exp()
 
 
-def _set_defaults(args):
-    if getattr(args, "dirichlet_predictive", None) is None:
-        args.dirichlet_predictive = DEFAULT_PREDICTIVE
-
-
 @register_model_architecture("dirichlet_transformer", "dirichlet_transformer")
 def dirichlet_transformer(args):
-    _set_defaults(args)
     base_architecture(args)
 
 
 @register_model_architecture("dirichlet_transformer", "dirichlet_transformer_iwslt_de_en")
 def dirichlet_transformer_iwslt_de_en(args):
-    _set_defaults(args)
     transformer_iwslt_de_en(args)

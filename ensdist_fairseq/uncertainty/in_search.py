@@ -12,12 +12,13 @@ measures of the distribution its l-th token (</s> included) was chosen from: exa
 teacher-forced values (tests/test_uncertainty_cli.py checks the two paths agree).
 
 The measures are those of runner.py: the members' distributions for an ensemble, α = exp(z) + 1
-from the raw logits for a Dirichlet student, the entropy for a single model; fairseq stores
+from the raw (untempered) logits for a Dirichlet student with the expected categorical it is
+given (measures.py), the entropy for a single model; fairseq stores
 them in float32. Cost: the measures for every live beam at every step, no second decoder pass.
 """
 
 import math
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from fairseq.sequence_generator import EnsembleModel
@@ -29,10 +30,17 @@ from ensdist_fairseq.uncertainty import measures as M
 class MeasuringEnsemble(EnsembleModel):
     """fairseq's EnsembleModel whose forward_decoder returns (ln predictive, token measures)."""
 
-    def __init__(self, models: Sequence[torch.nn.Module], kind: str, measures: Sequence[str]):
+    def __init__(
+        self,
+        models: Sequence[torch.nn.Module],
+        kind: str,
+        measures: Sequence[str],
+        dirichlet_expected: Optional[str] = None,
+    ):
         super().__init__(list(models))
         self.kind = kind
         self.measure_names: List[str] = list(measures)
+        self.dirichlet_expected = dirichlet_expected
 
     def forward_decoder(self, tokens, encoder_outs, incremental_states, temperature: float = 1.0):
         log_probs, logits = [], None
@@ -59,7 +67,7 @@ class MeasuringEnsemble(EnsembleModel):
         if self.kind == "ensemble":
             values = F.ensemble_measures(stacked)
         elif self.kind == "dirichlet":
-            values = F.dirichlet_measures(logits)
+            values = F.dirichlet_measures(logits, self.dirichlet_expected)
         else:
             values = M.single_measures(predictive)
         # (rows, M): fairseq copies it into its attention buffer at this step's column

@@ -48,6 +48,18 @@ ENSEMBLE_MEASURES = ("total", "data", "mi", "rmi", "epkl")
 # (the model decodes with one of them, the measures take one as the expected categorical).
 DIRICHLET_PREDICTIVES = ("softmax", "mean")
 DEFAULT_DIRICHLET_PREDICTIVE = "softmax"  # the authors' (PD paper eq. 9)
+# Which expected categorical a Dirichlet student's measures take: "predictive", the one it decodes
+# with (the authors' form, the default), or "self-consistent", α/α₀ (total = data + mi).
+DIRICHLET_FORMS = ("predictive", "self-consistent")
+
+
+def dirichlet_expected(form: str, predictive: str) -> str:
+    """The expected categorical of the measures for a form and the student's decoding predictive."""
+    if form not in DIRICHLET_FORMS:
+        raise ValueError(f"dirichlet measures must be one of {', '.join(DIRICHLET_FORMS)}")
+    return predictive if form == "predictive" else "mean"
+
+
 DIRICHLET_MEASURES = ENSEMBLE_MEASURES
 SINGLE_MEASURES = ("total",)
 KNOWLEDGE_MEASURES = ("mi", "rmi", "epkl")

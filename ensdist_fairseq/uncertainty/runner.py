@@ -8,7 +8,8 @@
 Systems (SYSTEM_KINDS): "single" (one ordinary model, incl. a mean-KD student: entropy only),
 "ensemble" (K >= 2 members, the mean of their probabilities decodes; measures from the members),
 "dirichlet" (one Proxy-Dirichlet student: decodes with its predictive option; the measures from
-α = exp(z) + 1 of its raw logits, never from get_normalized_probs).
+α = exp(z) + 1 of its raw logits, with the expected categorical of `dirichlet_form`: by default
+the predictive it decodes with, measures.DIRICHLET_FORMS).
 Nothing is kept across chunks: memory is flat in the size of the split.
 """
 
@@ -35,6 +36,13 @@ def system_kind(models: Sequence[torch.nn.Module]) -> str:
     if len(models) > 1:
         return "ensemble"
     return "dirichlet" if getattr(models[0], "predicts_dirichlet", False) else "single"
+
+
+def dirichlet_expected(models, form: str) -> Optional[str]:
+    """The expected categorical of a Dirichlet student's measures (None for other systems)."""
+    if system_kind(models) != "dirichlet":
+        return None
+    return M.dirichlet_expected(form, models[0].dirichlet_predictive)
 
 
 def check_measures(kind: str, requested: Sequence[str]) -> List[str]:
@@ -128,6 +136,7 @@ def token_measures(
     target: torch.Tensor,
     mask: torch.Tensor,
     new_order: torch.Tensor,
+    dirichlet_expected: Optional[str] = None,
 ):
     """({measure: (N, T) values, 0 at pads}, (N,) ln P(y|x) under the system's predictive)."""
     outputs = [_member_output(m, net_input, new_order, mask) for m in models]
@@ -137,7 +146,7 @@ def token_measures(
         flat = _chunked(F.ensemble_measures, stacked)
     elif kind == "dirichlet":
         log_pred = outputs[0][1]
-        flat = _chunked(F.dirichlet_measures, outputs[0][0])
+        flat = _chunked(lambda z: F.dirichlet_measures(z, dirichlet_expected), outputs[0][0])
     else:
         log_pred = outputs[0][1]
         flat = _chunked(M.single_measures, log_pred)
@@ -183,6 +192,7 @@ def score_split(
     limit: Optional[int] = None,
     teacher_forced: bool = False,
     post_process: Optional[str] = None,
+    dirichlet_form: str = M.DIRICHLET_FORMS[0],
 ) -> Iterator[dict]:
     """Yield one record per sentence of `dataset`: its output and sequence-level measures.
 
@@ -194,6 +204,7 @@ def score_split(
     from ensdist_fairseq.uncertainty.in_search import MeasuringEnsemble
 
     kind = system_kind(models)
+    expected = dirichlet_expected(models, dirichlet_form)
     device = next(iter(models[0].parameters())).device
     measures = list(measures)
     chunk: List = []
@@ -201,7 +212,9 @@ def score_split(
     def flush():
         if teacher_forced:
             net_input, target, mask, new_order = hypothesis_batch(dataset, chunk, device)
-            values, hyp_lp = token_measures(models, kind, net_input, target, mask, new_order)
+            values, hyp_lp = token_measures(
+                models, kind, net_input, target, mask, new_order, expected
+            )
         else:
             values, mask, hyp_lp = _in_search_values(chunk, measures)
         start = 0
@@ -229,7 +242,7 @@ def score_split(
                 record["chrf"] = sentence_chrf(best.text, d.reference)
             yield record
 
-    search_model = None if teacher_forced else MeasuringEnsemble(models, kind, measures)
+    search_model = None if teacher_forced else MeasuringEnsemble(models, kind, measures, expected)
     ids = None if limit is None else np.arange(min(limit, len(dataset)), dtype=np.int64)
     for d in decode(
         models,
