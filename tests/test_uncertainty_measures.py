@@ -255,6 +255,13 @@ def test_fast_ensemble_matches_exact_and_stays_non_negative(eps):
         )
     for name in M.KNOWLEDGE_MEASURES:
         assert (fast[name] >= 0).all(), name
+    # posterior member weights (expectation-of-products): the same agreement and guarantee
+    log_w = M.member_log_weights(3 * torch.randn(3, 200, generator=g, dtype=torch.float64))
+    fast_w, exact_w = F.ensemble_measures(lp.float(), log_w), M.ensemble_measures(lp, log_w)
+    for name in M.ENSEMBLE_MEASURES:
+        torch.testing.assert_close(fast_w[name], exact_w[name], rtol=1e-5, atol=2e-6)
+    for name in M.KNOWLEDGE_MEASURES:
+        assert (fast_w[name] >= 0).all(), name
 
 
 def test_fast_dirichlet_matches_exact_from_flat_to_very_confident():
@@ -278,3 +285,72 @@ def test_fast_dirichlet_matches_exact_from_flat_to_very_confident():
             for name in ("rmi", "epkl"):  # mi too for "mean"; the authors' mi can be < 0
                 assert (fast[name] >= 0).all(), name
         assert (F.dirichlet_measures(rows, "mean")["mi"] >= 0).all()
+
+
+# ---- ensembles both ways: product-of-expectations and expectation-of-products ----
+import itertools  # noqa: E402
+
+
+def toy_autoregressive_members(K=3, V=3, L=3, seed=8):
+    """K members as explicit tables: member k's log P_k(· | prefix) for every prefix of length < L."""
+    g = torch.Generator().manual_seed(seed)
+    prefixes = [p for n in range(L) for p in itertools.product(range(V), repeat=n)]
+    return {
+        p: torch.log_softmax(2 * torch.randn(K, V, generator=g, dtype=torch.float64), -1)
+        for p in prefixes
+    }
+
+
+def test_expectation_of_products_chain_rule_equals_the_sequence_level_measures():
+    """Brute force over all V^L sequences: the measures of the sequence-level mixture
+    P̄(y) = (1/K) Σ_k P_k(y) equal E_{P̄} of the summed token measures with posterior member
+    weights; through sequence.py's estimator with every sequence as a hypothesis too."""
+    K, V, L = 3, 3, 3
+    table = toy_autoregressive_members(K, V, L)
+    seqs = list(itertools.product(range(V), repeat=L))
+    # member log-probs of every token of every sequence: (K, N, L)
+    picked = torch.stack(
+        [torch.stack([table[y[:i]][:, y[i]] for i in range(L)], -1) for y in seqs], 1
+    )
+    log_pk = picked.sum(-1)  # (K, N): ln P_k(y)
+    pk = log_pk.exp()
+    mix = pk.mean(0)
+    H = lambda q: -(q * q.log()).sum(-1)  # noqa: E731
+    KL = lambda a, b: (a * (a.log() - b.log())).sum(-1)  # noqa: E731
+    exact = {
+        "total": H(mix),
+        "data": sum(H(pk[k]) for k in range(K)) / K,
+        "mi": sum(KL(pk[k], mix) for k in range(K)) / K,
+        "rmi": sum(KL(mix, pk[k]) for k in range(K)) / K,
+        "epkl": sum(KL(pk[k], pk[j]) for k in range(K) for j in range(K)) / K**2,
+    }
+    mask = torch.ones(len(seqs), L, dtype=torch.bool)
+    log_w = M.member_log_weights(S.prefix_log_probs(picked, mask))  # (K, N, L)
+    members = torch.stack([torch.stack([table[y[:i]] for i in range(L)], 1) for y in seqs], 1)
+    tok = M.ensemble_measures(members, log_w)  # (N, L) each
+    fast = F.ensemble_measures(members.reshape(K, -1, V), log_w.reshape(K, -1))
+    eop_lp = S.expectation_of_products_log_probs(log_pk)
+    torch.testing.assert_close(eop_lp.exp(), mix)
+    seq = S.sequence_measures(tok, mask, eop_lp)  # length-normalised: × L
+    for name in M.ENSEMBLE_MEASURES:
+        chain = (mix * tok[name].sum(-1)).sum()
+        torch.testing.assert_close(chain, exact[name], rtol=1e-10, atol=1e-12)
+        assert seq[name] * L == pytest.approx(float(exact[name]), rel=1e-10)
+        torch.testing.assert_close(fast[name].view(len(seqs), L), tok[name], rtol=1e-9, atol=1e-12)
+    # product-of-expectations: a different distribution; its total is still its sequence entropy
+    poe = M.ensemble_measures(members)
+    log_poe = torch.stack(
+        [sum(M.ensemble_log_mean(table[y[:i]])[y[i]] for i in range(L)) for y in seqs]
+    )
+    torch.testing.assert_close((log_poe.exp() * poe["total"].sum(-1)).sum(), H(log_poe.exp()))
+    assert float((log_poe.exp() * poe["rmi"].sum(-1)).sum()) != pytest.approx(
+        float(exact["rmi"]), rel=1e-3
+    )
+
+
+def test_uniform_member_weights_are_product_of_expectations():
+    lp = random_members()
+    uniform = torch.full(lp.shape[:-1], -math.log(lp.size(0)), dtype=torch.float64)
+    a, b = M.ensemble_measures(lp), M.ensemble_measures(lp, uniform)
+    for name in M.ENSEMBLE_MEASURES:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-12, atol=1e-14)

@@ -26,7 +26,7 @@ both paths against each other (tests/test_uncertainty_measures.py).
 """
 
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -98,25 +98,39 @@ def _recompute(values: Dict[str, torch.Tensor], bad: torch.Tensor, exact_fn, *in
             values[name][bad] = v.to(values[name].dtype)
 
 
-def ensemble_measures(member_log_probs: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """measures.ensemble_measures for (K, P, V) log-probs, float64 results of shape (P,).
+def ensemble_measures(
+    member_log_probs: torch.Tensor, log_weights: Optional[torch.Tensor] = None
+) -> Dict[str, torch.Tensor]:
+    """measures.ensemble_measures for (K, P, V) log-probs (and (K, P) member log-weights, or
+    None for uniform ones), float64 results of shape (P,).
 
     Element-wise work stays in the input's float32 (a (K, P, V) float64 temporary costs more
     in page faults than the arithmetic); every sum over V accumulates in float64. The sums are
     then good to ~1e-6 (float32 products), so positions where mi or rmi is below 1e-5 × the
     size of the sums are recomputed exactly in float64 (measures.py)."""
     lp = member_log_probs
-    log_mean = torch.logsumexp(lp, dim=0) - math.log(lp.size(0))
+    neg_entropies = lp.exp().mul_(lp).sum(-1, dtype=torch.float64)  # one (K, P, V) temporary
+    if log_weights is None:
+        log_mean = torch.logsumexp(lp, dim=0) - math.log(lp.size(0))
+        data = -neg_entropies.mean(0)
+    else:
+        log_mean = torch.logsumexp(lp + log_weights.to(lp.dtype).unsqueeze(-1), dim=0)
+        data = -(log_weights.double().exp() * neg_entropies).sum(0)
     mean = log_mean.exp()
     neg_total = (mean * log_mean).sum(-1, dtype=torch.float64)
-    data = -lp.exp().mul_(lp).sum(-1, dtype=torch.float64).mean(0)  # one (K, P, V) temporary
     cross = (mean * lp.mean(0)).sum(-1, dtype=torch.float64)
     total = -neg_total
     mi, rmi = total - data, neg_total - cross
     values = {"total": total, "data": data, "mi": mi, "rmi": rmi, "epkl": mi + rmi}
     relative = _RELATIVE if lp.dtype == torch.float64 else _RELATIVE_FLOAT32
     scale = relative * (total.abs() + data.abs() + cross.abs() + 1)
-    _recompute(values, (mi < scale) | (rmi < scale), lambda x: M.ensemble_measures(x.double()), lp)
+    bad = (mi < scale) | (rmi < scale)
+    if log_weights is None:
+        _recompute(values, bad, lambda x: M.ensemble_measures(x.double()), lp)
+    elif bool(bad.any()):
+        exact = M.ensemble_measures(lp[:, bad].double(), log_weights[:, bad].double())
+        for name, v in exact.items():
+            values[name][bad] = v
     values["epkl"] = values["mi"] + values["rmi"]
     return values
 

@@ -24,6 +24,16 @@ KL(p ‖ π) >= 0 still, but mi + rmi = Σ p_v/α_v − 1/α₀ ≠ epkl, and mi
 of α moves m away from p by more than the φ terms (KL(p ‖ m) ≈ −ln(1 − V/α₀) on confident
 positions): the authors' code clamps it at 0; here it is reported as it is.
 
+Expectation-of-products (Malinin & Gales 2021): the ensemble's sequence distribution is the mean
+of the members' *sequence* probabilities, P̄(y) = (1/K) Σ_k P_k(y). Its conditional at a position
+is the mixture with the members' posterior weights given the prefix, w_k ∝ P_k(y_<l), and the
+sequence-level total, data, mi, rmi, epkl are, by the chain rule, E_{P̄} of the sums over
+positions of (`log_weights` = ln w):
+    total H[P̄_w], P̄_w = Σ_k w_k P_k;  data Σ_k w_k H[P_k];  mi Σ_k w_k KL(P_k ‖ P̄_w);
+    rmi (1/K) Σ_k KL(P̄_w ‖ P_k);  epkl Σ_k w_k (1/K) Σ_k' KL(P_k ‖ P_k') = mi + rmi.
+Uniform weights (the default) give the token-level forms above: product-of-expectations, the
+token probabilities averaged, as fairseq's ensemble decodes.
+
 A single model (or a mean-KD student) has only `total`, the entropy of its predictive.
 
 Why these forms (numerics). Knowledge uncertainty is a small difference of large numbers when
@@ -39,7 +49,7 @@ non-negative *as computed*, so mi, rmi, epkl >= 0 hold exactly, in float32 too, 
 """
 
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -63,6 +73,9 @@ def dirichlet_expected(form: str, predictive: str) -> str:
 DIRICHLET_MEASURES = ENSEMBLE_MEASURES
 SINGLE_MEASURES = ("total",)
 KNOWLEDGE_MEASURES = ("mi", "rmi", "epkl")
+# How an ensemble of autoregressive models is combined (Malinin & Gales 2021): token
+# probabilities averaged (fairseq's decoding, the default) or sequence probabilities averaged.
+ENSEMBLE_COMBINATIONS = ("product-of-expectations", "expectation-of-products")
 
 _SMALL_D = 0.1  # below this |d| the Taylor series of g is used
 _ASYMPTOTIC_X = 10.0  # from here on φ and χ come from their asymptotic series
@@ -95,13 +108,31 @@ def ensemble_log_mean(member_log_probs: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(member_log_probs, dim=0) - math.log(member_log_probs.size(0))
 
 
-def ensemble_measures(member_log_probs: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Every ensemble measure, each of shape (...), in the input's dtype (K = 1: mi = rmi = 0)."""
+def member_log_weights(prefix_log_probs: torch.Tensor) -> torch.Tensor:
+    """ln w_k = ln P_k(y_<l) − ln Σ_k' P_k'(y_<l): the members' posterior given a prefix, (K, ...)."""
+    return prefix_log_probs - torch.logsumexp(prefix_log_probs, dim=0, keepdim=True)
+
+
+def ensemble_measures(
+    member_log_probs: torch.Tensor, log_weights: Optional[torch.Tensor] = None
+) -> Dict[str, torch.Tensor]:
+    """Every ensemble measure, each of shape (...), in the input's dtype (K = 1: mi = rmi = 0).
+
+    log_weights: (K, ...) normalised ln w_k of the members (expectation-of-products, module
+    docstring); None: uniform, the token probabilities averaged."""
     lp = member_log_probs
-    log_mean = ensemble_log_mean(lp)
+    entropies = entropy(lp)
+    if log_weights is None:
+        log_mean = ensemble_log_mean(lp)
+        kl_to_mean = kl_divergence(lp, log_mean.unsqueeze(0))
+        data, mi = entropies.mean(0), kl_to_mean.mean(0)
+    else:
+        lw = log_weights.to(lp.dtype)
+        log_mean = torch.logsumexp(lp + lw.unsqueeze(-1), dim=0)
+        kl_to_mean = kl_divergence(lp, log_mean.unsqueeze(0))
+        w = lw.exp()
+        data, mi = (w * entropies).sum(0), (w * kl_to_mean).sum(0)
     total = entropy(log_mean)
-    data = entropy(lp).mean(0)
-    mi = kl_divergence(lp, log_mean.unsqueeze(0)).mean(0)
     rmi = kl_divergence(log_mean.unsqueeze(0), lp).mean(0)
     return {"total": total, "data": data, "mi": mi, "rmi": rmi, "epkl": mi + rmi}
 

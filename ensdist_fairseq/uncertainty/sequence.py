@@ -15,12 +15,18 @@ decoded with beam B (default 5) into hypotheses y⁽¹⁾ … y⁽ᴮ⁾:
      T → 0 keeps the top hypothesis only).
   4. Û = Σ_b w_b ū_b.
 
-For an ensemble, ln P is the ensemble's (the mean of the members' probabilities, chain-ruled);
+For an ensemble, ln P is the ensemble's: with product-of-expectations (default; what fairseq's
+ensemble decodes) the chain rule of the mean of the members' token probabilities, with
+expectation-of-products ln((1/K) Σ_k P_k(y|x)), the mean of the members' sequence probabilities,
+and then the token measures weigh the members by their posterior given the prefix
+(measures.py; `prefix_log_probs`, `expectation_of_products_log_probs`). Either way the
+hypotheses are the beam of fairseq's ensemble (product-of-expectations), re-weighted.
 for a Dirichlet student, its decoding predictive (the model option, softmax(z) by default);
 the token measures themselves come from the members (ensemble) or from α (Dirichlet).
 Hypotheses are the system's own beam output, so each system is judged on what it produces.
 """
 
+import math
 from typing import Dict, Sequence
 
 import torch
@@ -60,6 +66,19 @@ def hypothesis_log_probs(
     """ln P(y⁽ᵇ⁾|x) = Σ_l ln P(y_l | …) from (B, T, V) log-probs of the teacher-forced pass."""
     picked = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).double()
     return (picked * mask.to(picked.dtype)).sum(-1)
+
+
+def prefix_log_probs(picked: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """ln P_k(y_<l | x) at every position: the exclusive cumulative sum over positions of the
+    (K, N, T) members' log-probs of the hypothesis tokens (0 at pads and at l = 1)."""
+    picked = picked.double() * mask.to(torch.float64)
+    return picked.cumsum(-1) - picked
+
+
+def expectation_of_products_log_probs(member_hyp_log_probs: torch.Tensor) -> torch.Tensor:
+    """ln((1/K) Σ_k P_k(y|x)) from the (K, N) members' joint log-probs of N hypotheses."""
+    k = member_hyp_log_probs.size(0)
+    return torch.logsumexp(member_hyp_log_probs.double(), dim=0) - math.log(k)
 
 
 def split_by_sentence(values: torch.Tensor, counts: Sequence[int]):
