@@ -373,12 +373,18 @@ def test_errors(corpus, tmp_path, capsys):
     assert len(records(tmp_path / "x" / "mine.jsonl")) == 2
 
 
-@pytest.mark.parametrize("system", ["ens", "dir", "m1"])
+@pytest.mark.parametrize("system", ["ens", "ens-eop", "dir", "dir-sc", "m1"])
 def test_measures_inside_the_search_equal_the_teacher_forced_ones(corpus, system):
     root, bin_dir, ckpt = corpus
-    path = f"{ckpt['m1']}:{ckpt['m2']}" if system == "ens" else ckpt[system]
-    _, fast = run_cli(root, bin_dir, path, f"{system}-search", "--limit", "15")
-    _, slow = run_cli(root, bin_dir, path, f"{system}-tf", "--limit", "15", "--teacher-forced")
+    path = f"{ckpt['m1']}:{ckpt['m2']}" if system.startswith("ens") else ckpt[system[:3]]
+    extra = {
+        "ens-eop": ["--ensemble-combination", "expectation-of-products"],
+        "dir-sc": ["--dirichlet-measures", "self-consistent"],
+    }.get(system, [])
+    _, fast = run_cli(root, bin_dir, path, f"{system}-search", "--limit", "15", *extra)
+    _, slow = run_cli(
+        root, bin_dir, path, f"{system}-tf", "--limit", "15", "--teacher-forced", *extra
+    )
     for name in ("test", "permuted", "third"):
         a = {r["id"]: r for r in records(fast / f"{name}.jsonl")}
         b = {r["id"]: r for r in records(slow / f"{name}.jsonl")}
@@ -389,3 +395,16 @@ def test_measures_inside_the_search_equal_the_teacher_forced_ones(corpus, system
                 "uncertainty"
             ].items():  # fairseq stores the in-search values in float32
                 assert a[i]["uncertainty"][m] == pytest.approx(v, rel=1e-4, abs=1e-7), (name, i, m)
+    meta = json.loads((fast / "system.json").read_text())
+    if system.startswith("ens"):
+        assert meta["ensemble_combination"] == (
+            "expectation-of-products" if system == "ens-eop" else "product-of-expectations"
+        )
+    if system == "ens-eop":  # the same beam (fairseq's), re-weighted: other measures and ln P
+        poe = {r["id"]: r for r in records(fast.parent / "ens-search" / "test.jsonl")}
+        eop = {r["id"]: r for r in records(fast / "test.jsonl")}
+        assert all(poe[i]["output"] == eop[i]["output"] for i in eop)
+        assert any(abs(poe[i]["log_prob"] - eop[i]["log_prob"]) > 1e-4 for i in eop)
+        assert any(
+            abs(poe[i]["uncertainty"]["rmi"] - eop[i]["uncertainty"]["rmi"]) > 1e-6 for i in eop
+        )

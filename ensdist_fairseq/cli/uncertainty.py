@@ -27,7 +27,11 @@ from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.hashing import file_sha256
-from ensdist_fairseq.uncertainty.measures import DIRICHLET_FORMS, DIRICHLET_PREDICTIVES
+from ensdist_fairseq.uncertainty.measures import (
+    DIRICHLET_FORMS,
+    DIRICHLET_PREDICTIVES,
+    ENSEMBLE_COMBINATIONS,
+)
 
 GROUPS = ("single", "ensemble", "mean-kd", "proxy-dirichlet", "other")
 SCHEMA_VERSION = 1
@@ -87,6 +91,14 @@ def build_parser() -> options.Parser:
         help="a Dirichlet student's expected categorical in the measures: the predictive it "
         "decodes with (default, the authors' form) or self-consistent alpha/alpha_0 "
         "(total = data + mi; docs/uncertainty.md)",
+    )
+    ap.add_argument(
+        "--ensemble-combination",
+        choices=ENSEMBLE_COMBINATIONS,
+        default=ENSEMBLE_COMBINATIONS[0],
+        help="an ensemble's sequence distribution for the measures and the beam's weights: "
+        "token probabilities averaged (default; what fairseq decodes) or sequence "
+        "probabilities averaged (Malinin & Gales 2021); the beam is fairseq's either way",
     )
     options.add_batching(ap)
     ap.add_argument(
@@ -229,6 +241,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
                 teacher_forced=args.teacher_forced,
                 post_process=post,
                 dirichlet_form=args.dirichlet_measures,
+                ensemble_combination=args.ensemble_combination,
             ):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 n += 1
@@ -270,6 +283,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
         "dirichlet_predictive": predictive,
         "dirichlet_measures": args.dirichlet_measures if kind == "dirichlet" else None,
         "dirichlet_expected": runner.dirichlet_expected(models, args.dirichlet_measures),
+        "ensemble_combination": args.ensemble_combination if kind == "ensemble" else None,
         "sets": summary,
     }
 

@@ -15,6 +15,13 @@ The measures are those of runner.py: the members' distributions for an ensemble,
 from the raw (untempered) logits for a Dirichlet student with the expected categorical it is
 given (measures.py), the entropy for a single model; fairseq stores
 them in float32. Cost: the measures for every live beam at every step, no second decoder pass.
+
+Expectation-of-products (an ensemble's sequence probabilities averaged, measures.py) needs each
+member's ln P_k(y_<l) of every live prefix: kept here, and reordered with the beams
+(reorder_incremental_state, which fairseq calls with every reordering, finished sentences'
+removal included); the token chosen at the previous step is the last column of `tokens`. Each
+step then also carries, after the measures, the K prefix log-probs and the K members' ln P_k(</s>),
+from which runner.py forms ln P_k(y|x) of every finished hypothesis (it ends in </s>).
 """
 
 import math
@@ -36,11 +43,31 @@ class MeasuringEnsemble(EnsembleModel):
         kind: str,
         measures: Sequence[str],
         dirichlet_expected: Optional[str] = None,
+        ensemble_combination: str = M.ENSEMBLE_COMBINATIONS[0],
     ):
         super().__init__(list(models))
         self.kind = kind
         self.measure_names: List[str] = list(measures)
         self.dirichlet_expected = dirichlet_expected
+        self.posterior = kind == "ensemble" and ensemble_combination == "expectation-of-products"
+        self.eos = models[0].decoder.dictionary.eos()
+        self._prefix = self._last = self._order = None  # (K, rows), (K, rows, V), (rows,)
+
+    def reorder_incremental_state(self, incremental_states, new_order):
+        self._order = new_order  # applied with the next step's chosen tokens
+        super().reorder_incremental_state(incremental_states, new_order)
+
+    def _prefix_log_probs(self, tokens, stacked):
+        """ln P_k(y_<l) of each live prefix, (K, rows), float64."""
+        if tokens.size(1) == 1:  # a new batch's first step: empty prefixes
+            prefix = stacked.new_zeros(stacked.shape[:2], dtype=torch.float64)
+        else:
+            order = self._order if self._order is not None else torch.arange(tokens.size(0))
+            order = order.to(tokens.device)
+            chosen = self._last[:, order, tokens[:, -1]]  # (K, rows): last step's choice
+            prefix = self._prefix[:, order] + chosen.double()
+        self._prefix, self._last, self._order = prefix, stacked, None
+        return prefix
 
     def forward_decoder(self, tokens, encoder_outs, incremental_states, temperature: float = 1.0):
         log_probs, logits = [], None
@@ -64,13 +91,17 @@ class MeasuringEnsemble(EnsembleModel):
         else:
             stacked = torch.stack(log_probs)
             predictive = torch.logsumexp(stacked, dim=0) - math.log(len(log_probs))
-        if self.kind == "ensemble":
+        columns = []
+        if self.kind == "ensemble" and self.posterior:
+            prefix = self._prefix_log_probs(tokens, stacked)
+            values = F.ensemble_measures(stacked, M.member_log_weights(prefix))
+            columns = [prefix.t(), stacked[:, :, self.eos].t().double()]
+        elif self.kind == "ensemble":
             values = F.ensemble_measures(stacked)
         elif self.kind == "dirichlet":
             values = F.dirichlet_measures(logits, self.dirichlet_expected)
         else:
             values = M.single_measures(predictive)
-        # (rows, M): fairseq copies it into its attention buffer at this step's column
-        return predictive, torch.stack([values[m] for m in self.measure_names], dim=1).to(
-            predictive
-        )
+        # (rows, M [+ 2K]): fairseq copies it into its attention buffer at this step's column
+        out = torch.cat([torch.stack([values[m] for m in self.measure_names], dim=1), *columns], 1)
+        return predictive, out.to(predictive)

@@ -137,9 +137,22 @@ def token_measures(
     mask: torch.Tensor,
     new_order: torch.Tensor,
     dirichlet_expected: Optional[str] = None,
+    ensemble_combination: str = M.ENSEMBLE_COMBINATIONS[0],
 ):
     """({measure: (N, T) values, 0 at pads}, (N,) ln P(y|x) under the system's predictive)."""
     outputs = [_member_output(m, net_input, new_order, mask) for m in models]
+    if kind == "ensemble" and ensemble_combination == "expectation-of-products":
+        stacked = torch.stack([lp for _, lp in outputs])  # (K, P, V)
+        k = stacked.size(0)
+        tokens = target[mask].view(1, -1, 1).expand(k, -1, 1)
+        picked = torch.zeros((k, *mask.shape), dtype=torch.float64, device=mask.device)
+        picked[:, mask] = stacked.gather(-1, tokens).squeeze(-1).double()
+        log_w = M.member_log_weights(S.prefix_log_probs(picked, mask)[:, mask])  # (K, P)
+        flat = _chunked(
+            lambda lp, lw: F.ensemble_measures(lp, lw.squeeze(-1)), stacked, log_w.unsqueeze(-1)
+        )
+        hyp_lp = S.expectation_of_products_log_probs(picked.sum(-1))
+        return _unflatten(flat, mask), hyp_lp
     if kind == "ensemble":
         stacked = torch.stack([lp for _, lp in outputs])  # (K, P, V)
         log_pred = M.ensemble_log_mean(stacked)
@@ -150,11 +163,7 @@ def token_measures(
     else:
         log_pred = outputs[0][1]
         flat = _chunked(M.single_measures, log_pred)
-    values = {}
-    for name, v in flat.items():
-        full = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
-        full[mask] = v.double()
-        values[name] = full
+    values = _unflatten(flat, mask)
     picked = log_pred.gather(-1, target[mask].unsqueeze(-1)).squeeze(-1).double()
     rows = mask.nonzero(as_tuple=True)[0]
     hyp_lp = torch.zeros(mask.size(0), dtype=torch.float64, device=mask.device).index_add(
@@ -163,18 +172,38 @@ def token_measures(
     return values, hyp_lp
 
 
-def _in_search_values(chunk: Sequence, measures: Sequence[str]):
-    """({measure: (N, T)}, mask, (N,) ln P) from the measures the search carried (in_search.py)."""
+def _unflatten(flat: Dict[str, torch.Tensor], mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """(P,) values at the mask's positions -> (N, T), 0 at pads, float64."""
+    values = {}
+    for name, v in flat.items():
+        full = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
+        full[mask] = v.double()
+        values[name] = full
+    return values
+
+
+def _in_search_values(chunk: Sequence, measures: Sequence[str], posterior: bool = False):
+    """({measure: (N, T)}, mask, (N,) ln P) from the measures the search carried (in_search.py).
+
+    posterior (expectation-of-products): after the measures come each member's ln P_k(y_<l) and
+    ln P_k(</s>) (K rows each); ln P_k(y|x) is their sum at the last position (</s>)."""
     hyps = [h for d in chunk for h in d.hypotheses]
     longest = max(h.extra.size(1) for h in hyps)
     mask = torch.zeros(len(hyps), longest, dtype=torch.bool)
-    stacked = torch.zeros(len(measures), len(hyps), longest, dtype=torch.float64)
+    rows = hyps[0].extra.size(0)
+    stacked = torch.zeros(rows, len(hyps), longest, dtype=torch.float64)
     for i, h in enumerate(hyps):
         mask[i, : h.extra.size(1)] = True
         stacked[:, i, : h.extra.size(1)] = h.extra.double()
-    hyp_lp = torch.tensor(
-        [float(h.positional_scores.double().sum()) for h in hyps], dtype=torch.float64
-    )
+    if posterior:
+        k = (rows - len(measures)) // 2
+        last = mask.sum(-1) - 1
+        at_end = stacked[len(measures) :, torch.arange(len(hyps)), last]  # (2K, N)
+        hyp_lp = S.expectation_of_products_log_probs(at_end[:k] + at_end[k:])
+    else:
+        hyp_lp = torch.tensor(
+            [float(h.positional_scores.double().sum()) for h in hyps], dtype=torch.float64
+        )
     return {m: stacked[j] for j, m in enumerate(measures)}, mask, hyp_lp
 
 
@@ -193,6 +222,7 @@ def score_split(
     teacher_forced: bool = False,
     post_process: Optional[str] = None,
     dirichlet_form: str = M.DIRICHLET_FORMS[0],
+    ensemble_combination: str = M.ENSEMBLE_COMBINATIONS[0],
 ) -> Iterator[dict]:
     """Yield one record per sentence of `dataset`: its output and sequence-level measures.
 
@@ -213,10 +243,10 @@ def score_split(
         if teacher_forced:
             net_input, target, mask, new_order = hypothesis_batch(dataset, chunk, device)
             values, hyp_lp = token_measures(
-                models, kind, net_input, target, mask, new_order, expected
+                models, kind, net_input, target, mask, new_order, expected, ensemble_combination
             )
         else:
-            values, mask, hyp_lp = _in_search_values(chunk, measures)
+            values, mask, hyp_lp = _in_search_values(chunk, measures, search_model.posterior)
         start = 0
         for d in chunk:
             b = len(d.hypotheses)
@@ -242,7 +272,11 @@ def score_split(
                 record["chrf"] = sentence_chrf(best.text, d.reference)
             yield record
 
-    search_model = None if teacher_forced else MeasuringEnsemble(models, kind, measures, expected)
+    search_model = (
+        None
+        if teacher_forced
+        else MeasuringEnsemble(models, kind, measures, expected, ensemble_combination)
+    )
     ids = None if limit is None else np.arange(min(limit, len(dataset)), dtype=np.int64)
     for d in decode(
         models,
