@@ -170,6 +170,9 @@ def test_three_kinds_of_system_and_the_report(corpus, capsys):
         "| Single (m1) |" in text and "| Ensemble (ens) |" in text and "| PD student (pd) |" in text
     )
     assert "Do the PD paper's uncertainty findings hold here?" in text
+    # which combination / expected categorical the Table-4 layout shows, from system.json
+    assert "ens: product-of-expectations" in text
+    assert "pd: expected categorical softmax(z) (decodes with softmax)" in text
     assert all(os.path.getsize(p) > 1000 for p in pngs) and len(pngs) == 2
 
 

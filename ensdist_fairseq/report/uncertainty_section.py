@@ -256,6 +256,30 @@ def _save(fig, out_dir: str, name: str) -> str:
     return path
 
 
+def readings(systems: List[dict]) -> str:
+    """How the ensembles and Dirichlet students were measured, from their system.json (results
+    written before these fields existed: product-of-expectations, and α/α₀ for the students)."""
+    parts = []
+    for s in systems:
+        if s.get("kind") == "ensemble":
+            how = s.get("ensemble_combination") or "product-of-expectations"
+            parts.append(f"{s['name']}: {how}")
+        elif s.get("kind") == "dirichlet":
+            expected = s.get("dirichlet_expected") or "mean"
+            p = "softmax(z)" if expected == "softmax" else "α/α₀"
+            parts.append(
+                f"{s['name']}: expected categorical {p} (decodes with "
+                f"{s.get('dirichlet_predictive') or 'α/α₀'})"
+            )
+    if not parts:
+        return ""
+    return (
+        " Measured as: " + "; ".join(parts) + " (product-of-expectations: the members' token "
+        "probabilities averaged, as fairseq's ensemble decodes; expectation-of-products: their "
+        "sequence probabilities averaged; docs/uncertainty.md)."
+    )
+
+
 def section(results_dir: str, out_dir: str) -> Tuple[str, List[str]]:
     """(markdown, PNG paths) of the section; ('', []) when RESULTS/uncertainty has no system."""
     systems = [s for s in load_systems(os.path.join(results_dir, "uncertainty")) if s["in_domain"]]
@@ -281,7 +305,9 @@ def section(results_dir: str, out_dir: str) -> Tuple[str, List[str]]:
         f"total uncertainty / knowledge uncertainty ({KNOWLEDGE}), beam {systems[0]['beam']}; "
         "members as mean ± s.e. Sets: permuted = test sources with words shuffled, domain = "
         "source-language text of another domain, target = target-language sentences as sources, "
-        "third = a third language (docs/uncertainty.md).\n\n"
+        "third = a third language (docs/uncertainty.md)."
+        + readings(systems)
+        + "\n\n"
         + table
         + "\n\n## Uncertainty: error detection (reject the most uncertain first)\n\n"
         "Sentence chrF on the in-domain set; PRR = 100 × (AUC_random − AUC)/(AUC_random − "
