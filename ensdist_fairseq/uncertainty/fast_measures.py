@@ -16,8 +16,8 @@ Dirichlet: with ε_v = e^{z_v} (α_v = 1 + ε_v), S_ψ = Σ α_v ψ(α_v), S_l =
            That is the self-consistent form (expected categorical α/α₀). With the decoding
            predictive p = softmax(z) as the expected categorical (the authors' form, measures.py):
            total = H[p], mi = Σ p φ(α) − φ(α₀) − KL(p ‖ α/α₀), rmi = Σ p χ(α) − χ(α₀) + KL(…),
-           in float64, with φ(1 + ε) and χ(1 + ε) of the tail classes from their power series in
-           ε (degree 7) and digamma on the head classes only; Σ p φ(α) − φ(α₀) is a sum of
+           in float64, with the tail classes through the moments Σ ε^n, n <= 8, of the power
+           series of ε φ(1 + ε) and ε χ(1 + ε) (p = ε / Σ e^z), digamma on the head classes only; Σ p φ(α) − φ(α₀) is a sum of
            non-negative terms (φ decreasing, α_v < α₀), so nothing cancels there.
 A difference of sums loses precision only when the measure is tiny against the sums: positions
 where mi or rmi < 1e-9 × (the size of the sums) are recomputed with measures.py's exact forms,
@@ -80,15 +80,8 @@ def _phi_chi_tail_coefficients(degree: int):
     return phi, chi
 
 
-# degree 7 at ε < 3e-3: the first omitted term ~ ζ(9) ε^8 < 1e-20 per class
+# degree 7 at ε < 3e-3: the first omitted term ~ ζ(9) ε^8 < 1e-20 per class (× p / ε < 1/S)
 _PHI_COEF, _CHI_COEF = _phi_chi_tail_coefficients(_TAIL_DEGREE + 1)
-
-
-def _horner(coefficients, x: torch.Tensor) -> torch.Tensor:
-    out = torch.full_like(x, coefficients[-1])
-    for c in reversed(coefficients[:-1]):
-        out.mul_(x).add_(c)
-    return out
 
 
 def _recompute(values: Dict[str, torch.Tensor], bad: torch.Tensor, exact_fn, *inputs) -> None:
@@ -158,16 +151,38 @@ def _softmax_expected(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
     log_alpha = torch.nn.functional.softplus(z)
     log_alpha0 = torch.logsumexp(log_alpha, dim=-1)
     alpha0 = log_alpha0.exp()
-    kl = M.kl_divergence(log_p, log_alpha - log_alpha0.unsqueeze(-1))
+    log_mean = log_alpha - log_alpha0.unsqueeze(-1)
     p = log_p.exp()
     total = -(p * log_p).sum(-1)
+    # KL(p ‖ α/α₀) as one float64 sum; where it is tiny against its parts (p close to α/α₀),
+    # measures.py's sum of non-negative terms instead, so that rmi >= 0 holds as computed
+    kl = (p * (log_p - log_mean)).sum(-1)
+    small = kl < _RELATIVE * (total - (p * log_mean).sum(-1) + 1)
+    if bool(small.any()):
+        kl[small] = M.kl_divergence(log_p[small], log_mean[small])
+    # tail classes: Σ_tail p φ(1+ε) = e^{−lse z} Σ_n c_n Σ_tail ε^(n+1), the same moments for χ
     tail_eps = eps.masked_fill_(head, 0.0)
-    phi, chi = _horner(_PHI_COEF, tail_eps), _horner(_CHI_COEF, tail_eps)
-    if bool(head.any()):
-        alpha = z[head].exp() + 1
-        phi[head], chi[head] = M._phi(alpha), M._chi(alpha)
-    mi = (p * phi).sum(-1) - M._phi(alpha0) - kl
-    rmi = (p * chi).sum(-1) - M._chi(alpha0) + kl
+    power = tail_eps.clone()
+    inv_s = torch.exp(-torch.logsumexp(z, dim=-1))
+    p_phi = torch.zeros_like(total)
+    p_chi = torch.zeros_like(total)
+    for n in range(len(_PHI_COEF)):
+        moment = power.sum(-1)
+        p_phi += _PHI_COEF[n] * moment
+        p_chi += _CHI_COEF[n] * moment
+        if n + 1 < len(_PHI_COEF):
+            power.mul_(tail_eps)
+    del power, tail_eps
+    p_phi, p_chi = p_phi * inv_s, p_chi * inv_s
+    if bool(head.any()):  # head classes: exact, summed per row through a dense buffer
+        alpha, p_head = z[head].exp() + 1, p[head]
+        buf = torch.zeros_like(z)
+        buf[head] = p_head * M._phi(alpha)
+        p_phi += buf.sum(-1)
+        buf[head] = p_head * M._chi(alpha)
+        p_chi += buf.sum(-1)
+    mi = p_phi - M._phi(alpha0) - kl
+    rmi = p_chi - M._chi(alpha0) + kl
     vocab = z.size(-1)
     return {
         "total": total,
