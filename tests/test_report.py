@@ -99,3 +99,12 @@ def test_ties_are_not_wins():
         full_result("ls", method="LS+SWA", kind="ensemble", n=2, bleu=21.0, ece1=2.995),
     ]
     assert [c[1] for c in pattern_checks(wins)] == [True, True, True]
+
+
+def test_dirichlet_students_are_labelled_by_the_predictive_their_result_records():
+    soft = dict(full_result("pd", kind="student"), dirichlet_predictive="softmax")
+    mean = dict(full_result("pd-2", kind="student"), dirichlet_predictive="mean")
+    other = dict(full_result("kd", kind="student"), dirichlet_predictive=None)
+    text = report.table2_markdown([soft, mean, other])
+    assert "Distilled (pd, read as softmax(z))" in text
+    assert "Distilled (pd-2, read as α/α₀)" in text and "Distilled (kd) |" in text

@@ -130,7 +130,11 @@ def table2_markdown(results: Sequence[dict]) -> str:
             for i, (size, b, e1, e5) in enumerate(cells):
                 label = KIND_LABEL[kind] if i == 0 else ""
                 if kind == "student":  # several students of one teacher set: say which is which
-                    label = f"{KIND_LABEL[kind]} ({rows[i]['name']})"
+                    # a Proxy-Dirichlet student's reading, from its result (not from its name)
+                    reading = {"softmax": ", read as softmax(z)", "mean": ", read as α/α₀"}.get(
+                        rows[i].get("dirichlet_predictive"), ""
+                    )
+                    label = f"{KIND_LABEL[kind]} ({rows[i]['name']}{reading})"
                 lines.append(
                     f"| {method if first else ''} | {label} | {size} | {b} | {e1} | {e5} |"
                 )
