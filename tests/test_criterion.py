@@ -527,6 +527,9 @@ def test_fairseq_train_runs_intra_distillation_alone_on_the_translation_task(tin
         '"train_intra_alpha"' in log and '"train_intra_loss"' in log and '"valid_nll_loss"' in log
     )
     assert '"valid_intra_loss"' not in log
+    # the checkpoint records the predictive it decodes with (the flag's default)
+    saved = torch.load(save / "checkpoint_last.pt", weights_only=False)["cfg"]["model"]
+    assert saved.dirichlet_predictive == "softmax"
     # alpha_t per update t = 0, 1, ... with N = 20, p = 5, q = 10: alpha (t p / N)^gamma up to N/p = 4
     inner = [
         json.loads(line[line.index('{"') :])
