@@ -50,7 +50,7 @@ class MeasuringEnsemble(EnsembleModel):
         self.measure_names: List[str] = list(measures)
         self.dirichlet_expected = dirichlet_expected
         self.posterior = kind == "ensemble" and ensemble_combination == "expectation-of-products"
-        self.eos = models[0].decoder.dictionary.eos()
+        self.eos = models[0].decoder.dictionary.eos() if self.posterior else None
         self._prefix = self._last = self._order = None  # (K, rows), (K, rows, V), (rows,)
 
     def reorder_incremental_state(self, incremental_states, new_order):
