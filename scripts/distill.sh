@@ -16,8 +16,11 @@
 # (docs/teachers.md): early stopping on validation loss with PATIENCE, capped at STUDENT_MAX_EPOCH
 # (default MAX_EPOCH) epochs and STUDENT_MAX_UPDATE updates (intra-distillation's α schedule runs over the latter);
 # with STUDENT_SWA_EPOCHS > 0 its model is checkpoint_swa.pt (SWA ending at the best epoch),
-# else checkpoint_best.pt. A finished student (DIR/<variant>/done) is skipped; an interrupted
-# one resumes from checkpoint_last.pt.
+# else checkpoint_best.pt; when the update cap ends inside an epoch and that last validation is
+# the best, the SWA window ends at the best epoch end instead (no epoch checkpoint holds a
+# mid-epoch model). A finished student (DIR/<variant>/done) is skipped; an interrupted one
+# resumes from checkpoint_last.pt (docs/teachers.md says what a resumed run reproduces).
+# SIGINT/SIGTERM stop the trainer too; one training at a time per directory (DIR/<variant>/.lock).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -29,9 +32,10 @@ while [ $# -gt 0 ]; do
     --store) need_value "$@"; STORE="$2"; shift 2 ;;
     --variant) need_value "$@"; VARIANT="$2"; shift 2 ;;
     --out) need_value "$@"; OUT="$2"; shift 2 ;;
-    --topk) need_value "$@"; TOPK_ARGS=(--teacher-topk "$2"); shift 2 ;;
+    --topk) need_value "$@"; check_int --topk "$2" 1; TOPK_ARGS=(--teacher-topk "$2"); shift 2 ;;
+    -h|--help) usage; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
-    *) die "unknown option $1 (see the header of $0)" ;;
+    *) usage_error "unknown option $1 (see --help)" ;;
   esac
 done
 load_config "$CONFIG"
@@ -58,29 +62,15 @@ case "$VARIANT" in
       fi
     done ;;
   intra_mean_kd) KD+=(--kd-loss mean_kd --intra-passes "${INTRA_PASSES:-3}") ;;
-  *) die "--variant ${VARIANT:-(none)}: must be mean_kd, mean_kd_tail, proxy_dirichlet or intra_mean_kd" ;;
+  *) usage_error "--variant ${VARIANT:-(none)}: must be mean_kd, mean_kd_tail, proxy_dirichlet or intra_mean_kd" ;;
 esac
 # Students may need more epochs than their teachers (the KD target regularizes): their own cap.
 STUDENT_MAX_EPOCH="${STUDENT_MAX_EPOCH:-$MAX_EPOCH}"
 mapfile -t STOP < <(stop_rule_args "$STUDENT_MAX_EPOCH" "$PATIENCE" "$STUDENT_SWA_EPOCHS")
 
-dir="$OUT/$VARIANT"
-final="$(final_checkpoint "$dir" "$STUDENT_SWA_EPOCHS")"
-if [ -f "$dir/done" ]; then
-  echo "[distill] $VARIANT: done ($final), skipping"; exit 0
-fi
-mkdir -p "$dir"
-if [ ! -f "$dir/trained" ]; then
-  echo "[distill] $VARIANT: from $STORE (patience $PATIENCE, at most $STUDENT_MAX_EPOCH epochs / $STUDENT_MAX_UPDATE updates) -> $dir"
-  run_logged "$dir/train.log" "distilling $VARIANT" \
-    "${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task translation_distill \
-    --teacher-store "$STORE" "${TOPK_ARGS[@]}" "${ARCH[@]}" "${TRAIN_ARGS[@]}" "${EVAL_ARGS[@]}" \
-    "${KD[@]}" "${STUDENT_ARGS[@]}" --seed 1 "${STOP[@]}" --max-update "$STUDENT_MAX_UPDATE" \
-    --save-dir "$dir" --log-format simple "${EXTRA[@]}"
-  touch "$dir/trained"
-fi
-last_epoch_line "$dir/train.log"
-if [ "$STUDENT_SWA_EPOCHS" -gt 0 ]; then
-  "${BIN}ensdist-swa" --save-dir "$dir" --epochs "$STUDENT_SWA_EPOCHS" --remove-snapshots
-fi
-touch "$dir/done"
+[ -f "$OUT/$VARIANT/done" ] || echo "[distill] $VARIANT: from $STORE (patience $PATIENCE, at most $STUDENT_MAX_EPOCH epochs / $STUDENT_MAX_UPDATE updates) -> $OUT/$VARIANT"
+train_then_average "$OUT/$VARIANT" "$STUDENT_SWA_EPOCHS" "distill $VARIANT" \
+  "${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task translation_distill \
+  --teacher-store "$STORE" "${TOPK_ARGS[@]}" "${ARCH[@]}" "${TRAIN_ARGS[@]}" "${EVAL_ARGS[@]}" \
+  "${KD[@]}" "${STUDENT_ARGS[@]}" --seed 1 "${STOP[@]}" --max-update "$STUDENT_MAX_UPDATE" \
+  --save-dir "$OUT/$VARIANT" --log-format simple "${EXTRA[@]}"

@@ -14,21 +14,132 @@ else
   PYTHON="$(command -v python3 || true)"; BIN=""
 fi
 PLUGIN_DIR="$ROOT/ensdist_fairseq"
-# The package is importable from the checkout even where it is not installed (prepare scripts).
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# The package is importable from the checkout even where it is not installed (prepare scripts);
+# sourcing lib.sh twice (demo.sh: before and after the setup stage) adds it once.
+case ":${PYTHONPATH:-}:" in *":$ROOT:"*) ;; *) export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" ;; esac
 
 # fairseq-train as the recipes run it: the venv's console script, or through a launcher for
 # several machines, e.g. LAUNCHER="torchrun --nnodes 2 --nproc_per_node 8 ..." (docs/teachers.md).
 if [ -n "${LAUNCHER:-}" ]; then read -r -a FAIRSEQ_TRAIN <<< "$LAUNCHER -m fairseq_cli.train"
 else FAIRSEQ_TRAIN=("${BIN}fairseq-train"); fi
 
-need_value() { [ "$#" -ge 2 ] || die "$1 needs a value"; }
+# A wrong command line (a missing value, an unknown option, a number outside its range) stops
+# with one error line and exit status 2, before any work: the rule of the ensdist-* commands.
+usage_error() { echo "error: $*" >&2; exit 2; }
+need_value() { [ "$#" -ge 2 ] || usage_error "$1 needs a value"; }
+
+# usage [FILE]: the header comment of the script (its first comment block), without the '#'.
+usage() {
+  awk 'NR == 1 && /^#!/ { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${1:-$0}"
+}
+
+# The numeric rule of every script option (the same as cli/options.py's integer and real):
+#   check_int FLAG VALUE [LO [HI]]   a decimal integer in LO..HI (default 0..2147483647)
+#   check_real FLAG VALUE [LO [HI]]  a finite decimal number in [LO, HI] (default: any finite)
+# Anything else stops with "error: FLAG: must be ..., got 'VALUE'" (exit status 2).
+INT_MAX=2147483647
+check_int() {
+  local flag="$1" v="$2" lo="${3:-0}" hi="${4:-$INT_MAX}" digits n
+  [[ "$v" =~ ^[+-]?[0-9]+$ ]] || usage_error "$flag: must be an integer in $lo..$hi, got '$v'"
+  digits="${v#[+-]}"; digits="${digits#"${digits%%[!0]*}"}"
+  # beyond 18 digits bash arithmetic would wrap around; every bound here is far below that
+  [ "${#digits}" -le 18 ] || usage_error "$flag: must be an integer in $lo..$hi, got '$v'"
+  n=$(( 10#${digits:-0} )); [ "${v:0:1}" != "-" ] || n=$(( -n ))
+  [ "$n" -ge "$lo" ] && [ "$n" -le "$hi" ] || usage_error "$flag: must be an integer in $lo..$hi, got '$v'"
+}
+check_real() {
+  local flag="$1" v="$2" lo="${3:-}" hi="${4:-}" range
+  range="${lo:+ in [$lo, ${hi:-inf}]}"
+  [[ "$v" =~ ^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$ ]] \
+    || usage_error "$flag: must be a finite number$range, got '$v'"
+  awk -v v="$v" -v lo="$lo" -v hi="$hi" 'BEGIN {
+    x = v + 0; bad = (x > 1.7e308 || x < -1.7e308)  # an exponent too large for a double: inf
+    if (lo != "" && x < lo + 0) bad = 1; if (hi != "" && x > hi + 0) bad = 1; exit bad }' \
+    || usage_error "$flag: must be a finite number$range, got '$v'"
+}
 
 # run_logged LOG WHAT CMD...: run CMD with stdout+stderr appended to LOG (a resumed run keeps
 # the log of its first part); on failure show LOG's last lines and stop with one error line.
+# CMD runs in its own process group (setsid), and SIGINT/SIGTERM/SIGHUP to the script are
+# passed on to that whole group (fairseq-train's GPU workers, DataLoader workers) and waited
+# for: a stopped script leaves no trainer behind that a rerun would race against.
 run_logged() {
-  local log="$1" what="$2"; shift 2
-  "$@" >> "$log" 2>&1 || { tail -n 10 "$log" >&2; die "$what failed (log: $log)"; }
+  local log="$1" what="$2" rc=0; shift 2
+  if command -v setsid >/dev/null; then setsid "$@" >> "$log" 2>&1 & else "$@" >> "$log" 2>&1 & fi
+  CHILD=$!
+  trap 'forward_signal TERM 143' TERM; trap 'forward_signal INT 130' INT; trap 'forward_signal HUP 129' HUP
+  wait "$CHILD" || rc=$?
+  trap - TERM INT HUP; CHILD=""
+  [ "$rc" -eq 0 ] || { tail -n 10 "$log" >&2; die "$what failed (log: $log)"; }
+}
+CHILD=""
+forward_signal() {  # forward_signal SIG STATUS: pass SIG on to CHILD's group, wait, exit STATUS
+  trap '' TERM INT HUP
+  if [ -n "$CHILD" ]; then
+    kill -s "$1" -- "-$CHILD" 2>/dev/null || kill -s "$1" "$CHILD" 2>/dev/null || true
+    wait "$CHILD" 2>/dev/null || true
+  fi
+  echo "error: stopped by SIG$1" >&2
+  exit "$2"
+}
+
+# lock_dir DIR: hold DIR/.lock for the rest of the script, or stop if another process holds it.
+# The lock is an open file descriptor that the trainer inherits, so it is held as long as any
+# trainer started here lives, even one whose script was killed with SIGKILL.
+lock_dir() {
+  command -v flock >/dev/null || { echo "[lock] warning: no flock, $1 is not locked" >&2; return 0; }
+  exec 9>> "$1/.lock"
+  flock -n 9 || die "$1: another training is running in this directory (it holds $1/.lock; wait for it or stop it)"
+}
+
+# swa_end_epoch DIR: empty when checkpoint_best.pt is an epoch's end (ensdist-swa's default
+# window, ending at the best epoch, applies); when the best validation came mid-epoch (a
+# --max-update cap that ends inside an epoch validates and saves there, and no epoch checkpoint
+# holds that model), the epoch whose end validated best among DIR's epoch checkpoints. Fails
+# when no epoch ended before the cap.
+swa_end_epoch() {
+  "$PYTHON" - "$1" <<'PY'
+import os, re, sys
+from ensdist_fairseq.checkpoints.safe_loading import load_checkpoint
+
+save_dir = sys.argv[1]
+def extra(name):
+    return load_checkpoint(os.path.join(save_dir, name)).get("extra_state") or {}
+state = extra("checkpoint_best.pt").get("train_iterator") or {}
+if state.get("iterations_in_epoch", 0) == 0:
+    sys.exit(0)
+losses = {}
+for name in os.listdir(save_dir):
+    m = re.fullmatch(r"checkpoint(\d+)\.pt", name)
+    if m and extra(name).get("val_loss") is not None:
+        losses[int(m.group(1))] = extra(name)["val_loss"]
+if not losses:
+    sys.exit(f"error: {save_dir}: no epoch ended before --max-update (no epoch checkpoint to average)")
+print(min(losses, key=lambda e: (losses[e], e)))
+PY
+}
+
+# train_then_average DIR SWA_EPOCHS WHAT CMD...: the one skeleton of every training of the
+# recipes. DIR/done: finished, skipped. Else, under DIR's lock: CMD (fairseq-train, resuming
+# from DIR/checkpoint_last.pt if there is one) logged to DIR/train.log unless DIR/trained says
+# it finished; its last validation; with SWA_EPOCHS > 0 the SWA model DIR/checkpoint_swa.pt
+# (ensdist-swa, then the epoch checkpoints are removed); DIR/done last.
+train_then_average() {
+  local dir="$1" swa="$2" what="$3" end; shift 3
+  if [ -f "$dir/done" ]; then echo "[$what] done ($(final_checkpoint "$dir" "$swa")), skipping"; return 0; fi
+  mkdir -p "$dir"
+  lock_dir "$dir"
+  if [ ! -f "$dir/trained" ]; then  # a finished run is not restarted (fairseq would train on)
+    run_logged "$dir/train.log" "$what" "$@"
+    touch "$dir/trained"
+  fi
+  last_epoch_line "$dir/train.log"
+  if [ "$swa" -gt 0 ] && [ ! -f "$dir/checkpoint_swa.pt" ]; then  # written atomically, last
+    end="$(swa_end_epoch "$dir")" || die "$what: SWA impossible (see above)"
+    [ -z "$end" ] || echo "[$what] the best validation came mid-epoch (the --max-update cap): SWA ends at epoch $end, the best epoch end"
+    "${BIN}ensdist-swa" --save-dir "$dir" --epochs "$swa" ${end:+--end-epoch "$end"} --remove-snapshots
+  fi
+  touch "$dir/done"
 }
 
 load_config() {  # load_config FILE: source a configs/*.sh file, with a clear error if missing
@@ -42,6 +153,13 @@ load_config() {  # load_config FILE: source a configs/*.sh file, with a clear er
   STUDENT_ARGS=() DEVICE_ARGS=() GEN_ARGS=()
   # shellcheck disable=SC1090
   source "$1"
+  # The config's numbers (environment overrides included) follow the options' rule.
+  local var
+  for var in MAX_EPOCH PATIENCE SWA_EPOCHS STUDENT_MAX_EPOCH STUDENT_SWA_EPOCHS STUDENT_MAX_UPDATE \
+      TOPK JOBS SPM_VOCAB_SIZE MAX_PAIRS INTRA_PASSES GPUS UPDATE_FREQ; do
+    [ -z "${!var:-}" ] || check_int "$1: $var" "${!var}" "$(case "$var" in PATIENCE|*SWA_EPOCHS) echo 0 ;; *) echo 1 ;; esac)"
+  done
+  [ -z "${LS_EPSILON:-}" ] || check_real "$1: LS_EPSILON" "$LS_EPSILON" 0 1
 }
 
 # The early-stopping rule every training follows (docs/teachers.md): fairseq-train stops after

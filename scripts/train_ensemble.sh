@@ -8,8 +8,9 @@
 # Member k is written to DIR/<mode>/seed<k>/; its SWA model is checkpoint_swa.pt there.
 # Stopping rule (docs/teachers.md): early stopping on validation loss (PATIENCE epochs without a
 # new best, MAX_EPOCH as a cap); SWA averages the SWA_EPOCHS epoch checkpoints ending at the
-# best validation epoch. Finished members (checkpoint_swa.pt present) are skipped; an
+# best validation epoch. Finished members (DIR/<mode>/seed<k>/done) are skipped; an
 # interrupted member resumes from its checkpoint_last.pt (fairseq-train restores it by itself).
+# SIGINT/SIGTERM stop the trainer too; one training at a time per directory (its .lock).
 # Multi-GPU: fairseq-train uses every visible GPU (one process each) unless the config passes
 # --cpu. Multi-node: set LAUNCHER, e.g. LAUNCHER="torchrun --nnodes 2 --nproc_per_node 8
 # --rdzv_backend c10d --rdzv_endpoint HOST:29500", and the run goes through
@@ -27,8 +28,9 @@ while [ $# -gt 0 ]; do
     --mode) need_value "$@"; MODE="$2"; shift 2 ;;
     --members) need_value "$@"; MEMBERS="$2"; shift 2 ;;
     --seed) need_value "$@"; ONLY_SEED="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
-    *) die "unknown option $1 (see the header of $0)" ;;
+    *) usage_error "unknown option $1 (see --help)" ;;
   esac
 done
 load_config "$CONFIG"
@@ -38,31 +40,21 @@ load_config "$CONFIG"
 case "$MODE" in
   ce) EPS=0 ;;
   ls) EPS="$LS_EPSILON" ;;
-  *) die "--mode $MODE: must be ce or ls" ;;
+  *) usage_error "--mode $MODE: must be ce or ls" ;;
 esac
-[[ "$MEMBERS" =~ ^[1-9][0-9]*$ ]] || die "--members $MEMBERS: must be a positive integer"
-[ -z "$ONLY_SEED" ] || [[ "$ONLY_SEED" =~ ^[1-9][0-9]*$ ]] || die "--seed $ONLY_SEED: must be a positive integer"
+check_int --members "$MEMBERS" 1
+[ -z "$ONLY_SEED" ] || check_int --seed "$ONLY_SEED" 1
 [ "$SWA_EPOCHS" -ge 1 ] || die "$CONFIG: SWA_EPOCHS must be >= 1 for teachers"
 mapfile -t STOP < <(stop_rule_args "$MAX_EPOCH" "$PATIENCE" "$SWA_EPOCHS")
 
 for k in ${ONLY_SEED:-$(seq 1 "$MEMBERS")}; do
   dir="$OUT/$MODE/seed$k"
-  if [ -f "$dir/checkpoint_swa.pt" ]; then
-    echo "[teachers] $MODE member $k/$MEMBERS: done ($dir/checkpoint_swa.pt), skipping"
-    continue
-  fi
-  mkdir -p "$dir"
-  if [ ! -f "$dir/trained" ]; then  # a finished run is not restarted (fairseq would train on)
-    echo "[teachers] $MODE member $k/$MEMBERS: training seed $k (patience $PATIENCE, at most $MAX_EPOCH epochs) -> $dir"
-    run_logged "$dir/train.log" "training $MODE member $k" \
-      "${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task "$TEACHER_TASK" \
-      "${ARCH_ARGS[@]}" "${TRAIN_ARGS[@]}" "${EVAL_ARGS[@]}" \
-      --criterion label_smoothed_cross_entropy --label-smoothing "$EPS" \
-      --seed "$k" "${STOP[@]}" --save-dir "$dir" \
-      --log-format simple "${EXTRA[@]}"
-    touch "$dir/trained"
-  fi
-  last_epoch_line "$dir/train.log"
-  echo "[teachers] $MODE member $k/$MEMBERS: SWA over the $SWA_EPOCHS epochs ending at the best validation epoch"
-  "${BIN}ensdist-swa" --save-dir "$dir" --epochs "$SWA_EPOCHS" --remove-snapshots
+  # members finished before the done marker existed: their SWA model is the marker
+  [ ! -f "$dir/checkpoint_swa.pt" ] || [ -f "$dir/done" ] || touch "$dir/done"
+  [ -f "$dir/done" ] || echo "[teachers] $MODE member $k/$MEMBERS: seed $k (patience $PATIENCE, at most $MAX_EPOCH epochs, SWA over the $SWA_EPOCHS epochs ending at the best) -> $dir"
+  train_then_average "$dir" "$SWA_EPOCHS" "teachers $MODE member $k/$MEMBERS" \
+    "${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task "$TEACHER_TASK" \
+    "${ARCH_ARGS[@]}" "${TRAIN_ARGS[@]}" "${EVAL_ARGS[@]}" \
+    --criterion label_smoothed_cross_entropy --label-smoothing "$EPS" \
+    --seed "$k" "${STOP[@]}" --save-dir "$dir" --log-format simple "${EXTRA[@]}"
 done
