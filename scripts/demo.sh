@@ -19,7 +19,8 @@
 # --jobs N runs up to N trainings/evaluations at once (default: the config's JOBS, else the
 # number of CPU cores), each with OMP_NUM_THREADS = cores / N.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# lib.sh first: the command line is checked (one error line, exit status 2) before any work.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 OUT="$ROOT/runs/demo" CONFIG="" DATA="" REFERENCE="" MEMBERS=3 PRINT_CONFIG=0
 # Students are launched in the order given: the longest first (intra_mean_kd, K passes, then
 # proxy_dirichlet) so the shorter ones share the other slots. Default: the config's
@@ -28,27 +29,36 @@ OUT="$ROOT/runs/demo" CONFIG="" DATA="" REFERENCE="" MEMBERS=3 PRINT_CONFIG=0
 TOPK_OPT="" STUDENTS_OPT="" JOBS_OPT="" MAX_PAIRS_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --out) OUT="$2"; shift 2 ;;
-    --config) CONFIG="$2"; shift 2 ;;
-    --data) DATA="$2"; shift 2 ;;
-    --reference) REFERENCE="$2"; shift 2 ;;
-    --members) MEMBERS="$2"; shift 2 ;;
-    --topk) TOPK_OPT="$2"; shift 2 ;;
-    --students) STUDENTS_OPT="$2"; shift 2 ;;
-    --jobs) JOBS_OPT="$2"; shift 2 ;;
-    --max-pairs) MAX_PAIRS_ARGS=(--max-pairs "$2"); shift 2 ;;  # a small slice of the built-in corpus
+    --out) need_value "$@"; OUT="$2"; shift 2 ;;
+    --config) need_value "$@"; CONFIG="$2"; shift 2 ;;
+    --data) need_value "$@"; DATA="$2"; shift 2 ;;
+    --reference) need_value "$@"; REFERENCE="$2"; shift 2 ;;
+    --members) need_value "$@"; check_int --members "$2" 1 100; MEMBERS="$2"; shift 2 ;;
+    --topk) need_value "$@"; check_int --topk "$2" 1; TOPK_OPT="$2"; shift 2 ;;
+    --students) need_value "$@"; STUDENTS_OPT="$2"; shift 2 ;;
+    --jobs) need_value "$@"; check_int --jobs "$2" 1 1024; JOBS_OPT="$2"; shift 2 ;;
+    --max-pairs) need_value "$@"; check_int --max-pairs "$2" 1; MAX_PAIRS_ARGS=(--max-pairs "$2"); shift 2 ;;  # a small slice of the built-in corpus
     --print-config) PRINT_CONFIG=1; shift ;;
-    *) echo "error: unknown option $1 (see the header of $0)" >&2; exit 1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage_error "unknown option $1 (see --help)" ;;
   esac
 done
+[ -z "$STUDENTS_OPT" ] || [ -n "${STUDENTS_OPT// /}" ] || usage_error "--students: no student named"
+for v in $STUDENTS_OPT; do
+  case "$v" in mean_kd|proxy_dirichlet|intra_mean_kd) ;;
+    *) usage_error "--students: unknown student '$v' (mean_kd, proxy_dirichlet, intra_mean_kd)" ;; esac
+done
+[ -z "$CONFIG" ] || [ -f "$CONFIG" ] || die "--config $CONFIG: no such config file (see configs/)"
+[ -z "$DATA" ] || [ -d "$DATA" ] || die "--data $DATA: no such directory"
+[ -z "$REFERENCE" ] || [ -f "$REFERENCE" ] || die "--reference $REFERENCE: no such file"
 STARTED=$(date +%s)
 stage() { echo; echo "=== [demo] $1 ($(( $(date +%s) - STARTED ))s elapsed)"; }
 
 stage "setup: .venv"
-bash "$ROOT/scripts/setup_env.sh"
-source "$ROOT/scripts/lib.sh"
-[[ "$MEMBERS" =~ ^[1-9][0-9]*$ ]] || die "--members $MEMBERS: must be a positive integer"
-[ -z "$TOPK_OPT" ] || [[ "$TOPK_OPT" =~ ^[1-9][0-9]*$ ]] || die "--topk $TOPK_OPT: must be a positive integer"
+# the built-in corpus's Debian package only when the demo uses the built-in corpus
+corpus=(); [ -n "$DATA" ] || corpus=(--corpus)
+bash "$ROOT/scripts/setup_env.sh" ${corpus[@]+"${corpus[@]}"}
+source "$ROOT/scripts/lib.sh"   # again: the venv's tools (BIN, PYTHON) exist now
 if [ -z "$CONFIG" ]; then
   if cuda_visible; then CONFIG="$ROOT/configs/builtin_gpu.sh"; else CONFIG="$ROOT/configs/builtin_cpu.sh"; fi
 fi
@@ -57,25 +67,28 @@ echo "[demo] config: $CONFIG"
 load_config "$CONFIG"
 # V' of this run, the one variable: --topk, else the config's. It sizes the store (memoize) and
 # names it and the students; the students take V' from the store (distill.sh passes no
-# --teacher-topk), so they train on exactly this many entries. Exported for the child scripts.
+# --teacher-topk), so they train on exactly this many entries.
 TOPK="${TOPK_OPT:-$TOPK}"
-export TOPK
 STUDENTS="${STUDENTS_OPT:-${DEMO_STUDENTS:-intra_mean_kd proxy_dirichlet mean_kd}}"
 JOBS="${JOBS_OPT:-${JOBS:-$(nproc)}}"
-[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || die "--jobs $JOBS: must be a positive integer"
+check_int "JOBS" "$JOBS" 1 1024
 export OMP_NUM_THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
 STUDENT_SWA_EPOCHS="${STUDENT_SWA_EPOCHS:-$SWA_EPOCHS}"
 
 # run_parallel CMD...: each argument is one shell command; at most $JOBS run at once, a new one
 # starting as soon as any finishes (wait -n); fails if any fails.
+# Stopped (SIGINT/SIGTERM), it passes SIGTERM on to its jobs (train_ensemble.sh and distill.sh
+# pass it on to their trainers) and waits for them.
 run_parallel() {
   local running=0 failed=0 cmd
+  trap 'trap "" INT TERM; kill -TERM $(jobs -p) 2>/dev/null; wait; die "stopped"' INT TERM
   for cmd in "$@"; do
     bash -c "$cmd" &
     running=$((running + 1))
     if [ "$running" -ge "$JOBS" ]; then wait -n || failed=1; running=$((running - 1)); fi
   done
   while [ "$running" -gt 0 ]; do wait -n || failed=1; running=$((running - 1)); done
+  trap - INT TERM
   [ "$failed" -eq 0 ] || die "a job of this stage failed (see its message above)"
 }
 

@@ -85,11 +85,12 @@ forward_signal() {  # forward_signal SIG STATUS: pass SIG on to CHILD's group, w
 
 # lock_dir DIR: hold DIR/.lock for the rest of the script, or stop if another process holds it.
 # The lock is an open file descriptor that the trainer inherits, so it is held as long as any
-# trainer started here lives, even one whose script was killed with SIGKILL.
+# trainer started here lives, even one whose script was killed with SIGKILL (a few seconds' wait
+# lets a trainer that is being killed release it).
 lock_dir() {
   command -v flock >/dev/null || { echo "[lock] warning: no flock, $1 is not locked" >&2; return 0; }
   exec 9>> "$1/.lock"
-  flock -n 9 || die "$1: another training is running in this directory (it holds $1/.lock; wait for it or stop it)"
+  flock -w 5 9 || die "$1: another training is running in this directory (it holds $1/.lock; wait for it or stop it)"
 }
 
 # swa_end_epoch DIR: empty when checkpoint_best.pt is an epoch's end (ensdist-swa's default
@@ -140,6 +141,26 @@ train_then_average() {
     "${BIN}ensdist-swa" --save-dir "$dir" --epochs "$swa" ${end:+--end-epoch "$end"} --remove-snapshots
   fi
   touch "$dir/done"
+}
+
+# fetch URL FILE: download URL to FILE once (FILE.part until complete), with wget or curl.
+fetch() {
+  [ ! -f "$2" ] || { echo "[fetch] have $2"; return 0; }
+  echo "[fetch] downloading $1"
+  if command -v wget >/dev/null; then wget -q -O "$2.part" "$1" || die "download failed: $1"
+  elif command -v curl >/dev/null; then curl -fsSL -o "$2.part" "$1" || die "download failed: $1"
+  else die "need wget or curl to download $1"; fi
+  mv "$2.part" "$2"
+}
+
+# Build in place: new_work PARENT makes WORK, a temporary directory inside PARENT (removed on
+# exit); publish WORK/x FINAL replaces FINAL by WORK/x in one rename and removes WORK. A FINAL
+# without its marker is an interrupted earlier run, which publish replaces.
+new_work() { mkdir -p "$1"; WORK="$(mktemp -d "$1/.work.XXXXXX")"; trap 'rm -rf "$WORK"' EXIT; }
+publish() {
+  rm -rf "${2:?}"
+  mv "$1" "$2"
+  rm -rf "$WORK"; trap - EXIT
 }
 
 load_config() {  # load_config FILE: source a configs/*.sh file, with a clear error if missing

@@ -13,7 +13,6 @@
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 # The one file of the Debian package; the recipe and the counts in docs/corpus.md are for 1.9-6.
 DING_FILE=/usr/share/trans/de-en
@@ -28,7 +27,7 @@ while [ "$#" -gt 0 ]; do
     --out) need_value "$@"; OUT="$2"; shift 2 ;;
     --max-pairs) need_value "$@"; MAX_PAIRS_OPT="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
-    *) die "unknown argument $1 (see --help)" ;;
+    *) usage_error "unknown argument $1 (see --help)" ;;
   esac
 done
 
@@ -45,7 +44,10 @@ case "$SRC-$TGT" in
   en-de|de-en) ;;
   *) die "the built-in corpus is English-German: $CONFIG sets SRC=$SRC TGT=$TGT" ;;
 esac
-[ -z "$MAX_PAIRS" ] || [[ "$MAX_PAIRS" =~ ^[1-9][0-9]*$ ]] || die "--max-pairs must be a positive integer, got '$MAX_PAIRS'"
+[ -z "$MAX_PAIRS_OPT" ] || check_int --max-pairs "$MAX_PAIRS_OPT" 1
+[ -z "$MAX_PAIRS" ] || check_int "$CONFIG: MAX_PAIRS" "$MAX_PAIRS" 1
+check_int "$CONFIG: SPM_VOCAB_SIZE" "$SPM_VOCAB_SIZE" 1 16777216
+[ -z "$CLEAN_MAX_LEN" ] || check_int "$CONFIG: CLEAN_MAX_LEN" "$CLEAN_MAX_LEN" 1
 [ -f "$DING_FILE" ] || die "$DING_FILE not found: run scripts/setup_env.sh (installs trans-de-en=$DING_VERSION)"
 installed="$(dpkg-query -W -f='${Version}' trans-de-en 2>/dev/null || echo unknown)"
 [ "$installed" = "$DING_VERSION" ] \
@@ -64,18 +66,13 @@ elif [ -f "$RAW_MARKER" ]; then
   die "$RAW was extracted with other settings (see $RAW_MARKER): use another --out or delete $OUT"
 else
   echo "[prepare_builtin] stage 1/2: extracting Ding example sentences into $RAW"
-  mkdir -p "$OUT"
-  WORK="$(mktemp -d "$OUT/.raw.XXXXXX")"
-  trap 'rm -rf "$WORK"' EXIT
+  new_work "$OUT"
   max_args=()
   [ -z "$MAX_PAIRS" ] || max_args=(--max-pairs "$MAX_PAIRS")
   # A subdirectory (not the mktemp one itself, which is private): it gets the usual permissions.
   "${BIN}ensdist-corpus-ding" --source "$DING_FILE" --out "$WORK/raw" ${max_args[@]+"${max_args[@]}"}
   echo "$fingerprint" > "$WORK/raw/.extracted"
-  rm -rf "$RAW"   # no marker: an interrupted earlier run
-  mv "$WORK/raw" "$RAW"
-  rm -rf "$WORK"
-  trap - EXIT
+  publish "$WORK/raw" "$RAW"
   echo "[prepare_builtin] stage 1/2 took $((SECONDS - t0)) s"
 fi
 

@@ -18,7 +18,6 @@
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 OUT="$ROOT/runs/iwslt14_de_en"
 WORKERS=1
@@ -34,20 +33,15 @@ while [ "$#" -gt 0 ]; do
     --out) need_value "$@"; OUT="$2"; shift 2 ;;
     --workers) need_value "$@"; WORKERS="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
-    *) die "unknown argument $1 (see --help)" ;;
+    *) usage_error "unknown argument $1 (see --help)" ;;
   esac
 done
-[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive integer, got '$WORKERS'"
+check_int --workers "$WORKERS" 1 1024
 for tool in perl git tar; do command -v "$tool" >/dev/null || die "need $tool"; done
-if command -v wget >/dev/null; then FETCH=(wget -q -O); elif command -v curl >/dev/null; then FETCH=(curl -fsSL -o); else die "need wget or curl"; fi
 
 DL="$OUT/download"
 mkdir -p "$DL"
-if [ ! -f "$DL/de-en.tgz" ]; then
-  echo "[iwslt14] downloading $URL"
-  "${FETCH[@]}" "$DL/de-en.tgz.part" "$URL" || die "download failed: $URL"
-  mv "$DL/de-en.tgz.part" "$DL/de-en.tgz"
-fi
+fetch "$URL" "$DL/de-en.tgz"
 if [ ! -d "$DL/mosesdecoder/scripts" ]; then
   echo "[iwslt14] cloning the Moses scripts (tokenizer, cleaning)"
   rm -rf "$DL/mosesdecoder"
@@ -64,8 +58,7 @@ RAW="$OUT/raw"
 if [ -f "$RAW/.done" ]; then
   echo "[iwslt14] $RAW is complete: skipping"
 else
-  WORK="$(mktemp -d "$OUT/.raw.XXXXXX")"
-  trap 'rm -rf "$WORK"' EXIT
+  new_work "$OUT"
   tar -xzf "$DL/de-en.tgz" -C "$WORK"
   ORIG="$WORK/de-en"
   [ -f "$ORIG/train.tags.de-en.de" ] || die "train.tags.de-en.de not in $DL/de-en.tgz (archive layout changed?)"
@@ -100,10 +93,7 @@ else
       || die "$split.de and $split.en differ in length after preprocessing"
   done
   touch "$WORK/raw/.done"
-  rm -rf "$RAW"
-  mv "$WORK/raw" "$RAW"
-  rm -rf "$WORK"
-  trap - EXIT
+  publish "$WORK/raw" "$RAW"
   echo "[iwslt14] raw data in $RAW: $(wc -l < "$RAW/train.de") train, $(wc -l < "$RAW/valid.de") valid, $(wc -l < "$RAW/test.de") test"
 fi
 

@@ -16,7 +16,6 @@
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 SRC="" TGT="" RAW="" OUT=""
 VOCAB_SIZE=8000     # joint SentencePiece vocabulary
@@ -41,7 +40,7 @@ while [ "$#" -gt 0 ]; do
     --clean-ratio) need_value "$@"; CLEAN_RATIO="$2"; shift 2 ;;
     --model-type) need_value "$@"; MODEL_TYPE="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
-    *) die "unknown argument $1 (see --help)" ;;
+    *) usage_error "unknown argument $1 (see --help)" ;;
   esac
 done
 
@@ -51,15 +50,13 @@ done
 [ -n "$RAW" ] || die "--raw is required (see --help)"
 [ -n "$OUT" ] || die "--out is required (see --help)"
 [ "$SRC" != "$TGT" ] || die "--src and --tgt must differ (both are $SRC)"
-positive_int() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, got '$2'"; }
-positive_int --vocab-size "$VOCAB_SIZE"
-positive_int --workers "$WORKERS"
-positive_int --spm-threads "$SPM_THREADS"
-[[ "$SPM_SAMPLE" =~ ^[0-9]+$ ]] || die "--spm-sample must be an integer >= 0, got '$SPM_SAMPLE'"
-[ -z "$CLEAN_MAX_LEN" ] || positive_int --clean-max-len "$CLEAN_MAX_LEN"
-[ -z "$CLEAN_RATIO" ] || [[ "$CLEAN_RATIO" =~ ^[0-9]+(\.[0-9]+)?$ ]] \
-  || die "--clean-ratio must be a number >= 1, got '$CLEAN_RATIO'"
-case "$MODEL_TYPE" in unigram|bpe) ;; *) die "--model-type must be unigram or bpe, got '$MODEL_TYPE'" ;; esac
+check_int --vocab-size "$VOCAB_SIZE" 1 16777216   # ensdist-sentencepiece's range
+check_int --workers "$WORKERS" 1 1024
+check_int --spm-threads "$SPM_THREADS" 1 1024
+check_int --spm-sample "$SPM_SAMPLE" 0
+[ -z "$CLEAN_MAX_LEN" ] || check_int --clean-max-len "$CLEAN_MAX_LEN" 1
+[ -z "$CLEAN_RATIO" ] || check_real --clean-ratio "$CLEAN_RATIO" 1
+case "$MODEL_TYPE" in unigram|bpe) ;; *) usage_error "--model-type must be unigram or bpe, got '$MODEL_TYPE'" ;; esac
 [ -d "$RAW" ] || die "--raw $RAW: no such directory"
 for split in train valid test; do
   for lang in "$SRC" "$TGT"; do
@@ -84,9 +81,7 @@ if [ -f "$MARKER" ]; then
   die "$OUT/bin was prepared from other inputs or settings (see $MARKER); use another --out or delete $OUT/spm and $OUT/bin"
 fi
 
-mkdir -p "$OUT"
-WORK="$(mktemp -d "$OUT/.prepare_raw.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
+new_work "$OUT"
 
 echo "[prepare_raw] sentencepiece: joint $MODEL_TYPE model (vocabulary $VOCAB_SIZE) on $RAW/train.{$SRC,$TGT}"
 clean_args=()
@@ -105,11 +100,9 @@ if ! "$PREPROCESS" --source-lang "$SRC" --target-lang "$TGT" \
 fi
 
 # Move in place: a leftover spm/ or bin/ without marker is an interrupted earlier run.
-rm -rf "${OUT:?}/spm" "${OUT:?}/bin"
-mv "$WORK/spm" "$OUT/spm"
-mv "$WORK/bin" "$OUT/bin"
-echo "$fingerprint" > "$OUT/bin/.prepared.tmp"
-mv "$OUT/bin/.prepared.tmp" "$MARKER"
+echo "$fingerprint" > "$WORK/bin/.prepared"
+rm -rf "${OUT:?}/spm"; mv "$WORK/spm" "$OUT/spm"
+publish "$WORK/bin" "$OUT/bin"   # bin/ and its marker last
 # fairseq adds 4 specials (<s> <pad> </s> <unk>) and pads to a multiple of 8 with madeupword*.
 n_dict="$(wc -l < "$OUT/bin/dict.$SRC.txt")"
 n_pad="$(grep -c '^madeupword' "$OUT/bin/dict.$SRC.txt" || true)"

@@ -15,7 +15,6 @@
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 OUT="$ROOT/runs/wmt16_en_de"
 SRC=en
@@ -35,16 +34,15 @@ while [ "$#" -gt 0 ]; do
     --workers) need_value "$@"; WORKERS="$2"; shift 2 ;;
     --spm-threads) need_value "$@"; SPM_THREADS="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
-    *) die "unknown argument $1 (see --help)" ;;
+    *) usage_error "unknown argument $1 (see --help)" ;;
   esac
 done
 case "$SRC-$TGT" in en-de|de-en) ;; *) die "--src/--tgt must be en and de, got $SRC/$TGT" ;; esac
-[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive integer, got '$WORKERS'"
-[[ "$SPM_THREADS" =~ ^[1-9][0-9]*$ ]] || die "--spm-threads must be a positive integer, got '$SPM_THREADS'"
+check_int --workers "$WORKERS" 1 1024
+check_int --spm-threads "$SPM_THREADS" 1 1024
 
 SACREBLEU="$(tool sacrebleu)"
 [ -n "$SACREBLEU" ] || die "no sacrebleu (validation/test sets): run scripts/setup_env.sh"
-if command -v wget >/dev/null; then FETCH=(wget -q -O); elif command -v curl >/dev/null; then FETCH=(curl -fsSL -o); else die "need wget or curl"; fi
 command -v tar >/dev/null || die "need tar"
 
 # Training corpora: archive URL and the base name of the parallel files inside (.en / .de).
@@ -58,11 +56,7 @@ CORPORA=("europarl-v7.de-en" "commoncrawl.de-en" "news-commentary-v11.de-en")
 DL="$OUT/download"
 mkdir -p "$DL"
 for url in "${URLS[@]}"; do
-  file="$DL/$(basename "$url")"
-  if [ -f "$file" ]; then echo "[wmt16] have $file"; continue; fi
-  echo "[wmt16] downloading $url"
-  "${FETCH[@]}" "$file.part" "$url" || die "download failed: $url"
-  mv "$file.part" "$file"
+  fetch "$url" "$DL/$(basename "$url")"
 done
 if [ ! -f "$DL/extracted/.done" ]; then
   rm -rf "$DL/extracted"; mkdir -p "$DL/extracted"
@@ -74,8 +68,7 @@ RAW="$OUT/raw"
 if [ -f "$RAW/.done" ]; then
   echo "[wmt16] $RAW is complete: skipping"
 else
-  WORK="$(mktemp -d "$OUT/.raw.XXXXXX")"
-  trap 'rm -rf "$WORK"' EXIT
+  new_work "$OUT"
   mkdir "$WORK/raw"
   for corpus in "${CORPORA[@]}"; do
     for lang in en de; do
@@ -93,10 +86,7 @@ else
   "$SACREBLEU" -t wmt14/full -l en-de --echo src > "$WORK/raw/test.en"
   "$SACREBLEU" -t wmt14/full -l en-de --echo ref > "$WORK/raw/test.de"
   touch "$WORK/raw/.done"
-  rm -rf "$RAW"
-  mv "$WORK/raw" "$RAW"
-  rm -rf "$WORK"
-  trap - EXIT
+  publish "$WORK/raw" "$RAW"
   echo "[wmt16] raw data: $n_en training pairs in $RAW"
 fi
 

@@ -4,7 +4,7 @@
 #   bash scripts/test.sh --fast   the fast tier: math, formats, house rules (tests not marked slow)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$ROOT/scripts/setup_env.sh"
+bash "$ROOT/scripts/setup_env.sh" --corpus   # the demo pipeline test reads the built-in corpus
 cd "$ROOT"
 tier=()
 if [ "${1:-}" = "--fast" ]; then
