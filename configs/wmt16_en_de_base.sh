@@ -1,17 +1,21 @@
 # WMT16 En->De (or De->En: SRC=de TGT=en), Transformer-Base, the recipe of Reich et al. (2020).
 # Data: scripts/prepare_wmt16.sh (joint 32K BPE). Batch as in the paper: 4 GPUs x 4096 tokens x
-# 2 accumulation steps = 8 GPU-batches per update; with GPUS=N the update frequency is 8/N
-# (GPUS=1: --update-freq 8, GPUS=8: 1). Only what differs from the defaults of fairseq, of the
-# token_kd criterion and of the scripts is set here; ${X:-...} values can be overridden.
+# 2 accumulation steps = 8 GPU-batches per update, kept exact on the GPUs found here: GPUS
+# (default: the visible GPUs, scripts/lib.sh's gpu_count) gives --update-freq 8/GPUS, and a
+# count that does not divide 8 (3, 5, 6, 7) is refused with the nearest valid ones. Only what
+# differs from the defaults of fairseq, of the token_kd criterion and of the scripts is set here;
+# ${X:-...} values can be overridden.
 SRC=${SRC:-en}
 TGT=${TGT:-de}
-GPUS=${GPUS:-4}                               # the paper's 4 GPUs
-UPDATE_FREQ=${UPDATE_FREQ:-$(( 8 / GPUS ))}   # ... x 2 accumulation steps
+GPUS=${GPUS:-$(gpu_count)}
+UPDATE_FREQ=${UPDATE_FREQ:-$(update_freq 8 "$GPUS")}   # the paper's 4 GPUs: 2
 
 ARCH_ARGS=(--arch transformer_wmt_en_de --share-all-embeddings)   # Transformer-Base, dropout 0.1
 TRAIN_ARGS=(--fp16 --optimizer adam --adam-betas "(0.9,0.98)" --lr 7e-4
   --lr-scheduler inverse_sqrt --warmup-updates 4000 --warmup-init-lr 1e-7
   --max-tokens 4096 --update-freq "$UPDATE_FREQ")
+# exactly GPUS processes (fairseq would otherwise take every visible GPU)
+[ "$GPUS" -le 0 ] || TRAIN_ARGS+=(--distributed-world-size "$GPUS")
 LS_EPSILON=0.1
 
 # Every model, students included, uses SWA (the paper: "All models considered use stochastic

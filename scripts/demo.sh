@@ -126,8 +126,8 @@ STUDENTS_DIR="$OUT/students/ce_k${MEMBERS}_v${TOPK}"  # one set of students per 
 stage "memoize: the CE ensemble of $MEMBERS, V'=$TOPK -> $STORE"
 mkdir -p "$OUT/store"
 if [ -f "$STORE" ]; then echo "[memoize] $STORE exists, skipping"
-else  # one process: give it every core
-  OMP_NUM_THREADS="$(nproc)" "${BIN}ensdist-memoize" "$DATA" --path "$(members ce)" --topk "$TOPK" \
+else  # every core, and one process per visible GPU when there are several (torchrun)
+  OMP_NUM_THREADS="$(nproc)" launch_on_gpus "${BIN}ensdist-memoize" "$DATA" --path "$(members ce)" --topk "$TOPK" \
     "${DEVICE_ARGS[@]}" --output "$STORE"
 fi
 

@@ -178,7 +178,7 @@ load_config() {  # load_config FILE: source a configs/*.sh file, with a clear er
   local var
   for var in MAX_EPOCH PATIENCE SWA_EPOCHS STUDENT_MAX_EPOCH STUDENT_SWA_EPOCHS STUDENT_MAX_UPDATE \
       TOPK JOBS SPM_VOCAB_SIZE MAX_PAIRS INTRA_PASSES GPUS UPDATE_FREQ; do
-    [ -z "${!var:-}" ] || check_int "$1: $var" "${!var}" "$(case "$var" in PATIENCE|*SWA_EPOCHS) echo 0 ;; *) echo 1 ;; esac)"
+    [ -z "${!var:-}" ] || check_int "$1: $var" "${!var}" "$(case "$var" in PATIENCE|*SWA_EPOCHS|GPUS) echo 0 ;; *) echo 1 ;; esac)"
   done
   [ -z "${LS_EPSILON:-}" ] || check_real "$1: LS_EPSILON" "$LS_EPSILON" 0 1
 }
@@ -203,6 +203,42 @@ final_checkpoint() {
 # last_epoch_line LOG: a one-line summary of where the run stopped (for the recipe's output).
 last_epoch_line() {
   grep "| valid on" "$1" | tail -n 1 | sed "s/^.*| valid on 'valid' subset |/    last validation:/" || true
+}
+
+# gpu_count: the GPUs a run here would use: CUDA_VISIBLE_DEVICES's entries when it is set
+# (empty or -1: none), else the GPUs nvidia-smi lists, else 0.
+gpu_count() {
+  if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+    case "$CUDA_VISIBLE_DEVICES" in ""|-1*) echo 0 ;; *) tr ',' '\n' <<< "$CUDA_VISIBLE_DEVICES" | grep -c . ;; esac
+  elif command -v nvidia-smi >/dev/null; then
+    nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true
+  else
+    echo 0
+  fi
+}
+
+# update_freq BATCHES GPUS: the --update-freq that makes one update exactly BATCHES GPU-batches
+# on GPUS devices (0: one device, the CPU); stops naming the nearest valid GPU counts when
+# GPUS does not divide BATCHES (3 GPUs cannot make 8 batches an update).
+update_freq() {
+  local batches="$1" gpus="$2" below above
+  [ "$gpus" -gt 0 ] || gpus=1
+  if [ $(( batches % gpus )) -eq 0 ]; then echo $(( batches / gpus )); return 0; fi
+  for (( below = gpus; batches % below; below-- )); do :; done
+  for (( above = gpus; above <= batches && batches % above; above++ )); do :; done
+  local alt="use $below"; [ "$above" -gt "$batches" ] || alt="use $below or $above"
+  die "GPUS=$gpus: an update of $batches GPU-batches needs a GPU count that divides $batches ($alt: CUDA_VISIBLE_DEVICES or GPUS=N)"
+}
+
+# launch_on_gpus CMD...: CMD as one process per visible GPU (torchrun) when there are several
+# and CMD is not asked to run on the CPU, else CMD itself (ensdist-memoize shards by rank).
+launch_on_gpus() {
+  local n; n="$(gpu_count)"
+  if [ "$n" -gt 1 ] && ! printf '%s\n' "$@" | grep -qx -- --cpu; then
+    "${BIN}torchrun" --standalone --nproc_per_node "$n" "$(command -v "$1" || echo "$1")" "${@:2}"
+  else
+    "$@"
+  fi
 }
 
 # cuda_visible: true when the venv's torch sees a CUDA device (the demo then picks

@@ -8,10 +8,15 @@
 # NEEDS INTERNET (about 1.5 GB from statmt.org) and is not run by the tests.
 #
 #   bash scripts/prepare_wmt16.sh [--out runs/wmt16_en_de] [--src en --tgt de] [--workers N]
-#                                 [--spm-threads N]
+#                                 [--spm-threads N] [--local DIR]
 #
 # Writes OUT/download (archives), OUT/raw/{train,valid,test}.{en,de}, then scripts/prepare_raw.sh
 # writes OUT/spm and OUT/bin. Re-running skips finished steps (markers written last).
+# --local DIR: the WMT16 files already on disk, nothing is downloaded: DIR (searched
+# recursively) holds the three archives below or their extracted {europarl-v7,commoncrawl,
+# news-commentary-v11}.de-en.{en,de}, and newstest2013.{en,de} / newstest2014.{en,de} (plain text,
+# the full 3003-sentence newstest2014) for validation and test; without those two sacrebleu
+# fetches them (once, into its cache).
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -20,6 +25,7 @@ OUT="$ROOT/runs/wmt16_en_de"
 SRC=en
 TGT=de
 WORKERS=1
+LOCAL=""
 SPM_THREADS=1            # the SentencePiece model is reproducible for a fixed thread count
 VOCAB_SIZE=32000         # paper: "a vocabulary of 32K symbols", joint source+target
 SPM_SAMPLE=4000000       # lines of train.en+train.de (9M) sampled to train SentencePiece
@@ -33,6 +39,7 @@ while [ "$#" -gt 0 ]; do
     --tgt) need_value "$@"; TGT="$2"; shift 2 ;;
     --workers) need_value "$@"; WORKERS="$2"; shift 2 ;;
     --spm-threads) need_value "$@"; SPM_THREADS="$2"; shift 2 ;;
+    --local) need_value "$@"; LOCAL="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage_error "unknown argument $1 (see --help)" ;;
   esac
@@ -41,6 +48,7 @@ case "$SRC-$TGT" in en-de|de-en) ;; *) die "--src/--tgt must be en and de, got $
 check_int --workers "$WORKERS" 1 1024
 check_int --spm-threads "$SPM_THREADS" 1 1024
 
+[ -z "$LOCAL" ] || [ -d "$LOCAL" ] || die "--local $LOCAL: no such directory"
 SACREBLEU="$(tool sacrebleu)"
 [ -n "$SACREBLEU" ] || die "no sacrebleu (validation/test sets): run scripts/setup_env.sh"
 command -v tar >/dev/null || die "need tar"
@@ -55,13 +63,23 @@ CORPORA=("europarl-v7.de-en" "commoncrawl.de-en" "news-commentary-v11.de-en")
 
 DL="$OUT/download"
 mkdir -p "$DL"
-for url in "${URLS[@]}"; do
-  fetch "$url" "$DL/$(basename "$url")"
-done
-if [ ! -f "$DL/extracted/.done" ]; then
-  rm -rf "$DL/extracted"; mkdir -p "$DL/extracted"
-  for url in "${URLS[@]}"; do tar -xzf "$DL/$(basename "$url")" -C "$DL/extracted"; done
-  touch "$DL/extracted/.done"
+# local_file NAME: the first file called NAME under --local, or empty
+local_file() { [ -z "$LOCAL" ] || find "$LOCAL" -name "$1" -type f -print -quit; }
+if [ -n "$LOCAL" ] && [ -n "$(local_file "${CORPORA[0]}.en")" ]; then
+  SOURCES="$LOCAL"   # extracted corpora on disk
+else
+  SOURCES="$DL/extracted"
+  if [ ! -f "$DL/extracted/.done" ]; then
+    for url in "${URLS[@]}"; do
+      have="$(local_file "$(basename "$url")")"
+      if [ -n "$have" ]; then ln -sfn "$(cd "$(dirname "$have")" && pwd)/$(basename "$have")" "$DL/$(basename "$url")"
+      elif [ -n "$LOCAL" ]; then die "--local $LOCAL: neither $(basename "$url") nor the files extracted from it"
+      else fetch "$url" "$DL/$(basename "$url")"; fi
+    done
+    rm -rf "$DL/extracted"; mkdir -p "$DL/extracted"
+    for url in "${URLS[@]}"; do tar -xzf "$DL/$(basename "$url")" -C "$DL/extracted"; done
+    touch "$DL/extracted/.done"
+  fi
 fi
 
 RAW="$OUT/raw"
@@ -72,8 +90,8 @@ else
   mkdir "$WORK/raw"
   for corpus in "${CORPORA[@]}"; do
     for lang in en de; do
-      f="$(find "$DL/extracted" -name "$corpus.$lang" -type f -print -quit)"
-      [ -n "$f" ] || die "$corpus.$lang not found in $DL/extracted (archive layout changed?)"
+      f="$(find -L "$SOURCES" -name "$corpus.$lang" -type f -print -quit)"
+      [ -n "$f" ] || die "$corpus.$lang not found in $SOURCES (archive layout changed?)"
       cat "$f" >> "$WORK/raw/train.$lang"
     done
   done
@@ -81,10 +99,15 @@ else
   [ "$n_en" = "$n_de" ] || die "training data misaligned: $n_en English vs $n_de German lines"
   # newstest2013 / newstest2014 through sacrebleu (its own download and caching); "full" is the
   # 3003-sentence test set used by Vaswani et al. and fairseq, not the 2737-sentence filtered one.
-  "$SACREBLEU" -t wmt13 -l en-de --echo src > "$WORK/raw/valid.en"
-  "$SACREBLEU" -t wmt13 -l en-de --echo ref > "$WORK/raw/valid.de"
-  "$SACREBLEU" -t wmt14/full -l en-de --echo src > "$WORK/raw/test.en"
-  "$SACREBLEU" -t wmt14/full -l en-de --echo ref > "$WORK/raw/test.de"
+  for pair in valid:newstest2013:wmt13 test:newstest2014:wmt14/full; do
+    IFS=: read -r split name set <<< "$pair"
+    if [ -n "$(local_file "$name.en")" ] && [ -n "$(local_file "$name.de")" ]; then
+      cp "$(local_file "$name.en")" "$WORK/raw/$split.en"; cp "$(local_file "$name.de")" "$WORK/raw/$split.de"
+    else
+      "$SACREBLEU" -t "$set" -l en-de --echo src > "$WORK/raw/$split.en"
+      "$SACREBLEU" -t "$set" -l en-de --echo ref > "$WORK/raw/$split.de"
+    fi
+  done
   touch "$WORK/raw/.done"
   publish "$WORK/raw" "$RAW"
   echo "[wmt16] raw data: $n_en training pairs in $RAW"

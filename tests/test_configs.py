@@ -32,7 +32,8 @@ def load(name, **env):
         + "".join(f'printf "%s\\0" "@{a}" "${{{a}[@]}}"; ' for a in ARRAYS)
         + "".join(f'printf "%s\\0" "={s}" "${{{s}:-}}"; ' for s in SCALARS)
     )
-    clean = {k: v for k, v in os.environ.items() if k not in SCALARS + ("GPUS", "UPDATE_FREQ")}
+    drop = SCALARS + ("GPUS", "UPDATE_FREQ", "CUDA_VISIBLE_DEVICES")
+    clean = {k: v for k, v in os.environ.items() if k not in drop}
     out = subprocess.run(
         ["bash", "-c", script], capture_output=True, text=True, check=True, env=dict(clean, **env)
     ).stdout
@@ -67,7 +68,8 @@ def test_wmt16_is_reich_et_al():
     assert value(t, "--lr") == "7e-4" and value(t, "--lr-scheduler") == "inverse_sqrt"
     assert value(t, "--warmup-updates") == "4000" and value(t, "--max-tokens") == "4096"
     # 4 GPUs x 4096 tokens x 2 accumulation steps; the same effective batch on 1 or 8 GPUs
-    assert value(t, "--update-freq") == "2"
+    four = load("wmt16_en_de_base", GPUS="4")["TRAIN_ARGS"]
+    assert value(four, "--update-freq") == "2" and value(four, "--distributed-world-size") == "4"
     assert value(load("wmt16_en_de_base", GPUS="1")["TRAIN_ARGS"], "--update-freq") == "8"
     assert value(load("wmt16_en_de_base", GPUS="8")["TRAIN_ARGS"], "--update-freq") == "1"
     assert c["LS_EPSILON"] == "0.1" and c["TOPK"] == "64"
