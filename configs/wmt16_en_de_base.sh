@@ -8,7 +8,7 @@
 SRC=${SRC:-en}
 TGT=${TGT:-de}
 GPUS=${GPUS:-$(gpu_count)}
-UPDATE_FREQ=${UPDATE_FREQ:-$(update_freq 8 "$GPUS")}   # the paper's 4 GPUs: 2
+[ -n "${UPDATE_FREQ:-}" ] || update_freq UPDATE_FREQ 8 "$GPUS"   # the paper's 4 GPUs: 2
 
 ARCH_ARGS=(--arch transformer_wmt_en_de --share-all-embeddings)   # Transformer-Base, dropout 0.1
 TRAIN_ARGS=(--fp16 --optimizer adam --adam-betas "(0.9,0.98)" --lr 7e-4

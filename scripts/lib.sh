@@ -217,16 +217,17 @@ gpu_count() {
   fi
 }
 
-# update_freq BATCHES GPUS: the --update-freq that makes one update exactly BATCHES GPU-batches
-# on GPUS devices (0: one device, the CPU); stops naming the nearest valid GPU counts when
-# GPUS does not divide BATCHES (3 GPUs cannot make 8 batches an update).
+# update_freq VAR BATCHES GPUS: set VAR to the --update-freq that makes one update exactly
+# BATCHES GPU-batches on GPUS devices (0: one device, the CPU); stops naming the nearest valid
+# GPU counts when GPUS does not divide BATCHES (3 GPUs cannot make 8 batches an update).
 update_freq() {
-  local batches="$1" gpus="$2" below above
+  local batches="$2" gpus="$3" below above alt
+  check_int GPUS "$gpus" 0
   [ "$gpus" -gt 0 ] || gpus=1
-  if [ $(( batches % gpus )) -eq 0 ]; then echo $(( batches / gpus )); return 0; fi
+  if [ $(( batches % gpus )) -eq 0 ]; then printf -v "$1" '%s' $(( batches / gpus )); return 0; fi
   for (( below = gpus; batches % below; below-- )); do :; done
   for (( above = gpus; above <= batches && batches % above; above++ )); do :; done
-  local alt="use $below"; [ "$above" -gt "$batches" ] || alt="use $below or $above"
+  alt="use $below"; [ "$above" -gt "$batches" ] || alt="use $below or $above"
   die "GPUS=$gpus: an update of $batches GPU-batches needs a GPU count that divides $batches ($alt: CUDA_VISIBLE_DEVICES or GPUS=N)"
 }
 
