@@ -69,7 +69,7 @@ STUDENT_MAX_EPOCH="${STUDENT_MAX_EPOCH:-$MAX_EPOCH}"
 mapfile -t STOP < <(stop_rule_args "$STUDENT_MAX_EPOCH" "$PATIENCE" "$STUDENT_SWA_EPOCHS")
 
 [ -f "$OUT/$VARIANT/done" ] || echo "[distill] $VARIANT: from $STORE (patience $PATIENCE, at most $STUDENT_MAX_EPOCH epochs / $STUDENT_MAX_UPDATE updates) -> $OUT/$VARIANT"
-train_then_average "$OUT/$VARIANT" "$STUDENT_SWA_EPOCHS" "distill $VARIANT" \
+train_then_average "$OUT/$VARIANT" "$STUDENT_SWA_EPOCHS" distill "$VARIANT" \
   "${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task translation_distill \
   --teacher-store "$STORE" "${TOPK_ARGS[@]}" "${ARCH[@]}" "${TRAIN_ARGS[@]}" "${EVAL_ARGS[@]}" \
   "${KD[@]}" "${STUDENT_ARGS[@]}" --seed 1 "${STOP[@]}" --max-update "$STUDENT_MAX_UPDATE" \

@@ -120,24 +120,27 @@ print(min(losses, key=lambda e: (losses[e], e)))
 PY
 }
 
-# train_then_average DIR SWA_EPOCHS WHAT CMD...: the one skeleton of every training of the
-# recipes. DIR/done: finished, skipped. Else, under DIR's lock: CMD (fairseq-train, resuming
-# from DIR/checkpoint_last.pt if there is one) logged to DIR/train.log unless DIR/trained says
-# it finished; its last validation; with SWA_EPOCHS > 0 the SWA model DIR/checkpoint_swa.pt
-# (ensdist-swa, then the epoch checkpoints are removed); DIR/done last.
+# train_then_average DIR SWA_EPOCHS TAG NAME CMD...: the one skeleton of every training of the
+# recipes (messages "[TAG] NAME: ..."). DIR/done: finished, skipped. Else, under DIR's lock:
+# CMD (fairseq-train, resuming from DIR/checkpoint_last.pt if there is one) logged to
+# DIR/train.log unless DIR/trained says it finished; its last validation; with SWA_EPOCHS > 0
+# the SWA model DIR/checkpoint_swa.pt (ensdist-swa, then the epoch checkpoints are removed);
+# DIR/done last.
 train_then_average() {
-  local dir="$1" swa="$2" what="$3" end; shift 3
-  if [ -f "$dir/done" ]; then echo "[$what] done ($(final_checkpoint "$dir" "$swa")), skipping"; return 0; fi
+  local dir="$1" swa="$2" tag="$3" name="$4" end; shift 4
+  if [ -f "$dir/done" ]; then
+    echo "[$tag] $name: done ($(final_checkpoint "$dir" "$swa")), skipping"; return 0
+  fi
   mkdir -p "$dir"
   lock_dir "$dir"
   if [ ! -f "$dir/trained" ]; then  # a finished run is not restarted (fairseq would train on)
-    run_logged "$dir/train.log" "$what" "$@"
+    run_logged "$dir/train.log" "$tag $name" "$@"
     touch "$dir/trained"
   fi
   last_epoch_line "$dir/train.log"
   if [ "$swa" -gt 0 ] && [ ! -f "$dir/checkpoint_swa.pt" ]; then  # written atomically, last
-    end="$(swa_end_epoch "$dir")" || die "$what: SWA impossible (see above)"
-    [ -z "$end" ] || echo "[$what] the best validation came mid-epoch (the --max-update cap): SWA ends at epoch $end, the best epoch end"
+    end="$(swa_end_epoch "$dir")" || die "$tag $name: SWA impossible (see above)"
+    [ -z "$end" ] || echo "[$tag] $name: the best validation came mid-epoch (the --max-update cap): SWA ends at epoch $end, the best epoch end"
     "${BIN}ensdist-swa" --save-dir "$dir" --epochs "$swa" ${end:+--end-epoch "$end"} --remove-snapshots
   fi
   touch "$dir/done"

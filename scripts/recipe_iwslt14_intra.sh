@@ -19,25 +19,25 @@ while [ $# -gt 0 ]; do
     --config) need_value "$@"; CONFIG="$2"; shift 2 ;;
     --reference) need_value "$@"; REFERENCE="$2"; shift 2 ;;
     --baseline) PASSES=1; shift ;;
-    *) die "unknown option $1 (see the header of $0)" ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage_error "unknown option $1 (see --help)" ;;
   esac
 done
 load_config "$CONFIG"
 PASSES="${PASSES:-${INTRA_PASSES:-3}}"
+check_int INTRA_PASSES "$PASSES" 1 64
 [ -d "$DATA" ] || die "--data ${DATA:-(none)}: no such directory (run scripts/prepare_iwslt14.sh)"
 [ -n "$OUT" ] || die "--out: no output directory given"
 REFERENCE="${REFERENCE:-$DATA/../raw/test.$TGT}"
 [ -f "$REFERENCE" ] || die "--reference $REFERENCE: no such file (the raw test.$TGT to score BLEU against)"
 name=$([ "$PASSES" = 1 ] && echo baseline || echo "intra_k$PASSES")
 dir="$OUT/$name"
-mkdir -p "$dir"
-echo "[intra] $name: $STUDENT_MAX_UPDATE updates -> $dir (evaluating checkpoint_best.pt)"
-run_logged "$dir/train.log" "training $name" \
+[ -f "$dir/done" ] || echo "[intra] $name: $STUDENT_MAX_UPDATE updates -> $dir (evaluating checkpoint_best.pt)"
+train_then_average "$dir" 0 intra "$name" \
   "${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task "$TEACHER_TASK" \
   "${ARCH_ARGS[@]}" "${TRAIN_ARGS[@]}" "${EVAL_ARGS[@]}" --criterion token_kd --kd-loss none \
   --label-smoothing "$LS_EPSILON" --intra-passes "$PASSES" \
   --max-update "$STUDENT_MAX_UPDATE" --seed 1 --save-dir "$dir" --no-epoch-checkpoints \
   --log-format simple
-last_epoch_line "$dir/train.log"
 "${BIN}ensdist-evaluate" "$DATA" --path "$dir/checkpoint_best.pt" --name "$name" \
   --reference "$REFERENCE" --output "$dir/$name.json" "${DEVICE_ARGS[@]}" "${GEN_ARGS[@]}"

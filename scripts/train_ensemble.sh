@@ -52,7 +52,7 @@ for k in ${ONLY_SEED:-$(seq 1 "$MEMBERS")}; do
   # members finished before the done marker existed: their SWA model is the marker
   [ ! -f "$dir/checkpoint_swa.pt" ] || [ -f "$dir/done" ] || touch "$dir/done"
   [ -f "$dir/done" ] || echo "[teachers] $MODE member $k/$MEMBERS: seed $k (patience $PATIENCE, at most $MAX_EPOCH epochs, SWA over the $SWA_EPOCHS epochs ending at the best) -> $dir"
-  train_then_average "$dir" "$SWA_EPOCHS" "teachers $MODE member $k/$MEMBERS" \
+  train_then_average "$dir" "$SWA_EPOCHS" teachers "$MODE member $k/$MEMBERS" \
     "${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task "$TEACHER_TASK" \
     "${ARCH_ARGS[@]}" "${TRAIN_ARGS[@]}" "${EVAL_ARGS[@]}" \
     --criterion label_smoothed_cross_entropy --label-smoothing "$EPS" \
