@@ -26,7 +26,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WHEELS="$ROOT/.whl" DRY=0 PASS=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --wheels) WHEELS="$2"; shift 2 ;;
+    --wheels) [ "$#" -ge 2 ] || { echo "error: --wheels needs a value" >&2; exit 2; }; WHEELS="$2"; shift 2 ;;
     --dry-run) DRY=1; PASS+=("$1"); shift ;;
     *) PASS+=("$1"); shift ;;
   esac
