@@ -45,8 +45,8 @@ while [ $# -gt 0 ]; do
 done
 [ -z "$STUDENTS_OPT" ] || [ -n "${STUDENTS_OPT// /}" ] || usage_error "--students: no student named"
 for v in $STUDENTS_OPT; do
-  case "$v" in mean_kd|proxy_dirichlet|intra_mean_kd) ;;
-    *) usage_error "--students: unknown student '$v' (mean_kd, proxy_dirichlet, intra_mean_kd)" ;; esac
+  case "$v" in mean_kd|mean_kd_tail|proxy_dirichlet|intra_mean_kd) ;;
+    *) usage_error "--students: unknown student '$v' (mean_kd, mean_kd_tail, proxy_dirichlet, intra_mean_kd)" ;; esac
 done
 [ -z "$CONFIG" ] || [ -f "$CONFIG" ] || die "--config $CONFIG: no such config file (see configs/)"
 [ -z "$DATA" ] || [ -d "$DATA" ] || die "--data $DATA: no such directory"
