@@ -46,6 +46,10 @@ def real_problem(
     below = value <= lo if lo_open else value < lo
     above = value >= hi if hi_open else value > hi
     if below or above:
+        if math.isinf(hi) and not math.isinf(lo):
+            return f"must be {'>' if lo_open else '>='} {lo:g}, got {shown}"
+        if math.isinf(lo) and not math.isinf(hi):
+            return f"must be {'<' if hi_open else '<='} {hi:g}, got {shown}"
         left, right = "(" if lo_open else "[", ")" if hi_open else "]"
         return f"must be in {left}{lo:g}, {hi:g}{right}, got {shown}"
     return None
@@ -93,9 +97,9 @@ def flag(name: str) -> str:
 
 def check_fields(values, rules, error=ValueError) -> None:
     """Apply `rules` ({field name: Integer | Real}) to `values` (a mapping or an object with
-    those attributes); the first problem raises `error("--flag VALUE: what is wrong")`."""
+    those attributes); the first problem raises `error("--flag: what is wrong")`."""
     for name, rule in rules.items():
         value = values[name] if isinstance(values, dict) else getattr(values, name)
         problem = rule.problem(value)
         if problem is not None:
-            raise error(f"{flag(name)} {value}: {problem}")
+            raise error(f"{flag(name)}: {problem}")
