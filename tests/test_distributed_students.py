@@ -154,8 +154,8 @@ def test_two_ranks_train_validate_and_resume_with_a_remainder_batch(
     assert [log["epoch"] for log in epochs] == [1, 2] and [v["epoch"] for v in valids] == [1, 2]
     for log in epochs:
         # the stand-in batch counts nowhere: every sentence and token of the epoch once
-        assert float(log["train_bsz"]) == pytest.approx(NUM_TRAIN / updates_per_epoch, abs=0.05)
-        assert float(log["train_wpb"]) == pytest.approx(train_tokens / updates_per_epoch, abs=0.05)
+        assert float(log["train_bsz"]) == pytest.approx(NUM_TRAIN / updates_per_epoch, abs=0.1)
+        assert float(log["train_wpb"]) == pytest.approx(train_tokens / updates_per_epoch, abs=0.1)
         assert int(log["train_num_updates"]) == updates_per_epoch * log["epoch"]
         # the coded store's probabilities sum to 36/64 on every token
         assert float(log["train_teacher_coverage"]) == pytest.approx(36 / 64, abs=1e-4)
