@@ -555,3 +555,82 @@ def test_fairseq_train_runs_intra_distillation_alone_on_the_translation_task(tin
         ]
     )
     assert "BLEU" in gen.stdout + gen.stderr
+
+
+@pytest.mark.parametrize(
+    "kd_loss, arch, passes",
+    [
+        ("mean_kd", "transformer", 1),
+        ("mean_kd", "transformer", 2),
+        ("proxy_dirichlet", "dirichlet_transformer", 1),
+        ("proxy_dirichlet", "dirichlet_transformer", 2),
+    ],
+)
+def test_stand_in_batch_without_teacher_gives_zeros_with_the_keys_of_a_real_batch(
+    kd_loss, arch, passes
+):
+    # fairseq's stand-in ("dummy") batch for a rank out of batches may be a validation batch:
+    # no teacher. The ranks sum logging outputs as one buffer, key by key in order.
+    from ensdist_fairseq.tasks.translation_distill import TranslationDistillTask
+
+    task = make_task()
+    model = make_model(task, arch=arch).train()
+    criterion = make_criterion(task, kd_loss=kd_loss, intra_passes=passes, num_updates=300)
+    _, real_log, _ = run(criterion, model, make_sample(task))
+    stand_in = make_sample(task, seed=1)
+    del stand_in["teacher"]
+    with pytest.raises(ValueError, match="teacher"):
+        criterion(model, stand_in)  # a real training batch without entries is still refused
+    optimizer = SimpleNamespace(backward=lambda loss: loss.backward())
+    model.zero_grad()
+    distill_task = TranslationDistillTask.__new__(TranslationDistillTask)  # train_step only
+    loss, _, log = distill_task.train_step(
+        stand_in, model, criterion, optimizer, 300, ignore_grad=True
+    )
+    assert list(log) == list(real_log)
+    assert all(float(v) == 0 for v in log.values()), log
+    assert loss.item() == 0 and not criterion.stand_in
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.equal(g, torch.zeros_like(g)) for g in grads)  # reached, zero
+    # and the rank's step counts in no metric: fairseq zeroes the values, then they sum
+    summed = {k: real_log[k] + log[k] for k in real_log}
+    for key in ("loss", "nll_loss", "kd_loss", "ntokens", "sample_size", "teacher_ntokens"):
+        assert float(summed[key]) == pytest.approx(float(real_log[key]))
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("kd_temperature", math.inf, "must be finite"),
+        ("intra_alpha", math.nan, "must be a number, got nan"),
+        ("kd_weight", math.nan, "must be a number"),
+        ("precision_floor", -math.inf, "must be finite"),
+        ("intra_p", 0.0, "must be > 0, got 0"),
+        ("intra_alpha", -1.0, "must be >= 0, got -1"),
+        ("intra_passes", 0, r"must be in 1\.\."),
+        ("max_update", -1, r"must be in 0\.\."),
+        ("label_smoothing", math.inf, "must be finite"),
+    ],
+)
+def test_non_finite_and_out_of_range_fields_are_refused_by_the_shared_rule(flag, value, message):
+    with pytest.raises(EnsdistError, match="^--" + flag.replace("_", "-") + f": {message}"):
+        make_criterion(make_task(), **{"intra_passes": 2, flag: value})
+
+
+def test_build_time_refusals_need_no_data():
+    # what the criterion can judge before any batch: a KD term without a store, Proxy-Dirichlet
+    # with the softmax student the task has just built
+    no_store = SimpleNamespace(cfg=SimpleNamespace(teacher_store=None), **vars(make_task()))
+    with pytest.raises(EnsdistError, match="^--kd-loss mean_kd needs the teacher store"):
+        make_criterion(no_store)
+    make_criterion(no_store, kd_loss="none")
+    softmax = SimpleNamespace(
+        cfg=SimpleNamespace(teacher_store="s.h5"),
+        model_predicts_dirichlet=False,
+        **vars(make_task()),
+    )
+    with pytest.raises(EnsdistError, match="^--kd-loss proxy_dirichlet needs a Dirichlet student"):
+        make_criterion(softmax, kd_loss="proxy_dirichlet")
+    make_criterion(softmax, kd_loss="mean_kd")
+    softmax.model_predicts_dirichlet = True
+    make_criterion(softmax, kd_loss="proxy_dirichlet")

@@ -226,3 +226,27 @@ def test_fairseq_train_streams_the_store(coded_store, tiny_data, tmp_path):
     )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: --teacher-topk 99")
+
+
+def test_a_split_loaded_for_a_saved_model_does_not_open_the_store(tiny_data, tmp_path):
+    # fairseq-validate / fairseq-generate pass the checkpoint's task_cfg; its --teacher-store may
+    # be relative to another directory, and validation needs no teacher
+    task = make_task(tiny_data, "--teacher-store", str(tmp_path / "elsewhere" / "store.h5"))
+    task.load_dataset("train", task_cfg=task.cfg)
+    assert type(task.dataset("train")) is LanguagePairDataset
+    with pytest.raises(StoreError, match="store.h5"):
+        task.load_dataset("train")  # training opens it
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--teacher-topk", "0"], "--teacher-topk: must be in 1.."),
+        (["--max-target-positions", "0"], "--max-target-positions: must be in 1.."),
+    ],
+)
+def test_numeric_task_fields_follow_the_shared_rule(flags, message, tiny_data):
+    from ensdist_fairseq.errors import EnsdistError
+
+    with pytest.raises(EnsdistError, match="^" + message):
+        make_task(tiny_data, *flags)

@@ -21,6 +21,7 @@ LAYERS = {
     "errors": 0,
     "hashing": 0,
     "atomic_files": 0,
+    "numeric": 0,
     "corpus": 1,
     "store": 1,
     "losses": 1,

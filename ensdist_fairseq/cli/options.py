@@ -22,11 +22,12 @@ import math
 import sys
 from typing import Callable, List, Optional
 
+from ensdist_fairseq import numeric
 from ensdist_fairseq.errors import EnsdistError, report
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-INT_MAX = 2**31 - 1  # sizes and counts beyond this overflow C longs in numpy/fairseq
+INT_MAX = numeric.INT_MAX
 DEFAULT_MAX_TOKENS = 4096
 
 
@@ -46,8 +47,9 @@ def integer(lo: int = 0, hi: int = INT_MAX) -> Callable[[str], int]:
             value = int(text, 10)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}, got {text}")
+        problem = numeric.integer_problem(value, lo, hi, shown=text)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
         return value
 
     parse.__name__ = "integer"
@@ -70,15 +72,11 @@ def real(
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if math.isnan(value):
-            raise argparse.ArgumentTypeError("must be a number, got nan")
-        if math.isinf(value) and inf_means is None:
-            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-        below = value <= lo if lo_open else value < lo
-        above = value >= hi if hi_open else value > hi
-        if below or above:
-            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-            raise argparse.ArgumentTypeError(f"must be in {left}{lo:g}, {hi:g}{right}, got {text}")
+        problem = numeric.real_problem(
+            value, lo, hi, lo_open=lo_open, hi_open=hi_open, inf_means=inf_means, shown=text
+        )
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
         return value
 
     parse.__name__ = "number"

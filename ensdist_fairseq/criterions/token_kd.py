@@ -14,6 +14,7 @@ Mixed precision: the batch's teacher arrives as float16 probabilities and float6
 float32, and every loss is computed in float32 (float64 for a float64 model) outside autocast.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -43,8 +44,12 @@ from ensdist_fairseq.losses import (
     x_divergence,
 )
 from ensdist_fairseq.models.dirichlet_transformer import TRAINING_PREDICTIVE, log_predictive
+from ensdist_fairseq.numeric import Integer, Real, check_fields
 
 KD_LOSSES = ("none", "mean_kd", "proxy_dirichlet")
+# a training batch's teacher logging keys, in the order forward() adds them: the ranks of a
+# multi-process run sum logging outputs as one buffer, so every rank needs the same keys
+TEACHER_KEYS = ("teacher_ntokens", "teacher_coverage", "teacher_precision", "kd_loss")
 INTRA_FORWARDS = ("sequential", "stacked")
 
 
@@ -146,6 +151,7 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
             intra_q,
             max_update,
         )
+        _check_task(task, kd_loss)
         self.kd_loss = kd_loss
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
@@ -160,6 +166,21 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
         self.intra_forward = intra_forward
         self.max_update = max_update
         self.num_updates = None  # set by the task's train_step (set_num_updates)
+        self.stand_in = False  # set by the task's train_step around fairseq's dummy batch
+
+    @contextlib.contextmanager
+    def stand_in_batch(self):
+        """Around fairseq's stand-in ("dummy") batch: a rank that has run out of batches in a
+        multi-process epoch trains once more on a batch whose loss fairseq multiplies by 0 and
+        whose logging values it zeroes. That batch may be a validation batch (fairseq-train's
+        dry-run validation resets it), so it has no teacher entries: the forward passes run
+        (every parameter takes part, as DDP needs), the KD term is left out, and the logging
+        output has the keys of a real batch (summed across ranks key by key) with zero values."""
+        self.stand_in = True
+        try:
+            yield
+        finally:
+            self.stand_in = False
 
     def set_num_updates(self, num_updates):
         """The update being computed, from TranslationDistillTask.train_step's update_num."""
@@ -168,7 +189,8 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
     def forward(self, model, sample, reduce=True):
         """(loss, sample_size, logging_output); with reduce=False the loss is per target token,
         shaped (B*T, 1) like fairseq's label_smoothed_cross_entropy, zero at pads."""
-        teacher = self.get_teacher(model, sample)
+        stand_in = self.stand_in and model.training
+        teacher = None if stand_in else self.get_teacher(model, sample)
         passes = self.intra_passes if model.training else 1
         net_outputs = self.run_passes(model, sample["net_input"], passes)
         with _no_autocast(sample["target"]):
@@ -196,6 +218,8 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
         if teacher is not None:
             logging_output.update(self.teacher_stats(sample, teacher))
             logging_output["kd_loss"] = _total(sum(kd_losses)) / passes
+        elif stand_in and self.kd_loss != "none":
+            logging_output.update({k: torch.zeros(()) for k in TEACHER_KEYS})
         logging_output.update(
             loss=_total(loss),
             nll_loss=_total(sum(nll_losses) / passes if passes > 1 else nll_losses[0]),
@@ -207,6 +231,8 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
             n_correct, total = self.compute_accuracy(model, net_outputs[0], sample)
             logging_output["n_correct"] = utils.item(n_correct.data)
             logging_output["total"] = utils.item(total.data)
+        if stand_in:
+            logging_output = {k: v * 0 for k, v in logging_output.items()}
         return loss, sample_size, logging_output
 
     def get_teacher(self, model, sample):
@@ -347,6 +373,38 @@ def _no_autocast(like):
     return torch.autocast(device_type=like.device.type, enabled=False)
 
 
+# every numeric field, by the package's one rule (ensdist_fairseq/numeric.py)
+NUMERIC_FIELDS = {
+    "label_smoothing": Real(0, 1, hi_open=True),
+    "ignore_prefix_size": Integer(0),
+    "kd_weight": Real(0, 1),
+    "kd_temperature": Real(0, lo_open=True),
+    "precision_limit": Real(0, MAX_PRECISION_LIMIT, lo_open=True),
+    "precision_floor": Real(0, lo_open=True),
+    "intra_passes": Integer(1),
+    "intra_alpha": Real(0),
+    "intra_p": Real(0, lo_open=True),
+    "intra_q": Real(0, lo_open=True),
+    "max_update": Integer(0),
+}
+
+
+def _check_task(task, kd_loss):
+    """What the criterion can judge when it is built, before any data is read: a KD term needs
+    the store (a task config without --teacher-store never yields sample['teacher']) and
+    Proxy-Dirichlet needs a Dirichlet student (the task records what build_model built)."""
+    cfg = getattr(task, "cfg", None)
+    if kd_loss != "none" and cfg is not None and not getattr(cfg, "teacher_store", None):
+        raise EnsdistError(
+            f"--kd-loss {kd_loss} needs the teacher store: train with --task translation_distill "
+            "--teacher-store (or --kd-loss none)"
+        )
+    if kd_loss == "proxy_dirichlet" and getattr(task, "model_predicts_dirichlet", None) is False:
+        raise EnsdistError(
+            "--kd-loss proxy_dirichlet needs a Dirichlet student: --arch dirichlet_transformer[_*]"
+        )
+
+
 def _check_flags(
     label_smoothing,
     ignore_prefix_size,
@@ -364,32 +422,19 @@ def _check_flags(
     max_update,
 ):
     """Refuse impossible settings, naming the flag."""
-    if not 0 <= label_smoothing < 1:
-        raise EnsdistError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
+    check_fields(locals(), NUMERIC_FIELDS, EnsdistError)
     if ignore_prefix_size:
         raise EnsdistError(
             "--ignore-prefix-size is not supported by --criterion token_kd (the teacher covers every target token)"
         )
-    if not 0 <= kd_weight <= 1:
-        raise EnsdistError(f"--kd-weight (beta) must be in [0, 1], got {kd_weight}")
-    if not kd_temperature > 0:
-        raise EnsdistError(f"--kd-temperature must be > 0, got {kd_temperature}")
     if kd_truncation == "none" and kd_temperature != 1:
         raise EnsdistError("--kd-truncation none is only defined for --kd-temperature 1")
     if kd_loss == "proxy_dirichlet" and kd_temperature != 1:
         raise EnsdistError("--kd-temperature applies to mean_kd only; proxy_dirichlet needs 1")
-    if not 0 < precision_limit <= MAX_PRECISION_LIMIT:
+    if not precision_floor <= precision_limit:
         raise EnsdistError(
-            f"--precision-limit must be in (0, {MAX_PRECISION_LIMIT:g}], got {precision_limit}"
+            f"--precision-floor {precision_floor}: must be at most --precision-limit {precision_limit}"
         )
-    if not 0 < precision_floor <= precision_limit:
-        raise EnsdistError(
-            f"--precision-floor must be in (0, --precision-limit], got {precision_floor}"
-        )
-    if intra_passes < 1:
-        raise EnsdistError(f"--intra-passes must be >= 1 (1 = off), got {intra_passes}")
-    if intra_alpha < 0:
-        raise EnsdistError(f"--intra-alpha must be >= 0, got {intra_alpha}")
     if intra_passes > 1 and not no_intra_adaptive:
         try:
             check_adaptive_schedule(intra_alpha, intra_p, intra_q)

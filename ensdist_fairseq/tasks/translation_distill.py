@@ -7,6 +7,7 @@ are untouched. With --eval-calibration, validation (fairseq-train, fairseq-valid
 ECE-1 and ECE-5. train_step hands the update number to the criterion (set_num_updates).
 """
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from ensdist_fairseq.data.teacher_dataset import TeacherStoreDataset
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.evaluation import calibration_logging
 from ensdist_fairseq.hashing import file_sha256
+from ensdist_fairseq.numeric import Integer, check_fields
 from ensdist_fairseq.store.format import StoreReader
 from ensdist_fairseq.store.provenance import StoreError, check_topk
 
@@ -54,12 +56,22 @@ class TranslationDistillConfig(TranslationConfig):
     )
 
 
+# every numeric field of the config, by the package's one rule (ensdist_fairseq/numeric.py)
+NUMERIC_FIELDS = {
+    "teacher_topk": Integer(1, optional=True),
+    "max_source_positions": Integer(1),
+    "max_target_positions": Integer(1),
+    "num_batch_buckets": Integer(0),
+}
+
+
 @register_task("translation_distill", dataclass=TranslationDistillConfig)
 class TranslationDistillTask(TranslationTask):
     cfg: TranslationDistillConfig
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
+        check_fields(cfg, NUMERIC_FIELDS, EnsdistError)
         task = super().setup_task(cfg, **kwargs)
         task.dictionary_path = os.path.join(
             utils.split_paths(cfg.data)[0], f"dict.{cfg.target_lang}.txt"
@@ -102,11 +114,26 @@ class TranslationDistillTask(TranslationTask):
         )
         return reader
 
+    def build_model(self, cfg, from_checkpoint=False):
+        """fairseq's model; what it predicts is recorded for the criterion, built next, to
+        refuse --kd-loss proxy_dirichlet with a softmax student before any data is read."""
+        model = super().build_model(cfg, from_checkpoint)
+        self.model_predicts_dirichlet = bool(getattr(model, "predicts_dirichlet", False))
+        return model
+
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
-        # The store is opened only with the training split: a student checkpoint keeps this
-        # task's config, and generating with it must not need the store.
-        if self.cfg.teacher_store and split == self.cfg.train_subset:
+        # The store is opened only with the training split, and only to train: a student
+        # checkpoint keeps this task's config (its --teacher-store maybe relative to another
+        # directory), and fairseq-generate / fairseq-validate, which load a split for a saved
+        # model (they pass its task_cfg), need no teacher: the criterion's validation loss is
+        # the label-smoothed NLL.
+        loaded_for_a_checkpoint = kwargs.get("task_cfg") is not None
+        if (
+            self.cfg.teacher_store
+            and split == self.cfg.train_subset
+            and not loaded_for_a_checkpoint
+        ):
             self.datasets[split] = self._wrap(self.datasets[split])
 
     def _wrap(self, dataset) -> TeacherStoreDataset:
@@ -142,7 +169,11 @@ class TranslationDistillTask(TranslationTask):
         adaptive intra-distillation weight), as fairseq tells the model."""
         if hasattr(criterion, "set_num_updates"):
             criterion.set_num_updates(update_num)
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        # fairseq's Trainer passes ignore_grad for its stand-in batch only (a rank out of
+        # batches in a multi-process epoch): token_kd then needs no teacher (stand_in_batch)
+        stand_in = getattr(criterion, "stand_in_batch", None) if ignore_grad else None
+        with stand_in() if stand_in else contextlib.nullcontext():
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def valid_step(self, sample, model, criterion):
         """The criterion's validation loss; with --eval-calibration also ECE-1/ECE-5 histograms of
