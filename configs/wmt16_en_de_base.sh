@@ -16,6 +16,9 @@ TRAIN_ARGS=(--fp16 --optimizer adam --adam-betas "(0.9,0.98)" --lr 7e-4
   --max-tokens 4096 --update-freq "$UPDATE_FREQ")
 # exactly GPUS processes (fairseq would otherwise take every visible GPU)
 [ "$GPUS" -le 0 ] || TRAIN_ARGS+=(--distributed-world-size "$GPUS")
+# every rank reads checkpoint_last.pt itself on resume: fairseq's broadcast of rank 0's copy
+# carries omegaconf objects that the weights_only loader of the other ranks refuses
+[ "$GPUS" -le 1 ] || TRAIN_ARGS+=(--load-checkpoint-on-all-dp-ranks)
 LS_EPSILON=0.1
 
 # Every model, students included, uses SWA (the paper: "All models considered use stochastic
