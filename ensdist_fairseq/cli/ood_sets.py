@@ -2,7 +2,7 @@
 on the machine (ensdist_fairseq.uncertainty.ood_sets says what each set is).
 
     ensdist-ood-sets --data-dir runs/demo/data --out runs/demo/ood [--size 500] [--seed 1]
-                     [--extra NAME=FILE ...]
+                     [--length-bins 10] [--extra NAME=FILE ...]
 """
 
 import argparse
@@ -12,6 +12,10 @@ from typing import List, Optional
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.uncertainty.ood_sets import LOCALE_DIR, MANIFEST, write_sets
+
+
+def _quartiles(lengths: dict) -> str:
+    return "/".join(str(lengths[q]) for q in ("q1", "q2", "q3"))
 
 
 @options.command
@@ -25,6 +29,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--size", type=options.integer(1), default=500, help="sentences per OOD set")
     ap.add_argument("--seed", type=options.integer(), default=1)
+    ap.add_argument(
+        "--length-bins",
+        type=options.integer(0, 1000),
+        default=10,
+        help="draw each set with the in-domain test sources' length distribution (in pieces) over"
+        " this many quantile bins; 0: no length matching",
+    )
     ap.add_argument(
         "--extra",
         action="append",
@@ -40,10 +51,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise EnsdistError(f"--extra {item}: expected NAME=FILE")
         name, path = item.split("=", 1)
         extra[name] = path
-    manifest = write_sets(args.data_dir, args.out, args.size, args.seed, extra, args.locale_dir)
+    manifest = write_sets(
+        args.data_dir, args.out, args.size, args.seed, extra, args.locale_dir, args.length_bins
+    )
+    lengths = manifest["length_match"]["in_domain_lengths"]
+    print(f"[ood-sets] in-domain: {lengths['mean']} pieces (quartiles {_quartiles(lengths)})")
     for s in manifest["sets"]:
         print(
-            f"[ood-sets] {s['name']}: {s['lines']} lines, {s['unk_tokens']} <unk> -- {s['about']}"
+            f"[ood-sets] {s['name']}: {s['lines']} lines, {s['lengths']['mean']} pieces (quartiles"
+            f" {_quartiles(s['lengths'])}), {s['unk_tokens']} <unk> ({100 * s['unk_rate']:.2f}%)"
+            f" -- {s['about']}"
         )
     print(f"[ood-sets] -> {os.path.join(args.out, MANIFEST)}")
     return 0

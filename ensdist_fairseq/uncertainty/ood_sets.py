@@ -22,6 +22,7 @@ bin/NAME.SRC.{bin,idx} (fairseq mmap, the corpus's source dictionary), ood_sets.
 written last). `ensdist-uncertainty --ood-dir OUT` reads the manifest.
 """
 
+import bisect
 import gettext
 import glob
 import json
@@ -29,6 +30,7 @@ import os
 import random
 import re
 import subprocess
+import unicodedata
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ensdist_fairseq.errors import EnsdistError
@@ -127,15 +129,89 @@ def sample(lines: Sequence[str], size: int, seed: int, what: str) -> List[str]:
     return [lines[i] for i in keep]
 
 
-def permute_words(line: str, rng: random.Random) -> str:
-    """The line's words in a random order that differs from the original when it can."""
-    words = line.split()
-    if len(set(words)) < 2:
-        return line
-    shuffled = words[:]
-    while shuffled == words:
+def _is_punctuation(piece: str) -> bool:
+    text = piece.replace("\u2581", "")
+    return bool(text) and all(unicodedata.category(c).startswith("P") for c in text)
+
+
+def permute_pieces(pieces: Sequence[str], rng: random.Random) -> List[str]:
+    """The subword pieces in a random order (differing from the original when it can), a final
+    punctuation piece kept last, as the Proxy-Dirichlet paper builds its permuted set."""
+    pieces = list(pieces)
+    keep = pieces[-1:] if pieces and _is_punctuation(pieces[-1]) else []
+    body = pieces[: len(pieces) - len(keep)]
+    if len(set(body)) < 2:
+        return pieces
+    shuffled = body[:]
+    while shuffled == body:
         rng.shuffle(shuffled)
-    return " ".join(shuffled)
+    return shuffled + keep
+
+
+def length_bins(lengths: Sequence[int], n_bins: int) -> List[int]:
+    """Bin edges e_0 < … < e_k (k <= n_bins) at the quantiles of `lengths`: bin i holds lengths in
+    (e_i, e_{i+1}]; e_0 = min - 1 and e_k = max, so lengths outside the reference's range fall in
+    no bin and are never drawn."""
+    ordered = sorted(lengths)
+    inner = {ordered[min(len(ordered) - 1, (len(ordered) * k) // n_bins)] for k in range(1, n_bins)}
+    return [ordered[0] - 1] + sorted(e for e in inner if e < ordered[-1]) + [ordered[-1]]
+
+
+def bin_of(length: int, edges: Sequence[int]) -> Optional[int]:
+    i = bisect.bisect_left(edges, length) - 1
+    return i if 0 <= i < len(edges) - 1 else None
+
+
+def bin_targets(reference: Sequence[int], edges: Sequence[int], size: int) -> List[int]:
+    """Lines to draw per bin so that `size` lines have the reference's bin proportions (largest
+    remainder rounding: the counts add up to `size`)."""
+    counts = [0] * (len(edges) - 1)
+    for n in reference:
+        counts[bin_of(n, edges)] += 1
+    exact = [size * c / len(reference) for c in counts]
+    out = [int(x) for x in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda b: (out[b] - exact[b], b))
+    for b in by_remainder[: size - sum(out)]:
+        out[b] += 1
+    return out
+
+
+def sample_matched(
+    lines: Sequence[str],
+    lengths: Sequence[int],
+    edges: Sequence[int],
+    targets: Sequence[int],
+    seed: int,
+    what: str,
+) -> List[str]:
+    """A seeded sample with `targets[b]` lines from each length bin b, in the lines' order."""
+    by_bin: List[List[int]] = [[] for _ in edges[1:]]
+    for i, n in enumerate(lengths):
+        b = bin_of(n, edges)
+        if b is not None:
+            by_bin[b].append(i)
+    rng, keep = random.Random(seed), []
+    for b, (pool, want) in enumerate(zip(by_bin, targets)):
+        if len(pool) < want:
+            raise EnsdistError(
+                f"{what}: {len(pool)} lines of {edges[b] + 1}..{edges[b + 1]} pieces, the length"
+                f" match needs"
+                f" {want} (fewer --size or --length-bins, or --length-bins 0)"
+            )
+        keep += rng.sample(pool, want)
+    return [lines[i] for i in sorted(keep)]
+
+
+def length_stats(lengths: Sequence[int]) -> dict:
+    """Mean and quartiles (nearest rank) of per-line lengths in pieces."""
+    ordered = sorted(lengths)
+    q = {f"q{k}": ordered[min(len(ordered) - 1, (len(ordered) * k) // 4)] for k in (1, 2, 3)}
+    return {
+        "mean": round(sum(ordered) / len(ordered), 3),
+        "min": ordered[0],
+        **q,
+        "max": ordered[-1],
+    }
 
 
 def corpus_languages(data_dir: str) -> Tuple[str, str]:
@@ -152,32 +228,64 @@ def corpus_languages(data_dir: str) -> Tuple[str, str]:
 
 
 def build_sets(
-    data_dir: str, size: int, seed: int, extra: Dict[str, str], locale_dir: str = LOCALE_DIR
-) -> Tuple[Dict[str, List[str]], dict]:
-    """{name: source lines} of every OOD set and the manifest's provenance entries."""
+    data_dir: str,
+    size: int,
+    seed: int,
+    extra: Dict[str, str],
+    locale_dir: str = LOCALE_DIR,
+    n_bins: int = 10,
+) -> Tuple[Dict[str, Tuple[List[str], List[List[str]]]], dict]:
+    """{name: (raw lines, pieces of each line)} of every OOD set, and the manifest's entries.
+
+    With n_bins > 0 each built set is drawn so that its source lengths (in the corpus's pieces)
+    have the in-domain test sources' distribution over n_bins quantile bins; 0 draws uniformly."""
+    import sentencepiece as spm
+
     src, tgt = corpus_languages(data_dir)
+    spm_model = os.path.join(data_dir, "spm", "spm.model")
+    if not os.path.isfile(spm_model):
+        raise EnsdistError(f"--data-dir {data_dir}: {spm_model} not found")
+    sp = spm.SentencePieceProcessor(model_file=spm_model)
+
+    def encode(lines):
+        return [sp.encode(line, out_type=str) for line in lines]
+
     test_src = read_lines(os.path.join(data_dir, "raw", f"test.{src}"))
+    # Target-language sources: the held-out test and valid targets (both unseen in training), so
+    # that a length-matched draw has more than the test's own lengths to choose from.
     test_tgt = read_lines(os.path.join(data_dir, "raw", f"test.{tgt}"))
+    valid_tgt = os.path.join(data_dir, "raw", f"valid.{tgt}")
+    if os.path.isfile(valid_tgt):
+        test_tgt += read_lines(valid_tgt)
+    in_lengths = [len(p) for p in encode(test_src)]
+    edges = length_bins(in_lengths, n_bins) if n_bins else [min(in_lengths) - 1, max(in_lengths)]
+    targets = bin_targets(in_lengths, edges, size)
+
+    def draw(lines, what):
+        lines = list(lines)
+        if not n_bins:
+            return sample(lines, size, seed, what)
+        if len(lines) < size:
+            raise EnsdistError(f"{what}: only {len(lines)} usable lines, --size asks for {size}")
+        return sample_matched(lines, [len(p) for p in encode(lines)], edges, targets, seed, what)
+
     rng = random.Random(seed)
+    permuted = [permute_pieces(p, rng) for p in encode(draw(test_src, "permuted"))]
     sets = {
-        "permuted": [permute_words(s, rng) for s in sample(test_src, size, seed, "permuted")],
-        "target": sample(test_tgt, size, seed, f"target ({tgt} test sentences)"),
+        "permuted": ([sp.decode_pieces(p) for p in permuted], permuted),
+        "target": draw(test_tgt, f"target ({tgt} test sentences)"),
     }
     about = {
-        "permuted": f"test.{src} with words shuffled (seed {seed})",
-        "target": f"test.{tgt}: {tgt} sentences given as {src} sources",
+        "permuted": f"test.{src} with subword pieces shuffled, final punctuation kept (seed {seed})",
+        "target": f"test.{tgt} and valid.{tgt}: {tgt} sentences given as {src} sources",
     }
     provenance = {}
     domain, provenance["domain"] = catalog_lines(src, locale_dir)
-    sets["domain"] = sample(
-        domain, size, seed, f"domain ({src} gettext catalogs under {locale_dir})"
-    )
+    sets["domain"] = draw(domain, f"domain ({src} gettext catalogs under {locale_dir})")
     about["domain"] = f"{src} message strings of Debian Essential packages' gettext catalogs"
     third = next(lang for lang in THIRD_LANGUAGES if lang not in (src, tgt))
     lines, provenance["third"] = catalog_lines(third, locale_dir)
-    sets["third"] = sample(
-        lines, size, seed, f"third ({third} gettext catalogs under {locale_dir})"
-    )
+    sets["third"] = draw(lines, f"third ({third} gettext catalogs under {locale_dir})")
     about["third"] = f"{third} message strings of the same catalogs (a third language)"
     for name, path in extra.items():
         if name in sets or not re.fullmatch(r"[A-Za-z0-9_]+", name):
@@ -187,30 +295,38 @@ def build_sets(
         sets[name] = [line for line in read_lines(path) if line.strip()]
         if not sets[name]:
             raise EnsdistError(f"--extra {name}={path}: no non-empty lines")
-        about[name] = f"user file {os.path.abspath(path)}"
-    return sets, {"src": src, "tgt": tgt, "about": about, "catalogs": provenance}
+        about[name] = f"user file {os.path.abspath(path)} (not length-matched)"
+    for name, value in sets.items():
+        if name != "permuted":
+            sets[name] = (value, encode(value))
+    length_match = {
+        "bins": n_bins,
+        "edges": edges if n_bins else None,
+        "in_domain_per_bin": bin_targets(in_lengths, edges, len(in_lengths)),
+        "per_bin": targets,
+        "in_domain_lengths": length_stats(in_lengths),
+    }
+    meta = {"src": src, "tgt": tgt, "about": about, "catalogs": provenance}
+    return sets, dict(meta, length_match=length_match, spm_model=spm_model)
 
 
-def encode_and_binarize(lines: Sequence[str], spm_model: str, dict_path: str, out_prefix: str):
-    """Pieces (one line each) and a fairseq mmap dataset of `lines` with the corpus's own
-    SentencePiece model and dictionary (as fairseq-preprocess: pieces + </s>)."""
-    import sentencepiece as spm
+def binarize(pieces: Sequence[Sequence[str]], dict_path: str, out_prefix: str) -> int:
+    """A fairseq mmap dataset of the pieces with the corpus's source dictionary (as
+    fairseq-preprocess: pieces + </s>); returns the number of <unk> tokens."""
     import torch
     from fairseq.data import Dictionary, indexed_dataset
 
-    sp = spm.SentencePieceProcessor(model_file=spm_model)
     dictionary = Dictionary.load(dict_path)
-    pieces = [" ".join(sp.encode(line, out_type=str)) for line in lines]
     builder = indexed_dataset.make_builder(
         out_prefix + ".bin", impl="mmap", vocab_size=len(dictionary)
     )
     unknown = 0
     for p in pieces:
-        ids = dictionary.encode_line(p, add_if_not_exist=False, append_eos=True).long()
+        ids = dictionary.encode_line(" ".join(p), add_if_not_exist=False, append_eos=True).long()
         unknown += int((ids == dictionary.unk()).sum())
         builder.add_item(torch.IntTensor(ids.int()))
     builder.finalize(out_prefix + ".idx")
-    return pieces, unknown
+    return unknown
 
 
 def write_sets(
@@ -220,30 +336,31 @@ def write_sets(
     seed: int = 1,
     extra: Optional[Dict[str, str]] = None,
     locale_dir: str = LOCALE_DIR,
+    length_bins: int = 10,
 ) -> dict:
-    sets, meta = build_sets(data_dir, size, seed, extra or {}, locale_dir)
-    src = meta["src"]
-    spm_model = os.path.join(data_dir, "spm", "spm.model")
+    src, _ = corpus_languages(data_dir)
     dict_path = os.path.join(data_dir, "bin", f"dict.{src}.txt")
-    for path in (spm_model, dict_path):
-        if not os.path.isfile(path):
-            raise EnsdistError(f"--data-dir {data_dir}: {path} not found")
+    if not os.path.isfile(dict_path):
+        raise EnsdistError(f"--data-dir {data_dir}: {dict_path} not found")
+    sets, meta = build_sets(data_dir, size, seed, extra or {}, locale_dir, length_bins)
+    spm_model = meta["spm_model"]
     for sub in ("raw", "spm", "bin"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     entries = []
-    for name, lines in sets.items():
+    for name, (lines, pieces) in sets.items():
         with open(os.path.join(out, "raw", f"{name}.{src}"), "w", encoding="utf-8") as f:
             f.writelines(line + "\n" for line in lines)
-        pieces, unknown = encode_and_binarize(
-            lines, spm_model, dict_path, os.path.join(out, "bin", f"{name}.{src}")
-        )
+        unknown = binarize(pieces, dict_path, os.path.join(out, "bin", f"{name}.{src}"))
         with open(os.path.join(out, "spm", f"{name}.{src}"), "w", encoding="utf-8") as f:
-            f.writelines(p + "\n" for p in pieces)
+            f.writelines(" ".join(p) + "\n" for p in pieces)
+        n_pieces = sum(len(p) for p in pieces)
         entries.append(
             {
                 "name": name,
                 "lines": len(lines),
                 "unk_tokens": unknown,
+                "unk_rate": unknown / max(n_pieces, 1),
+                "lengths": length_stats([len(p) for p in pieces]),
                 "about": meta["about"][name],
                 "bin": f"bin/{name}.{src}",
                 "raw": f"raw/{name}.{src}",
@@ -258,6 +375,7 @@ def write_sets(
         "size": size,
         "seed": seed,
         "in_domain": "test",
+        "length_match": meta["length_match"],
         "dict_sha256": file_sha256(dict_path),
         "spm_sha256": file_sha256(spm_model),
         "sets": entries,
