@@ -12,6 +12,7 @@ import pytest
 
 from ensdist_fairseq.cli import ood_sets as ood_sets_cli
 from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.metrics import detection
 from ensdist_fairseq.uncertainty import ood_sets
 
 WORDS = "the a cat dog sees runs under over big small red green house tree and then".split()
@@ -197,3 +198,48 @@ def test_a_bin_that_cannot_be_filled_is_an_error(corpus, tmp_path, capsys):
     assert (
         ood_sets_cli.main(argv + ["--locale-dir", str(root / "locale"), "--length-bins", "0"]) == 0
     )
+
+
+def brute_force_matched_auc(a, b, la, lb, edges):
+    def bin_of(n):
+        return next((i for i in range(len(edges) - 1) if edges[i] < n <= edges[i + 1]), None)
+
+    wins = pairs = 0.0
+    for x, nx in zip(a, la):
+        for y, ny in zip(b, lb):
+            if bin_of(nx) is not None and bin_of(nx) == bin_of(ny):
+                wins += 1.0 if y > x else 0.5 if y == x else 0.0
+                pairs += 1
+    return 100.0 * wins / pairs
+
+
+def test_length_matched_auc_against_brute_force():
+    rng = random.Random(7)
+    for _ in range(40):
+        na, nb = rng.randint(1, 25), rng.randint(1, 25)
+        a = [rng.choice([0.0, 0.5, 1.0, rng.random()]) for _ in range(na)]
+        b = [rng.choice([0.0, 0.5, 1.0, rng.random()]) for _ in range(nb)]
+        la = [rng.randint(3, 15) for _ in range(na)]
+        lb = [rng.randint(1, 20) for _ in range(nb)]
+        n_bins = rng.randint(1, 6)
+        ordered = sorted(la)
+        inner = [ordered[min(na - 1, na * k // n_bins)] for k in range(1, n_bins)]
+        edges = sorted({ordered[0] - 1, *inner, ordered[-1]})
+        try:
+            want = brute_force_matched_auc(a, b, la, lb, edges)
+        except ZeroDivisionError:
+            with pytest.raises(ValueError, match="share a length bin"):
+                detection.length_matched_auc(a, b, la, lb, n_bins)
+            continue
+        assert detection.length_matched_auc(a, b, la, lb, n_bins) == pytest.approx(want)
+        assert detection.length_matched_auc(a, b, la, lb, edges=edges) == pytest.approx(want)
+
+
+def test_a_length_only_score_is_chance_when_length_matched():
+    rng = random.Random(2)
+    la = [rng.randint(5, 20) for _ in range(300)]
+    lb = [rng.randint(10, 30) for _ in range(300)]  # longer OOD sources
+    score = [float(n) for n in la], [float(n) for n in lb]  # "uncertainty" = length
+    assert detection.roc_auc(*score) > 70
+    edges = list(range(min(la) - 1, max(la) + 1))  # one bin per length
+    assert detection.length_matched_auc(*score, la, lb, edges=edges) == pytest.approx(50.0)

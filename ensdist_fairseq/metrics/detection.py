@@ -2,7 +2,8 @@
 
 ROC-AUC: the probability that a random OOD sentence is more uncertain than a random in-domain
 one (ties count 1/2), i.e. the Mann–Whitney U statistic / (n_in · n_ood), computed from average
-ranks in O(n log n); reported in percent like the PD paper's Table 4 (50 = chance).
+ranks in O(n log n); reported in percent like the PD paper's Table 4 (50 = chance). The length-matched AUC counts
+only pairs of sentences of similar source length, so that length alone cannot separate them.
 
 Rejection (Malinin & Gales 2021, §6): sentence errors e_i = 100 − chrF_i. Reject the fraction
 r of sentences with the highest uncertainty and hand them to an oracle (error 0); the curve is
@@ -13,7 +14,7 @@ PRR = (AUC_rand − AUC) / (AUC_rand − AUC_orc) × 100: 100 = as good as the o
 The figure shows the friendlier mean chrF of the *kept* sentences against the fraction rejected.
 """
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -39,6 +40,45 @@ def roc_auc(in_domain: Sequence[float], ood: Sequence[float]) -> float:
     ranks = _average_ranks(np.concatenate([a, b]))
     u = ranks[len(a) :].sum() - len(b) * (len(b) + 1) / 2.0
     return 100.0 * u / (len(a) * len(b))
+
+
+def length_matched_auc(
+    in_domain: Sequence[float],
+    ood: Sequence[float],
+    in_lengths: Sequence[int],
+    ood_lengths: Sequence[int],
+    n_bins: int = 10,
+    edges: Optional[Sequence[float]] = None,
+) -> float:
+    """ROC-AUC (%) over only the (in-domain, OOD) pairs whose source lengths share a bin, so that a
+    measure that merely tracks length scores 50 when the bins are narrow enough.
+
+    Bins are (e_i, e_{i+1}]: by default at the in-domain lengths' quantiles, from min − 1 to max
+    (OOD sentences outside the in-domain range take part in no pair). The result is
+    Σ_b U_b / Σ_b n_in,b · n_ood,b with U_b the Mann–Whitney count (ties 1/2) within bin b."""
+    a, b = np.asarray(in_domain, dtype=np.float64), np.asarray(ood, dtype=np.float64)
+    la, lb = np.asarray(in_lengths), np.asarray(ood_lengths)
+    if len(a) != len(la) or len(b) != len(lb):
+        raise ValueError("length-matched AUC needs one length per sentence")
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError("ROC-AUC needs sentences on both sides")
+    if edges is None:
+        # The same quantile bins as ensdist-ood-sets draws its length-matched sets with.
+        ordered = np.sort(la)
+        inner = ordered[np.minimum(len(la) - 1, (len(la) * np.arange(1, n_bins)) // n_bins)]
+        edges = np.unique(np.r_[la.min() - 1, inner, la.max()])
+    edges = np.asarray(edges, dtype=np.float64)
+    bin_a = np.searchsorted(edges, la, side="left") - 1
+    bin_b = np.searchsorted(edges, lb, side="left") - 1
+    u, pairs = 0.0, 0
+    for k in range(len(edges) - 1):
+        xa, xb = a[bin_a == k], b[bin_b == k]
+        if len(xa) and len(xb):
+            u += roc_auc(xa, xb) / 100.0 * len(xa) * len(xb)
+            pairs += len(xa) * len(xb)
+    if pairs == 0:
+        raise ValueError("no in-domain and OOD sentences share a length bin")
+    return 100.0 * u / pairs
 
 
 def roc_curve(in_domain: Sequence[float], ood: Sequence[float]):
