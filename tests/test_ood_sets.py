@@ -143,6 +143,8 @@ def test_sets_are_deterministic_and_length_matched(corpus, tmp_path):
         return [sum(1 for n in lengths if lo < n <= hi) for lo, hi in zip(edges, edges[1:])]
 
     assert match["per_bin"] == match["in_domain_per_bin"] == per_bin(in_len)  # --size = test size
+    in_unk = sum(sp.encode(t, out_type=str).count("▁the") for t in test)
+    assert in_unk > 0 and match["in_domain_unk_rate"] == pytest.approx(in_unk / sum(in_len))
     for s in manifest["sets"]:
         for rel in (s["raw"], s["bin"] + ".bin", s["bin"] + ".idx"):
             assert filecmp.cmp(tmp_path / "a" / rel, tmp_path / "b" / rel, shallow=False), rel
@@ -153,6 +155,7 @@ def test_sets_are_deterministic_and_length_matched(corpus, tmp_path):
         assert s["lengths"]["mean"] == pytest.approx(sum(lengths) / len(lengths), abs=1e-3)
         assert s["lengths"]["q2"] == sorted(lengths)[len(lengths) // 2]
         unk = sum(p.count("▁the") for p in pieces)
+        assert unk > 0 or s["name"] == "third"
         assert s["unk_tokens"] == unk and s["unk_rate"] == pytest.approx(unk / sum(lengths))
     # Permuted: a permutation of one test source's pieces, final punctuation in place.
     originals = {}

@@ -54,8 +54,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     manifest = write_sets(
         args.data_dir, args.out, args.size, args.seed, extra, args.locale_dir, args.length_bins
     )
-    lengths = manifest["length_match"]["in_domain_lengths"]
-    print(f"[ood-sets] in-domain: {lengths['mean']} pieces (quartiles {_quartiles(lengths)})")
+    match = manifest["length_match"]
+    lengths = match["in_domain_lengths"]
+    print(
+        f"[ood-sets] in-domain: {lengths['mean']} pieces (quartiles {_quartiles(lengths)}),"
+        f" {100 * match['in_domain_unk_rate']:.2f}% <unk>"
+    )
     for s in manifest["sets"]:
         print(
             f"[ood-sets] {s['name']}: {s['lines']} lines, {s['lengths']['mean']} pieces (quartiles"

@@ -59,14 +59,14 @@ _WORD = re.compile(
 def clean_message_lines(text: str) -> List[str]:
     """Prose lines of a catalog message: option columns, format strings and code dropped.
 
-    A line is kept when, after dropping leading option names ("-x", "--name=VAR"), it has 4..40
+    A line is kept when, after dropping leading option names ("-x", "--name=VAR"), it has 2..40
     words and every word is letters with at most a trailing punctuation mark."""
     out = []
     for line in text.replace("\t", " ").split("\n"):
         words = line.split()
         while words and (words[0].startswith("-") or "=" in words[0]):
             words.pop(0)
-        if 4 <= len(words) <= 40 and all(_WORD.match(w) for w in words):
+        if 2 <= len(words) <= 40 and all(_WORD.match(w) for w in words):
             out.append(" ".join(words))
     return out
 
@@ -257,7 +257,8 @@ def build_sets(
     valid_tgt = os.path.join(data_dir, "raw", f"valid.{tgt}")
     if os.path.isfile(valid_tgt):
         test_tgt += read_lines(valid_tgt)
-    in_lengths = [len(p) for p in encode(test_src)]
+    test_pieces = encode(test_src)
+    in_lengths = [len(p) for p in test_pieces]
     edges = length_bins(in_lengths, n_bins) if n_bins else [min(in_lengths) - 1, max(in_lengths)]
     targets = bin_targets(in_lengths, edges, size)
 
@@ -307,7 +308,7 @@ def build_sets(
         "in_domain_lengths": length_stats(in_lengths),
     }
     meta = {"src": src, "tgt": tgt, "about": about, "catalogs": provenance}
-    return sets, dict(meta, length_match=length_match, spm_model=spm_model)
+    return sets, dict(meta, length_match=length_match, spm_model=spm_model, in_domain=test_pieces)
 
 
 def binarize(pieces: Sequence[Sequence[str]], dict_path: str, out_prefix: str) -> int:
@@ -367,6 +368,12 @@ def write_sets(
                 "raw_sha256": file_sha256(os.path.join(out, "raw", f"{name}.{src}")),
             }
         )
+    from fairseq.data import Dictionary
+
+    dictionary = Dictionary.load(dict_path)
+    in_pieces = [p for line in meta["in_domain"] for p in line]
+    in_unknown = sum(dictionary.index(p) == dictionary.unk() for p in in_pieces)
+    meta["length_match"]["in_domain_unk_rate"] = in_unknown / max(len(in_pieces), 1)
     manifest = {
         "schema_version": 1,
         "data_dir": os.path.abspath(data_dir),
