@@ -1,13 +1,14 @@
 """Out-of-distribution input sets for OOD detection, built from files already on the machine.
 
     ensdist-ood-sets --data-dir runs/demo/data --out runs/demo/ood [--size 500] [--seed 1]
-                     [--extra NAME=FILE ...]
+                     [--length-bins 10] [--extra NAME=FILE ...]
 
 DATA_DIR is a prepared corpus (scripts/prepare_raw.sh): raw/test.{SRC,TGT}, spm/spm.model,
 bin/dict.SRC.txt. In-domain is the corpus's own test split (DATA_DIR/bin, split `test`); the OOD
 sets mirror the four of the Proxy-Dirichlet paper's Table 4 (Malinin & Gales 2021):
-  permuted  test sources with their words shuffled (seeded, per sentence)       ~ "Permuted"
-  target    test sentences of the *target* language given as sources           ~ "German"
+  permuted  test sources with their subword pieces shuffled, a final            ~ "Permuted"
+            punctuation piece kept last (seeded, per sentence), as the paper's authors do
+  target    test and valid sentences of the *target* language given as sources ~ "German"
   domain    source-language text of another domain: message strings of the    ~ "Speech"
             gettext catalogs of Debian's Essential packages (English msgids, or the source
             language's translations when the source is not English)
@@ -16,6 +17,11 @@ Essential packages (coreutils, bash, dpkg, tar, sed, grep, findutils, diffutils,
 every Debian system, so nothing is downloaded; the manifest records each catalog's package and
 version, and the same packages give the same sets. Every set is deterministic: sorted, de-
 duplicated lines, a seeded sample of --size; the builder fails if a set has fewer lines.
+Length matching (--length-bins K, default 10; 0 turns it off): each built set is drawn with the
+in-domain test sources' length distribution in the corpus's pieces, over K quantile bins of the
+in-domain lengths (per-bin counts ∝ the in-domain ones; lengths outside the in-domain range are
+never drawn), so that length alone no longer tells a set from in-domain. The manifest records
+the bins, each set's length statistics (mean, quartiles) and <unk> rate, and the in-domain ones.
 
 Out (OUT/): raw/NAME.SRC (text), spm/NAME.SRC (pieces, the corpus's SentencePiece model),
 bin/NAME.SRC.{bin,idx} (fairseq mmap, the corpus's source dictionary), ood_sets.json (manifest,
