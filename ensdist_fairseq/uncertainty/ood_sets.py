@@ -201,8 +201,7 @@ def sample_matched(
         if len(pool) < want:
             raise EnsdistError(
                 f"{what}: {len(pool)} lines of {edges[b] + 1}..{edges[b + 1]} pieces, the length"
-                f" match needs"
-                f" {want} (fewer --size or --length-bins, or --length-bins 0)"
+                f" match needs {want} (fewer --size or --length-bins, or --length-bins 0)"
             )
         keep += rng.sample(pool, want)
     return [lines[i] for i in sorted(keep)]
@@ -257,12 +256,14 @@ def build_sets(
         return [sp.encode(line, out_type=str) for line in lines]
 
     test_src = read_lines(os.path.join(data_dir, "raw", f"test.{src}"))
-    # Target-language sources: the held-out test and valid targets (both unseen in training), so
+    # Target-language sources: the held-out test and valid targets (neither is trained on), so
     # that a length-matched draw has more than the test's own lengths to choose from.
     test_tgt = read_lines(os.path.join(data_dir, "raw", f"test.{tgt}"))
     valid_tgt = os.path.join(data_dir, "raw", f"valid.{tgt}")
     if os.path.isfile(valid_tgt):
         test_tgt += read_lines(valid_tgt)
+    if not test_src:
+        raise EnsdistError(f"--data-dir {data_dir}: raw/test.{src} is empty")
     test_pieces = encode(test_src)
     in_lengths = [len(p) for p in test_pieces]
     edges = length_bins(in_lengths, n_bins) if n_bins else [min(in_lengths) - 1, max(in_lengths)]
