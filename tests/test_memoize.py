@@ -89,16 +89,16 @@ def test_entries_equal_an_independent_ensemble(store, tiny_data, tiny_checkpoint
 def test_provenance(store, tiny_data, tiny_checkpoints):
     with h5py.File(store, "r") as f:
         a = dict(f.attrs)
-        assert f["indices"].dtype == np.uint16 and f["probs"].dtype == np.float16
-        entries = f["indices"].size
+        assert f["coded"].dtype == np.uint8 and a["format_version"] == 3
+        entries = int(f["offsets"][-1]) * TOPK
     assert [s.decode() for s in a["teacher_sha256"]] == [sha256(p) for p in tiny_checkpoints]
     assert a["dictionary_sha256"] == sha256(os.path.join(tiny_data, "dict.de.txt"))
     assert (a["split"], a["num_teachers"], a["topk"], a["num_sentences"]) == ("train", 2, TOPK, 300)
     assert a["vocab_size"] == 4 + sum(1 for _ in open(os.path.join(tiny_data, "dict.de.txt")))
     assert a["package_version"] == ensdist_fairseq.__version__
     assert not os.path.exists(store + ".shards")
-    # the datasets take 4 bytes per stored entry, plus 4 per token (precision) and 12 per sentence
-    assert os.path.getsize(store) < entries * 4 + (entries // TOPK) * 4 + 300 * 12 + 16384
+    # coded rows take less than format 2's 4 bytes per stored entry (+ 4 per token, 20 per sentence)
+    assert os.path.getsize(store) < entries * 4 + (entries // TOPK) * 4 + 300 * 20 + 16384
 
 
 def test_two_processes_write_the_same_store(store, tiny_data, tiny_checkpoints, tmp_path):
@@ -260,3 +260,48 @@ def test_failed_chunk_write_keeps_complete_chunks_and_says_where(
     monkeypatch.undo()
     main(args)  # the rerun resumes and finishes
     store_format.StoreReader(out).verify()
+
+
+def test_a_file_in_the_way_of_the_chunk_directory_is_named_before_any_work(tmp_path, capsys):
+    """Rerunning cannot help there: the message says what to do instead (no models loaded)."""
+    out = str(tmp_path / "t.h5")
+    open(out + ".shards", "w").close()
+    line = assert_refused(
+        [str(tmp_path), "--path", str(tmp_path / "none.pt"), "--output", out],
+        capsys,
+        r"^error: --output .*t.h5: .*t.h5.shards exists and is not a directory .*: move it away",
+    )
+    assert "rerun" not in line and os.listdir(tmp_path) == ["t.h5.shards"]
+
+
+def test_a_chunk_of_other_teachers_is_refused_on_resume(
+    store, tiny_data, tiny_checkpoints, tmp_path, capsys
+):
+    """Same data, same K, same V': only the teachers differ (one member repeated)."""
+    out = str(tmp_path / "mixed.h5")
+    args = memoize_args(tiny_data, tiny_checkpoints, out)
+    args[args.index("--chunk-sentences") + 1] = "100"
+    calls = {"n": 0}
+    from ensdist_fairseq.store import format as fmt
+
+    real = fmt.RowWriter.write_sentence
+
+    def fail_in_second_chunk(self, i, *a):
+        calls["n"] += 1
+        if calls["n"] > 150:
+            raise OSError(28, "No space left on device")
+        return real(self, i, *a)
+
+    fmt.RowWriter.write_sentence = fail_in_second_chunk
+    try:
+        assert main(args) == 1  # chunk 0 complete, from the ensemble (a, b)
+    finally:
+        fmt.RowWriter.write_sentence = real
+    other = list(args)
+    other[other.index("--path") + 1] = ":".join([tiny_checkpoints[0]] * 2)  # (a, a)
+    assert_refused(
+        other,
+        capsys,
+        r"chunk-000000000000-000000000100.h5: teacher checkpoints' sha256 differs: .*other inputs",
+    )
+    assert not os.path.exists(out)

@@ -1,15 +1,17 @@
 """The store file format and chunk stitching, with h5py/numpy only (no fairseq)."""
 
+import dataclasses
 import multiprocessing
 import os
 import pickle
+import zlib
 
 import h5py
 import numpy as np
 import pytest
 
+from ensdist_fairseq.store import codec, coded, shards
 from ensdist_fairseq.store import format as store_format
-from ensdist_fairseq.store import shards
 from ensdist_fairseq.store.provenance import Provenance, StoreError
 from ensdist_fairseq.store.validate import PRECISION_MAX
 
@@ -65,17 +67,28 @@ def test_round_trip_layout_and_size(store):
     path, lengths, prov, rows = store
     with h5py.File(path, "r") as f:  # the documented layout, read with plain h5py
         np.testing.assert_array_equal(f["offsets"][()], np.concatenate([[0], np.cumsum(lengths)]))
-        assert f["indices"].dtype == np.uint16 and f["probs"].dtype == np.float16
-        assert f["precision"].dtype == np.float32 and f["indices"].shape == (
-            sum(lengths),
-            prov.topk,
-        )
+        assert f["coded"].dtype == np.uint8 and f["code_offsets"].shape == (len(lengths) + 1,)
+        assert f["precision"].dtype == np.float32 and f["precision"].shape == (sum(lengths),)
         assert (
             f.attrs["topk"] == 4
             and f.attrs["split"] == "train"
             and len(f.attrs["teacher_sha256"]) == 3
+            and f.attrs["format_version"] == 3
         )
-        np.testing.assert_array_equal(f["indices"][3:4], rows[1][0])
+        # sentence 1's rows, decoded by hand as docs/store-format.md describes them
+        a, b = f["code_offsets"][1:3]
+        blob, streams = f["coded"][a:b].tobytes(), []
+        while blob:  # zlib streams one after the other
+            d = zlib.decompressobj()
+            streams.append(np.frombuffer(d.decompress(blob), dtype=np.uint8).astype(int))
+            blob = d.unused_data
+    lengths, prob_hi, prob_lo, index_hi, index_lo = streams[0][:1], streams[0][1:], *streams[1:]
+    assert lengths.tolist() == [prov.topk] and len(streams) == 4  # one row of 4 entries
+    np.testing.assert_array_equal(256 * index_hi + index_lo, rows[1][0][0])
+    bits = np.cumsum(np.r_[1, -np.ones(3, int)] * (256 * prob_hi + prob_lo)) % 65536
+    np.testing.assert_array_equal(
+        bits.astype(np.uint16).view(np.float16), rows[1][1][0].astype(np.float16)
+    )
     reader = store_format.StoreReader(path)
     assert reader.provenance == prov and reader.num_sentences == 6
     for i, (idx, probs, prec) in enumerate(rows):
@@ -89,6 +102,20 @@ def test_round_trip_layout_and_size(store):
         store_format.store_nbytes(6, sum(lengths), 4, 100) - sum(lengths) * 4 - 6 * 12 - 8
         == entries * 4
     )
+
+
+def test_format_2_is_still_read(tmp_path):
+    lengths = [3, 2]
+    rows = random_rows(lengths, 4, 100, seed=3)
+    path = str(tmp_path / "v2.h5")
+    write_store(path, lengths, provenance(num_sentences=2, format_version=2), rows)
+    with h5py.File(path, "r") as f:
+        assert f["indices"].dtype == np.uint16 and f["probs"].dtype == np.float16
+    reader = store_format.StoreReader(path)
+    for i, (idx, probs, prec) in enumerate(rows):
+        got = reader.read(i)
+        np.testing.assert_array_equal(got[0], idx)
+        np.testing.assert_array_equal(got[1], probs.astype(np.float16))
 
 
 def test_index_dtype_widens_for_large_vocabularies():
@@ -165,7 +192,7 @@ def test_truncated_file_is_refused(store):
 def test_corrupt_rows_are_detected_on_read(store):
     path, lengths, _, _ = store
     reader = store_format.StoreReader(path)
-    where = reader.layout.byte_offset["probs"] + 3 * reader.layout.row_nbytes("probs")  # sentence 1
+    where = reader.layout.byte_offset["precision"] + 3 * 4  # sentence 1
     with open(path, "r+b") as f:
         f.seek(where)
         byte = f.read(1)
@@ -177,6 +204,56 @@ def test_corrupt_rows_are_detected_on_read(store):
         reader.read(1)
     with pytest.raises(StoreError, match="CRC"):
         reader.verify()
+
+
+def flip_coded_bit(path, sentence, bit=3):
+    reader = store_format.StoreReader(path)
+    where = reader.layout.byte_offset["coded"] + int(reader.code_offsets[sentence]) + 2
+    with open(path, "r+b") as f:
+        f.seek(where)
+        byte = f.read(1)
+        f.seek(where)
+        f.write(bytes([byte[0] ^ (1 << bit)]))
+
+
+@pytest.mark.parametrize("bit", range(8))
+def test_a_flipped_bit_in_coded_rows_is_detected(store, bit):
+    flip_coded_bit(store[0], 2, bit)
+    reader = store_format.StoreReader(store[0])
+    reader.read(1)
+    with pytest.raises(StoreError, match=r"s.h5: corrupt data for sentence 2 \("):
+        reader.read(2)
+
+
+def test_rows_moved_to_another_sentence_fail_with_their_crc_moved_along(tmp_path):
+    """Sentences 1 and 2 have the same length; their coded rows, precisions and CRCs are swapped,
+    so each sentence's bytes are self-consistent: only the sentence index in the CRC tells."""
+    lengths = [2, 3, 3, 1]
+    prov = provenance(num_sentences=4)
+    rows = random_rows(lengths, prov.topk, prov.vocab_size, seed=5)
+    path = str(tmp_path / "swapped.h5")
+    write_store(path, lengths, prov, rows)
+    with h5py.File(path, "r") as f:
+        co, blob = f["code_offsets"][()], f["coded"][()]
+        prec, crc, offsets = f["precision"][()], f["crc32"][()], f["offsets"][()]
+    blobs = [blob[a:b] for a, b in zip(co[:-1], co[1:])]
+    precs = [prec[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    order = [0, 2, 1, 3]
+    new_co = np.concatenate([[0], np.cumsum([len(blobs[i]) for i in order])])
+    where = coded.create(path, offsets, new_co, prov.to_attrs(), 0)
+    with open(path, "r+b") as f:
+        for name, data in [
+            ("coded", np.concatenate([blobs[i] for i in order])),
+            ("precision", np.concatenate([precs[i] for i in order])),
+            ("crc32", crc[order]),
+        ]:
+            f.seek(where[name])
+            f.write(data.tobytes())
+    reader = store_format.StoreReader(path)
+    reader.read(0), reader.read(3)
+    for i in (1, 2):
+        with pytest.raises(StoreError, match=f"sentence {i} \\(CRC-32 mismatch\\)"):
+            reader.read(i)
 
 
 def test_foreign_files_are_refused(tmp_path):
@@ -255,9 +332,87 @@ def test_stitched_chunks_equal_a_store_written_at_once(tmp_path):
     write_store(str(tmp_path / "direct.h5"), lengths, prov, rows)
     a, b = store_format.StoreReader(output), store_format.StoreReader(str(tmp_path / "direct.h5"))
     np.testing.assert_array_equal(a.offsets, b.offsets)
-    for name in store_format.ROW_DATASETS:
-        count = len(lengths) if name == "crc32" else int(offsets[-1])
-        assert a.raw_rows(name, 0, count) == b.raw_rows(name, 0, count)
+    np.testing.assert_array_equal(a.code_offsets, b.code_offsets)
+    assert a.raw_rows("coded", 0, int(a.code_offsets[-1])) == b.raw_rows(
+        "coded", 0, int(b.code_offsets[-1])
+    )
+    assert a.raw_rows("precision", 0, int(offsets[-1])) == b.raw_rows(
+        "precision", 0, int(offsets[-1])
+    )
+    assert a.raw_rows("crc32", 0, len(lengths)) == b.raw_rows("crc32", 0, len(lengths))
+
+
+def write_chunks(output, lengths, prov, rows, chunk_sentences, changed=None):
+    """Chunk files of `output` as memoize writes them; `changed`: {chunk number: provenance}."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    chunks = shards.plan_chunks(len(lengths), chunk_sentences)
+    os.makedirs(shards.shard_dir(output), exist_ok=True)
+    for number, chunk in enumerate(chunks):
+        local = offsets[chunk[0] : chunk[1] + 1] - offsets[chunk[0]]
+        path = shards.chunk_path(output, chunk)
+        p = (changed or {}).get(number, prov)
+        writer = store_format.RowWriter(
+            path, store_format.create(path, local, p, first_sentence=chunk[0]), local
+        )
+        for i in range(*chunk):
+            idx, probs, prec = rows[i]
+            writer.write_sentence(i - chunk[0], idx[:, : p.topk], probs[:, : p.topk], prec)
+        writer.close()
+    return chunks, offsets
+
+
+def _other_value(field, value):
+    if isinstance(value, tuple):
+        return value[:-1] + ("9" * 64,)
+    if isinstance(value, int):
+        return {"format_version": 2, "topk": value - 1}.get(field, value + 1)
+    return value + "x" if field == "split" else "9" * 64
+
+
+@pytest.mark.parametrize(
+    "field", [f.name for f in dataclasses.fields(Provenance) if f.name != "package_version"]
+)
+def test_resume_refuses_a_complete_chunk_of_other_inputs_for_every_provenance_field(
+    tmp_path, field
+):
+    """Same data and V', a chunk from other teachers (or any other field): stitching it would
+    give a store whose provenance names only this run's inputs."""
+    lengths = [2, 3, 1, 4]
+    prov = provenance(num_sentences=len(lengths))
+    other = dataclasses.replace(prov, **{field: _other_value(field, getattr(prov, field))})
+    assert other != prov
+    rows = random_rows(lengths, prov.topk, prov.vocab_size, seed=2)
+    output = str(tmp_path / "out.h5")
+    chunks, offsets = write_chunks(output, lengths, prov, rows, 2, changed={1: other})
+    assert shards.is_complete(shards.chunk_path(output, chunks[0]), chunks[0], prov, offsets)
+    with pytest.raises(StoreError, match="differs: store .*other inputs; delete .*out.h5.shards"):
+        shards.is_complete(shards.chunk_path(output, chunks[1]), chunks[1], prov, offsets)
+    with pytest.raises(StoreError, match="differs"):  # and stitching checks again
+        shards.stitch(output, chunks, prov, offsets, block_rows=2)
+    assert not os.path.exists(output)
+
+
+def test_a_damaged_chunk_is_named_deleted_and_recomputed_by_the_rerun(tmp_path):
+    lengths = [2, 3, 1, 4, 2]
+    prov = provenance(num_sentences=len(lengths))
+    rows = random_rows(lengths, prov.topk, prov.vocab_size, seed=4)
+    output = str(tmp_path / "out.h5")
+    chunks, offsets = write_chunks(output, lengths, prov, rows, 2)
+    damaged = shards.chunk_path(output, chunks[1])
+    flip_coded_bit(damaged, 0)
+    with pytest.raises(
+        StoreError,
+        match=f"^{damaged}: corrupt data for sentence 2 .*deleted this chunk: rerun the same",
+    ):
+        shards.stitch(output, chunks, prov, offsets, block_rows=2)
+    assert sorted(os.listdir(shards.shard_dir(output))) == sorted(
+        os.path.basename(shards.chunk_path(output, c)) for c in (chunks[0], chunks[2])
+    )
+    assert os.listdir(tmp_path) == ["out.h5.shards"]  # no temporary store left
+    assert not shards.is_complete(damaged, chunks[1], prov, offsets)  # the rerun recomputes it
+    write_chunks(output, lengths, prov, rows, 2)
+    shards.stitch(output, chunks, prov, offsets, block_rows=2)
+    store_format.StoreReader(output).verify()
 
 
 def test_one_writer_per_output_and_only_dead_writers_temporaries_are_removed(tmp_path):
@@ -288,8 +443,6 @@ def test_failed_stitch_keeps_the_chunks_and_names_them(tmp_path, monkeypatch):
     os.makedirs(shards.shard_dir(output))
     chunk = (0, 2)
     write_store(shards.chunk_path(output, chunk), lengths, prov, rows)
-    with h5py.File(shards.chunk_path(output, chunk), "r+") as f:
-        f.attrs["first_sentence"] = 0
 
     def disk_full(*a):
         raise OSError(28, "No space left on device")
@@ -302,3 +455,55 @@ def test_failed_stitch_keeps_the_chunks_and_names_them(tmp_path, monkeypatch):
     ):
         shards.stitch(output, [chunk], prov, offsets, block_rows=2)
     assert os.listdir(tmp_path) == ["out.h5.shards"] and os.listdir(shards.shard_dir(output))
+
+
+@pytest.mark.parametrize(
+    "vocab_size, topk, nucleus", [(100, 4, False), (4000, 64, True), (70000, 300, True)]
+)
+def test_format_3_decodes_to_exactly_the_bytes_of_format_2(tmp_path, vocab_size, topk, nucleus):
+    """Random stores, bit for bit: rows of any float16 bit pattern in any order (NaN, -0, inf
+    reach the CRC and validation unchanged), uint16 and int32 indices, rows that end in
+    (index 0, probability 0) padding as nucleus rows do, and rows that are all padding."""
+    rng = np.random.default_rng(topk)
+    lengths = [1, 7, 3, 12]
+    n = sum(lengths)
+    dtype = store_format.index_dtype(vocab_size)
+    indices = rng.integers(0, vocab_size, size=(n, topk)).astype(dtype)
+    bits = rng.integers(0, 1 << 16, size=(n, topk), dtype=np.uint16)
+    bits[0] = np.sort(bits[0])[::-1]
+    if nucleus:
+        keep = np.arange(topk) < rng.integers(0, topk + 1, size=n)[:, None]
+        keep[1] = False
+        indices[~keep], bits[~keep] = 0, 0
+        bits[2, -1], indices[3, -1] = 0, 5  # an index without mass is not padding
+    probs = bits.view(np.float16)
+    precision = rng.uniform(1, 10, size=n).astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    stores = {}
+    for version in (2, 3):
+        prov = provenance(vocab_size, topk, len(lengths), format_version=version)
+        path = str(tmp_path / f"v{version}.h5")
+        writer = store_format.RowWriter(path, store_format.create(path, offsets, prov), offsets)
+        for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+            writer.write_sentence(i, indices[a:b], probs[a:b], precision[a:b])
+        writer.close()
+        stores[version] = store_format.StoreReader(path)
+    for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+        for version, reader in stores.items():
+            first, k = int(reader.offsets[i]), topk
+            if reader.coded:
+                c0, c1 = (int(x) for x in reader.code_offsets[i : i + 2])
+                got_i, got_p = codec.decode(reader.raw_rows("coded", c0, c1 - c0), b - a, k, dtype)
+            else:
+                got_i = np.frombuffer(reader.raw_rows("indices", first, b - a), dtype)
+                got_p = np.frombuffer(reader.raw_rows("probs", first, b - a), np.float16)
+            assert got_i.tobytes() == indices[a:b].tobytes(), (version, i)
+            assert got_p.tobytes() == probs[a:b].tobytes(), (version, i)
+
+
+def test_codec_refuses_what_it_did_not_write():
+    blob = codec.encode(np.zeros((2, 4), np.uint16), np.full((2, 4), 0.25, np.float16))
+    assert codec.decode(blob, 2, 4, np.uint16)[1].tolist() == [[0.25] * 4] * 2
+    for bad, n in [(blob[:-1], 2), (blob, 3), (zlib.compress(b"\x05\x04"), 2)]:
+        with pytest.raises(ValueError, match="undecodable rows"):
+            codec.decode(bad, n, 4, np.uint16)

@@ -2,11 +2,12 @@
 
 One HDF5 file per store (and per chunk while memoizing). Row data live in CONTIGUOUS datasets,
 allocated when the file is created. That is what makes the store fast and small in memory:
-  - writers put each sentence's rows at its known place with os.pwrite, in any order;
-  - readers look the byte offsets up once through h5py and then os.pread exactly the rows of a
-    sentence: no HDF5 chunk cache, no mmap (mapped pages would count in the trainer's RSS).
-Each sentence carries a CRC-32 of its rows, checked on every read, so corruption is detected
-when the data is used, at the cost of about a microsecond per sentence.
+readers look the byte offsets up once through h5py and then os.pread exactly the bytes of a
+sentence: no HDF5 chunk cache, no mmap (mapped pages would count in the trainer's RSS).
+Format 3 (written now) codes each sentence's rows losslessly (store/coded.py, store/codec.py);
+formats 1 and 2 (raw rows, written in place with os.pwrite) are still read, and written for tests.
+Each sentence carries a CRC-32 of its rows (format 3: and of its index in the split), checked on
+every read, so corruption is detected when the data is used.
 """
 
 import logging
@@ -20,6 +21,7 @@ logging.getLogger("h5py").setLevel(logging.WARNING)
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ensdist_fairseq.store import codec, coded  # noqa: E402
 from ensdist_fairseq.store.provenance import Provenance, StoreError  # noqa: E402
 from ensdist_fairseq.store.validate import PRECISION_MAX, first_problem  # noqa: E402
 
@@ -69,6 +71,8 @@ class Layout(NamedTuple):
     nbytes: dict
     dtype: dict
     topk: int
+    provenance: Optional[Provenance] = None  # format 3: a file is written whole, from these
+    first_sentence: int = 0
 
     def row_nbytes(self, name: str) -> int:
         """Bytes of one row of `name` (one sentence for crc32)."""
@@ -78,8 +82,12 @@ class Layout(NamedTuple):
 def create(
     path: str, offsets: np.ndarray, provenance: Provenance, first_sentence: int = 0
 ) -> Layout:
-    """Create a store file with its offsets, attributes and (unwritten) row datasets."""
+    """Create a store file with its offsets, attributes and (unwritten) row datasets; format 3
+    (coded rows) creates an empty file and RowWriter.close writes it."""
     offsets = np.asarray(offsets, dtype="<i8")
+    if provenance.format_version >= 3:
+        open(path, "wb").close()  # the name is taken now; the contents come with close()
+        return Layout({}, {}, {}, provenance.topk, provenance, first_sentence)
     num_sentences, num_rows = len(offsets) - 1, int(offsets[-1])
     dtypes = _dtypes(provenance.vocab_size)
     shapes = _shapes(num_sentences, num_rows, provenance.topk)
@@ -101,9 +109,9 @@ def create(
     return layout
 
 
-def _layout(f: h5py.File, path: str, topk: int) -> Layout:
+def _layout(f: h5py.File, path: str, topk: int, names=ROW_DATASETS, **kw) -> Layout:
     byte_offset, nbytes, dtype = {}, {}, {}
-    for name in ROW_DATASETS:
+    for name in names:
         if name not in f:
             raise StoreError(f"{path}: not a teacher store (dataset '{name}' missing)")
         ds = f[name]
@@ -113,10 +121,11 @@ def _layout(f: h5py.File, path: str, topk: int) -> Layout:
                 f"{path}: dataset '{name}' is not stored contiguously (not written by ensdist-memoize)"
             )
         byte_offset[name], nbytes[name], dtype[name] = off, ds.id.get_storage_size(), ds.dtype
-    return Layout(byte_offset, nbytes, dtype, topk)
+    return Layout(byte_offset, nbytes, dtype, topk, **kw)
 
 
 def sentence_crc(indices: np.ndarray, probs: np.ndarray, precision: np.ndarray) -> int:
+    """Formats 1 and 2: the rows only (format 3 adds the sentence's index: coded.sentence_crc)."""
     crc = zlib.crc32(memoryview(np.ascontiguousarray(indices)).cast("B"))
     crc = zlib.crc32(memoryview(np.ascontiguousarray(probs)).cast("B"), crc)
     return zlib.crc32(memoryview(np.ascontiguousarray(precision)).cast("B"), crc)
@@ -127,7 +136,19 @@ class RowWriter:
 
     def __init__(self, path: str, layout: Layout, offsets: np.ndarray):
         self.path, self.layout, self.offsets = path, layout, np.asarray(offsets, dtype=np.int64)
-        self._fd = os.open(path, os.O_RDWR)
+        self._fd, self._coded = None, None
+        p = layout.provenance
+        if p is not None and p.format_version >= 3:
+            self._coded = coded.CodedWriter(
+                path,
+                offsets,
+                p.to_attrs(),
+                layout.first_sentence,
+                index_dtype(p.vocab_size),
+                p.topk,
+            )
+        else:
+            self._fd = os.open(path, os.O_RDWR)
 
     def _pwrite(self, name: str, array: np.ndarray, first: int):
         data = memoryview(np.ascontiguousarray(array, dtype=self.layout.dtype[name])).cast("B")
@@ -146,15 +167,29 @@ class RowWriter:
             raise ValueError(
                 f"{self.path}: sentence {i} has {n} rows, got entries of shape {indices.shape}"
             )
-        indices = np.ascontiguousarray(indices, dtype=self.layout.dtype[INDICES])
-        probs = np.ascontiguousarray(probs, dtype=self.layout.dtype[PROBS])
-        precision = np.ascontiguousarray(precision, dtype=self.layout.dtype[PRECISION])
+        dtypes = _dtypes(self.layout.provenance.vocab_size) if self._coded else self.layout.dtype
+        indices = np.ascontiguousarray(indices, dtype=dtypes[INDICES])
+        probs = np.ascontiguousarray(probs, dtype=dtypes[PROBS])
+        precision = np.ascontiguousarray(precision, dtype=dtypes[PRECISION])
+        if self._coded is not None:
+            self._coded.write_sentence(i, indices, probs, precision)
+            return
         self._pwrite(INDICES, indices, first)
         self._pwrite(PROBS, probs, first)
         self._pwrite(PRECISION, precision, first)
         self._pwrite(CRC32, np.array([sentence_crc(indices, probs, precision)]), i)
 
+    def abandon(self):
+        """Stop without writing what is pending (the caller removes the file)."""
+        self._coded = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def close(self):
+        if self._coded is not None:
+            self._coded.close()
+            self._coded = None
         if self._fd is not None:
             os.fsync(self._fd)
             os.close(self._fd)
@@ -179,8 +214,23 @@ class StoreReader:
                 if OFFSETS not in f:
                     raise StoreError(f"{path}: not a teacher store (dataset '{OFFSETS}' missing)")
                 self.offsets = f[OFFSETS][()].astype(np.int64)
-                self.layout = _layout(f, path, self.provenance.topk)
-                shapes = {name: f[name].shape for name in ROW_DATASETS}
+                self.coded = self.provenance.format_version >= 3
+                if self.coded:
+                    if coded.CODE_OFFSETS not in f:
+                        raise StoreError(
+                            f"{path}: not a teacher store (dataset '{coded.CODE_OFFSETS}' missing)"
+                        )
+                    self.code_offsets = f[coded.CODE_OFFSETS][()].astype(np.int64)
+                names = coded.RAW_DATASETS if self.coded else ROW_DATASETS
+                self.layout = _layout(
+                    f,
+                    path,
+                    self.provenance.topk,
+                    names,
+                    provenance=self.provenance,
+                    first_sentence=self.first_sentence,
+                )
+                shapes = {name: f[name].shape for name in names}
         except StoreError:
             raise
         except Exception as e:  # h5py raises OSError/KeyError/... for damaged files
@@ -194,14 +244,24 @@ class StoreReader:
         if n < 1 or offs[0] != 0 or np.any(np.diff(offs) < 1):
             raise StoreError(f"{self.path}: corrupt offsets (every sentence must own >= 1 row)")
         expected = _shapes(n, int(offs[-1]), p.topk)
-        for name, dt in _dtypes(p.vocab_size).items():
+        dtypes = _dtypes(p.vocab_size)
+        if self.coded:
+            co = self.code_offsets
+            if len(co) != n + 1 or co[0] != 0 or np.any(np.diff(co) < 1):
+                raise StoreError(
+                    f"{self.path}: corrupt code_offsets (one per sentence, increasing)"
+                )
+            expected = {coded.CODED: (int(co[-1]),), PRECISION: expected[PRECISION]}
+            expected[CRC32] = (n,)
+            dtypes = {name: coded.DTYPES[name] for name in coded.RAW_DATASETS}
+        for name, dt in dtypes.items():
             if shapes[name] != expected[name] or self.layout.dtype[name] != dt:
                 raise StoreError(
                     f"{self.path}: dataset '{name}' has shape {shapes[name]} "
                     f"{self.layout.dtype[name]}, expected {expected[name]} {dt}"
                 )
         size = os.path.getsize(self.path)
-        for name in ROW_DATASETS:
+        for name in self.layout.byte_offset:
             end = self.layout.byte_offset[name] + self.layout.nbytes[name]
             if end > size:
                 raise StoreError(
@@ -240,17 +300,34 @@ class StoreReader:
         if not 0 <= i < self.num_sentences:
             raise IndexError(f"{self.path}: sentence {i} out of range 0..{self.num_sentences - 1}")
         first, n, k = int(self.offsets[i]), self.num_rows(i), self.layout.topk
-        indices = self._pread(INDICES, first, n).reshape(n, k)
-        probs = self._pread(PROBS, first, n).reshape(n, k)
+        s = self.first_sentence + i  # messages name the sentence of the split (chunks too)
+        if self.coded:
+            a, b = int(self.code_offsets[i]), int(self.code_offsets[i + 1])
+            try:
+                indices, probs = codec.decode(
+                    self._pread(coded.CODED, a, b - a),
+                    n,
+                    k,
+                    index_dtype(self.provenance.vocab_size),
+                )
+            except ValueError as e:
+                raise StoreError(f"{self.path}: corrupt data for sentence {s} ({e})") from None
+        else:
+            indices = self._pread(INDICES, first, n).reshape(n, k)
+            probs = self._pread(PROBS, first, n).reshape(n, k)
         precision = self._pread(PRECISION, first, n)
         crc = int(self._pread(CRC32, i, 1)[0])
-        if sentence_crc(indices, probs, precision) != crc:
-            raise StoreError(f"{self.path}: corrupt data for sentence {i} (CRC-32 mismatch)")
+        if self.coded:
+            expected = coded.sentence_crc(s, indices, probs, precision)
+        else:
+            expected = sentence_crc(indices, probs, precision)
+        if expected != crc:
+            raise StoreError(f"{self.path}: corrupt data for sentence {s} (CRC-32 mismatch)")
         if self.provenance.format_version == 1:  # version 1 stored +inf where members agree
             precision = np.minimum(precision, np.float32(PRECISION_MAX))
         problem = first_problem(indices, probs, precision, self.provenance.vocab_size)
         if problem is not None:
-            raise StoreError(f"{self.path}: sentence {i} {problem}")
+            raise StoreError(f"{self.path}: sentence {s} {problem}")
         topk = k if topk is None else topk
         return indices[:, :topk].astype(np.int64), probs[:, :topk], precision
 

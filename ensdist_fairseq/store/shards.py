@@ -15,6 +15,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ensdist_fairseq.store import coded
 from ensdist_fairseq.store import format as store_format
 from ensdist_fairseq.store.provenance import Provenance, StoreError
 
@@ -129,7 +130,8 @@ def commit(tmp: str, final: str) -> None:
 
 
 def is_complete(path: str, chunk: Chunk, provenance: Provenance, offsets: np.ndarray) -> bool:
-    """True when `path` holds exactly `chunk` of this run; StoreError when it holds another run's."""
+    """True when `path` holds exactly `chunk` of this run; StoreError when it holds another run's:
+    EVERY provenance field but package_version must be this run's (teachers, V', data, format)."""
     if not os.path.exists(path):
         return False
     reader = store_format.StoreReader(path)
@@ -154,11 +156,21 @@ def stitch(
     after_create: Optional[Callable[[], None]] = None,
 ) -> None:
     """Copy the chunk files' rows into `output` (block by block: memory stays flat), verify it,
-    rename it into place and remove the chunk directory."""
+    rename it into place and remove the chunk directory.
+
+    Each chunk is checked (provenance, every sentence's CRC) before it is copied: a damaged chunk
+    is deleted and named, so that the rerun computes its sentences again."""
     tmp = temporary_path(output)
     try:
         _copy_rows(tmp, output, chunks, provenance, offsets, block_rows, after_create)
-        store_format.StoreReader(tmp).verify()
+        try:
+            store_format.StoreReader(tmp).verify()
+        except StoreError as e:  # the chunks were sound: the copy is not (disk, memory)
+            raise StoreError(
+                f"--output {output}: the stitched store failed verification "
+                f"({str(e)[len(tmp) + 2:]}); the complete chunks are kept in "
+                f"{shard_dir(output)}: rerun the same command to stitch them"
+            ) from None
         commit(tmp, output)
     except BaseException as e:
         if os.path.exists(tmp):
@@ -173,25 +185,51 @@ def stitch(
     shutil.rmtree(shard_dir(output))
 
 
+def _checked_chunk(path: str, chunk: Chunk, provenance: Provenance, offsets: np.ndarray):
+    """The reader of a chunk that is this run's and whose every sentence reads back; a damaged
+    chunk is deleted (its rows are wrong, not merely old) and named."""
+    reader = store_format.StoreReader(path)
+    try:
+        reader.verify()
+    except StoreError as e:
+        reader.close()
+        os.remove(path)
+        raise StoreError(
+            f"{e}; deleted this chunk: rerun the same command to compute it again"
+        ) from None
+    return reader
+
+
 def _copy_rows(tmp, output, chunks, provenance, offsets, block_rows, after_create):
-    layout = store_format.create(tmp, offsets, provenance)
+    code_offsets = [np.zeros(1, dtype=np.int64)]
+    for chunk in chunks:  # the coded sizes, chunk by chunk: the store's size is their sum
+        is_complete(chunk_path(output, chunk), chunk, provenance, offsets)  # this run's, no other
+        reader = store_format.StoreReader(chunk_path(output, chunk))
+        code_offsets.append(reader.code_offsets[1:] + code_offsets[-1][-1])
+        reader.close()
+    code_offsets = np.concatenate(code_offsets)
+    where = coded.create(tmp, offsets, code_offsets, provenance.to_attrs(), 0)
     if after_create is not None:
         after_create()  # tests: a kill here leaves the temporary store behind
     fd = os.open(tmp, os.O_RDWR)
     try:
         for chunk in chunks:
-            reader = store_format.StoreReader(chunk_path(output, chunk))
-            for name in store_format.ROW_DATASETS:
-                per_sentence = name == store_format.CRC32
-                first_dest = chunk[0] if per_sentence else int(offsets[chunk[0]])
-                count = reader.num_sentences if per_sentence else int(reader.offsets[-1])
-                for first in range(0, count, block_rows):
-                    data = reader.raw_rows(name, first, min(block_rows, count - first))
-                    os.pwrite(
-                        fd,
-                        data,
-                        layout.byte_offset[name] + (first_dest + first) * layout.row_nbytes(name),
-                    )
+            reader = _checked_chunk(chunk_path(output, chunk), chunk, provenance, offsets)
+            first_dest = {
+                coded.CODED: int(code_offsets[chunk[0]]),
+                coded.PRECISION: int(offsets[chunk[0]]),
+                coded.CRC32: chunk[0],
+            }
+            count = {
+                coded.CODED: int(reader.code_offsets[-1]),
+                coded.PRECISION: int(reader.offsets[-1]),
+                coded.CRC32: reader.num_sentences,
+            }
+            for name in coded.RAW_DATASETS:
+                itemsize = coded.DTYPES[name].itemsize
+                for first in range(0, count[name], block_rows):
+                    data = reader.raw_rows(name, first, min(block_rows, count[name] - first))
+                    os.pwrite(fd, data, where[name] + (first_dest[name] + first) * itemsize)
             reader.close()
         os.fsync(fd)
     finally:

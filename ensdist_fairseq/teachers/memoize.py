@@ -185,13 +185,15 @@ class Run:
         written = np.zeros(chunk[1] - chunk[0], dtype=bool)
         try:
             self._fill_chunk(chunk, local, writer, written, progress)
+            if not written.all():
+                raise RuntimeError(
+                    f"chunk {chunk}: {int((~written).sum())} sentences were not written"
+                )
+            writer.close()  # format 3: the chunk's coded rows are written (and fsynced) here
         except BaseException:
-            writer.close()
+            writer.abandon()
             os.remove(tmp)  # a failed chunk leaves nothing behind (a killed one leaves a .tmp-PID)
             raise
-        writer.close()
-        if not written.all():
-            raise RuntimeError(f"chunk {chunk}: {int((~written).sum())} sentences were not written")
         shards.commit(tmp, final)
 
     def _fill_chunk(self, chunk, local, writer, written, progress):
@@ -238,6 +240,12 @@ def _check_output(output: str) -> None:
         raise EnsdistError(f"--output {output}: directory {out_dir} is not writable")
     if os.path.exists(output):
         raise EnsdistError(f"--output {output}: already exists (remove it to memoize again)")
+    chunks = shards.shard_dir(output)
+    if os.path.lexists(chunks) and not os.path.isdir(chunks):
+        raise EnsdistError(
+            f"--output {output}: {chunks} exists and is not a directory (ensdist-memoize keeps "
+            "its chunks there): move it away or choose another --output"
+        )
 
 
 def memoize(cfg: MemoizeConfig) -> None:
