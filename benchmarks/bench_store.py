@@ -173,8 +173,37 @@ def _step_times(stamps):
     return np.diff(done[1:])  # drop the warm-up step
 
 
-def write_synthetic_store(path, gigabytes, topk=64, vocab=32000, sentence_tokens=30):
+def synthetic_rows(rows, vocab=4000, topk=64, seed=0, alpha=1.0, relevant=60, lift=7.0, sigma=1.5):
+    """Teacher rows with the demo store's statistics where they are known (V = 4,000, V' = 64,
+    top-64 mass about 0.8, byte-shuffle + zlib of the whole store 1.25 B/entry for the
+    probabilities and 1.37 for the indices; the demo's: 0.81, 1.23, 1.35). Per row: a Zipf prior
+    over the ids (fairseq dictionaries are sorted by frequency), `relevant` tokens drawn from a
+    flattened prior and lifted by up to `lift` (the context), and Gaussian noise; the top-V' of
+    the softmax, sorted descending, float16 and uint16 as memoize stores them."""
+    rng = np.random.default_rng(seed)
+    prior = -alpha * np.log(np.arange(vocab) + 10.0)
+    draw = np.exp(0.3 * prior)
+    draw /= draw.sum()
+    out_i, out_p = [], []
+    for start in range(0, rows, 1000):
+        m = min(1000, rows - start)
+        logits = prior + sigma * rng.standard_normal((m, vocab))
+        rel = rng.choice(vocab, size=(m, relevant), p=draw)
+        logits[np.arange(m)[:, None], rel] += lift * rng.uniform(0, 1, size=(m, relevant))
+        logits -= logits.max(1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(1, keepdims=True)
+        idx = np.argsort(-p, axis=1)[:, :topk]
+        out_i.append(idx.astype("<u2"))
+        out_p.append(np.take_along_axis(p, idx, 1).astype("<f2"))
+    return np.concatenate(out_i), np.concatenate(out_p)
+
+
+def write_synthetic_store(path, gigabytes, topk=64, vocab=4000, sentence_tokens=30):
+    """A format-3 store whose rows would take `gigabytes` in format 2, written as memoize does
+    (chunk files, stitched); its sentences cycle through 500 sentences of synthetic_rows."""
     from ensdist_fairseq.store import format as store_format
+    from ensdist_fairseq.store import shards
     from ensdist_fairseq.store.provenance import Provenance
 
     per_sentence = sentence_tokens * (topk * 4 + 4)
@@ -192,18 +221,91 @@ def write_synthetic_store(path, gigabytes, topk=64, vocab=32000, sentence_tokens
         source_checksum="0" * 64,
         package_version="bench",
     )
-    writer = store_format.RowWriter(path, store_format.create(path, offsets, prov), offsets)
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, vocab, size=(sentence_tokens, topk)).astype(np.uint16)
-    # a distribution's top-V' (rows sum to < 1) and beta0 > 0: what every read validates
-    raw = np.sort(rng.random((sentence_tokens, topk)), axis=1)[:, ::-1]
-    probs = (raw / (1.05 * raw.sum(1, keepdims=True))).astype(np.float16)
-    for i in range(n):
-        writer.write_sentence(
-            i, idx, probs, np.full(sentence_tokens, float(i + 1), dtype=np.float32)
-        )
-    writer.close()
+    pool = 500
+    idx, probs = synthetic_rows(pool * sentence_tokens, vocab, topk)
+    chunks = shards.plan_chunks(n, 20000)
+    os.makedirs(shards.shard_dir(path), exist_ok=True)
+    for chunk in chunks:
+        local = offsets[chunk[0] : chunk[1] + 1] - offsets[chunk[0]]
+        cpath = shards.chunk_path(path, chunk)
+        layout = store_format.create(cpath, local, prov, first_sentence=chunk[0])
+        writer = store_format.RowWriter(cpath, layout, local)
+        for i in range(*chunk):
+            rows = slice((i % pool) * sentence_tokens, (i % pool + 1) * sentence_tokens)
+            writer.write_sentence(
+                i - chunk[0],
+                idx[rows],
+                probs[rows],
+                np.full(sentence_tokens, float(i + 1), dtype=np.float32),
+            )
+        writer.close()
+    shards.stitch(path, chunks, prov, offsets, 1 << 20)
     return n, sentence_tokens
+
+
+def bench_size(rows, topk=64):
+    """Bytes per stored entry of each step of format 3's row coding on synthetic_rows, sentences
+    of 8..44 tokens: what each part buys. Every variant codes each sentence alone (random
+    access), except the last line's reference (the whole store as one stream)."""
+    import zlib
+
+    from ensdist_fairseq.store import codec
+    from ensdist_fairseq.store.teacher_distribution import nucleus_lengths
+
+    idx, probs = synthetic_rows(rows, topk=topk)
+    lengths = np.random.default_rng(1).integers(8, 45, size=rows)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    offsets = offsets[offsets <= rows]
+    spans = list(zip(offsets[:-1], offsets[1:]))
+    entries = int(offsets[-1]) * topk
+
+    def planes(a):
+        return np.ascontiguousarray(a.reshape(-1).view(np.uint8).reshape(-1, a.itemsize).T)
+
+    def deltas(p):
+        bits = p.view("<u2").copy()
+        bits[:, 1:] = p.view("<u2")[:, :-1] - p.view("<u2")[:, 1:]
+        return bits
+
+    def z(*parts):
+        return len(zlib.compress(b"".join(np.ascontiguousarray(x).tobytes() for x in parts), 6))
+
+    variants = {
+        "zlib of the raw bytes (probabilities, then indices)": lambda i, p: z(p, i),
+        "+ byte planes": lambda i, p: z(planes(p), planes(i)),
+        "+ probabilities as deltas of their bit patterns": lambda i, p: z(
+            planes(deltas(p)), planes(i)
+        ),
+        "+ column by column (entry j of every row together)": lambda i, p: z(
+            planes(deltas(p).T.copy()), planes(i.T.copy())
+        ),
+        "+ one zlib stream per byte plane = format 3": lambda i, p: len(codec.encode(i, p)),
+    }
+    mass = float(probs[: offsets[-1]].astype(np.float32).sum(1).mean())
+    print(
+        f"| row coding, synthetic rows (V=4000, V'={topk}, top-{topk} mass {mass:.2f}) | B/entry |"
+    )
+    print("|---|---|")
+    print("| format 2 (uint16 + float16) | 4.000 |")
+    for name, f in variants.items():
+        total = sum(f(idx[a:b], probs[a:b]) for a, b in spans)
+        print(f"| {name} | {total / entries:.3f} |")
+    whole = z(planes(probs[: offsets[-1]])) + z(planes(idx[: offsets[-1]]))
+    print(
+        f"| reference: the whole store as one byte-shuffle + zlib stream | {whole / entries:.3f} |"
+    )
+    print(f"| (+ beta0, float32 per token, in every format) | {4 / topk:.3f} |")
+    for top_p, min_k in [(0.95, 1), (0.9, 1), (0.8, 1), (0.5, 4)]:  # nucleus rows (format 3)
+        p32 = torch.from_numpy(probs.astype(np.float32))
+        lengths = nucleus_lengths(p32, top_p, min_k).numpy()
+        past = np.arange(topk)[None, :] >= lengths[:, None]
+        i_n, p_n = np.where(past, 0, idx).astype("<u2"), np.where(past, 0, probs).astype("<f2")
+        total = sum(len(codec.encode(i_n[a:b], p_n[a:b])) for a, b in spans)
+        kept = float(lengths[: offsets[-1]].mean())
+        print(
+            f"| nucleus rows --top-p {top_p} --min-k {min_k} ({kept:.1f} of {topk} entries kept "
+            f"on average) | {total / entries:.3f} |"
+        )
 
 
 def stream_child(mode, store, n, sentence_tokens):
@@ -249,11 +351,15 @@ def main():
     p.add_argument(
         "--stream-child", nargs=4, metavar=("MODE", "STORE", "N", "TOKENS"), help=argparse.SUPPRESS
     )
+    p.add_argument("--size-rows", type=int, default=20000, help="rows of the coding table")
+    p.add_argument("--size-only", action="store_true", help="only the coding table")
     a = p.parse_args()
     if a.stream_child:
         return stream_child(
             a.stream_child[0], a.stream_child[1], int(a.stream_child[2]), int(a.stream_child[3])
         )
+    if a.size_only:
+        return bench_size(a.size_rows, a.topk)
     os.makedirs(a.workdir, exist_ok=True)
     data, ckpts, size = prepare(a.workdir, a.sentences, a.dim, a.vocab)
     store, t_raw, t_memo, tokens = bench_memoize(data, ckpts, a.workdir, a.topk, a.max_tokens)
@@ -281,7 +387,8 @@ def main():
         )
         for mode in ("plain", "store")
     }
-    gb = os.path.getsize(big) / 2**30
+    gb = n * tok * (a.topk * 4 + 4) / 2**30
+    coded_gb = os.path.getsize(big) / 2**30
     os.remove(big)
     print("| measure | plain | with store | ratio / difference | target |")
     print("|---|---|---|---|---|")
@@ -295,9 +402,12 @@ def main():
         f"{1000 * mp:.1f} ms | {1000 * mt:.1f} ms | {mt / mp:.3f}x | <= 1.05x |"
     )
     print(
-        f"| peak RSS streaming a {gb:.2f} GB store ({n} sentences) | {rss['plain']:.0f} MB | "
+        f"| peak RSS streaming a store of {gb:.2f} GB of rows ({coded_gb:.2f} GB coded, "
+        f"{n} sentences) | {rss['plain']:.0f} MB | "
         f"{rss['store']:.0f} MB | +{rss['store'] - rss['plain']:.0f} MB | <= +500 MB |"
     )
+    print()
+    bench_size(a.size_rows, a.topk)
 
 
 if __name__ == "__main__":

@@ -305,3 +305,32 @@ def test_a_chunk_of_other_teachers_is_refused_on_resume(
         r"chunk-000000000000-000000000100.h5: teacher checkpoints' sha256 differs: .*other inputs",
     )
     assert not os.path.exists(out)
+
+
+def test_nucleus_rows_are_prefixes_of_the_full_rows(store, tiny_data, tiny_checkpoints, tmp_path):
+    out = str(tmp_path / "nucleus.h5")
+    main(memoize_args(tiny_data, tiny_checkpoints, out, "--top-p", "0.15", "--min-k", "2"))
+    full, nucleus = store_format.StoreReader(store), store_format.StoreReader(out)
+    assert (nucleus.provenance.top_p, nucleus.provenance.min_k) == (0.15, 2)
+    assert (full.provenance.top_p, full.provenance.min_k) == (1.0, 1)
+    kept, sizes = 0, set()
+    for i in range(full.num_sentences):
+        f_idx, f_probs, f_prec = full.read(i)
+        n_idx, n_probs, n_prec = nucleus.read(i)
+        np.testing.assert_array_equal(n_prec, f_prec)
+        mass = np.cumsum(f_probs.astype(np.float64), axis=1)
+        for r in range(len(f_idx)):  # the stored (float16) mass is within rounding of float32's
+            n = int(np.count_nonzero(n_probs[r]))
+            assert n >= 2 and (n == 2 or mass[r, n - 2] < 0.15 + 2e-3)
+            assert n == TOPK or mass[r, n - 1] >= 0.15 - 2e-3
+            np.testing.assert_array_equal(n_idx[r, :n], f_idx[r, :n])
+            np.testing.assert_array_equal(n_probs[r, :n], f_probs[r, :n])
+            assert not n_idx[r, n:].any() and not n_probs[r, n:].any()
+            kept, sizes = kept + n, sizes | {n}
+    assert kept < 0.9 * full.offsets[-1] * TOPK and len(sizes) > 2
+    assert os.path.getsize(out) < os.path.getsize(store)
+
+
+def test_min_k_above_topk_is_refused(tiny_data, tiny_checkpoints, tmp_path, capsys):
+    args = memoize_args(tiny_data, tiny_checkpoints, str(tmp_path / "x.h5"), "--min-k", "9")
+    assert_refused(args, capsys, r"^error: --min-k 9: must be in 1..8 \(at most --topk\)$")

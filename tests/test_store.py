@@ -364,6 +364,8 @@ def write_chunks(output, lengths, prov, rows, chunk_sentences, changed=None):
 def _other_value(field, value):
     if isinstance(value, tuple):
         return value[:-1] + ("9" * 64,)
+    if isinstance(value, float):
+        return value / 2
     if isinstance(value, int):
         return {"format_version": 2, "topk": value - 1}.get(field, value + 1)
     return value + "x" if field == "split" else "9" * 64

@@ -107,3 +107,24 @@ def test_bad_arguments():
         mean.add(torch.zeros(2, 6))
     with pytest.raises(RuntimeError):  # V' itself is checked by store.provenance.check_topk
         mean.top_k(6)
+
+
+def test_nucleus_lengths_against_a_brute_force_prefix_search():
+    from ensdist_fairseq.store.teacher_distribution import nucleus_lengths, truncate_to_nucleus
+
+    rng = np.random.default_rng(0)
+    probs = np.sort(rng.dirichlet(np.full(50, 0.3), size=200)[:, :16], axis=1)[:, ::-1].copy()
+    probs[0] = [0.5, 0.25] + [0.25 / 14] * 14  # exactly reaching p = 0.75 after 2 entries
+    for top_p, min_k in [(0.75, 1), (0.5, 3), (0.9, 1), (0.99, 16), (1.0, 1)]:
+        got = nucleus_lengths(torch.from_numpy(probs), top_p, min_k).numpy()
+        for row, n in zip(probs, got):
+            total = [sum(row[:j].tolist()) for j in range(1, 17)]  # mass of each prefix length
+            reaching = [j + 1 for j, m in enumerate(total) if m >= top_p]
+            assert n == max(min_k, reaching[0] if reaching else 16), (top_p, min_k, row)
+        assert top_p != 0.75 or got[0] == 2
+    idx = torch.arange(1, 17).repeat(200, 1)
+    lengths = nucleus_lengths(torch.from_numpy(probs), 0.5, 3)
+    t_idx, t_probs = truncate_to_nucleus(idx, torch.from_numpy(probs), lengths)
+    for r, n in enumerate(lengths.tolist()):
+        assert t_idx[r, :n].tolist() == list(range(1, n + 1)) and not t_idx[r, n:].any()
+        assert t_probs[r, :n].tolist() == probs[r, :n].tolist() and not t_probs[r, n:].any()

@@ -25,6 +25,20 @@ def build_parser() -> options.Parser:
         default=64,
         help="V': events kept per target token (default: %(default)s)",
     )
+    p.add_argument(
+        "--top-p",
+        type=options.real(0, 1, lo_open=True),
+        default=1.0,
+        help="nucleus rows: keep per token the smallest prefix of the top-V' reaching this "
+        "mass, padded with (index 0, probability 0) (default: %(default)s = whole rows)",
+    )
+    p.add_argument(
+        "--min-k",
+        type=options.integer(1),
+        default=1,
+        help="nucleus rows keep at least this many entries (at most --topk; "
+        "default: %(default)s)",
+    )
     options.add_batching(p)
     p.add_argument(
         "--chunk-sentences",
@@ -60,6 +74,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         chunk_sentences=args.chunk_sentences,
         cpu=args.cpu,
         log_interval=args.log_interval,
+        top_p=args.top_p,
+        min_k=args.min_k,
     )
     memoize(cfg)
     return 0

@@ -34,7 +34,12 @@ _LABELS = {
     "teacher_sha256": "teacher checkpoints' sha256",
     "num_teachers": "number of teachers",
     "topk": "V'",
+    "top_p": "nucleus mass (--top-p)",
+    "min_k": "nucleus minimum (--min-k)",
 }
+
+
+_OPTIONAL = ("top_p", "min_k")  # attributes a version 1 or 2 store does not have
 
 
 class StoreError(EnsdistError):
@@ -67,6 +72,11 @@ class Provenance:
     source_checksum: str
     package_version: str
     format_version: int = FORMAT_VERSION
+    # Nucleus rows (format 3): each row keeps the smallest prefix of its top-V' reaching mass
+    # top_p, at least min_k entries, and is padded with (index 0, probability 0). top_p = 1: whole
+    # rows. Older stores lack these attributes and read as whole rows.
+    top_p: float = 1.0
+    min_k: int = 1
 
     def to_attrs(self) -> dict:
         attrs = dataclasses.asdict(self)
@@ -77,6 +87,8 @@ class Provenance:
     def from_attrs(cls, attrs, path: str) -> "Provenance":
         values = {}
         for f in dataclasses.fields(cls):
+            if f.name not in attrs and f.name in _OPTIONAL:
+                continue
             if f.name not in attrs:
                 raise StoreError(f"{path}: not a teacher store (attribute '{f.name}' missing)")
             v = attrs[f.name]
@@ -84,6 +96,8 @@ class Provenance:
                 v = tuple(s.decode() if isinstance(s, bytes) else str(s) for s in np.atleast_1d(v))
             elif f.type in (int, "int"):
                 v = int(v)
+            elif f.type in (float, "float"):
+                v = float(v)
             else:
                 v = v.decode() if isinstance(v, bytes) else str(v)
             values[f.name] = v

@@ -27,6 +27,25 @@ from ensdist_fairseq.store.validate import PRECISION_MAX
 LOG_PROB_FLOOR = math.log(torch.finfo(torch.float32).tiny)
 
 
+def nucleus_lengths(probs: torch.Tensor, top_p: float, min_k: int) -> torch.Tensor:
+    """Per row of descending top-V' probabilities (N, V'): the length of the smallest prefix whose
+    mass reaches top_p, at least min_k and at most V' (a row whose V' entries hold less than
+    top_p keeps them all). top_p = 1 keeps every entry."""
+    k = probs.shape[-1]
+    if top_p >= 1.0:
+        return torch.full(probs.shape[:-1], k, dtype=torch.long, device=probs.device)
+    # entries before j hold less than top_p  <=>  entry j is still needed
+    before = probs.double().cumsum(-1) - probs.double()
+    needed = (before < top_p).sum(-1)
+    return needed.clamp(min=min(min_k, k), max=k)
+
+
+def truncate_to_nucleus(indices: torch.Tensor, probs: torch.Tensor, lengths: torch.Tensor):
+    """Entries past each row's length become (index 0, probability 0): what store rows pad with."""
+    past = torch.arange(probs.shape[-1], device=probs.device) >= lengths.unsqueeze(-1)
+    return indices.masked_fill(past, 0), probs.masked_fill(past, 0.0)
+
+
 class NonFiniteMemberOutput(ValueError):
     """A member's log-probabilities hold NaN or +inf; `row` is the first bad position."""
 

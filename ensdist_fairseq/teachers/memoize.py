@@ -27,7 +27,12 @@ from ensdist_fairseq.hashing import file_sha256
 from ensdist_fairseq.store import format as store_format
 from ensdist_fairseq.store import shards
 from ensdist_fairseq.store.provenance import Provenance, StoreError, check_topk
-from ensdist_fairseq.store.teacher_distribution import EnsembleMean, NonFiniteMemberOutput
+from ensdist_fairseq.store.teacher_distribution import (
+    EnsembleMean,
+    NonFiniteMemberOutput,
+    nucleus_lengths,
+    truncate_to_nucleus,
+)
 from ensdist_fairseq.teachers import teacher_forcing
 
 # Rows copied per read/write while stitching: 1M rows of V'=64 is 256 MB at most per dataset
@@ -53,6 +58,8 @@ class MemoizeConfig:
     chunk_sentences: int
     cpu: bool
     log_interval: float  # seconds between progress lines
+    top_p: float = 1.0  # nucleus rows: smallest prefix of the top-V' reaching this mass
+    min_k: int = 1  # ... of at least this many entries
 
 
 def _test_kill(point: str) -> None:
@@ -65,6 +72,7 @@ class Run:
 
     def __init__(self, cfg: MemoizeConfig, rank: int, world_size: int):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        check_topk(cfg.min_k, cfg.topk, "--min-k", "at most --topk")
         check_ensemble(cfg.paths, cfg.data)
         use_cuda = torch.cuda.is_available() and not cfg.cpu
         self.device = torch.device(
@@ -117,6 +125,8 @@ class Run:
             target_checksum=fp.target_checksum,
             source_checksum=fp.source_checksum,
             package_version=__version__,
+            top_p=cfg.top_p,
+            min_k=cfg.min_k,
         )
         self.chunks = shards.plan_chunks(len(self.dataset), cfg.chunk_sentences)
 
@@ -161,6 +171,9 @@ class Run:
                     "refusing to store it"
                 ) from None
         indices, probs = mean.top_k(self.cfg.topk)
+        if self.cfg.top_p < 1.0:
+            lengths = nucleus_lengths(probs, self.cfg.top_p, self.cfg.min_k)
+            indices, probs = truncate_to_nucleus(indices, probs, lengths)
         precision = mean.precision()
         lengths = mask.sum(1).tolist()
         indices, probs, precision = (
