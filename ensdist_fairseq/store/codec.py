@@ -27,7 +27,7 @@ import zlib
 
 import numpy as np
 
-LEVEL = 6  # zlib level: 9 codes <1% smaller at several times the memoize-side cost
+LEVEL = 6  # zlib level: 9 codes <1% smaller at several times the cost, 1 codes 2% larger
 
 
 def _planes(values: np.ndarray):
@@ -65,7 +65,18 @@ def encode(indices: np.ndarray, probs: np.ndarray) -> bytes:
     hi, lo = _planes(delta.T[keep_t])
     planes = [lengths.astype(_len_dtype(k)).tobytes() + hi.tobytes(), lo]
     planes += _planes(np.ascontiguousarray(indices.T[keep_t]).view(unsigned))
-    return b"".join(zlib.compress(p, LEVEL) for p in planes)
+    # Low bytes are close to uniform: LZ77 finds nothing there, Huffman coding alone is as small
+    # and faster (the chunk writer codes while the teachers wait).
+    low = {1, len(planes) - 1}
+    return b"".join(
+        _deflate(p, zlib.Z_HUFFMAN_ONLY if j in low else zlib.Z_DEFAULT_STRATEGY)
+        for j, p in enumerate(planes)
+    )
+
+
+def _deflate(data, strategy) -> bytes:
+    c = zlib.compressobj(LEVEL, zlib.DEFLATED, 15, 9, strategy)
+    return c.compress(data) + c.flush()
 
 
 def _streams(blob: bytes, count: int):
