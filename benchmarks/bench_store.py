@@ -308,6 +308,59 @@ def bench_size(rows, topk=64):
         )
 
 
+def bench_read_write(workdir, n=1000, tokens=30, topk=64, passes=5):
+    """Per sentence: RowWriter.write_sentence + close and StoreReader.read (CRC, decoding,
+    validation), format 2 vs format 3, on the same synthetic_rows, formats interleaved."""
+    from ensdist_fairseq.store import format as store_format
+    from ensdist_fairseq.store.provenance import Provenance
+
+    idx, probs = synthetic_rows(n * tokens, topk=topk)
+    offsets = np.arange(n + 1) * tokens
+    precision = np.full(tokens, 5.0, dtype=np.float32)
+    readers, write = {}, {}
+    for version in (2, 3):
+        prov = Provenance(
+            4000,
+            topk,
+            3,
+            ("0" * 64,) * 3,
+            "0" * 64,
+            "train",
+            n,
+            "0" * 64,
+            "0" * 64,
+            "bench",
+            format_version=version,
+        )
+        path = os.path.join(workdir, f"read_v{version}.h5")
+        start = time.perf_counter()
+        w = store_format.RowWriter(path, store_format.create(path, offsets, prov), offsets)
+        for i in range(n):
+            rows = slice(i * tokens, (i + 1) * tokens)
+            w.write_sentence(i, idx[rows], probs[rows], precision)
+        w.close()
+        write[version] = (time.perf_counter() - start) / n
+        readers[version] = store_format.StoreReader(path)
+    read = {2: [], 3: []}
+    for _ in range(passes):
+        for version, reader in readers.items():
+            start = time.perf_counter()
+            for i in range(n):
+                reader.read(i)
+            read[version].append((time.perf_counter() - start) / n)
+    print(f"| per {tokens}-token sentence, V'={topk} | format 2 | format 3 | ratio |")
+    print("|---|---|---|---|")
+    print(
+        f"| write (code + CRC + file) | {1e6 * write[2]:.0f} us | {1e6 * write[3]:.0f} us | "
+        f"{write[3] / write[2]:.1f}x |"
+    )
+    r2, r3 = min(read[2]), min(read[3])
+    print(
+        f"| StoreReader.read, min of {passes} passes | {1e6 * r2:.0f} us | {1e6 * r3:.0f} us | "
+        f"{r3 / r2:.1f}x |"
+    )
+
+
 def stream_child(mode, store, n, sentence_tokens):
     """Iterate every sentence through a LanguagePairDataset (optionally wrapped), batch by batch."""
     from fairseq.data import Dictionary, LanguagePairDataset
@@ -352,14 +405,19 @@ def main():
         "--stream-child", nargs=4, metavar=("MODE", "STORE", "N", "TOKENS"), help=argparse.SUPPRESS
     )
     p.add_argument("--size-rows", type=int, default=20000, help="rows of the coding table")
-    p.add_argument("--size-only", action="store_true", help="only the coding table")
+    p.add_argument(
+        "--size-only", action="store_true", help="only the coding tables (size, read, write)"
+    )
     a = p.parse_args()
     if a.stream_child:
         return stream_child(
             a.stream_child[0], a.stream_child[1], int(a.stream_child[2]), int(a.stream_child[3])
         )
     if a.size_only:
-        return bench_size(a.size_rows, a.topk)
+        os.makedirs(a.workdir, exist_ok=True)
+        bench_size(a.size_rows, a.topk)
+        print()
+        return bench_read_write(a.workdir, topk=a.topk)
     os.makedirs(a.workdir, exist_ok=True)
     data, ckpts, size = prepare(a.workdir, a.sentences, a.dim, a.vocab)
     store, t_raw, t_memo, tokens = bench_memoize(data, ckpts, a.workdir, a.topk, a.max_tokens)
@@ -408,6 +466,8 @@ def main():
     )
     print()
     bench_size(a.size_rows, a.topk)
+    print()
+    bench_read_write(a.workdir, topk=a.topk)
 
 
 if __name__ == "__main__":
