@@ -8,6 +8,7 @@ writer keeps its chunk's (compressed) sentences in memory and writes the file wh
 stitching sizes the store from its chunks' `code_offsets` before copying their bytes.
 """
 
+import concurrent.futures
 import os
 import zlib
 from typing import Dict, Optional
@@ -72,16 +73,21 @@ def create(
 
 class CodedWriter:
     """Collects a file's sentences (coded at once: memory holds compressed rows) in any order
-    and writes the file when closed; every sentence must have been written by then."""
+    and writes the file when closed; every sentence must have been written by then.
+
+    Coding runs on one worker thread (zlib releases the GIL), so memoize's next batch of teacher
+    forward passes overlaps it; the result does not depend on it (each sentence is coded alone).
+    """
 
     def __init__(self, path, offsets, attrs, first_sentence, index_dtype, topk):
         self.path, self.attrs, self.first_sentence = path, attrs, first_sentence
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.index_dtype, self.topk = np.dtype(index_dtype), topk
         self._blobs, self._precision, self._crc = {}, {}, {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(1)
 
     def write_sentence(self, i: int, indices: np.ndarray, probs: np.ndarray, precision):
-        self._blobs[i] = codec.encode(indices, probs)
+        self._blobs[i] = self._pool.submit(codec.encode, indices.copy(), probs.copy())
         self._precision[i] = precision
         self._crc[i] = sentence_crc(self.first_sentence + i, indices, probs, precision)
 
@@ -90,12 +96,14 @@ class CodedWriter:
         if len(self._blobs) != n:
             missing = sorted(set(range(n)) - set(self._blobs))
             raise ValueError(f"{self.path}: {len(missing)} sentences not written ({missing[:5]})")
-        sizes = np.array([len(self._blobs[i]) for i in range(n)], dtype=np.int64)
+        blobs = [self._blobs[i].result() for i in range(n)]
+        self.abandon()
+        sizes = np.array([len(b) for b in blobs], dtype=np.int64)
         code_offsets = np.concatenate([[0], np.cumsum(sizes)])
         where = create(self.path, self.offsets, code_offsets, self.attrs, self.first_sentence)
         fd = os.open(self.path, os.O_RDWR)
         try:
-            os.pwrite(fd, b"".join(self._blobs[i] for i in range(n)), where[CODED])
+            os.pwrite(fd, b"".join(blobs), where[CODED])
             precision = np.concatenate([self._precision[i] for i in range(n)]).astype("<f4")
             os.pwrite(fd, precision.tobytes(), where[PRECISION])
             crc = np.array([self._crc[i] for i in range(n)], dtype="<u4")
@@ -104,5 +112,10 @@ class CodedWriter:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        self._blobs, self._precision, self._crc = {}, {}, {}
+        self._precision, self._crc = {}, {}
         return int(code_offsets[-1])
+
+    def abandon(self):
+        """Stop the coding thread and drop what is pending."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._blobs = {}

@@ -181,6 +181,8 @@ class RowWriter:
 
     def abandon(self):
         """Stop without writing what is pending (the caller removes the file)."""
+        if self._coded is not None:
+            self._coded.abandon()
         self._coded = None
         if self._fd is not None:
             os.close(self._fd)
