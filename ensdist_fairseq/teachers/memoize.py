@@ -143,8 +143,9 @@ class Run:
         )
         self.log(
             f"{n} sentences, {rows} target tokens, V'={self.cfg.topk}, K={self.provenance.num_teachers}: "
-            f"the store will take {_human(nbytes)} ({per_entry} bytes per entry), "
-            f"twice that while its chunks are stitched"
+            f"the store will take at most {_human(nbytes)} ({per_entry} bytes per entry before "
+            "its rows are coded; coded they take less), twice that while its chunks "
+            "are stitched"
         )
         out_dir = os.path.dirname(os.path.abspath(self.cfg.output))
         free = shutil.disk_usage(out_dir).free
