@@ -128,3 +128,35 @@ def test_nucleus_lengths_against_a_brute_force_prefix_search():
     for r, n in enumerate(lengths.tolist()):
         assert t_idx[r, :n].tolist() == list(range(1, n + 1)) and not t_idx[r, n:].any()
         assert t_probs[r, :n].tolist() == probs[r, :n].tolist() and not t_probs[r, n:].any()
+
+
+@pytest.mark.parametrize(
+    "truncation, temperature", [("tail", 1.0), ("tail", 2.0), ("renormalize", 1.5)]
+)
+def test_nucleus_padding_is_read_as_nothing_stored_by_the_kd_loss(truncation, temperature):
+    """A nucleus row (entries past its length are index 0, probability 0) gives the loss of the
+    shorter row alone: the padding adds nothing, whatever index 0's student probability."""
+    from ensdist_fairseq.losses.ensemble_mean_kd import ensemble_mean_kd
+
+    rng = np.random.default_rng(1)
+    student = torch.log_softmax(torch.from_numpy(rng.normal(size=(5, 30))), -1)
+    probs = np.sort(rng.dirichlet(np.ones(30), size=5), axis=1)[:, ::-1][:, :8].copy()
+    indices = np.stack([rng.permutation(np.arange(1, 30))[:8] for _ in range(5)])
+    for r, n in enumerate([1, 3, 8, 5, 2]):
+        padded_i, padded_p = indices[r].copy(), probs[r].copy()
+        padded_i[n:], padded_p[n:] = 0, 0.0
+        got = ensemble_mean_kd(
+            student[r : r + 1],
+            torch.from_numpy(padded_i)[None],
+            torch.from_numpy(padded_p)[None],
+            temperature,
+            truncation,
+        )
+        want = ensemble_mean_kd(
+            student[r : r + 1],
+            torch.from_numpy(indices[r, :n])[None],
+            torch.from_numpy(probs[r, :n])[None],
+            temperature,
+            truncation,
+        )
+        torch.testing.assert_close(got, want)
