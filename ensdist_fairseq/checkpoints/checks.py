@@ -19,7 +19,7 @@ import logging
 import os
 from typing import Sequence
 
-from ensdist_fairseq.checkpoints.safe_loading import load_checkpoint
+from ensdist_fairseq.checkpoints.safe_loading import load_checkpoint, model_config
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.hashing import file_sha256
 
@@ -54,15 +54,17 @@ def check_ensemble(paths: Sequence[str], data_dir: str) -> None:
         raise EnsdistError(f"{data_dir}: data directory not found")
     if not paths:
         raise EnsdistError("--path: no checkpoints given")
-    for p in paths:
+    for i, p in enumerate(paths):
         if not os.path.isfile(p):
-            raise EnsdistError(f"{p}: checkpoint not found")
+            raise EnsdistError(_not_found(paths, i))
     first = None
     for p in paths:
         state = load_checkpoint(p)
-        if not isinstance(state, dict) or "model" not in state or "cfg" not in state:
-            raise EnsdistError(f"{p}: not a fairseq checkpoint (no 'model'/'cfg' entries)")
-        task = _get(state["cfg"], "task") or {}
+        model_cfg, task = model_config(state)
+        if not isinstance(state, dict) or "model" not in state or model_cfg is None:
+            raise EnsdistError(f"{p}: not a fairseq checkpoint (no 'model' and 'cfg' or 'args' entries)")
+        check_architecture(p, model_cfg)
+        task = task or {}
         tgt = _get(task, "target_lang") or _inferred_target_lang(data_dir)
         data_dict = os.path.join(data_dir, f"dict.{tgt}.txt")
         if tgt is None or not os.path.isfile(data_dict):
@@ -81,6 +83,33 @@ def check_ensemble(paths: Sequence[str], data_dir: str) -> None:
             first = (p, tgt)
         elif tgt != first[1]:
             raise EnsdistError(f"{p}: target language {tgt} differs from {first[0]}'s {first[1]}")
+
+
+def _not_found(paths: Sequence[str], i: int) -> str:
+    """'not found', or, when the missing piece is part of a file whose name has a ':', that the
+    colon is fairseq's ensemble separator (fairseq splits --path on every ':')."""
+    for a in range(i + 1):
+        for b in range(max(i, a + 1), len(paths)):
+            joined = ":".join(paths[a : b + 1])
+            if os.path.isfile(joined):
+                return (
+                    f"{joined}: a checkpoint path may not contain ':' (fairseq's ensemble "
+                    "separator in --path splits it); rename the file or link it under another name"
+                )
+    return f"{paths[i]}: checkpoint not found"
+
+
+def check_architecture(checkpoint: str, model_cfg) -> None:
+    """EnsdistError naming the file when its architecture is not registered with fairseq (a
+    model of a plugin that is not loaded), instead of fairseq's KeyError or IndexError."""
+    from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY
+
+    arch = _get(model_cfg, "_name") or _get(model_cfg, "arch")
+    if arch is not None and arch not in ARCH_MODEL_REGISTRY and arch not in MODEL_REGISTRY:
+        raise EnsdistError(
+            f"{checkpoint}: unknown architecture '{arch}' (not registered with fairseq: "
+            "a model of another plugin? give its directory with --user-dir)"
+        )
 
 
 def check_dictionary_record(checkpoint: str, task_state: dict, task_cfg, data_dict: str) -> None:

@@ -27,21 +27,39 @@ def load_models(
     data_dir: str,
     device: torch.device = torch.device("cpu"),
     overrides: Optional[dict] = None,
+    dtype: Optional[torch.dtype] = None,
 ):
     """(models in eval mode on `device`, task) for the checkpoints `paths` on `data_dir`.
 
     overrides: model options set at load time, like fairseq's --model-overrides (e.g.
-    {"dirichlet_predictive": "mean"} for a Proxy-Dirichlet student)."""
+    {"dirichlet_predictive": "mean"} for a Proxy-Dirichlet student). dtype: torch.float16 or
+    torch.bfloat16 for a GPU pass in half precision (None: as stored, float32).
+
+    Each checkpoint is loaded on its own, so a weight that does not fit the architecture in its
+    cfg is reported naming that file (fairseq's message names no file)."""
     from fairseq import checkpoint_utils
 
     from ensdist_fairseq import register_with_fairseq
+    from ensdist_fairseq.errors import state_dict_mismatch
 
     register_with_fairseq()  # the checkpoints may name our task or model
-    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        list(paths), arg_overrides={**(overrides or {}), "data": data_dir}
-    )
+    models, task = [], None
+    for path in paths:
+        try:
+            loaded, _cfg, path_task = checkpoint_utils.load_model_ensemble_and_task(
+                [path], arg_overrides={**(overrides or {}), "data": data_dir}
+            )
+        except RuntimeError as e:
+            if "loading state_dict" not in str(e):
+                raise
+            raise EnsdistError(f"{path}: {state_dict_mismatch(e)}") from None
+        models.extend(loaded)
+        task = task or path_task  # fairseq's ensemble loader, too, keeps the first one's task
     # eval(): dropout off, the test-time predictive distribution
-    return [m.to(device).eval() for m in models], task
+    models = [m.to(device).eval() for m in models]
+    if dtype is not None:
+        models = [m.to(dtype) for m in models]
+    return models, task
 
 
 def max_positions(task, models):
