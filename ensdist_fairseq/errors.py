@@ -43,13 +43,28 @@ def report(e: BaseException, file=None) -> None:
     print(f"error: {one_line(e)}", file=file or sys.stderr, flush=True)
 
 
+_ADVICE = (
+    "Check the documentation",
+    "Please file an issue",
+    "Re-running",
+    "In PyTorch",
+    "(1)",
+    "(2)",
+)
+
+
 def unpickling_refusal(e: BaseException) -> str:
-    """The one line saying why torch refused to unpickle a file: for a global outside the
-    allow-list torch's message is a page of advice, whose 'Unsupported global' line is the reason."""
+    """The one line saying why torch refused to unpickle a file. For a global outside the
+    allow-list torch's message is a page of advice (including to switch weights_only off, which
+    would run the pickle); the line naming the global is the reason."""
     lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    for line in lines:
-        if "Unsupported global" in line or "Can only build" in line:
-            return line.rstrip(".") + "; refused unread, not a type fairseq checkpoints contain"
+    if lines and lines[0].startswith("Weights only load failed"):
+        reasons = [x for x in lines[1:] if not x.startswith(_ADVICE)]
+        named = [x for x in reasons if "global" in x.lower() or "Can only build" in x]
+        if named or reasons:
+            reason = (named or reasons)[0].removeprefix("WeightsUnpickler error: ")
+            reason = reason.split(". Please use")[0].rstrip(".")
+            return f"{reason}; refused unread: not a type fairseq checkpoints contain"
     return lines[0] if lines else type(e).__name__
 
 

@@ -12,9 +12,8 @@ because this machine cannot write them itself:
 import glob
 import os
 
-import torch
-
 import tiny_fairseq
+import torch
 
 BLEU = [
     "--task",
@@ -55,7 +54,9 @@ def pick(save_dir, name):
 
 def write_fp16(src, dst):
     state = torch.load(src, weights_only=True)
-    state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    state["model"] = {
+        k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()
+    }
     state["cfg"]["common"]["fp16"] = True
     state["last_optimizer_state"]["loss_scale"] = 128.0
     torch.save(state, dst)
@@ -85,7 +86,9 @@ def write_legacy(src, dst, data):
 def build(data, root):
     """{variant name: checkpoint path} for every variant."""
     paths = {name: pick(train_variant(data, root, name), name) for name in TRAINED}
-    paths["eval_bleu_best"] = os.path.join(os.path.dirname(paths["eval_bleu"]), "checkpoint_best.pt")
+    paths["eval_bleu_best"] = os.path.join(
+        os.path.dirname(paths["eval_bleu"]), "checkpoint_best.pt"
+    )
     os.makedirs(os.path.join(root, "derived"), exist_ok=True)
     paths["fp16"] = write_fp16(paths["plain"], os.path.join(root, "derived", "fp16.pt"))
     paths["legacy_args"] = write_legacy(

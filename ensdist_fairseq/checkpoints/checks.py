@@ -17,7 +17,7 @@ What is compared, and why it is sound (docs/store-format.md, "Dictionaries"):
 
 import logging
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ensdist_fairseq.checkpoints.safe_loading import load_checkpoint, model_config
 from ensdist_fairseq.errors import EnsdistError
@@ -48,8 +48,15 @@ def _get(cfg, key, default=None):
     return cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)
 
 
-def check_ensemble(paths: Sequence[str], data_dir: str) -> None:
-    """Raise EnsdistError naming the first checkpoint that does not fit `data_dir`."""
+def check_ensemble(
+    paths: Sequence[str], data_dir: str, teacher_dicts: Optional[Sequence[str]] = None
+) -> None:
+    """Raise EnsdistError naming the first checkpoint that does not fit `data_dir`.
+
+    teacher_dicts: the target dictionary each checkpoint was trained with (one for all, or one
+    per checkpoint), for checkpoints that record no dictionary checksum (`--task translation`);
+    without it, a dict.<tgt>.txt beside the checkpoint file (how pretrained fairseq models are
+    shipped) is compared when there is one."""
     if not os.path.isdir(data_dir):
         raise EnsdistError(f"{data_dir}: data directory not found")
     if not paths:
@@ -57,12 +64,23 @@ def check_ensemble(paths: Sequence[str], data_dir: str) -> None:
     for i, p in enumerate(paths):
         if not os.path.isfile(p):
             raise EnsdistError(_not_found(paths, i))
+    teacher_dicts = list(teacher_dicts or [])
+    if len(teacher_dicts) not in (0, 1, len(paths)):
+        raise EnsdistError(
+            f"--teacher-dict: {len(teacher_dicts)} dictionaries for {len(paths)} checkpoints "
+            "(give one for all or one per checkpoint)"
+        )
+    for d in teacher_dicts:
+        if not os.path.isfile(d):
+            raise EnsdistError(f"--teacher-dict {d}: file not found")
     first = None
-    for p in paths:
+    for i, p in enumerate(paths):
         state = load_checkpoint(p)
         model_cfg, task = model_config(state)
         if not isinstance(state, dict) or "model" not in state or model_cfg is None:
-            raise EnsdistError(f"{p}: not a fairseq checkpoint (no 'model' and 'cfg' or 'args' entries)")
+            raise EnsdistError(
+                f"{p}: not a fairseq checkpoint (no 'model' and 'cfg' or 'args' entries)"
+            )
         check_architecture(p, model_cfg)
         task = task or {}
         tgt = _get(task, "target_lang") or _inferred_target_lang(data_dir)
@@ -78,11 +96,29 @@ def check_ensemble(paths: Sequence[str], data_dir: str) -> None:
                 f"{p}: output vocabulary {out.shape[0]} != {expected} symbols of {data_dict} "
                 "(trained with a different dictionary)"
             )
-        check_dictionary_record(p, state.get("task_state") or {}, task, data_dict)
+        given = teacher_dicts[min(i, len(teacher_dicts) - 1)] if teacher_dicts else None
+        check_dictionary_record(p, state.get("task_state") or {}, task, data_dict, given)
         if first is None:
             first = (p, tgt)
         elif tgt != first[1]:
             raise EnsdistError(f"{p}: target language {tgt} differs from {first[0]}'s {first[1]}")
+
+
+def first_dictionary_difference(a: str, b: str) -> Optional[str]:
+    """'line N: <symbol a> vs <symbol b>' of the first differing entry of two fairseq dictionary
+    files (the symbols only: counts do not change token ids), None when they agree."""
+
+    def symbols(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [line.rstrip("\n").rsplit(" ", 1)[0] for line in f]
+
+    sa, sb = symbols(a), symbols(b)
+    for n, (x, y) in enumerate(zip(sa, sb), start=1):
+        if x != y:
+            return f"line {n}: {x!r} vs {y!r}"
+    if len(sa) != len(sb):
+        return f"{len(sa)} vs {len(sb)} entries"
+    return None
 
 
 def _not_found(paths: Sequence[str], i: int) -> str:
@@ -112,8 +148,12 @@ def check_architecture(checkpoint: str, model_cfg) -> None:
         )
 
 
-def check_dictionary_record(checkpoint: str, task_state: dict, task_cfg, data_dict: str) -> None:
-    """Compare the dictionary sha256 recorded in a checkpoint's task state with `data_dict`."""
+def check_dictionary_record(
+    checkpoint: str, task_state: dict, task_cfg, data_dict: str, teacher_dict: Optional[str] = None
+) -> None:
+    """Compare the dictionary sha256 recorded in a checkpoint's task state with `data_dict`;
+    without a record, compare `teacher_dict` (or a dictionary of that name beside the checkpoint)
+    with `data_dict` by content."""
     recorded = task_state.get(DICTIONARY_SHA256_KEY) if isinstance(task_state, dict) else None
     if recorded:
         actual = file_sha256(data_dict)
@@ -121,6 +161,17 @@ def check_dictionary_record(checkpoint: str, task_state: dict, task_cfg, data_di
             raise EnsdistError(
                 f"{checkpoint}: trained with another dictionary than {data_dict} "
                 f"(sha256 {recorded[:12]}… recorded in the checkpoint, {actual[:12]}… in the file)"
+            )
+        return
+    beside = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), os.path.basename(data_dict))
+    shipped = teacher_dict or (beside if os.path.isfile(beside) else None)
+    if shipped is not None:
+        difference = first_dictionary_difference(shipped, data_dict)
+        if difference is not None:
+            flag = "--teacher-dict " if teacher_dict else ""
+            raise EnsdistError(
+                f"{flag}{shipped}: the dictionary of {checkpoint} differs from {data_dict} "
+                f"({difference}): its distributions would be stored under other tokens"
             )
         return
     trained_data = str(_get(task_cfg, "data", "") or "").split(":")[0]

@@ -78,7 +78,9 @@ def load_checkpoint(path: str, map_location="cpu"):
     except FileNotFoundError:
         raise
     except Exception as e:  # pickle errors, zip errors, truncated files
-        raise EnsdistError(f"{path}: not a loadable fairseq checkpoint ({unpickling_refusal(e)})") from None
+        raise EnsdistError(
+            f"{path}: not a loadable fairseq checkpoint ({unpickling_refusal(e)})"
+        ) from None
 
 
 def model_config(state: dict):

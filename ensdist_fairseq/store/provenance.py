@@ -35,6 +35,9 @@ _LABELS = {
     "topk": "V'",
 }
 
+# Attributes a store may lack (stores written before they were recorded read as None).
+_OPTIONAL = ("teacher_accuracy",)
+
 
 class StoreError(EnsdistError):
     """A teacher store is unreadable, corrupt, or does not belong to the data it is used with.
@@ -66,16 +69,21 @@ class Provenance:
     source_checksum: str
     package_version: str
     format_version: int = FORMAT_VERSION
+    # The ensemble's teacher-forced accuracy on the split (a measurement, not an input: never
+    # compared; absent from stores written before it was recorded).
+    teacher_accuracy: Optional[float] = None
 
     def to_attrs(self) -> dict:
         attrs = dataclasses.asdict(self)
         attrs["teacher_sha256"] = np.array(self.teacher_sha256, dtype="S64")
-        return attrs
+        return {k: v for k, v in attrs.items() if v is not None}
 
     @classmethod
     def from_attrs(cls, attrs, path: str) -> "Provenance":
         values = {}
         for f in dataclasses.fields(cls):
+            if f.name in _OPTIONAL and f.name not in attrs:
+                continue
             if f.name not in attrs:
                 raise StoreError(f"{path}: not a teacher store (attribute '{f.name}' missing)")
             v = attrs[f.name]
@@ -83,6 +91,8 @@ class Provenance:
                 v = tuple(s.decode() if isinstance(s, bytes) else str(s) for s in np.atleast_1d(v))
             elif f.type in (int, "int"):
                 v = int(v)
+            elif f.name in _OPTIONAL:
+                v = float(v)
             else:
                 v = v.decode() if isinstance(v, bytes) else str(v)
             values[f.name] = v
@@ -118,7 +128,7 @@ class Provenance:
         if diff is not None:
             raise StoreError(f"{path}: {diff} ({context})")
 
-    def as_expected(self, ignore=("package_version",)) -> dict:
+    def as_expected(self, ignore=("package_version", "teacher_accuracy")) -> dict:
         """Every field but `ignore`, as `first_difference` takes them."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ignore}
 

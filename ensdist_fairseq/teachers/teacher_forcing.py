@@ -14,12 +14,14 @@ then a check that every requested sentence is in exactly one batch.
 """
 
 import math
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ensdist_fairseq.errors import EnsdistError
+
+HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def load_models(
@@ -153,3 +155,33 @@ def ensemble_log_probs(models: Sequence[torch.nn.Module], net_input: dict) -> to
     if len(models) > 1:
         total.sub_(math.log(len(models)))  # in place: no second (tokens × V) buffer
     return total
+
+
+class Accuracy(NamedTuple):
+    accuracy: float  # argmax of the ensemble mean == target, over non-pad target tokens
+    unigram: float  # always guessing the most frequent target token of the same tokens
+    tokens: int
+
+
+def accuracy(models: Sequence[torch.nn.Module], batches: Iterable[dict], pad: int) -> Accuracy:
+    """The ensemble's teacher-forced accuracy over `batches`, and a constant guess's."""
+    correct, total, counts = 0, 0, None
+    for sample in batches:
+        target = sample["target"]
+        mask = target.ne(pad)
+        guess = ensemble_log_probs(models, sample["net_input"]).argmax(-1)
+        correct += int((guess.eq(target) & mask).sum())
+        total += int(mask.sum())
+        c = torch.bincount(target[mask].flatten().cpu())
+        counts = c if counts is None else _add_counts(counts, c)
+    if total == 0:
+        return Accuracy(0.0, 0.0, 0)
+    return Accuracy(correct / total, int(counts.max()) / total, total)
+
+
+def _add_counts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    n = max(len(a), len(b))
+    out = torch.zeros(n, dtype=torch.int64)
+    out[: len(a)] += a
+    out[: len(b)] += b
+    return out
