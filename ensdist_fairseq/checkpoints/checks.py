@@ -140,6 +140,9 @@ def check_architecture(checkpoint: str, model_cfg) -> None:
     model of a plugin that is not loaded), instead of fairseq's KeyError or IndexError."""
     from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY
 
+    from ensdist_fairseq import register_with_fairseq
+
+    register_with_fairseq()  # our own architectures are known
     arch = _get(model_cfg, "_name") or _get(model_cfg, "arch")
     if arch is not None and arch not in ARCH_MODEL_REGISTRY and arch not in MODEL_REGISTRY:
         raise EnsdistError(
