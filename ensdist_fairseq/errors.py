@@ -94,6 +94,29 @@ def _unloadable_checkpoint(exc, tb):
     path = _frame_local(tb, "load_model_ensemble_and_task", "filename")
     if path is not None and isinstance(exc, RuntimeError) and "loading state_dict" in str(exc):
         return f"{path}: {state_dict_mismatch(exc)}"
+    names = _frame_local(tb, "load_model_ensemble_and_task", "filenames")
+    if names and isinstance(exc, OSError) and "Model file not found" in str(exc):
+        joined = colon_in_path(list(names))
+        if joined is not None:
+            return f"{joined}: {COLON_MESSAGE}"
+    return None
+
+
+COLON_MESSAGE = (
+    "a checkpoint path may not contain ':' (fairseq's ensemble separator in --path splits it); "
+    "rename the file or link it under another name"
+)
+
+
+def colon_in_path(pieces):
+    """The existing file that `pieces` (a --path split on ':') were cut from, if any."""
+    import os
+
+    for a in range(len(pieces)):
+        for b in range(a + 1, len(pieces)):
+            joined = ":".join(pieces[a : b + 1])
+            if os.path.isfile(joined):
+                return joined
     return None
 
 

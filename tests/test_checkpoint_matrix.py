@@ -67,7 +67,10 @@ def test_every_variant_needs_only_the_allow_list(matrix):
 
 def _forked(entry, argv):
     code, stderr = run_forked(entry, argv)
-    assert code == 0 and "Traceback" not in stderr, f"{argv}\n{stderr[-3000:]}"
+    # a forked fairseq-train may print the traceback of multiprocessing's resource-sharer
+    # thread, inherited from the test process, when it exits: not the command's
+    tracebacks = stderr.count("Traceback") - stderr.count('resource_sharer.py", line 138')
+    assert code == 0 and tracebacks <= 0, f"{argv}\n{stderr[-3000:]}"
     return stderr
 
 

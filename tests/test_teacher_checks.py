@@ -164,3 +164,51 @@ def test_checkpoint_errors_name_the_file(tiny_data, tiny_checkpoints, tmp_path, 
     line = _one_error(capsys)
     assert line.startswith(f"{colon}/checkpoint_best.pt: a checkpoint path may not contain ':'")
     np.testing.assert_equal(os.path.exists(tmp_path / "c.h5"), False)
+
+
+def test_fairseq_generate_names_a_wrong_shaped_checkpoint(tiny_data, tiny_checkpoints, tmp_path):
+    from test_bad_inputs import run_forked
+
+    import ensdist_fairseq
+
+    state = torch.load(tiny_checkpoints[0], weights_only=True)
+    state["model"]["encoder.layers.0.fc1.weight"] = state["model"]["encoder.layers.0.fc1.weight"][
+        1:
+    ]
+    shaped = str(tmp_path / "shaped.pt")
+    torch.save(state, shaped)
+
+    def generate():
+        from fairseq_cli import generate
+
+        return generate.cli_main()
+
+    user_dir = os.path.dirname(ensdist_fairseq.__file__)
+    argv = ["fairseq-generate", tiny_data, "--path", shaped, "--user-dir", user_dir, "--cpu"]
+    code, stderr = run_forked(generate, argv)
+    lines = [x for x in stderr.splitlines() if x.startswith("error:")]
+    assert code == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {shaped}: weights do not fit")
+
+
+def test_fairseq_generate_says_the_colon_is_the_separator(tiny_data, tiny_checkpoints, tmp_path):
+    import ensdist_fairseq
+    from test_bad_inputs import run_forked
+
+    colon = tmp_path / "run:2"
+    colon.mkdir()
+    path = str(colon / "checkpoint_best.pt")
+    shutil.copy(tiny_checkpoints[0], path)
+
+    def generate():
+        from fairseq_cli import generate
+
+        return generate.cli_main()
+
+    user_dir = os.path.dirname(ensdist_fairseq.__file__)
+    argv = ["fairseq-generate", tiny_data, "--path", path, "--user-dir", user_dir, "--cpu"]
+    code, stderr = run_forked(generate, argv)
+    lines = [x for x in stderr.splitlines() if x.startswith("error:")]
+    assert code == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert len(lines) == 1 and "fairseq's ensemble separator" in lines[0]
+    assert lines[0].startswith(f"error: {path}: a checkpoint path may not contain ':'")

@@ -20,7 +20,7 @@ import os
 from typing import Optional, Sequence
 
 from ensdist_fairseq.checkpoints.safe_loading import load_checkpoint, model_config
-from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.errors import COLON_MESSAGE, EnsdistError, colon_in_path
 from ensdist_fairseq.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -122,16 +122,11 @@ def first_dictionary_difference(a: str, b: str) -> Optional[str]:
 
 
 def _not_found(paths: Sequence[str], i: int) -> str:
-    """'not found', or, when the missing piece is part of a file whose name has a ':', that the
-    colon is fairseq's ensemble separator (fairseq splits --path on every ':')."""
-    for a in range(i + 1):
-        for b in range(max(i, a + 1), len(paths)):
-            joined = ":".join(paths[a : b + 1])
-            if os.path.isfile(joined):
-                return (
-                    f"{joined}: a checkpoint path may not contain ':' (fairseq's ensemble "
-                    "separator in --path splits it); rename the file or link it under another name"
-                )
+    """'not found', or, when the missing piece was cut from a file whose name has a ':', that
+    the colon is fairseq's ensemble separator (fairseq splits --path on every ':')."""
+    joined = colon_in_path(list(paths))
+    if joined is not None:
+        return f"{joined}: {COLON_MESSAGE}"
     return f"{paths[i]}: checkpoint not found"
 
 
