@@ -192,8 +192,9 @@ def test_fairseq_generate_names_a_wrong_shaped_checkpoint(tiny_data, tiny_checkp
 
 
 def test_fairseq_generate_says_the_colon_is_the_separator(tiny_data, tiny_checkpoints, tmp_path):
-    import ensdist_fairseq
     from test_bad_inputs import run_forked
+
+    import ensdist_fairseq
 
     colon = tmp_path / "run:2"
     colon.mkdir()
