@@ -196,7 +196,7 @@ def _malicious_commands(data, path, tmp_path):
         "fairseq-validate": (
             _fairseq("validate"),
             ["fairseq-validate", data, "--path", path, "--user-dir", USER_DIR, "--cpu"]
-            + ["--task", "translation"],
+            + ["--task", "translation", "--max-tokens", "2000"],
         ),
         "ensdist-memoize": (
             _ensdist("memoize"),
