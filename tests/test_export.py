@@ -63,5 +63,10 @@ def test_export_refuses_what_it_cannot_keep_identical(student, tiny_checkpoints,
     torch.save(state, mean)
     assert main(["--path", mean, "--output", str(tmp_path / "y.pt")]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--dirichlet-predictive mean" in err
+    assert err.count("\n") == 1 and "decode with the Dirichlet mean (mean)" in err
     assert not os.path.exists(tmp_path / "y.pt")
+    del state["cfg"]["model"].dirichlet_predictive  # saved before the option: loads as mean
+    torch.save(state, mean)
+    assert main(["--path", mean, "--output", str(tmp_path / "y.pt")]) == 1
+    assert "records no dirichlet_predictive" in capsys.readouterr().err
+    assert main(["--path", mean, "--output", str(tmp_path / "y.pt"), "--softmax-predictive"]) == 0

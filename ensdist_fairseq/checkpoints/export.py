@@ -45,8 +45,10 @@ def _fields(config_class) -> set:
     return {f.name for f in dataclasses.fields(config_class)}
 
 
-def plain_transformer_state(state: dict, path: str) -> dict:
-    """The checkpoint `state` (of `path`) of a Dirichlet student as a plain transformer's."""
+def plain_transformer_state(state: dict, path: str, force_softmax: bool = False) -> dict:
+    """The checkpoint `state` (of `path`) of a Dirichlet student as a plain transformer's.
+    force_softmax: also when the student decodes with the Dirichlet mean (the export then
+    decodes with softmax(z), not as the student does)."""
     from fairseq.criterions.label_smoothed_cross_entropy import (
         LabelSmoothedCrossEntropyCriterionConfig,
     )
@@ -61,12 +63,16 @@ def plain_transformer_state(state: dict, path: str) -> dict:
     arch = model.get("arch") or model.get("_name")
     if arch is None or not str(arch).startswith("dirichlet_transformer"):
         raise EnsdistError(f"{path}: architecture {arch!r} is not a dirichlet_transformer")
-    predictive = model.get("dirichlet_predictive") or "softmax"
-    if predictive != "softmax":
+    from ensdist_fairseq.models.dirichlet_transformer import LEGACY_PREDICTIVE
+
+    recorded = model.get("dirichlet_predictive")
+    predictive = recorded or LEGACY_PREDICTIVE  # how the plugin loads a checkpoint without one
+    if predictive != "softmax" and not force_softmax:
+        why = "records no dirichlet_predictive, so it" if recorded is None else "is saved to"
         raise EnsdistError(
-            f"{path}: decodes with --dirichlet-predictive {predictive}; a plain transformer "
-            "computes softmax(z) only (load it with --model-overrides "
-            "\"{'dirichlet_predictive': 'softmax'}\" to decode the same way before exporting)"
+            f"{path}: {why} decode{'s' if recorded is None else ''} with the Dirichlet mean "
+            f"({predictive}); a plain transformer computes softmax(z) only "
+            "(--softmax-predictive exports softmax(z) anyway)"
         )
     plain_arch = "transformer" + str(arch)[len("dirichlet_transformer") :]
     if plain_arch not in ARCH_MODEL_REGISTRY:
@@ -112,12 +118,12 @@ def check_loads_without_plugin(f, name: str) -> None:
         raise EnsdistError(f"{name}: would pickle {', '.join(unsafe)} (a bug: please report)")
 
 
-def export_plain_transformer(path: str, output: str) -> str:
+def export_plain_transformer(path: str, output: str, force_softmax: bool = False) -> str:
     """Write the Dirichlet student `path` as a plain transformer checkpoint `output`; returns
     its architecture. Checked to need nothing beyond torch's own types before it is written."""
     if os.path.exists(output) and os.path.samefile(path, output):
         raise EnsdistError(f"--output {output}: is the input checkpoint")
-    state = plain_transformer_state(load_checkpoint(path), path)
+    state = plain_transformer_state(load_checkpoint(path), path, force_softmax)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)

@@ -16,6 +16,13 @@ def build_parser() -> options.Parser:
     p = options.Parser(prog="ensdist-export", description=__doc__.split("\n\n")[0])
     p.add_argument("--path", required=True, help="a dirichlet_transformer checkpoint")
     p.add_argument("--output", required=True, help="the plain transformer checkpoint to write")
+    p.add_argument(
+        "--softmax-predictive",
+        action="store_true",
+        help="export softmax(z) also when the student decodes with the Dirichlet mean "
+        "(alpha/alpha_0; checkpoints recording no predictive do): the export then decodes "
+        "differently from the student as saved",
+    )
     return p
 
 
@@ -34,7 +41,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise EnsdistError(f"--path {args.path}: checkpoint not found")
     check_writable(args.output, "--output")
     register_with_fairseq()
-    arch = export_plain_transformer(args.path, args.output)
+    arch = export_plain_transformer(args.path, args.output, args.softmax_predictive)
     print(f"ensdist-export: {args.path} -> {args.output} (arch {arch}, plain fairseq)")
     return 0
 
