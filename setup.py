@@ -44,6 +44,7 @@ setup(
             "ensdist-corpus-ding=ensdist_fairseq.cli.corpus_ding:main",
             "ensdist-sentencepiece=ensdist_fairseq.cli.sentencepiece:main",
             "ensdist-seqkd=ensdist_fairseq.cli.seqkd:main",
+            "ensdist-export=ensdist_fairseq.cli.export:main",
         ]
     },
 )

@@ -3,14 +3,17 @@
 import argparse
 import fractions
 import os
+import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from numpy._core.multiarray import _reconstruct
 
 import ensdist_fairseq  # noqa: F401  (installs the allow-list)
-from ensdist_fairseq.checkpoints.safe_loading import FAIRSEQ_CHECKPOINT_GLOBALS, load_checkpoint
+from ensdist_fairseq.checkpoints.safe_loading import allowed_names, load_checkpoint
 
 pytestmark = pytest.mark.slow  # trains tiny models or runs fairseq commands
 
@@ -22,8 +25,7 @@ def test_fairseq_checkpoint_needs_exactly_the_allow_list(tiny_checkpoints):
         found = set(torch.serialization.get_unsafe_globals_in_checkpoint(tiny_checkpoints[0]))
     finally:
         torch.serialization.add_safe_globals(saved)
-    allowed = {f"{t.__module__}.{t.__qualname__}" for t in FAIRSEQ_CHECKPOINT_GLOBALS}
-    assert found and found <= allowed
+    assert found and found <= allowed_names()
     state = load_checkpoint(tiny_checkpoints[0])
     assert isinstance(state["cfg"]["model"], argparse.Namespace)
 
@@ -43,6 +45,50 @@ def test_other_globals_are_still_refused(tmp_path):
     torch.save({"model": {}, "w": fractions.Fraction(1, 3)}, od)  # a stdlib global outside the list
     with pytest.raises(ValueError):
         load_checkpoint(str(od))
+
+
+class _Numpy1Pickler(pickle._Pickler):
+    """Writes numpy arrays as numpy 1 did (numpy.core.multiarray._reconstruct)."""
+
+    def save_global(self, obj, name=None):
+        if obj is _reconstruct:
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+class _Numpy1PickleModule:
+    Pickler = _Numpy1Pickler
+    __name__ = "pickle"
+
+
+def _pickled_globals(path):
+    saved = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:
+        return set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    finally:
+        torch.serialization.add_safe_globals(saved)
+
+
+@pytest.mark.parametrize("numpy1", [False, True])
+def test_numpy_arrays_of_fairseq_metrics_load(tmp_path, numpy1):
+    """--eval-bleu saves its n-gram counts as numpy arrays (int64 counts, float averages)."""
+    arrays = {str(d): np.arange(4, dtype=d) for d in ("int64", "int32", "float64", "float32")}
+    path = tmp_path / "metrics.pt"
+    kw = {"pickle_module": _Numpy1PickleModule} if numpy1 else {}
+    torch.save({"model": {}, "extra_state": {"metrics": arrays}}, path, **kw)
+    found = _pickled_globals(path)
+    assert ("numpy.core.multiarray._reconstruct" in found) == numpy1 and found <= allowed_names()
+    state = load_checkpoint(str(path))
+    for d, a in arrays.items():
+        np.testing.assert_array_equal(state["extra_state"]["metrics"][d], a)
+        assert state["extra_state"]["metrics"][d].dtype == a.dtype
+    objects = tmp_path / "objects.pt"  # an object array could hold anything: refused
+    torch.save({"x": np.array([fractions.Fraction(1, 3)], dtype=object)}, objects)
+    with pytest.raises(ValueError, match="objects.pt: not a loadable fairseq checkpoint"):
+        load_checkpoint(str(objects))
 
 
 def test_not_a_checkpoint_gets_one_clear_error(tmp_path):

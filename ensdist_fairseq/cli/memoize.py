@@ -48,6 +48,44 @@ def build_parser() -> options.Parser:
         "(default: %(default)s)",
     )
     options.add_cpu(p)
+    teachers = p.add_argument_group("teachers (loading, and the checks that they fit the data)")
+    teachers.add_argument(
+        "--model-overrides",
+        default="{}",
+        help="model options set at load time, a Python dict as fairseq's --model-overrides "
+        "(e.g. \"{'dropout': 0.0}\")",
+    )
+    teachers.add_argument(
+        "--user-dir", help="a fairseq plugin directory with the teachers' own architecture"
+    )
+    half = teachers.add_mutually_exclusive_group()
+    half.add_argument("--fp16", action="store_true", help="teachers' forward pass in float16 (GPU)")
+    half.add_argument(
+        "--bf16", action="store_true", help="teachers' forward pass in bfloat16 (GPU)"
+    )
+    teachers.add_argument(
+        "--teacher-dict",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="the target dictionary the teachers were trained with (e.g. the dict.txt shipped "
+        "with a pretrained model), compared with the data's by content; once for all "
+        "teachers or once per teacher. Needed for checkpoints that record none "
+        "(--task translation); default: a dict.<tgt>.txt beside the checkpoint if there is one",
+    )
+    teachers.add_argument(
+        "--accuracy-sentences",
+        type=options.integer(1),
+        default=1000,
+        help="sentences of the split (the first ones) on which the ensemble's teacher-forced "
+        "accuracy is measured before anything is written, and recorded in the store "
+        "(default: %(default)s)",
+    )
+    teachers.add_argument(
+        "--allow-low-accuracy",
+        action="store_true",
+        help="store the teachers even when their accuracy is near a constant guess's",
+    )
     p.add_argument(
         "--log-interval",
         type=options.real(0, lo_open=True, inf_means="no progress lines"),
@@ -57,10 +95,44 @@ def build_parser() -> options.Parser:
     return p
 
 
+def _model_overrides(text: str, parser) -> dict:
+    """--model-overrides as fairseq reads it (a Python dict literal), without eval()."""
+    import ast
+
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        parser.error(
+            f"argument --model-overrides: expected a dict like \"{{'dropout': 0.0}}\", got {text!r}"
+        )
+    return value
+
+
+def _import_user_dir(user_dir: Optional[str]) -> None:
+    """fairseq's --user-dir: import the plugin so its architectures are registered."""
+    if user_dir is None:
+        return
+    import argparse
+    import os
+
+    from ensdist_fairseq.errors import EnsdistError
+
+    if not os.path.isdir(user_dir):
+        raise EnsdistError(f"--user-dir {user_dir}: directory not found")
+    from fairseq.utils import import_user_module
+
+    import_user_module(argparse.Namespace(user_dir=user_dir))
+
+
 @options.command
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = _model_overrides(args.model_overrides, parser)
     options.quiet_fairseq_logging()  # h5py would otherwise log every type conversion
+    _import_user_dir(args.user_dir)
     from ensdist_fairseq.teachers.memoize import MemoizeConfig, memoize  # imports fairseq, h5py
 
     cfg = MemoizeConfig(
@@ -76,6 +148,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         log_interval=args.log_interval,
         top_p=args.top_p,
         min_k=args.min_k,
+        model_overrides=overrides,
+        precision="fp16" if args.fp16 else "bf16" if args.bf16 else None,
+        teacher_dicts=args.teacher_dict,
+        accuracy_sentences=args.accuracy_sentences,
+        allow_low_accuracy=args.allow_low_accuracy,
     )
     memoize(cfg)
     return 0

@@ -38,8 +38,9 @@ _LABELS = {
     "min_k": "nucleus minimum (--min-k)",
 }
 
-
-_OPTIONAL = ("top_p", "min_k")  # attributes a version 1 or 2 store does not have
+# Attributes a store may lack: top_p / min_k (format 3; older stores read as whole rows) and
+# teacher_accuracy (stores written before it was recorded read as None).
+_OPTIONAL = ("top_p", "min_k", "teacher_accuracy")
 
 
 class StoreError(EnsdistError):
@@ -77,11 +78,14 @@ class Provenance:
     # rows. Older stores lack these attributes and read as whole rows.
     top_p: float = 1.0
     min_k: int = 1
+    # The ensemble's teacher-forced accuracy on the split (a measurement, not an input: never
+    # compared; absent from stores written before it was recorded).
+    teacher_accuracy: Optional[float] = None
 
     def to_attrs(self) -> dict:
         attrs = dataclasses.asdict(self)
         attrs["teacher_sha256"] = np.array(self.teacher_sha256, dtype="S64")
-        return attrs
+        return {k: v for k, v in attrs.items() if v is not None}
 
     @classmethod
     def from_attrs(cls, attrs, path: str) -> "Provenance":
@@ -96,7 +100,7 @@ class Provenance:
                 v = tuple(s.decode() if isinstance(s, bytes) else str(s) for s in np.atleast_1d(v))
             elif f.type in (int, "int"):
                 v = int(v)
-            elif f.type in (float, "float"):
+            elif f.type in (float, "float") or f.name in ("top_p", "teacher_accuracy"):
                 v = float(v)
             else:
                 v = v.decode() if isinstance(v, bytes) else str(v)
@@ -133,7 +137,7 @@ class Provenance:
         if diff is not None:
             raise StoreError(f"{path}: {diff} ({context})")
 
-    def as_expected(self, ignore=("package_version",)) -> dict:
+    def as_expected(self, ignore=("package_version", "teacher_accuracy")) -> dict:
         """Every field but `ignore`, as `first_difference` takes them."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ignore}
 

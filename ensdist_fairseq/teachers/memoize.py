@@ -44,6 +44,11 @@ COLLECTIVE_TIMEOUT = datetime.timedelta(days=7)
 # Tests only: "chunk-started:N" / "stitch-started" SIGKILLs this process at that point, so a
 # killed run is reproduced exactly (no timing race).
 _KILL_AT = "ENSDIST_TEST_KILL_AT"
+# Teachers whose teacher-forced accuracy is below a constant guess's (always the most frequent
+# target token) are refused; within this margin above it, memoize warns. A teacher worth
+# distilling is far above it; teachers of other data or of other token ids are at or below it
+# (an undertrained teacher that always predicts </s> ties it exactly: warned, not refused).
+ACCURACY_MARGIN = 0.05
 
 
 @dataclasses.dataclass
@@ -60,6 +65,13 @@ class MemoizeConfig:
     log_interval: float  # seconds between progress lines
     top_p: float = 1.0  # nucleus rows: smallest prefix of the top-V' reaching this mass
     min_k: int = 1  # ... of at least this many entries
+    # Loading the teachers (fairseq's --model-overrides / --user-dir, a half-precision GPU pass)
+    # and checking they belong to the data (their dictionaries, their accuracy on the split).
+    model_overrides: dict = dataclasses.field(default_factory=dict)
+    precision: Optional[str] = None  # "fp16" / "bf16": the teachers' forward pass on the GPU
+    teacher_dicts: List[str] = dataclasses.field(default_factory=list)
+    accuracy_sentences: int = 1000
+    allow_low_accuracy: bool = False
 
 
 def _test_kill(point: str) -> None:
@@ -73,12 +85,20 @@ class Run:
     def __init__(self, cfg: MemoizeConfig, rank: int, world_size: int):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         check_topk(cfg.min_k, cfg.topk, "--min-k", "at most --topk")
-        check_ensemble(cfg.paths, cfg.data)
+        check_ensemble(cfg.paths, cfg.data, cfg.teacher_dicts)
         use_cuda = torch.cuda.is_available() and not cfg.cpu
         self.device = torch.device(
             f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_cuda else "cpu"
         )
-        self.models, task = teacher_forcing.load_models(cfg.paths, cfg.data, self.device)
+        if cfg.precision and self.device.type != "cuda":
+            raise EnsdistError(f"--{cfg.precision}: needs a GPU (CUDA is not available or --cpu)")
+        self.models, task = teacher_forcing.load_models(
+            cfg.paths,
+            cfg.data,
+            self.device,
+            overrides=cfg.model_overrides,
+            dtype=teacher_forcing.HALF_DTYPES.get(cfg.precision),
+        )
         empty = _empty_split_file(cfg.data, cfg.split, task.cfg.source_lang, task.cfg.target_lang)
         if empty is not None:  # fairseq's mmap reader fails on it and then again in __del__
             raise EnsdistError(
@@ -110,6 +130,7 @@ class Run:
             )
         except ValueError as e:  # bad input by design (an EnsdistError in newer teacher_forcing)
             raise EnsdistError(str(e)) from None
+        self.accuracy = self.check_accuracy()
         fp = fingerprint(self.dataset)
         self.offsets = np.concatenate([[0], np.cumsum(fp.target_lengths)]).astype(np.int64)
         self.provenance = Provenance(
@@ -127,8 +148,40 @@ class Run:
             package_version=__version__,
             top_p=cfg.top_p,
             min_k=cfg.min_k,
+            teacher_accuracy=self.accuracy,
         )
         self.chunks = shards.plan_chunks(len(self.dataset), cfg.chunk_sentences)
+
+    def check_accuracy(self) -> float:
+        """The ensemble's teacher-forced accuracy on the split's first sentences; EnsdistError
+        when it is no better than always guessing the most frequent target token there (teachers
+        of other data, or a dictionary whose lines differ from theirs)."""
+        n = min(self.cfg.accuracy_sentences, len(self.dataset))
+        batches = teacher_forcing.plan_batches(
+            self.dataset, np.arange(n), self.cfg.max_tokens, self.cfg.batch_size
+        )
+        with torch.inference_mode():
+            acc = teacher_forcing.accuracy(
+                self.models, teacher_forcing.samples(self.dataset, batches, self.device), self.pad
+            )
+        self.log(
+            f"teacher-forced accuracy on the first {n} sentences of '{self.cfg.split}': "
+            f"{100 * acc.accuracy:.2f}% (most frequent target token: {100 * acc.unigram:.2f}%)"
+        )
+        if acc.accuracy < acc.unigram and not self.cfg.allow_low_accuracy:
+            raise EnsdistError(
+                f"--path: the teachers' accuracy on '{self.cfg.split}' of {self.cfg.data} is "
+                f"{100 * acc.accuracy:.2f}%, below the {100 * acc.unigram:.2f}% of always guessing "
+                "its most frequent token: teachers of other data or another dictionary? "
+                "(--allow-low-accuracy to store them anyway)"
+            )
+        if acc.accuracy < acc.unigram + ACCURACY_MARGIN:
+            self.log(
+                f"warning: the teachers are hardly better than always guessing the most frequent "
+                f"token ({100 * acc.accuracy:.2f}% vs {100 * acc.unigram:.2f}%): undertrained, "
+                "or trained on other data?"
+            )
+        return acc.accuracy
 
     def log(self, msg: str):
         prefix = f"[rank {self.rank}/{self.world_size}] " if self.world_size > 1 else ""

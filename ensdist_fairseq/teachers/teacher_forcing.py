@@ -14,12 +14,14 @@ then a check that every requested sentence is in exactly one batch.
 """
 
 import math
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ensdist_fairseq.errors import EnsdistError
+
+HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def load_models(
@@ -27,21 +29,39 @@ def load_models(
     data_dir: str,
     device: torch.device = torch.device("cpu"),
     overrides: Optional[dict] = None,
+    dtype: Optional[torch.dtype] = None,
 ):
     """(models in eval mode on `device`, task) for the checkpoints `paths` on `data_dir`.
 
     overrides: model options set at load time, like fairseq's --model-overrides (e.g.
-    {"dirichlet_predictive": "mean"} for a Proxy-Dirichlet student)."""
+    {"dirichlet_predictive": "mean"} for a Proxy-Dirichlet student). dtype: torch.float16 or
+    torch.bfloat16 for a GPU pass in half precision (None: as stored, float32).
+
+    Each checkpoint is loaded on its own, so a weight that does not fit the architecture in its
+    cfg is reported naming that file (fairseq's message names no file)."""
     from fairseq import checkpoint_utils
 
     from ensdist_fairseq import register_with_fairseq
+    from ensdist_fairseq.errors import state_dict_mismatch
 
     register_with_fairseq()  # the checkpoints may name our task or model
-    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        list(paths), arg_overrides={**(overrides or {}), "data": data_dir}
-    )
+    models, task = [], None
+    for path in paths:
+        try:
+            loaded, _cfg, path_task = checkpoint_utils.load_model_ensemble_and_task(
+                [path], arg_overrides={**(overrides or {}), "data": data_dir}
+            )
+        except RuntimeError as e:
+            if "loading state_dict" not in str(e):
+                raise
+            raise EnsdistError(f"{path}: {state_dict_mismatch(e)}") from None
+        models.extend(loaded)
+        task = task or path_task  # fairseq's ensemble loader, too, keeps the first one's task
     # eval(): dropout off, the test-time predictive distribution
-    return [m.to(device).eval() for m in models], task
+    models = [m.to(device).eval() for m in models]
+    if dtype is not None:
+        models = [m.to(dtype) for m in models]
+    return models, task
 
 
 def max_positions(task, models):
@@ -135,3 +155,33 @@ def ensemble_log_probs(models: Sequence[torch.nn.Module], net_input: dict) -> to
     if len(models) > 1:
         total.sub_(math.log(len(models)))  # in place: no second (tokens × V) buffer
     return total
+
+
+class Accuracy(NamedTuple):
+    accuracy: float  # argmax of the ensemble mean == target, over non-pad target tokens
+    unigram: float  # always guessing the most frequent target token of the same tokens
+    tokens: int
+
+
+def accuracy(models: Sequence[torch.nn.Module], batches: Iterable[dict], pad: int) -> Accuracy:
+    """The ensemble's teacher-forced accuracy over `batches`, and a constant guess's."""
+    correct, total, counts = 0, 0, None
+    for sample in batches:
+        target = sample["target"]
+        mask = target.ne(pad)
+        guess = ensemble_log_probs(models, sample["net_input"]).argmax(-1)
+        correct += int((guess.eq(target) & mask).sum())
+        total += int(mask.sum())
+        c = torch.bincount(target[mask].flatten().cpu())
+        counts = c if counts is None else _add_counts(counts, c)
+    if total == 0:
+        return Accuracy(0.0, 0.0, 0)
+    return Accuracy(correct / total, int(counts.max()) / total, total)
+
+
+def _add_counts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    n = max(len(a), len(b))
+    out = torch.zeros(n, dtype=torch.int64)
+    out[: len(a)] += a
+    out[: len(b)] += b
+    return out
