@@ -22,6 +22,7 @@ LAYERS = {
     "hashing": 0,
     "atomic_files": 0,
     "numeric": 0,
+    "results": 0,
     "corpus": 1,
     "store": 1,
     "losses": 1,

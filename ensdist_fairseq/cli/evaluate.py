@@ -8,7 +8,6 @@ Writes one JSON per system (schema: docs/evaluation.md) and prints one summary l
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -19,10 +18,11 @@ from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.metrics.calibration import DEFAULT_NUM_BINS, CalibrationAccumulator
+from ensdist_fairseq.results import EVALUATION as EVALUATION_SCHEMA
+from ensdist_fairseq.results import non_finite_field
 from ensdist_fairseq.uncertainty.measures import DIRICHLET_PREDICTIVES
 
-SCHEMA_VERSION = 1
-KINDS = ("individual", "ensemble", "student")
+KINDS = EVALUATION_SCHEMA.choices[0][1]
 MAX_CAUSE_CHARS = 200  # fairseq's messages can list every registered task: keep one readable line
 
 
@@ -171,8 +171,7 @@ def evaluate(args, paths: List[str], device) -> dict:
         progress=progress,
     )
     seconds = time.perf_counter() - start
-    result = {
-        "schema_version": SCHEMA_VERSION,
+    fields = {
         "name": args.name,
         "method": args.method,
         "kind": args.kind or ("individual" if len(paths) == 1 else "ensemble"),
@@ -194,6 +193,7 @@ def evaluate(args, paths: List[str], device) -> dict:
         "bleu": None,
         "bleu_signature": None,
     }
+    result = EVALUATION_SCHEMA.make(**fields)
     if args.bleu:
         post = decoding.resolve_post_process(args.post_process, task.target_dictionary)
         print(
@@ -221,22 +221,6 @@ def evaluate(args, paths: List[str], device) -> dict:
             decoding_seconds=time.perf_counter() - start,
         )
     return result
-
-
-def non_finite_field(value, key: str = "") -> Optional[str]:
-    """The first number in a result that is NaN or infinite (its key path), or None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return key
-    items = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value) if isinstance(value, list) else ()
-    )
-    for k, v in items:
-        found = non_finite_field(v, f"{key}.{k}" if key else str(k))
-        if found:
-            return found
-    return None
 
 
 def summary_line(r: dict) -> str:

@@ -6,7 +6,6 @@ one reliability_<method>.png per method to --out (default RESULTS_DIR), prints t
 """
 
 import glob
-import json
 import os
 import sys
 from typing import List, Optional
@@ -15,28 +14,26 @@ from ensdist_fairseq.atomic_files import write_text_atomically
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.report import table2 as report
+from ensdist_fairseq.report.markdown import NOT_MEASURED
 from ensdist_fairseq.report.paper_pattern import pattern_checks, pattern_markdown
 from ensdist_fairseq.report.regime import regime_markdown
 from ensdist_fairseq.report.uncertainty_section import section as uncertainty_section
+from ensdist_fairseq.results import EVALUATION, read_json
 
 
 def load_results(results_dir: str):
-    """(results, their files), sorted by file name; raise EnsdistError naming a bad file."""
+    """(results, their files), sorted by file name; raise EnsdistError naming a bad file.
+    Empty when the directory holds no ensdist-evaluate result (it may hold only uncertainty)."""
     results, sources = [], []
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise EnsdistError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-        if not isinstance(data, dict) or "schema_version" not in data:
+        data = read_json(path)
+        if not EVALUATION.is_one(data):
             continue
         report.check_result(data, path)
         results.append(data)
         sources.append(path)
-    if not results:
-        raise EnsdistError(f"{results_dir}: no ensdist-evaluate result JSONs")
-    report.check_comparable(results, sources)
+    if results:
+        report.check_comparable(results, sources)
     return results, sources
 
 
@@ -59,18 +56,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise EnsdistError(f"{args.results_dir}: results directory not found")
     results, sources = load_results(args.results_dir)
     os.makedirs(out, exist_ok=True)
-    checks = pattern_checks(results, args.ce_method, args.ls_method)
-    text = (
-        report.report_markdown(results)
-        + "\n## Does the paper's pattern hold here?\n\n"
-        + pattern_markdown(checks)
-    )
-    regime = regime_markdown(results)  # where each model stopped (from its train.log)
-    text += "\n" + regime if regime else ""
+    if results:
+        checks = pattern_checks(results, args.ce_method, args.ls_method)
+        text = (
+            report.report_markdown(results)
+            + "\n## Do the papers' claims hold here?\n\n"
+            + pattern_markdown(checks)
+        )
+        regime = regime_markdown(results)  # where each model stopped (from its train.log)
+        text += "\n" + regime if regime else ""
+    else:
+        text = f"## Results\n\n{NOT_MEASURED}: no ensdist-evaluate result in {args.results_dir}.\n"
     unc_text, unc_pngs = uncertainty_section(args.results_dir, out)  # RESULTS/uncertainty/*/
+    if not results and not unc_text:
+        raise EnsdistError(
+            f"{args.results_dir}: no ensdist-evaluate result JSONs and no "
+            "uncertainty/*/system.json"
+        )
     text += unc_text
     write_text_atomically(os.path.join(out, "report.md"), text)
-    pngs = report.write_reliability_diagrams(results, out) + unc_pngs
+    pngs = (report.write_reliability_diagrams(results, out) if results else []) + unc_pngs
     print(text)
     print(
         f"[report] {len(sources)} systems -> {os.path.join(out, 'report.md')}, "

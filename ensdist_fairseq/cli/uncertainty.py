@@ -27,6 +27,7 @@ from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.hashing import file_sha256
+from ensdist_fairseq.results import UNCERTAINTY as UNCERTAINTY_SCHEMA
 from ensdist_fairseq.uncertainty.measures import (
     DIRICHLET_FORMS,
     DIRICHLET_PREDICTIVES,
@@ -34,7 +35,6 @@ from ensdist_fairseq.uncertainty.measures import (
 )
 
 GROUPS = ("single", "ensemble", "mean-kd", "proxy-dirichlet", "other")
-SCHEMA_VERSION = 1
 
 
 def build_parser() -> options.Parser:
@@ -262,30 +262,31 @@ def run(args, paths: List[str], device: torch.device) -> dict:
             flush=True,
         )
     predictive = getattr(models[0], "dirichlet_predictive", None) if kind == "dirichlet" else None
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "name": args.name,
-        "group": group,
-        "kind": kind,
-        "num_models": len(paths),
-        "paths": [os.path.abspath(p) for p in paths],
-        "data": os.path.abspath(args.data),
-        "measures": measures,
-        "knowledge": [m for m in measures if m != "total" and m != "data"],
-        "beam": args.beam,
-        "lenpen": args.lenpen,
-        "weight_temperature": args.weight_temperature,
-        "generation": gen_opts.generation_overrides(args),
-        "post_process": post or "none",
-        "limit": args.limit,
-        "teacher_forced": args.teacher_forced,
-        # what decoded (and weighs the beam), and the expected categorical of the measures
-        "dirichlet_predictive": predictive,
-        "dirichlet_measures": args.dirichlet_measures if kind == "dirichlet" else None,
-        "dirichlet_expected": runner.dirichlet_expected(models, args.dirichlet_measures),
-        "ensemble_combination": args.ensemble_combination if kind == "ensemble" else None,
-        "sets": summary,
-    }
+    return UNCERTAINTY_SCHEMA.make(
+        **{
+            "name": args.name,
+            "group": group,
+            "kind": kind,
+            "num_models": len(paths),
+            "paths": [os.path.abspath(p) for p in paths],
+            "data": os.path.abspath(args.data),
+            "measures": measures,
+            "knowledge": [m for m in measures if m != "total" and m != "data"],
+            "beam": args.beam,
+            "lenpen": args.lenpen,
+            "weight_temperature": args.weight_temperature,
+            "generation": gen_opts.generation_overrides(args),
+            "post_process": post or "none",
+            "limit": args.limit,
+            "teacher_forced": args.teacher_forced,
+            # what decoded (and weighs the beam), and the expected categorical of the measures
+            "dirichlet_predictive": predictive,
+            "dirichlet_measures": args.dirichlet_measures if kind == "dirichlet" else None,
+            "dirichlet_expected": runner.dirichlet_expected(models, args.dirichlet_measures),
+            "ensemble_combination": args.ensemble_combination if kind == "ensemble" else None,
+            "sets": summary,
+        }
+    )
 
 
 @options.command

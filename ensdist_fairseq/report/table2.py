@@ -16,37 +16,16 @@ from matplotlib.figure import Figure  # a bare Figure renders with Agg, no GUI b
 
 from ensdist_fairseq.atomic_files import atomic_open
 from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.results import EVALUATION
 
 KIND_ORDER = ("individual", "ensemble", "student")
 KIND_LABEL = {"individual": "Individual", "ensemble": "Ensemble", "student": "Distilled"}
-REQUIRED_KEYS = (
-    "name",
-    "method",
-    "kind",
-    "num_models",
-    "split",
-    "num_bins",
-    "bleu",
-    "ece1",
-    "ece5",
-    "brier",
-    "nll",
-    "accuracy",
-    "reliability",
-)
+REQUIRED_KEYS = EVALUATION.required
 
 
 def check_result(result: dict, source: str) -> None:
-    """Raise ValueError naming `source` if `result` lacks what the report reads."""
-    missing = [k for k in REQUIRED_KEYS if k not in result]
-    if missing:
-        raise EnsdistError(
-            f"{source}: not an ensdist-evaluate result (missing {', '.join(missing)})"
-        )
-    if result["kind"] not in KIND_ORDER:
-        raise EnsdistError(
-            f"{source}: kind {result['kind']!r} is not one of {', '.join(KIND_ORDER)}"
-        )
+    """Raise EnsdistError naming `source` if `result` is not a result the report can read."""
+    EVALUATION.check(result, source)
 
 
 def check_comparable(results: Sequence[dict], sources: Sequence[str]) -> None:

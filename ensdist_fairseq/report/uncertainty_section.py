@@ -1,20 +1,21 @@
 """The report's uncertainty section: OOD detection like the PD paper's Table 4, error rejection,
 ROC and retention figures, and whether the paper's findings hold (criteria fixed below).
 
-Reads RESULTS/uncertainty/<system>/system.json and its <set>.jsonl files (ensdist-uncertainty).
-Rows: members of group "single" collapse into one row, mean ± s.e. (sample sd / sqrt(n)); then
-one row per ensemble, mean-KD student, Proxy-Dirichlet student and other system.
+Every ROC-AUC and PRR carries a 95 % paired bootstrap interval over sentences (report/bootstrap);
+members of group "single" collapse into one row, their mean with a t interval over seeds. Every
+table has the baselines of metrics/detection.BASELINES beside the uncertainty measures.
 """
 
-import glob
-import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 from matplotlib.figure import Figure  # a bare Figure renders with Agg, no GUI backend
 
 from ensdist_fairseq.metrics import detection
+from ensdist_fairseq.report import bootstrap as B
+from ensdist_fairseq.report.markdown import NOT_MEASURED, number, table, with_interval
+from ensdist_fairseq.report.uncertainty_stats import Stats, load_systems, ood_sets, scored_columns
 
 GROUP_ORDER = ("single", "ensemble", "mean-kd", "proxy-dirichlet", "other")
 GROUP_LABEL = {
@@ -26,46 +27,11 @@ GROUP_LABEL = {
 }
 KNOWLEDGE = "rmi"  # the paper's knowledge measure for Table 4 (sequence-level RMI)
 LANGUAGE_SHIFT = ("target", "third")  # source in the target language / in a third language
-# Findings' criteria, fixed before any run (percentage points of ROC-AUC):
-KNOWLEDGE_MARGIN = 5.0  # F1: ensemble knowledge >= min(total + this, SATURATED) on every
+# Findings' criteria, fixed before any run (percentage points of ROC-AUC), judged on the 95 %
+# bootstrap interval (report/bootstrap.verdict):
+KNOWLEDGE_MARGIN = 5.0  # F1: ensemble knowledge − min(total + this, SATURATED) > 0 on every
 SATURATED = 95.0  #     language-shift set (a total already near 100 leaves no room)
-CLOSE_TO_ENSEMBLE = 10.0  # F2: PD knowledge within this of the ensemble's, averaged over OOD sets
-
-
-def load_systems(unc_dir: str) -> List[dict]:
-    """Every system under unc_dir: its system.json plus {set: {measure: array, 'chrf': array}}."""
-    systems = []
-    for meta_path in sorted(glob.glob(os.path.join(unc_dir, "*", "system.json"))):
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        meta["values"], meta["in_domain"] = {}, None
-        for s in meta["sets"]:
-            cols: Dict[str, list] = {m: [] for m in meta["measures"]}
-            cols["chrf"] = []
-            with open(os.path.join(os.path.dirname(meta_path), s["file"]), encoding="utf-8") as f:
-                for line in f:
-                    r = json.loads(line)
-                    for m in meta["measures"]:
-                        cols[m].append(r["uncertainty"][m])
-                    if "chrf" in r:
-                        cols["chrf"].append(r["chrf"])
-            meta["values"][s["name"]] = {
-                k: np.asarray(v, dtype=np.float64) for k, v in cols.items()
-            }
-            if s["role"] == "in-domain":
-                meta["in_domain"] = s["name"]
-        systems.append(meta)
-    return systems
-
-
-def ood_aucs(system: dict) -> Dict[str, Dict[str, float]]:
-    """{ood set: {measure: ROC-AUC %}} of one system (in-domain vs that set)."""
-    ind = system["values"][system["in_domain"]]
-    return {
-        name: {m: detection.roc_auc(ind[m], vals[m]) for m in system["measures"]}
-        for name, vals in system["values"].items()
-        if name != system["in_domain"]
-    }
+CLOSE_TO_ENSEMBLE = 10.0  # F2: mean |ensemble − PD| knowledge AUC over the OOD sets < this
 
 
 def _rows(systems: List[dict]) -> List[Tuple[str, List[dict]]]:
@@ -73,142 +39,152 @@ def _rows(systems: List[dict]) -> List[Tuple[str, List[dict]]]:
     rows = []
     for group in GROUP_ORDER:
         members = [s for s in systems if s["group"] == group]
-        if group == "single" and members:
-            rows.append(
-                (
-                    (
-                        f"Single (mean ± s.e. of {len(members)})"
-                        if len(members) > 1
-                        else f"Single ({members[0]['name']})"
-                    ),
-                    members,
-                )
-            )
+        if group == "single" and len(members) > 1:
+            rows.append((f"Single (mean of {len(members)}, t interval over seeds)", members))
         else:
             rows += [(f"{GROUP_LABEL[group]} ({s['name']})", [s]) for s in members]
     return rows
 
 
-def _cell(values: List[float]) -> str:
-    if not values:
+def _cell(points: List[float], samples: List[np.ndarray], digits: int = 1) -> str:
+    """One system: value [bootstrap interval]; several seeds: mean [t interval]."""
+    if not points:
         return "–"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    v = np.asarray(values)
-    return f"{v.mean():.1f} ± {v.std(ddof=1) / np.sqrt(len(v)):.1f}"
+    if len(points) == 1:
+        return with_interval(points[0], *B.percentile_interval(samples[0]), digits=digits)
+    return with_interval(float(np.mean(points)), *B.seed_interval(points), digits=digits)
 
 
-def _mean(values: List[float]) -> Optional[float]:
-    return float(np.mean(values)) if values else None
+def ood_table(stats: Stats, sets: List[str]) -> str:
+    rows = []
+    for label, members in _rows(stats.systems):
+        for m in scored_columns(members[0]):
+            cells = []
+            for st in sets:
+                got = [stats.auc(s, st, m) for s in members]
+                got = [g for g in got if g is not None]
+                cells.append(_cell([g[0] for g in got], [g[1] for g in got]))
+            kind = "baseline" if m in detection.BASELINES else "measure"
+            rows.append([label, f"{m} ({kind})", *cells])
+    return table(["system", "score", *sets], rows, "ll" + "r" * len(sets))
 
 
-def ood_table(systems: List[dict], sets: List[str]) -> Tuple[str, dict]:
-    """The Table-4-shaped markdown and {row label: {set: {"total"|"knowledge": mean AUC}}}."""
-    head = "| system | BLEU-free chrF | " + " | ".join(f"{s} total / know." for s in sets) + " |"
-    lines = [head, "|---|---:|" + "---:|" * len(sets)]
-    summary = {}
-    for label, members in _rows(systems):
-        aucs = [ood_aucs(s) for s in members]
-        cells, summary[label] = [], {"group": members[0]["group"]}
-        for st in sets:
-            tot = [a[st]["total"] for a in aucs if st in a]
-            kno = [a[st][KNOWLEDGE] for a in aucs if st in a and KNOWLEDGE in a[st]]
-            summary[label][st] = {"total": _mean(tot), "knowledge": _mean(kno)}
-            cells.append(f"{_cell(tot)} / {_cell(kno)}")
-        chrf = [float(s["values"][s["in_domain"]]["chrf"].mean()) for s in members]
-        lines.append(f"| {label} | {_cell(chrf)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines).replace("BLEU-free chrF", "chrF (in-domain)"), summary
-
-
-def rejection_table(systems: List[dict]) -> Tuple[str, Dict[str, dict]]:
-    lines = [
-        "| system | measure | PRR % | AUC-RC (lower is better) | random | oracle |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    curves = {}
-    for s in systems:
-        ind = s["values"][s["in_domain"]]
-        if len(ind["chrf"]) != len(ind["total"]) or len(ind["chrf"]) == 0:
-            continue
-        for m in ("total", KNOWLEDGE):
-            if m not in s["measures"]:
+def rejection_table(stats: Stats) -> Tuple[str, dict]:
+    rows, curves = [], {}
+    for s in stats.systems:
+        for m in scored_columns(s):
+            got = stats.prr(s, m)
+            if got is None:
                 continue
-            r = detection.rejection(ind[m], ind["chrf"])
-            curves[(s["name"], m)] = r
-            lines.append(
-                f"| {s['name']} | {m} | {r['prr']:.1f} | {r['auc']:.2f} | "
-                f"{r['auc_random']:.2f} | {r['auc_oracle']:.2f} |"
+            r, samples = got
+            if m in ("total", KNOWLEDGE):
+                curves[(s["name"], m)] = r
+            rows.append(
+                [
+                    s["name"],
+                    m + (" (baseline)" if m in detection.BASELINES else ""),
+                    with_interval(r["prr"], *B.percentile_interval(samples), digits=1),
+                    number(r["auc"]),
+                    number(r["auc_random"]),
+                    number(r["auc_oracle"]),
+                ]
             )
-    return "\n".join(lines), curves
+    header = ["system", "score", "PRR % [95 % CI]", "AUC-RC (lower is better)", "random", "oracle"]
+    return table(header, rows, "llrrrr"), curves
 
 
-def findings(summary: dict, sets: List[str]) -> List[str]:
-    """The paper's three findings, each 'holds' / 'does not hold' / 'not measured', with numbers."""
-    by_group = {}
-    for label, row in summary.items():
-        by_group.setdefault(row["group"], row)
+def _first(systems, group):
+    return next((s for s in systems if s["group"] == group), None)
+
+
+def _combine(verdicts: List[str]) -> str:
+    if not verdicts or B.NOT_MEASURED in verdicts:
+        return B.NOT_MEASURED
+    if B.FAILS in verdicts:
+        return B.FAILS
+    return B.HOLDS if all(v == B.HOLDS for v in verdicts) else B.INCONCLUSIVE
+
+
+def findings(stats: Stats, sets: List[str]) -> List[str]:
+    """The paper's findings, each holds / fails / inconclusive / not measured, with numbers."""
+    ens, pd, mkd = (_first(stats.systems, g) for g in ("ensemble", "proxy-dirichlet", "mean-kd"))
     out = []
-    ens, pd, mkd = (
-        by_group.get("ensemble"),
-        by_group.get("proxy-dirichlet"),
-        by_group.get("mean-kd"),
-    )
     shift = [s for s in LANGUAGE_SHIFT if s in sets]
-    if ens and shift and all(ens[s]["knowledge"] is not None for s in shift):
-        ok = all(
-            ens[s]["knowledge"] >= min(ens[s]["total"] + KNOWLEDGE_MARGIN, SATURATED) for s in shift
-        )
-        out.append(
-            f"- **Ensemble: knowledge beats total on the language-shift sets** "
-            f"(criterion: {KNOWLEDGE}-AUC ≥ min(total-AUC + {KNOWLEDGE_MARGIN:g}, {SATURATED:g}) on each of "
-            f"{', '.join(shift)}): {'holds' if ok else 'does not hold'} — "
-            + ", ".join(f"{s}: {ens[s]['knowledge']:.1f} vs {ens[s]['total']:.1f}" for s in shift)
-        )
-    else:
-        out.append("- Ensemble knowledge vs total on the language-shift sets: not measured")
+    claim = (
+        f"**Ensemble: knowledge beats total on the language-shift sets** (criterion: the 95 % "
+        f"interval of {KNOWLEDGE}-AUC − min(total-AUC + {KNOWLEDGE_MARGIN:g}, {SATURATED:g}) "
+        f"above 0 on each of {', '.join(LANGUAGE_SHIFT)})"
+    )
+    got = (
+        {s: (stats.auc(ens, s, KNOWLEDGE), stats.auc(ens, s, "total")) for s in shift}
+        if ens
+        else {}
+    )
     if (
-        ens
-        and pd
-        and all(ens[s]["knowledge"] is not None and pd[s]["knowledge"] is not None for s in sets)
+        len(shift) < len(LANGUAGE_SHIFT)
+        or not got
+        or any(k is None or t is None for k, t in got.values())
     ):
-        gap = float(np.mean([abs(ens[s]["knowledge"] - pd[s]["knowledge"]) for s in sets]))
-        ok = gap <= CLOSE_TO_ENSEMBLE
+        out.append(f"- {claim}: {NOT_MEASURED}")
+    else:
+        parts, verdicts = [], []
+        for s, (k, t) in got.items():
+            d = k[1] - np.minimum(t[1] + KNOWLEDGE_MARGIN, SATURATED)
+            ci = B.percentile_interval(d)
+            verdicts.append(B.verdict(ci))
+            parts.append(
+                f"{s}: {k[0]:.1f} vs {t[0]:.1f}, criterion interval [{ci[0]:.1f}, {ci[1]:.1f}]"
+            )
+        out.append(f"- {claim}: {_combine(verdicts)} — " + "; ".join(parts))
+    claim = (
+        f"**PD student's knowledge comes close to the ensemble's** (criterion: the 95 % interval "
+        f"of the mean |ensemble − PD| knowledge AUC over the OOD sets below {CLOSE_TO_ENSEMBLE:g})"
+    )
+    pairs = (
+        [(stats.auc(ens, s, KNOWLEDGE), stats.auc(pd, s, KNOWLEDGE)) for s in sets]
+        if ens and pd
+        else []
+    )
+    if not pairs or any(e is None or p is None for e, p in pairs):
+        out.append(f"- {claim}: {NOT_MEASURED}")
+    else:
+        gap = float(np.mean([abs(e[0] - p[0]) for e, p in pairs]))
+        gaps = np.mean([np.abs(e[1] - p[1]) for e, p in pairs], axis=0)
+        ci = B.percentile_interval(gaps)
+        v = B.verdict(B.percentile_interval(CLOSE_TO_ENSEMBLE - gaps))
         out.append(
-            f"- **PD student's knowledge comes close to the ensemble's** (criterion: mean "
-            f"|ensemble − PD| knowledge AUC over the OOD sets ≤ {CLOSE_TO_ENSEMBLE:g}): "
-            f"{'holds' if ok else 'does not hold'} — mean gap {gap:.1f} ("
-            + ", ".join(f"{s}: {pd[s]['knowledge']:.1f} vs {ens[s]['knowledge']:.1f}" for s in sets)
+            f"- {claim}: {v} — mean gap {gap:.1f} [{ci[0]:.1f}, {ci[1]:.1f}] ("
+            + ", ".join(f"{s}: {p[0]:.1f} vs {e[0]:.1f}" for s, (e, p) in zip(sets, pairs))
             + ")"
         )
-    else:
-        out.append("- PD student's knowledge vs the ensemble's: not measured")
     if mkd:
-        has_none = all(mkd[s]["knowledge"] is None for s in sets)
+        has_none = not any(m != "total" and m != "data" for m in mkd["measures"])
         text = (
             f"- **Mean-KD student has no knowledge uncertainty**: "
-            f"{'holds' if has_none else 'does not hold'} (a single softmax model gives only total"
+            f"{B.HOLDS if has_none else B.FAILS} (a single softmax model gives only total"
             " uncertainty; ensdist-uncertainty refuses knowledge measures for it)"
         )
-        if pd and shift and all(pd[s]["knowledge"] is not None for s in shift):
+        both = [
+            (stats.auc(mkd, s, "total"), stats.auc(pd, s, KNOWLEDGE) if pd else None) for s in shift
+        ]
+        if both and all(a is not None and b is not None for a, b in both):
             text += (
                 "; on the language-shift sets its total vs the PD student's knowledge: "
-                + ", ".join(
-                    f"{s}: {mkd[s]['total']:.1f} vs {pd[s]['knowledge']:.1f}" for s in shift
-                )
+                + ", ".join(f"{s}: {a[0]:.1f} vs {b[0]:.1f}" for s, (a, b) in zip(shift, both))
             )
         out.append(text)
     else:
-        out.append("- Mean-KD student: not measured")
+        out.append(f"- Mean-KD student: {NOT_MEASURED}")
     return out
 
 
-def write_figures(systems: List[dict], sets: List[str], curves: dict, out_dir: str) -> List[str]:
+def write_figures(stats: Stats, sets: List[str], curves: dict, out_dir: str) -> List[str]:
     pngs = []
     if sets:
         fig = Figure(figsize=(4 * len(sets), 4))
         for i, st in enumerate(sets):
             ax = fig.add_subplot(1, len(sets), i + 1)
-            for s in systems:
+            for s in stats.systems:
                 if st not in s["values"]:
                     continue
                 ind = s["values"][s["in_domain"]]
@@ -234,7 +210,7 @@ def write_figures(systems: List[dict], sets: List[str], curves: dict, out_dir: s
                 x,
                 r["kept_quality"],
                 "-" if m != "total" else "--",
-                label=f"{name} {m} (PRR {r['prr']:.0f})",
+                label=f"{name} {m} (PRR {number(r['prr'], 0)})",
             )
         r = next(iter(curves.values()))
         x = np.arange(len(r["kept_quality_oracle"])) / len(r["kept_quality_oracle"])
@@ -282,39 +258,41 @@ def readings(systems: List[dict]) -> str:
 
 def section(results_dir: str, out_dir: str) -> Tuple[str, List[str]]:
     """(markdown, PNG paths) of the section; ('', []) when RESULTS/uncertainty has no system."""
-    systems = [s for s in load_systems(os.path.join(results_dir, "uncertainty")) if s["in_domain"]]
+    systems = load_systems(os.path.join(results_dir, "uncertainty"))
     if not systems:
         return "", []
-    sets = sorted(
-        {n for s in systems for n in s["values"] if n != s["in_domain"]},
-        key=lambda n: (
-            (
-                ("permuted", "domain", "target", "third").index(n)
-                if n in ("permuted", "domain", "target", "third")
-                else 9
-            ),
-            n,
-        ),
-    )
-    table, summary = ood_table(systems, sets)
-    rej, curves = rejection_table(systems)
-    pngs = write_figures(systems, sets, curves, out_dir)
-    text = (
-        "\n## Uncertainty: out-of-distribution detection (PD paper Table 4 layout)\n\n"
-        f"ROC-AUC (%) of in-domain ({systems[0]['in_domain']}) vs each OOD set, sequence-level "
-        f"total uncertainty / knowledge uncertainty ({KNOWLEDGE}), beam {systems[0]['beam']}; "
-        "members as mean ± s.e. Sets: permuted = test sources with words shuffled, domain = "
-        "source-language text of another domain, target = target-language sentences as sources, "
-        "third = a third language (docs/uncertainty.md)."
-        + readings(systems)
-        + "\n\n"
-        + table
-        + "\n\n## Uncertainty: error detection (reject the most uncertain first)\n\n"
-        "Sentence chrF on the in-domain set; PRR = 100 × (AUC_random − AUC)/(AUC_random − "
-        "AUC_oracle) of the rejection curve of 100 − chrF.\n\n"
-        + rej
-        + "\n\n## Do the PD paper's uncertainty findings hold here?\n\n"
-        + "\n".join(findings(summary, sets))
+    stats = Stats(systems)
+    sets = ood_sets(systems)
+    rej, curves = rejection_table(stats)
+    pngs = write_figures(stats, sets, curves, out_dir)
+    text = "\n## Uncertainty: out-of-distribution detection (PD paper Table 4 layout)\n\n"
+    if sets:
+        text += (
+            f"ROC-AUC (%) of in-domain ({systems[0]['in_domain']}) vs each OOD set, with its 95 % "
+            f"paired bootstrap interval over sentences ({B.RESAMPLES} resamples); beam "
+            f"{systems[0]['beam']}. Baselines: "
+            + "; ".join(f"{k} = {v}" for k, v in detection.BASELINES.items())
+            + ". Sets: permuted = test sources with words shuffled, domain = source-language "
+            "text of another domain, target = target-language sentences as sources, third = a "
+            "third language (docs/uncertainty.md)."
+            + readings(systems)
+            + "\n\n"
+            + ood_table(stats, sets)
+        )
+    else:
+        text += f"{NOT_MEASURED}: no OOD set was scored (ensdist-uncertainty --ood-*).\n"
+    text += "\n## Uncertainty: error detection (reject the most uncertain first)\n\n"
+    if rej.count("\n") > 2:
+        text += (
+            "Sentence chrF of the 1-best on the in-domain set; PRR = 100 × (AUC_random − AUC)/"
+            "(AUC_random − AUC_oracle) of the rejection curve of 100 − chrF, with its 95 % "
+            "bootstrap interval.\n\n" + rej
+        )
+    else:
+        text += f"{NOT_MEASURED}: no in-domain set with references (sentence chrF).\n"
+    text += (
+        "\n## Do the PD paper's uncertainty findings hold here?\n\n"
+        + "\n".join(findings(stats, sets))
         + "\n\n"
         + "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in pngs)
     )

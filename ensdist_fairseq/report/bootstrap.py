@@ -1,0 +1,86 @@
+"""Confidence intervals and three-way verdicts, with their criteria fixed here before any run.
+
+Two sources of noise, two intervals:
+- over test sentences: the paired percentile bootstrap (every system and measure of one
+  comparison resampled with the same sentence indices, so the interval is of the difference);
+- over seeds (the members of one method): Student's t interval of the members' mean.
+
+A claim "A is better than B by more than MARGIN" is judged from the interval of A − B:
+"holds" when the whole interval is above the margin, "fails" when the whole interval is below
+it, "inconclusive" when it straddles it. Same command, same numbers: the generator is seeded.
+"""
+
+from typing import Callable, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import stats
+
+LEVEL = 0.95  # two-sided confidence level of every interval in the report
+RESAMPLES = 1000  # bootstrap resamples
+SEED = 12345  # fixed: the report is a deterministic function of the result files
+
+HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED = "holds", "fails", "inconclusive", "not measured"
+
+Interval = Tuple[float, float]
+
+
+def rng() -> np.random.Generator:
+    """A fresh generator per comparison: adding a comparison never shifts another's numbers."""
+    return np.random.default_rng(SEED)
+
+
+def resample_indices(n: int, generator: np.random.Generator, resamples: int = RESAMPLES):
+    """(resamples, n) indices drawn with replacement from range(n)."""
+    if n < 1:
+        raise ValueError("the bootstrap needs at least one sentence")
+    return generator.integers(0, n, size=(resamples, n))
+
+
+def percentile_interval(samples: Sequence[float], level: float = LEVEL) -> Interval:
+    s = np.asarray(samples, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2
+    return float(np.quantile(s, alpha)), float(np.quantile(s, 1 - alpha))
+
+
+def bootstrap(
+    statistic: Callable[[np.ndarray], np.ndarray], n: int, generator=None, level: float = LEVEL
+) -> Interval:
+    """Percentile interval of `statistic`, called once with a (RESAMPLES, n) index matrix and
+    returning one value per row."""
+    idx = resample_indices(n, generator if generator is not None else rng())
+    return percentile_interval(statistic(idx), level)
+
+
+def seed_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
+    """t interval of the mean over seeds; (nan, nan) for fewer than two seeds."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+def verdict(interval: Optional[Interval], margin: float = 0.0) -> str:
+    """Judge 'the difference exceeds margin' from the difference's interval."""
+    if interval is None:
+        return NOT_MEASURED
+    low, high = interval
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return NOT_MEASURED
+    if low > margin:
+        return HOLDS
+    if high < margin:
+        return FAILS
+    return INCONCLUSIVE
+
+
+def shift(interval: Interval, offset: float) -> Interval:
+    return interval[0] + offset, interval[1] + offset
+
+
+def difference_interval(a: Interval, b: float) -> Interval:
+    """Interval of (something with interval `a`) − b, b known without noise."""
+    return a[0] - b, a[1] - b

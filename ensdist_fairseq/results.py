@@ -1,0 +1,108 @@
+"""The result files' schema, in one place: what ensdist-evaluate and ensdist-uncertainty write
+and what the report reads (docs/evaluation.md, docs/uncertainty.md).
+
+A result is a JSON object with a "schema_version"; a reader refuses a version it does not know
+and a file missing a key it reads, naming the file. Writers build their object through
+`Schema.make` (every required key present, the version stamped), so adding a field is one edit
+here and one where it is computed. Extra keys are allowed: fields are additive.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from ensdist_fairseq.errors import EnsdistError
+
+
+@dataclass(frozen=True)
+class Schema:
+    what: str  # the writer, for messages
+    version: int
+    required: Tuple[str, ...]
+    choices: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+
+    def make(self, **fields) -> dict:
+        """The result object: the version first, then `fields`; raises on a missing key."""
+        missing = [k for k in self.required if k not in fields]
+        if missing:
+            raise ValueError(f"{self.what} result lacks {', '.join(missing)}")
+        return {"schema_version": self.version, **fields}
+
+    def is_one(self, data) -> bool:
+        """Whether `data` claims to be a result of this schema (a run directory may hold other
+        JSON files, which readers skip)."""
+        return isinstance(data, dict) and "schema_version" in data
+
+    def check(self, data: dict, source: str) -> dict:
+        version = data.get("schema_version")
+        if version != self.version:
+            raise EnsdistError(
+                f"{source}: schema_version {version!r} of {self.what}, this reader knows "
+                f"{self.version}"
+            )
+        missing = [k for k in self.required if k not in data]
+        if missing:
+            raise EnsdistError(
+                f"{source}: not an {self.what} result (missing {', '.join(missing)})"
+            )
+        for key, allowed in self.choices:
+            if data[key] not in allowed:
+                raise EnsdistError(
+                    f"{source}: {key} {data[key]!r} is not one of {', '.join(allowed)}"
+                )
+        return data
+
+
+KINDS = ("individual", "ensemble", "student")
+
+EVALUATION = Schema(
+    what="ensdist-evaluate",
+    version=1,
+    required=(
+        "name",
+        "method",
+        "kind",
+        "num_models",
+        "split",
+        "num_bins",
+        "bleu",
+        "ece1",
+        "ece5",
+        "brier",
+        "nll",
+        "accuracy",
+        "reliability",
+    ),
+    choices=(("kind", KINDS),),
+)
+
+UNCERTAINTY = Schema(
+    what="ensdist-uncertainty",
+    version=1,
+    required=("name", "group", "kind", "num_models", "measures", "beam", "sets"),
+)
+
+
+def read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise EnsdistError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def non_finite_field(value, key: str = "") -> Optional[str]:
+    """The first number in a result that is NaN or infinite (its key path), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value) if isinstance(value, list) else ()
+    )
+    for k, v in items:
+        found = non_finite_field(v, f"{key}.{k}" if key else str(k))
+        if found:
+            return found
+    return None
