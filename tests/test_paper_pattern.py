@@ -1,9 +1,21 @@
-"""The paper-pattern checks answer each claim from the numbers, including 'no' and 'not measured'."""
+"""The papers' claims in their own form, judged holds / fails / inconclusive / not measured
+against the members' t interval over seeds, on crafted results."""
 
-from ensdist_fairseq.report.paper_pattern import pattern_checks, pattern_markdown
+import pytest
+from scipy import stats
+
+from ensdist_fairseq.report.paper_pattern import (
+    beyond,
+    pattern_checks,
+    pattern_markdown,
+    regime_notes,
+)
 
 
-def result(method, kind, n, bleu, ece1, name=None):
+def result(method, kind, n, bleu, ece1, name=None, over=None):
+    """over: how many of 10 top-1 bins are overconfident (confidence above accuracy)."""
+    conf = [0.05 + 0.1 * i for i in range(10)]
+    acc = [c - 0.02 if i < (over or 0) else c + 0.02 for i, c in enumerate(conf)]
     return {
         "name": name or f"{method}-{kind}-{n}",
         "method": method,
@@ -11,27 +23,66 @@ def result(method, kind, n, bleu, ece1, name=None):
         "num_models": n,
         "bleu": bleu,
         "ece1": {"unweighted": ece1 / 100, "weighted": 0},
+        "reliability": {"top1": {"confidence": conf, "accuracy": acc, "count": [1] * 10}},
     }
 
 
-def test_claims_follow_the_numbers():
+def members(method="CE+SWA", bleus=(20.0, 21.0, 22.0), eces=(3.0, 4.0, 5.0), over=9):
+    return [
+        result(method, "individual", 1, b, e, f"{method}{i}", over)
+        for i, (b, e) in enumerate(zip(bleus, eces))
+    ]
+
+
+def test_beyond_matches_the_t_interval():
+    values = [20.0, 21.0, 22.0]  # mean 21, s.e. 1/sqrt(3)
+    half = stats.t.ppf(0.975, 2) * 1.0 / 3**0.5
+    verdict, ci = beyond(21.0 + half + 1e-6, values, higher_is_claim=True)
+    assert verdict == "holds" and ci == pytest.approx((21 - half, 21 + half))
+    assert beyond(21.0 + half - 1e-6, values, True)[0] == "inconclusive"
+    assert beyond(21.0 - half - 1e-6, values, True)[0] == "fails"
+    assert beyond(21.0 - half - 1e-6, values, False)[0] == "holds"  # lower is the claim
+
+
+def test_claims_are_three_way():
     results = [
-        result("CE+SWA", "individual", 1, 20.0, 4.0),
-        result("CE+SWA", "individual", 1, 22.0, 2.0),
-        result("CE+SWA", "ensemble", 2, 22.5, 2.5),
-        result("CE+SWA", "ensemble", 3, 23.0, 1.0),
-        result("CE+SWA", "student", 1, 21.5, 2.9, name="kd"),  # mean is BLEU 21, ECE-1 3.0
-        result("CE+SWA", "student", 1, 20.5, 1.0, name="rkl"),  # worse BLEU than the mean
-        result("LS+SWA", "ensemble", 3, 23.0, 0.5),  # LS better calibrated here
+        *members(),
+        result("CE+SWA", "ensemble", 2, 22.0, 4.0),
+        result("CE+SWA", "ensemble", 3, 30.0, 0.5),  # the largest one is compared: holds
+        result("CE+SWA", "student", 1, 21.5, 3.9, name="kd"),  # inside both intervals
+        result("CE+SWA", "student", 1, 10.0, 0.5, name="rkl"),  # BLEU far below: fails
+        *members("LS+SWA", eces=(3.4, 3.5, 3.6), over=1),
+        result("LS+SWA", "ensemble", 3, 23.0, 6.0),  # worse than its own members, as in the paper
     ]
     checks = pattern_checks(results)
-    assert [c[1] for c in checks] == [True, True, False, False]
-    assert "ensemble of 3" in checks[0][2]  # the largest ensemble is the one compared
-    assert "21.00" in checks[1][2] and "3.000" in checks[1][2]
+    assert [c[1] for c in checks] == ["holds", "inconclusive", "fails", "holds"]
+    assert "ensemble of 3" in checks[0][2] and "own members" in checks[3][0]
     md = pattern_markdown(checks)
-    assert md.count("**no**") == 2 and md.count("| yes |") == 2
+    assert md.count("**fails**") == 1 and "inconclusive" in md
+
+
+def test_ls_claim_is_against_its_own_members_not_the_ce_ensemble():
+    """The demo's case: LS ensemble better calibrated than its members (4.18 → 1.09) but worse
+    than the CE ensemble: the paper's claim fails, whatever the CE ensemble did."""
+    results = [
+        *members(eces=(4.0, 4.5, 5.0)),
+        result("CE+SWA", "ensemble", 3, 25.0, 0.9),
+        *members("LS+SWA", eces=(4.1, 4.2, 4.25), over=9),
+        result("LS+SWA", "ensemble", 3, 25.0, 1.089),
+    ]
+    assert pattern_checks(results)[-1][1] == "fails"
+    notes = regime_notes(results)
+    assert "LS+SWA members: overconfident in 9.0 of 10" in notes[1]
+    assert "the paper's are underconfident" in notes[1] and "as in the paper" in notes[0]
+    assert "BLEU here ranges 20.00–25.00" in notes[2]
 
 
 def test_missing_systems_are_not_measured():
     checks = pattern_checks([result("CE+SWA", "individual", 1, 20.0, 4.0)])
-    assert [c[1] for c in checks] == [None, None]
+    assert [c[1] for c in checks] == ["not measured", "not measured"]
+    one_member = [
+        result("CE+SWA", "individual", 1, 20.0, 4.0),
+        result("CE+SWA", "ensemble", 2, 25.0, 1.0),
+    ]
+    assert pattern_checks(one_member)[0][1] == "not measured"  # no spread from one seed
+    assert "nan" not in pattern_markdown(pattern_checks(one_member)).lower()

@@ -15,7 +15,7 @@ from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.report import table2 as report
 from ensdist_fairseq.report.markdown import NOT_MEASURED
-from ensdist_fairseq.report.paper_pattern import pattern_checks, pattern_markdown
+from ensdist_fairseq.report.paper_pattern import pattern_checks, pattern_markdown, regime_notes
 from ensdist_fairseq.report.regime import regime_markdown
 from ensdist_fairseq.report.uncertainty_section import section as uncertainty_section
 from ensdist_fairseq.results import EVALUATION, read_json
@@ -61,7 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         text = (
             report.report_markdown(results)
             + "\n## Do the papers' claims hold here?\n\n"
-            + pattern_markdown(checks)
+            + pattern_markdown(checks, regime_notes(results, args.ce_method, args.ls_method))
         )
         regime = regime_markdown(results)  # where each model stopped (from its train.log)
         text += "\n" + regime if regime else ""
