@@ -93,3 +93,31 @@ def test_dirichlet_students_are_labelled_by_the_predictive_their_result_records(
     text = report.table2_markdown([soft, mean, other])
     assert "Distilled (pd, read as softmax(z))" in text
     assert "Distilled (pd-2, read as α/α₀)" in text and "Distilled (kd) |" in text
+
+
+def test_members_row_shows_the_t_interval_and_missing_bleu_is_a_dash(tmp_path, capsys):
+    from scipy import stats
+
+    rc, err = run_report(
+        tmp_path,
+        [
+            full_result("a", bleu=20.0),
+            full_result("b", bleu=22.0),
+            full_result("e", kind="ensemble", n=2, bleu=None),
+        ],
+        capsys,
+    )
+    assert rc == 0, err
+    text = (tmp_path / "out" / "report.md").read_text()
+    half = stats.t.ppf(0.975, 1) * 1.0  # sd sqrt(2) / sqrt(2)
+    assert f"| 21.00 [{21 - half:.2f}, {21 + half:.2f}] |" in text
+    assert "| Ensemble | 2 | – |" in text and "nan" not in text.lower()
+
+
+def test_table_helper_refuses_a_malformed_row():
+    from ensdist_fairseq.report.markdown import number, table
+
+    assert table(["a", "b"], [[1, "x|y"]], "lr") == "| a | b |\n|---|---:|\n| 1 | x\\|y |\n"
+    with pytest.raises(ValueError, match="a row of 1 cells in a table of 2 columns"):
+        table(["a", "b"], [[1]])
+    assert number(float("nan")) == "–" and number(None, missing="not measured") == "not measured"

@@ -2,8 +2,8 @@
 reliability diagrams like their Figure 2.
 
 Rows are grouped by the JSONs' "method" (in order of first appearance), then by "kind":
-individual members collapse into one row, mean ± standard error (sample standard deviation /
-sqrt(n)); ensembles follow by size, students by teacher-ensemble size. ECE columns are the
+individual members collapse into one row, their mean and its 95 % t interval over seeds
+(report/bootstrap.seed_interval); ensembles follow by size, students by teacher-ensemble size. ECE columns are the
 authors' unweighted form in percent; the second table has every metric of every system.
 """
 
@@ -16,6 +16,8 @@ from matplotlib.figure import Figure  # a bare Figure renders with Agg, no GUI b
 
 from ensdist_fairseq.atomic_files import atomic_open
 from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.report.bootstrap import seed_interval
+from ensdist_fairseq.report.markdown import MISSING, is_number, number, table, with_interval
 from ensdist_fairseq.results import EVALUATION
 
 KIND_ORDER = ("individual", "ensemble", "student")
@@ -65,35 +67,37 @@ def grouped(results: Sequence[dict]) -> Dict[str, Dict[str, List[dict]]]:
 
 
 def _fmt(value: Optional[float], digits: int) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+    return number(value, digits)
 
 
 def _individual_cell(values: List[Optional[float]], digits: int) -> str:
-    if any(v is None for v in values):
-        return "–"
-    mean, se = mean_and_stderr(values)
-    return _fmt(mean, digits) + ("" if se is None else f" ± {se:.{digits}f}")
+    """Members: their mean and its 95 % t interval over seeds (just the mean for one seed)."""
+    if not values or any(not is_number(v) for v in values):
+        return MISSING
+    return with_interval(float(np.mean(values)), *seed_interval(values), digits=digits)
+
+
+def _ece(r: dict, which: str, form: str = "unweighted") -> Optional[float]:
+    value = (r.get(which) or {}).get(form)
+    return 100 * value if is_number(value) else None
 
 
 def table2_markdown(results: Sequence[dict]) -> str:
     """Method | Model | # Models | BLEU | ECE-1 | ECE-5 (ECE unweighted, in percent)."""
-    lines = [
-        "| Method | Model | # Models | BLEU | ECE-1 (%) | ECE-5 (%) |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
+    rows = []
     for method, kinds in grouped(results).items():
         first = True
         for kind in KIND_ORDER:
-            rows = kinds.get(kind, [])
-            if not rows:
+            group = kinds.get(kind, [])
+            if not group:
                 continue
             if kind == "individual":
                 cells = [
                     (
-                        f"Avg (n={len(rows)})",
-                        _individual_cell([r["bleu"] for r in rows], 2),
-                        _individual_cell([100 * r["ece1"]["unweighted"] for r in rows], 3),
-                        _individual_cell([100 * r["ece5"]["unweighted"] for r in rows], 3),
+                        f"Avg (n={len(group)})",
+                        _individual_cell([r["bleu"] for r in group], 2),
+                        _individual_cell([_ece(r, "ece1") for r in group], 3),
+                        _individual_cell([_ece(r, "ece5") for r in group], 3),
                     )
                 ]
             else:
@@ -101,44 +105,61 @@ def table2_markdown(results: Sequence[dict]) -> str:
                     (
                         str(_size(r)),
                         _fmt(r["bleu"], 2),
-                        _fmt(100 * r["ece1"]["unweighted"], 3),
-                        _fmt(100 * r["ece5"]["unweighted"], 3),
+                        _fmt(_ece(r, "ece1"), 3),
+                        _fmt(_ece(r, "ece5"), 3),
                     )
-                    for r in rows
+                    for r in group
                 ]
             for i, (size, b, e1, e5) in enumerate(cells):
                 label = KIND_LABEL[kind] if i == 0 else ""
                 if kind == "student":  # several students of one teacher set: say which is which
                     # a Proxy-Dirichlet student's reading, from its result (not from its name)
                     reading = {"softmax": ", read as softmax(z)", "mean": ", read as α/α₀"}.get(
-                        rows[i].get("dirichlet_predictive"), ""
+                        group[i].get("dirichlet_predictive"), ""
                     )
-                    label = f"{KIND_LABEL[kind]} ({rows[i]['name']}{reading})"
-                lines.append(
-                    f"| {method if first else ''} | {label} | {size} | {b} | {e1} | {e5} |"
-                )
+                    label = f"{KIND_LABEL[kind]} ({group[i]['name']}{reading})"
+                rows.append([method if first else "", label, size, b, e1, e5])
                 first = False
-    return "\n".join(lines) + "\n"
+    header = ["Method", "Model", "# Models", "BLEU", "ECE-1 (%)", "ECE-5 (%)"]
+    return table(header, rows, "llrrrr")
 
 
 def details_markdown(results: Sequence[dict]) -> str:
     """Every system with both ECE forms, Brier, NLL and accuracy."""
-    lines = [
-        "| System | Method | Kind | # Models | BLEU | ECE-1 unw. / w. (%) | "
-        "ECE-5 unw. / w. (%) | Brier | NLL (nats) | Acc. (%) | Tokens |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for kinds in grouped(results).values():
         for kind in KIND_ORDER:
             for r in kinds.get(kind, []):
-                lines.append(
-                    f"| {r['name']} | {r['method']} | {kind} | {_size(r)} | {_fmt(r['bleu'], 2)} | "
-                    f"{100 * r['ece1']['unweighted']:.3f} / {100 * r['ece1']['weighted']:.3f} | "
-                    f"{100 * r['ece5']['unweighted']:.3f} / {100 * r['ece5']['weighted']:.3f} | "
-                    f"{r['brier']:.4f} | {r['nll']:.4f} | {100 * r['accuracy']:.2f} | "
-                    f"{r.get('num_tokens', '–')} |"
+                acc = r.get("accuracy")
+                rows.append(
+                    [
+                        r["name"],
+                        r["method"],
+                        kind,
+                        _size(r),
+                        _fmt(r["bleu"], 2),
+                        f"{_fmt(_ece(r, 'ece1'), 3)} / {_fmt(_ece(r, 'ece1', 'weighted'), 3)}",
+                        f"{_fmt(_ece(r, 'ece5'), 3)} / {_fmt(_ece(r, 'ece5', 'weighted'), 3)}",
+                        _fmt(r.get("brier"), 4),
+                        _fmt(r.get("nll"), 4),
+                        _fmt(100 * acc if is_number(acc) else None, 2),
+                        r.get("num_tokens", MISSING),
+                    ]
                 )
-    return "\n".join(lines) + "\n"
+    header = [
+        "System",
+        "Method",
+        "Kind",
+        "# Models",
+        "BLEU",
+        "ECE-1 unw. / w. (%)",
+        "ECE-5 unw. / w. (%)",
+        "Brier",
+        "NLL (nats)",
+        "Acc. (%)",
+        "Tokens",
+    ]
+    return table(header, rows, "lllrrrrrrrr")
 
 
 def report_markdown(results: Sequence[dict]) -> str:
@@ -147,8 +168,8 @@ def report_markdown(results: Sequence[dict]) -> str:
     text = (
         f"## Results ({r0['split']} split)\n\n{table2_markdown(results)}\n"
         f"ECE: token level, teacher-forced, {r0['num_bins']} equal-count bins, unweighted mean "
-        "over bins (the authors' form), in percent. Individual: mean ± standard error over "
-        f"members.\n\n### All metrics\n\n{details_markdown(results)}\n"
+        "over bins (the authors' form), in percent. Individual: mean of the "
+        f"members [95 % t interval over seeds].\n\n### All metrics\n\n{details_markdown(results)}\n"
         "w. = count-weighted ECE. Brier: multi-class, per token.\n"
     )
     if signatures:
