@@ -148,3 +148,35 @@ def test_regime_rows_from_result_paths(tmp_path):
     )
     assert "2 of 3 models reached their plateau" in md
     assert regime_markdown(results[2:3]) == ""  # nothing to say without logs
+
+
+def json_log(losses, nlls, early_stop=None):
+    """What fairseq-train --log-format json writes (JsonProgressBar.print: keys prefixed)."""
+    import json
+
+    lines = [P + "fairseq_cli.train | task: TranslationDistillTask"]
+    for e, (loss, nll) in enumerate(zip(losses, nlls), 1):
+        inner = {"epoch": e, "update": 0.5, "loss": "9", "wps": "1"}  # train_inner: not an epoch
+        lines.append(P + "train_inner | " + json.dumps(inner))
+        valid = {"epoch": e, "valid_loss": str(loss), "valid_nll_loss": str(nll), "valid_ece1": "4"}
+        lines.append(P + "valid | " + json.dumps({**valid, "valid_best_loss": str(min(losses))}))
+        lines.append(P + "test | " + json.dumps({"epoch": e, "test_loss": "1.0"}))
+        lines.append(P + "train | " + json.dumps({"epoch": e, "train_train_wall": str(10 + e)}))
+    if early_stop:
+        lines.append(
+            P + "fairseq_cli.train | early stop since valid performance hasn't improved for "
+            f"last {early_stop} runs"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def test_json_log_format_reads_like_the_simple_one():
+    losses, nlls = [7.0, 6.0, 6.1, 6.2], [6.5, 5.6, 5.5, 5.7]
+    run = parse_train_log(json_log(losses, nlls, early_stop=2))
+    simple = parse_train_log(fake_log(losses, nlls=nlls, early_stop=2))
+    assert run.epochs == simple.epochs == [1, 2, 3, 4]
+    assert run.best_epoch == simple.best_epoch == 3 and run.metric == "nll_loss"
+    assert run.valid[2]["loss"] == 6.0 and run.valid[2]["ece1"] == 4.0  # not the 'test' subset
+    assert run.train[4]["train_wall"] == 14 and run.stopped_early
+    test_run = parse_train_log(json_log(losses, nlls), subset="test")
+    assert test_run.valid[1]["loss"] == 1.0

@@ -11,14 +11,22 @@ ece1 6.6 | ece5 1.9 | ... | num_updates 1496 | best_loss 5.175``; loss (the crit
 label smoothing or distillation terms) and nll_loss (the references' NLL) are in bits (fairseq's
 base 2), ece1/ece5 in percent (present when the validation measures calibration).
 A train line ``... | train | epoch 011 | loss ... | train_wall 21 | ...`` gives the epoch's time.
+
+With ``--log-format json`` fairseq writes the same statistics as one JSON object per line,
+keys prefixed by the subset (``... | valid | {"epoch": 11, "valid_loss": "5.175", ...}``;
+``... | train | {"epoch": 11, "train_loss": ..., "train_wall": "21", ...}``): those lines are
+read as JSON, not by their wording, and give the same RunLog. The two forms may be mixed (a run
+resumed with another --log-format appends to the same train.log).
 """
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 _VALID = re.compile(r"\| valid \| epoch (\d+) \| valid on '([^']+)' subset \|(.*)$")
 _TRAIN = re.compile(r"\| train \| epoch (\d+) \|(.*)$")
+_JSON = re.compile(r"\| ([^|]+) \| (\{.*\})\s*$")  # logger name (the subset or "train"), stats
 _EARLY_STOP = re.compile(r"early stop since valid performance hasn't improved for last (\d+) runs")
 
 
@@ -75,9 +83,39 @@ class RunLog:
         return self.early_stop_patience is not None
 
 
+def _json_stats(line: str):
+    """(tag, epoch, {key without the tag's prefix: number}) of a json log line, or None."""
+    m = _JSON.search(line)
+    if not m:
+        return None
+    tag = m.group(1).strip()
+    try:
+        stats = json.loads(m.group(2))
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(stats, dict) or "epoch" not in stats:
+        return None
+    out = {}
+    for key, value in stats.items():
+        if key.startswith(tag + "_"):
+            try:
+                out[key[len(tag) + 1 :]] = float(value)
+            except (TypeError, ValueError):
+                pass
+    return tag, int(stats["epoch"]), out
+
+
 def parse_train_log(text: str, subset: str = "valid") -> RunLog:
     run = RunLog()
     for line in text.splitlines():
+        js = _json_stats(line)
+        if js is not None:
+            tag, epoch, f = js
+            if tag == subset and "loss" in f:
+                run.valid[epoch] = f
+            elif tag == "train":
+                run.train[epoch] = f
+            continue
         m = _VALID.search(line)
         if m and m.group(2) == subset:
             f = _fields(m.group(3))
