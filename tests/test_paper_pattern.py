@@ -86,3 +86,22 @@ def test_missing_systems_are_not_measured():
     ]
     assert pattern_checks(one_member)[0][1] == "not measured"  # no spread from one seed
     assert "nan" not in pattern_markdown(pattern_checks(one_member)).lower()
+
+
+def test_bleu_must_also_hold_over_sentences():
+    """Seeds alone say the ensemble wins; its outputs are the members' own, so over the same
+    resampled sentences the difference is nil: inconclusive, not holds."""
+    import sacrebleu
+
+    hyps, refs = ["a b c d", "e f g", "h i j k l"] * 5, ["a b c x", "e f y", "h i j k z"] * 5
+    st = sacrebleu.metrics.BLEU()._extract_corpus_statistics(hyps, [refs])
+    ms = members(bleus=(20.0, 20.1, 20.2))
+    ens = result("CE+SWA", "ensemble", 3, 25.0, 0.5)
+    assert pattern_checks([*ms, ens])[0][1] == "holds"  # no sentence statistics: seeds only
+    for r in (*ms, ens):
+        r["bleu_sentence_stats"] = st
+    check = pattern_checks([*ms, ens])[0]
+    assert (
+        check[1] == "inconclusive"
+        and "difference over sentences [0.00, 0.00]: inconclusive" in check[2]
+    )

@@ -219,6 +219,7 @@ def evaluate(args, paths: List[str], device) -> dict:
             bleu_signature=b.signature,
             post_process=post or "none",
             decoding_seconds=time.perf_counter() - start,
+            bleu_sentence_stats=b.sentence_stats,  # dataset order: the report's bootstrap
         )
     return result
 

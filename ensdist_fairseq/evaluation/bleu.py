@@ -8,7 +8,7 @@ them, so the result carries sacreBLEU's signature, against the raw reference fil
 (the binarized one may contain <unk>) or else fairseq's detokenized targets (T- lines).
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 import sacrebleu
@@ -21,15 +21,24 @@ class BleuResult:
     bleu: float
     signature: str
     num_sentences: int
+    # per sentence, sacreBLEU's sufficient statistics (hypothesis and reference length, then
+    # matching and total n-gram counts for n = 1..4): corpus BLEU of any resample of sentences
+    # is a function of their sums, which is what the report's paired bootstrap needs
+    sentence_stats: Optional[List[List[int]]] = field(default=None, repr=False)
 
     def to_dict(self):
-        return asdict(self)
+        d = asdict(self)
+        d.pop("sentence_stats")
+        return d
 
 
 def corpus_bleu(hypotheses: List[str], references: List[str]) -> BleuResult:
     metric = sacrebleu.metrics.BLEU()
     score = metric.corpus_score(hypotheses, [references])
-    return BleuResult(round(score.score, 2), str(metric.get_signature()), len(hypotheses))
+    stats = [
+        [int(x) for x in row] for row in metric._extract_corpus_statistics(hypotheses, [references])
+    ]
+    return BleuResult(round(score.score, 2), str(metric.get_signature()), len(hypotheses), stats)
 
 
 def read_references(reference_file: str, num_sentences: int) -> List[str]:

@@ -84,3 +84,26 @@ def shift(interval: Interval, offset: float) -> Interval:
 def difference_interval(a: Interval, b: float) -> Interval:
     """Interval of (something with interval `a`) − b, b known without noise."""
     return a[0] - b, a[1] - b
+
+
+def sentence_indices(n: int) -> np.ndarray:
+    """The (RESAMPLES, n) sentence indices shared by every system scored on the same n
+    sentences, so that a difference of their corpus scores is a paired bootstrap."""
+    return resample_indices(n, np.random.default_rng([SEED, n]))
+
+
+def corpus_bleu_rows(sentence_stats, idx: np.ndarray) -> np.ndarray:
+    """Corpus BLEU of every resample (row of idx) from sacreBLEU's per-sentence statistics."""
+    import sacrebleu  # its own score-from-statistics: smoothing and brevity penalty as it scores
+
+    metric = sacrebleu.metrics.BLEU()
+    sums = np.asarray(sentence_stats, dtype=np.int64)[idx].sum(axis=1)
+    return np.array([metric._compute_score_from_stats(list(row)).score for row in sums])
+
+
+def bleu_samples(result: dict) -> Optional[np.ndarray]:
+    """The bootstrap samples of a result's corpus BLEU, or None without sentence statistics."""
+    stats = result.get("bleu_sentence_stats")
+    if not stats:
+        return None
+    return corpus_bleu_rows(stats, sentence_indices(len(stats)))

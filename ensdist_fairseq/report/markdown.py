@@ -16,15 +16,19 @@ def is_number(value) -> bool:
 
 
 def number(value: Optional[float], digits: int = 2, missing: str = MISSING) -> str:
-    """`value` with `digits` decimals; `missing` for None, NaN or an infinity."""
-    return f"{value:.{digits}f}" if is_number(value) else missing
+    """`value` with `digits` decimals; `missing` for None, NaN or an infinity ("-0.00" reads
+    as 0.00: a sign the rounding lost says nothing)."""
+    if not is_number(value):
+        return missing
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def interval(low: Optional[float], high: Optional[float], digits: int = 2) -> str:
     """'[low, high]', or '' when either end is missing."""
     if not (is_number(low) and is_number(high)):
         return ""
-    return f"[{low:.{digits}f}, {high:.{digits}f}]"
+    return f"[{number(low, digits)}, {number(high, digits)}]"
 
 
 def with_interval(value, low, high, digits: int = 2) -> str:

@@ -12,6 +12,8 @@ interval (report/bootstrap.seed_interval); a claim holds when the other system l
 whole interval on the claimed side, fails when it lies beyond it on the other side, and is
 inconclusive inside it (a claim of two parts holds when both hold, fails when either fails).
 Fewer than two members give no interval: not measured. ECE-1 is the authors' unweighted form.
+Where the results carry sacreBLEU's per-sentence statistics, the BLEU part must also hold on
+the 95 % paired bootstrap interval over test sentences of (system − members' mean).
 
 The regime beside the verdicts: whether the members are over- or underconfident (bins of the
 top-1 reliability diagram with confidence above accuracy) and the run's BLEU range, since the
@@ -57,6 +59,17 @@ def _both(verdicts: List[str]) -> str:
     return B.HOLDS if all(v == B.HOLDS for v in verdicts) else B.INCONCLUSIVE
 
 
+def _sentence_bleu_difference(system: dict, members: List[dict]) -> Optional[tuple]:
+    """95 % paired bootstrap interval of system BLEU − members' mean BLEU over test sentences,
+    or None when a result lacks sentence statistics or they cover different sentences."""
+    stats = [r.get("bleu_sentence_stats") for r in (system, *members)]
+    if any(not s for s in stats) or len({len(s) for s in stats}) != 1:
+        return None
+    idx = B.sentence_indices(len(stats[0]))
+    rows = [B.corpus_bleu_rows(s, idx) for s in stats]
+    return B.percentile_interval(rows[0] - np.mean(rows[1:], axis=0))
+
+
 def _better_than_members(system: dict, members: List[dict]) -> Tuple[str, str]:
     """(verdict, evidence) of 'higher BLEU and lower ECE-1 than the members'."""
     bleus = [r["bleu"] for r in members]
@@ -65,11 +78,18 @@ def _better_than_members(system: dict, members: List[dict]) -> Tuple[str, str]:
     if len(members) < 2:
         return B.NOT_MEASURED, "fewer than two members: no interval over seeds"
     vb, cb = beyond(system["bleu"], bleus, higher_is_claim=True)
+    sentences = ""
+    diff = _sentence_bleu_difference(system, members)
+    if diff is not None:  # the sentence noise of both sides, paired over the same sentences
+        vs = B.verdict(diff)
+        vb = _both([vb, vs])
+        sentences = f"; difference over sentences {interval(*diff)}"
     ve, ce = beyond(_ece1(system), [_ece1(r) for r in members], higher_is_claim=False)
     return _both([vb, ve]), (
-        f"BLEU {system['bleu']:.2f} vs members {np.mean(bleus):.2f} {interval(*cb)} ({vb}); "
+        f"BLEU {system['bleu']:.2f} vs members {np.mean(bleus):.2f} (seeds {interval(*cb)}"
+        f"{sentences}: {vb}); "
         f"ECE-1 {_ece1(system):.3f} vs {np.mean([_ece1(r) for r in members]):.3f} "
-        f"{interval(*ce, digits=3)} ({ve})"
+        f"(seeds {interval(*ce, digits=3)}: {ve})"
     )
 
 
@@ -158,7 +178,8 @@ def pattern_markdown(checks: Sequence[Check], notes: Optional[Sequence[str]] = N
     text += (
         f"\nVerdicts at the {100 * B.LEVEL:g} % level against the members' t interval over seeds "
         "(holds / fails: beyond the interval on the claimed / other side; inconclusive: inside). "
-        "The compared ensemble or student is taken as measured, without its own sentence noise.\n"
+        "BLEU, where the results have per-sentence statistics: also the paired bootstrap over "
+        "test sentences. ECE-1: the compared system is taken as measured (no sentence noise).\n"
     )
     if notes:
         text += "\nWhere this run's regime differs from the paper's:\n\n" + "\n".join(notes) + "\n"

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure  # a bare Figure renders with Agg, no GUI b
 
 from ensdist_fairseq.atomic_files import atomic_open
 from ensdist_fairseq.errors import EnsdistError
-from ensdist_fairseq.report.bootstrap import seed_interval
+from ensdist_fairseq.report.bootstrap import bleu_samples, percentile_interval, seed_interval
 from ensdist_fairseq.report.markdown import MISSING, is_number, number, table, with_interval
 from ensdist_fairseq.results import EVALUATION
 
@@ -77,6 +77,14 @@ def _individual_cell(values: List[Optional[float]], digits: int) -> str:
     return with_interval(float(np.mean(values)), *seed_interval(values), digits=digits)
 
 
+def _bleu_cell(r: dict) -> str:
+    """BLEU and its 95 % bootstrap interval over test sentences, when the result has them."""
+    samples = bleu_samples(r) if is_number(r["bleu"]) else None
+    if samples is None:
+        return _fmt(r["bleu"], 2)
+    return with_interval(r["bleu"], *percentile_interval(samples), digits=2)
+
+
 def _ece(r: dict, which: str, form: str = "unweighted") -> Optional[float]:
     value = (r.get(which) or {}).get(form)
     return 100 * value if is_number(value) else None
@@ -104,7 +112,7 @@ def table2_markdown(results: Sequence[dict]) -> str:
                 cells = [
                     (
                         str(_size(r)),
-                        _fmt(r["bleu"], 2),
+                        _bleu_cell(r),
                         _fmt(_ece(r, "ece1"), 3),
                         _fmt(_ece(r, "ece5"), 3),
                     )
@@ -169,7 +177,8 @@ def report_markdown(results: Sequence[dict]) -> str:
         f"## Results ({r0['split']} split)\n\n{table2_markdown(results)}\n"
         f"ECE: token level, teacher-forced, {r0['num_bins']} equal-count bins, unweighted mean "
         "over bins (the authors' form), in percent. Individual: mean of the "
-        f"members [95 % t interval over seeds].\n\n### All metrics\n\n{details_markdown(results)}\n"
+        "members [95 % t interval over seeds]; other BLEU [95 % paired bootstrap interval over "
+        f"test sentences].\n\n### All metrics\n\n{details_markdown(results)}\n"
         "w. = count-weighted ECE. Brier: multi-class, per token.\n"
     )
     if signatures:
