@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import scipy.stats
 import pytest
 import torch
 
@@ -178,8 +179,11 @@ def test_single_model_with_bleu_and_report(tiny_data, tiny_checkpoints, tmp_path
         for i in (1, 2)
     ]
     mean, se = np.mean(e1), np.std(e1, ddof=1) / np.sqrt(2)
+    half = scipy.stats.t.ppf(0.975, 1) * se  # the members' 95 % t interval over seeds
     assert "| CE+SWA | Individual | Avg (n=2) |" in table
-    assert f"{mean:.3f} ± {se:.3f}" in table
+    assert f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]" in table
+    assert len(m1["bleu_sentence_stats"]) == m1["num_sentences"]  # the report's bootstrap
+    assert all(len(row) == 10 for row in m1["bleu_sentence_stats"])
     assert "| Ensemble | 2 |" in table
     png = tmp_path / "rep" / "reliability_CE_SWA.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
