@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
-import scipy.stats
 import pytest
+import scipy.stats
 import torch
 
 from ensdist_fairseq.cli import evaluate

@@ -85,8 +85,53 @@ def build_parser() -> options.Parser:
         default=100,
         help="report progress to stderr every this many batches",
     )
+    ap.add_argument(
+        "--fit-temperature-on",
+        metavar="SPLIT",
+        help="temperature scaling: fit T on this split's reference tokens (minimum NLL; the "
+        "first batches, at most FIT_ELEMENTS token x vocabulary entries) and score --split "
+        "with softmax(log p / T); BLEU decoding is left untempered; T is in the result",
+    )
     gen_opts.add_generation_options(ap)
     return ap
+
+
+FIT_ELEMENTS = 2**24  # token x vocabulary log-probs kept for the fit (64 MiB of float32)
+
+
+def fit_temperature_on(models, task, split: str, args, device) -> dict:
+    """{"temperature": T, "temperature_split": split, "temperature_tokens": n} fitted on `split`."""
+    import torch
+
+    from ensdist_fairseq.metrics.temperature import fit_temperature
+    from ensdist_fairseq.teachers import teacher_forcing
+
+    task.load_dataset(split)
+    dataset = task.dataset(split)
+    pad = task.target_dictionary.pad()
+    batches = teacher_forcing.plan_batches(dataset, None, args.max_tokens, args.batch_size)
+    log_probs, targets, kept = [], [], 0
+    with torch.no_grad():
+        for sample in teacher_forcing.samples(dataset, batches, device):
+            lp = teacher_forcing.ensemble_log_probs(models, sample["net_input"])
+            keep = sample["target"].ne(pad)
+            lp, tgt = lp[keep].float().cpu(), sample["target"][keep].cpu()
+            room = max(FIT_ELEMENTS // lp.size(-1) - kept, 0)
+            log_probs.append(lp[:room])
+            targets.append(tgt[:room])
+            kept += len(targets[-1])
+            if room <= len(tgt):
+                break
+    if kept == 0:
+        raise EnsdistError(f"--fit-temperature-on {split}: no target tokens in {args.data}")
+    temperature = fit_temperature(log_probs, targets)
+    print(
+        f"[evaluate] {args.name}: temperature {temperature:.4f} fitted on {kept} tokens of "
+        f"{split}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {"temperature": temperature, "temperature_split": split, "temperature_tokens": kept}
 
 
 def flag_error(args) -> Optional[str]:
@@ -96,6 +141,11 @@ def flag_error(args) -> Optional[str]:
         return problem
     if args.num_teachers is not None and args.kind != "student":
         return f"--num-teachers {args.num_teachers} needs --kind student"
+    if args.fit_temperature_on is not None and args.fit_temperature_on == args.split:
+        return (
+            f"--fit-temperature-on {args.fit_temperature_on}: the temperature must be fitted on "
+            "another split than the evaluated one"
+        )
     if args.reference and not os.path.isfile(args.reference):
         return f"--reference {args.reference}: file not found"
     return None
@@ -138,6 +188,11 @@ def evaluate(args, paths: List[str], device) -> dict:
             else None
         ),
     )
+    fitted = (
+        fit_temperature_on(models, task, args.fit_temperature_on, args, device)
+        if args.fit_temperature_on
+        else {"temperature": None}
+    )
     task.load_dataset(args.split)
     dataset = task.dataset(args.split)
     where = f"split {args.split} of {args.data}"
@@ -169,6 +224,7 @@ def evaluate(args, paths: List[str], device) -> dict:
         names=paths,
         where=where,
         progress=progress,
+        temperature=fitted["temperature"] or 1.0,
     )
     seconds = time.perf_counter() - start
     fields = {
@@ -192,6 +248,7 @@ def evaluate(args, paths: List[str], device) -> dict:
         "tokens_per_second": accumulator.num_tokens / seconds,
         "bleu": None,
         "bleu_signature": None,
+        **fitted,  # temperature: null when not scaled
     }
     result = EVALUATION_SCHEMA.make(**fields)
     if args.bleu:

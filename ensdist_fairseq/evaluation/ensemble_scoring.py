@@ -21,6 +21,7 @@ from ensdist_fairseq.metrics.calibration import (
     TokenPredictions,
     summarize_predictions,
 )
+from ensdist_fairseq.metrics.temperature import tempered
 from ensdist_fairseq.teachers import teacher_forcing
 
 # Called after each batch with (batches done, batches in total, target tokens so far).
@@ -53,12 +54,15 @@ def summarize_batch(
     pad: int,
     names: Optional[Sequence[str]] = None,
     where: str = "split",
+    temperature: float = 1.0,
 ) -> TokenPredictions:
     """Calibration numbers of one fairseq sample's reference tokens under the ensemble's mean;
     EnsdistError (naming the checkpoint of `names` and the sentence) on a non-finite output."""
     target = sample["target"]
     with torch.no_grad():
         lp = teacher_forcing.ensemble_log_probs(models, sample["net_input"])
+        if temperature != 1.0:  # temperature scaling of the ensemble's mean (fitted elsewhere)
+            lp = tempered(lp, temperature)
         preds = summarize_predictions(lp, target, target.eq(pad), log_probs=True)
         del lp
         if not _finite(preds):
@@ -77,12 +81,13 @@ def score_split(
     names: Optional[Sequence[str]] = None,
     where: str = "split",
     progress: Optional[ProgressCallback] = None,
+    temperature: float = 1.0,
 ) -> int:
     """Feed every target token of the `batches` of `dataset` to `accumulator`; return the number
     of sentences scored."""
     seen = 0
     for i, sample in enumerate(teacher_forcing.samples(dataset, batches, device), 1):
-        accumulator.add(summarize_batch(models, sample, pad, names, where))
+        accumulator.add(summarize_batch(models, sample, pad, names, where, temperature))
         seen += len(sample["id"])
         if progress is not None:
             progress(i, len(batches), accumulator.num_tokens)
