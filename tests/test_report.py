@@ -121,3 +121,14 @@ def test_table_helper_refuses_a_malformed_row():
     with pytest.raises(ValueError, match="a row of 1 cells in a table of 2 columns"):
         table(["a", "b"], [[1]])
     assert number(float("nan")) == "–" and number(None, missing="not measured") == "not measured"
+
+
+def test_temperature_scaled_rows_are_labelled_and_left_out_of_the_claims(tmp_path, capsys):
+    scaled = full_result("e-ts", kind="ensemble", n=2, bleu=21.0, ece1=0.1)
+    scaled["temperature"] = 1.234
+    members = [full_result("a", bleu=20.0, ece1=3.0), full_result("b", bleu=20.5, ece1=3.5)]
+    rc, err = run_report(tmp_path, [*members, scaled], capsys)
+    assert rc == 0, err
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| Ensemble | 2 (T=1.23) |" in text and "| e-ts (T=1.23) |" in text
+    assert pattern_checks([*members, scaled])[0][1] == "not measured"  # no unscaled ensemble

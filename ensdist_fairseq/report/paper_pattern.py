@@ -37,7 +37,13 @@ def _ece1(r: dict) -> float:
 
 
 def _of(results, method, kind):
-    return [r for r in results if r["method"] == method and r["kind"] == kind]
+    """The results of one method and kind; temperature-scaled ones are the rival, not the
+    paper's systems, and are never part of a claim."""
+    return [
+        r
+        for r in results
+        if r["method"] == method and r["kind"] == kind and r.get("temperature") is None
+    ]
 
 
 def _largest(rows):

@@ -77,6 +77,12 @@ def _individual_cell(values: List[Optional[float]], digits: int) -> str:
     return with_interval(float(np.mean(values)), *seed_interval(values), digits=digits)
 
 
+def _temperature(r: dict) -> str:
+    """' (T=1.23)' for a temperature-scaled result (ensdist-evaluate --fit-temperature-on)."""
+    t = r.get("temperature")
+    return f" (T={t:.2f})" if is_number(t) else ""
+
+
 def _bleu_cell(r: dict) -> str:
     """BLEU and its 95 % bootstrap interval over test sentences, when the result has them."""
     samples = bleu_samples(r) if is_number(r["bleu"]) else None
@@ -102,7 +108,7 @@ def table2_markdown(results: Sequence[dict]) -> str:
             if kind == "individual":
                 cells = [
                     (
-                        f"Avg (n={len(group)})",
+                        f"Avg (n={len(group)})" + _temperature(group[0]),
                         _individual_cell([r["bleu"] for r in group], 2),
                         _individual_cell([_ece(r, "ece1") for r in group], 3),
                         _individual_cell([_ece(r, "ece5") for r in group], 3),
@@ -111,7 +117,7 @@ def table2_markdown(results: Sequence[dict]) -> str:
             else:
                 cells = [
                     (
-                        str(_size(r)),
+                        str(_size(r)) + _temperature(r),
                         _bleu_cell(r),
                         _fmt(_ece(r, "ece1"), 3),
                         _fmt(_ece(r, "ece5"), 3),
@@ -141,7 +147,7 @@ def details_markdown(results: Sequence[dict]) -> str:
                 acc = r.get("accuracy")
                 rows.append(
                     [
-                        r["name"],
+                        r["name"] + _temperature(r),
                         r["method"],
                         kind,
                         _size(r),
