@@ -9,9 +9,13 @@ here and one where it is computed. Extra keys are allowed: fields are additive.
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import numpy as np
+
+from ensdist_fairseq.atomic_files import atomic_open
 from ensdist_fairseq.errors import EnsdistError
 
 
@@ -82,6 +86,42 @@ UNCERTAINTY = Schema(
     version=1,
     required=("name", "group", "kind", "num_models", "measures", "beam", "sets"),
 )
+
+
+TOKEN_ARRAYS = ("sentence", "confidence", "correct", "log_prob")
+
+
+def token_file_of(output: str) -> str:
+    """The per-token sidecar of an ensdist-evaluate result: r.json -> r.tokens.npz. It holds,
+    per target token in dataset order, its sentence id, top-1 confidence, whether the top-1 is
+    the reference, and ln p(reference): what resampling sentences needs for ECE-1 and NLL."""
+    return (output[:-5] if output.endswith(".json") else output) + ".tokens.npz"
+
+
+def write_token_file(path: str, arrays: dict) -> None:
+    with atomic_open(path, "wb") as f:
+        np.savez_compressed(f, **{k: arrays[k] for k in TOKEN_ARRAYS})
+
+
+def read_token_file(result: dict, result_path: str) -> Optional[dict]:
+    """The sidecar a result names (beside the result file), or None when it has none or the
+    file is gone; EnsdistError when it is there but not what the result says."""
+    name = result.get("token_file")
+    if not name:
+        return None
+    path = os.path.join(os.path.dirname(result_path), name)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in TOKEN_ARRAYS}
+    except (OSError, ValueError, KeyError) as e:
+        raise EnsdistError(f"{path}: not a token file ({e})") from None
+    if len(arrays["sentence"]) != result.get("num_tokens"):
+        raise EnsdistError(
+            f"{path}: {len(arrays['sentence'])} tokens, its result says {result.get('num_tokens')}"
+        )
+    return arrays
 
 
 def read_json(path: str):

@@ -19,7 +19,7 @@ from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.metrics.calibration import DEFAULT_NUM_BINS, CalibrationAccumulator
 from ensdist_fairseq.results import EVALUATION as EVALUATION_SCHEMA
-from ensdist_fairseq.results import non_finite_field
+from ensdist_fairseq.results import non_finite_field, token_file_of, write_token_file
 from ensdist_fairseq.uncertainty.measures import DIRICHLET_PREDICTIVES
 
 KINDS = EVALUATION_SCHEMA.choices[0][1]
@@ -97,6 +97,34 @@ def build_parser() -> options.Parser:
 
 
 FIT_ELEMENTS = 2**24  # token x vocabulary log-probs kept for the fit (64 MiB of float32)
+
+
+class TokenRecorder:
+    """Per target token, its sentence, top-1 confidence and correctness and ln p(reference):
+    the sidecar the report resamples sentences over (ECE-1 and NLL bootstrap)."""
+
+    def __init__(self, pad: int):
+        self.pad, self.parts = pad, []
+
+    def __call__(self, sample, preds) -> None:
+        counts = sample["target"].ne(self.pad).sum(1).cpu()
+        self.parts.append(
+            (
+                sample["id"].cpu().repeat_interleave(counts).numpy().astype("int32"),
+                preds.top_confidence[:, 0].float().cpu().numpy(),
+                preds.top_correct[:, 0].cpu().numpy(),
+                preds.target_log_prob.float().cpu().numpy(),
+            )
+        )
+
+    def arrays(self) -> dict:
+        """The records in dataset order (sentence id, then position), as numpy arrays."""
+        import numpy as np
+
+        cols = [np.concatenate(c) for c in zip(*self.parts)]
+        order = np.argsort(cols[0], kind="stable")
+        names = ("sentence", "confidence", "correct", "log_prob")
+        return {n: c[order] for n, c in zip(names, cols)}
 
 
 def fit_temperature_on(models, task, split: str, args, device) -> dict:
@@ -214,6 +242,7 @@ def evaluate(args, paths: List[str], device) -> dict:
                 flush=True,
             )
 
+    tokens = TokenRecorder(task.target_dictionary.pad())
     num_sentences = score_split(
         models,
         dataset,
@@ -225,6 +254,7 @@ def evaluate(args, paths: List[str], device) -> dict:
         where=where,
         progress=progress,
         temperature=fitted["temperature"] or 1.0,
+        on_batch=tokens,
     )
     seconds = time.perf_counter() - start
     fields = {
@@ -249,6 +279,7 @@ def evaluate(args, paths: List[str], device) -> dict:
         "bleu": None,
         "bleu_signature": None,
         **fitted,  # temperature: null when not scaled
+        "token_file": os.path.basename(token_file_of(args.output)),
     }
     result = EVALUATION_SCHEMA.make(**fields)
     if args.bleu:
@@ -278,6 +309,7 @@ def evaluate(args, paths: List[str], device) -> dict:
             decoding_seconds=time.perf_counter() - start,
             bleu_sentence_stats=b.sentence_stats,  # dataset order: the report's bootstrap
         )
+    result["_tokens"] = tokens.arrays()  # written beside the result by main, not in it
     return result
 
 
@@ -309,9 +341,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     check_ensemble(paths, args.data)
     result = evaluate(args, paths, options.device(args))
+    token_arrays = result.pop("_tokens")
     bad = non_finite_field(result)
     if bad:  # never write NaN as a result
         raise EnsdistError(f"{':'.join(paths)}: {bad} is not a finite number on {args.split}")
+    write_token_file(token_file_of(args.output), token_arrays)  # before the result names it
     write_or_keep(args.output, json.dumps(result, indent=2) + "\n", "--output")
     print(summary_line(result))
     return 0

@@ -18,7 +18,7 @@ from ensdist_fairseq.report.markdown import NOT_MEASURED
 from ensdist_fairseq.report.paper_pattern import pattern_checks, pattern_markdown, regime_notes
 from ensdist_fairseq.report.regime import regime_markdown
 from ensdist_fairseq.report.uncertainty_section import section as uncertainty_section
-from ensdist_fairseq.results import EVALUATION, read_json
+from ensdist_fairseq.results import EVALUATION, read_json, read_token_file
 
 
 def load_results(results_dir: str):
@@ -30,6 +30,7 @@ def load_results(results_dir: str):
         if not EVALUATION.is_one(data):
             continue
         report.check_result(data, path)
+        data["_tokens"] = read_token_file(data, path)  # per-token sidecar: ECE-1/NLL bootstrap
         results.append(data)
         sources.append(path)
     if results:

@@ -82,12 +82,16 @@ def score_split(
     where: str = "split",
     progress: Optional[ProgressCallback] = None,
     temperature: float = 1.0,
+    on_batch: Optional[Callable[[dict, TokenPredictions], None]] = None,
 ) -> int:
     """Feed every target token of the `batches` of `dataset` to `accumulator`; return the number
-    of sentences scored."""
+    of sentences scored. on_batch(sample, its predictions) sees each batch (per-token records)."""
     seen = 0
     for i, sample in enumerate(teacher_forcing.samples(dataset, batches, device), 1):
-        accumulator.add(summarize_batch(models, sample, pad, names, where, temperature))
+        preds = summarize_batch(models, sample, pad, names, where, temperature)
+        accumulator.add(preds)
+        if on_batch is not None:
+            on_batch(sample, preds)
         seen += len(sample["id"])
         if progress is not None:
             progress(i, len(batches), accumulator.num_tokens)

@@ -107,3 +107,37 @@ def bleu_samples(result: dict) -> Optional[np.ndarray]:
     if not stats:
         return None
     return corpus_bleu_rows(stats, sentence_indices(len(stats)))
+
+
+def _token_rows(tokens: dict, num_sentences: int, idx: np.ndarray):
+    """Per resample (row of idx): the token indices of its sentences, with their multiplicity."""
+    counts = np.bincount(tokens["sentence"], minlength=num_sentences)
+    starts = np.cumsum(counts) - counts
+    for row in idx:
+        c = counts[row]
+        first = np.repeat(starts[row], c)
+        within = np.arange(c.sum()) - np.repeat(np.cumsum(c) - c, c)
+        yield first + within
+
+
+def token_samples(result: dict) -> Optional[dict]:
+    """{"ece1": %, "nll": nats} bootstrap samples over test sentences of a result with its
+    per-token sidecar (report loads it as result["_tokens"]); None without one. Cached."""
+    from ensdist_fairseq.metrics.calibration import expected_calibration_error
+
+    tokens = result.get("_tokens")
+    if tokens is None:
+        return None
+    if "_token_samples" not in result:
+        n = int(result["num_sentences"])
+        idx = sentence_indices(n)
+        conf, corr = tokens["confidence"].astype(np.float64), tokens["correct"]
+        ece = [
+            100 * expected_calibration_error(conf[t], corr[t], result["num_bins"], weighted=False)
+            for t in _token_rows(tokens, n, idx)
+        ]
+        nll_sum = np.bincount(tokens["sentence"], weights=-tokens["log_prob"], minlength=n)
+        counts = np.bincount(tokens["sentence"], minlength=n)
+        nll = nll_sum[idx].sum(axis=1) / counts[idx].sum(axis=1)
+        result["_token_samples"] = {"ece1": np.asarray(ece), "nll": nll}
+    return result["_token_samples"]

@@ -12,8 +12,9 @@ interval (report/bootstrap.seed_interval); a claim holds when the other system l
 whole interval on the claimed side, fails when it lies beyond it on the other side, and is
 inconclusive inside it (a claim of two parts holds when both hold, fails when either fails).
 Fewer than two members give no interval: not measured. ECE-1 is the authors' unweighted form.
-Where the results carry sacreBLEU's per-sentence statistics, the BLEU part must also hold on
-the 95 % paired bootstrap interval over test sentences of (system − members' mean).
+Where the results carry sacreBLEU's per-sentence statistics (BLEU) or their per-token sidecar
+(ECE-1), the claim must also hold on the 95 % paired bootstrap interval over test sentences of
+the difference (system − members' mean).
 
 The regime beside the verdicts: whether the members are over- or underconfident (bins of the
 top-1 reliability diagram with confidence above accuracy) and the run's BLEU range, since the
@@ -76,6 +77,15 @@ def _sentence_bleu_difference(system: dict, members: List[dict]) -> Optional[tup
     return B.percentile_interval(rows[0] - np.mean(rows[1:], axis=0))
 
 
+def _sentence_ece_difference(minus: List[dict], system: dict) -> Optional[tuple]:
+    """95 % paired bootstrap interval over test sentences of mean ECE-1 of `minus` − the
+    system's, or None unless every result has its per-token sidecar on the same sentences."""
+    rows = [B.token_samples(r) for r in (system, *minus)]
+    if any(r is None for r in rows) or len({r["num_sentences"] for r in (system, *minus)}) != 1:
+        return None
+    return B.percentile_interval(np.mean([r["ece1"] for r in rows[1:]], axis=0) - rows[0]["ece1"])
+
+
 def _better_than_members(system: dict, members: List[dict]) -> Tuple[str, str]:
     """(verdict, evidence) of 'higher BLEU and lower ECE-1 than the members'."""
     bleus = [r["bleu"] for r in members]
@@ -91,11 +101,16 @@ def _better_than_members(system: dict, members: List[dict]) -> Tuple[str, str]:
         vb = _both([vb, vs])
         sentences = f"; difference over sentences {interval(*diff)}"
     ve, ce = beyond(_ece1(system), [_ece1(r) for r in members], higher_is_claim=False)
+    ece_sentences = ""
+    diff = _sentence_ece_difference(members, system)  # members − system: lower is the claim
+    if diff is not None:
+        ve = _both([ve, B.verdict(diff)])
+        ece_sentences = f"; members − system over sentences {interval(*diff, digits=3)}"
     return _both([vb, ve]), (
         f"BLEU {system['bleu']:.2f} vs members {np.mean(bleus):.2f} (seeds {interval(*cb)}"
         f"{sentences}: {vb}); "
         f"ECE-1 {_ece1(system):.3f} vs {np.mean([_ece1(r) for r in members]):.3f} "
-        f"(seeds {interval(*ce, digits=3)}: {ve})"
+        f"(seeds {interval(*ce, digits=3)}{ece_sentences}: {ve})"
     )
 
 
@@ -128,6 +143,9 @@ def pattern_checks(
     else:
         eces = [_ece1(r) for r in ls_members]
         v, ci = beyond(_ece1(ls_ens), eces, higher_is_claim=True)
+        diff = _sentence_ece_difference(ls_members, ls_ens)  # members − ensemble: claim < 0
+        if diff is not None:
+            v = _both([v, B.verdict((-diff[1], -diff[0]))])
         checks.append(
             (
                 claim,
@@ -184,8 +202,8 @@ def pattern_markdown(checks: Sequence[Check], notes: Optional[Sequence[str]] = N
     text += (
         f"\nVerdicts at the {100 * B.LEVEL:g} % level against the members' t interval over seeds "
         "(holds / fails: beyond the interval on the claimed / other side; inconclusive: inside). "
-        "BLEU, where the results have per-sentence statistics: also the paired bootstrap over "
-        "test sentences. ECE-1: the compared system is taken as measured (no sentence noise).\n"
+        "Where the results have per-sentence statistics (BLEU) or per-token sidecars (ECE-1), "
+        "also the paired bootstrap over test sentences of the difference.\n"
     )
     if notes:
         text += "\nWhere this run's regime differs from the paper's:\n\n" + "\n".join(notes) + "\n"

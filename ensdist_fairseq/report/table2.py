@@ -16,7 +16,12 @@ from matplotlib.figure import Figure  # a bare Figure renders with Agg, no GUI b
 
 from ensdist_fairseq.atomic_files import atomic_open
 from ensdist_fairseq.errors import EnsdistError
-from ensdist_fairseq.report.bootstrap import bleu_samples, percentile_interval, seed_interval
+from ensdist_fairseq.report.bootstrap import (
+    bleu_samples,
+    percentile_interval,
+    seed_interval,
+    token_samples,
+)
 from ensdist_fairseq.report.markdown import MISSING, is_number, number, table, with_interval
 from ensdist_fairseq.results import EVALUATION
 
@@ -91,6 +96,14 @@ def _bleu_cell(r: dict) -> str:
     return with_interval(r["bleu"], *percentile_interval(samples), digits=2)
 
 
+def _token_cell(r: dict, key: str, value, digits: int) -> str:
+    """`value` and its 95 % bootstrap interval over test sentences from the per-token sidecar."""
+    samples = token_samples(r) if is_number(value) else None
+    if samples is None:
+        return _fmt(value, digits)
+    return with_interval(value, *percentile_interval(samples[key]), digits=digits)
+
+
 def _ece(r: dict, which: str, form: str = "unweighted") -> Optional[float]:
     value = (r.get(which) or {}).get(form)
     return 100 * value if is_number(value) else None
@@ -119,7 +132,7 @@ def table2_markdown(results: Sequence[dict]) -> str:
                     (
                         str(_size(r)) + _temperature(r),
                         _bleu_cell(r),
-                        _fmt(_ece(r, "ece1"), 3),
+                        _token_cell(r, "ece1", _ece(r, "ece1"), 3),
                         _fmt(_ece(r, "ece5"), 3),
                     )
                     for r in group
@@ -155,7 +168,7 @@ def details_markdown(results: Sequence[dict]) -> str:
                         f"{_fmt(_ece(r, 'ece1'), 3)} / {_fmt(_ece(r, 'ece1', 'weighted'), 3)}",
                         f"{_fmt(_ece(r, 'ece5'), 3)} / {_fmt(_ece(r, 'ece5', 'weighted'), 3)}",
                         _fmt(r.get("brier"), 4),
-                        _fmt(r.get("nll"), 4),
+                        _token_cell(r, "nll", r.get("nll"), 4),
                         _fmt(100 * acc if is_number(acc) else None, 2),
                         r.get("num_tokens", MISSING),
                     ]
@@ -183,8 +196,9 @@ def report_markdown(results: Sequence[dict]) -> str:
         f"## Results ({r0['split']} split)\n\n{table2_markdown(results)}\n"
         f"ECE: token level, teacher-forced, {r0['num_bins']} equal-count bins, unweighted mean "
         "over bins (the authors' form), in percent. Individual: mean of the "
-        "members [95 % t interval over seeds]; other BLEU [95 % paired bootstrap interval over "
-        f"test sentences].\n\n### All metrics\n\n{details_markdown(results)}\n"
+        "members [95 % t interval over seeds]; other BLEU, ECE-1 and NLL "
+        "[95 % bootstrap interval over test sentences, where the result has them].\n\n"
+        f"### All metrics\n\n{details_markdown(results)}\n"
         "w. = count-weighted ECE. Brier: multi-class, per token.\n"
     )
     if signatures:
