@@ -105,3 +105,16 @@ def test_bleu_must_also_hold_over_sentences():
         check[1] == "inconclusive"
         and "difference over sentences [0.00, 0.00]: inconclusive" in check[2]
     )
+
+
+def test_ece_must_also_hold_over_sentences():
+    """Seeds say the LS ensemble is worse calibrated than its members; with every system's
+    tokens identical, over resampled sentences the difference is nil: inconclusive."""
+    from test_report_tokens import crafted
+
+    ls = members("LS+SWA", eces=(3.4, 3.5, 3.6))
+    ens = result("LS+SWA", "ensemble", 3, 23.0, 6.0)
+    assert pattern_checks([*ls, ens])[-1][1] == "holds"
+    for r in (*ls, ens):
+        r.update({k: v for k, v in crafted().items() if k != "num_bins"}, num_bins=5)
+    assert pattern_checks([*ls, ens])[-1][1] == "inconclusive"
