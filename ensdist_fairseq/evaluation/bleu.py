@@ -24,7 +24,7 @@ class BleuResult:
     # per sentence, sacreBLEU's sufficient statistics (hypothesis and reference length, then
     # matching and total n-gram counts for n = 1..4): corpus BLEU of any resample of sentences
     # is a function of their sums, which is what the report's paired bootstrap needs
-    sentence_stats: Optional[List[List[int]]] = field(default=None, repr=False)
+    sentence_stats: Optional[List[List[int]]] = field(default=None, repr=False, compare=False)
 
     def to_dict(self):
         d = asdict(self)
