@@ -11,12 +11,14 @@ from ensdist_fairseq.report import bootstrap as B
 from ensdist_fairseq.results import read_token_file, token_file_of
 
 
-def crafted(n=30, seed=0):
+def crafted(n=30, seed=0, decimals=None):
     g = np.random.default_rng(seed)
     lengths = g.integers(1, 6, size=n)
     sentence = np.repeat(np.arange(n), lengths).astype(np.int32)
     conf = g.uniform(0.05, 1.0, size=len(sentence)).astype(np.float32)
     correct = g.uniform(size=len(sentence)) < conf
+    if decimals is not None:  # tied confidences: the tie order (incorrect first) matters
+        conf = conf.round(decimals)
     tokens = {
         "sentence": sentence,
         "confidence": conf,
@@ -26,8 +28,9 @@ def crafted(n=30, seed=0):
     return {"num_sentences": n, "num_bins": 5, "num_tokens": len(sentence), "_tokens": tokens}
 
 
-def test_resampled_ece_and_nll_equal_a_loop_over_the_chosen_sentences():
-    r = crafted()
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_resampled_ece_and_nll_equal_a_loop_over_the_chosen_sentences(decimals):
+    r = crafted(decimals=decimals)
     samples = B.token_samples(r)
     idx = B.sentence_indices(r["num_sentences"])
     t = r["_tokens"]
@@ -38,7 +41,8 @@ def test_resampled_ece_and_nll_equal_a_loop_over_the_chosen_sentences():
         )
         assert samples["ece1"][row] == pytest.approx(ece)
         assert samples["nll"][row] == pytest.approx(-t["log_prob"][chosen].astype(float).mean())
-    assert B.token_samples(crafted())["ece1"] == pytest.approx(samples["ece1"])  # same numbers
+    same = B.token_samples(crafted(decimals=decimals))["ece1"]
+    assert same == pytest.approx(samples["ece1"])  # same command, same numbers
 
 
 def test_token_file_round_trip_and_mismatch(tmp_path):

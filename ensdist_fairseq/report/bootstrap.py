@@ -106,38 +106,61 @@ def bleu_samples(result: dict) -> Optional[np.ndarray]:
     stats = result.get("bleu_sentence_stats")
     if not stats:
         return None
-    return corpus_bleu_rows(stats, sentence_indices(len(stats)))
+    if "_bleu_samples" not in result:  # cached: the tables and the claims read it
+        result["_bleu_samples"] = corpus_bleu_rows(stats, sentence_indices(len(stats)))
+    return result["_bleu_samples"]
 
 
-def _token_rows(tokens: dict, num_sentences: int, idx: np.ndarray):
-    """Per resample (row of idx): the token indices of its sentences, with their multiplicity."""
-    counts = np.bincount(tokens["sentence"], minlength=num_sentences)
-    starts = np.cumsum(counts) - counts
-    for row in idx:
-        c = counts[row]
-        first = np.repeat(starts[row], c)
-        within = np.arange(c.sum()) - np.repeat(np.cumsum(c) - c, c)
-        yield first + within
+def resampled_ece(conf, correct, sentence, idx, num_sentences: int, num_bins: int):
+    """Unweighted equal-count ECE (fraction) of every resample of sentences (rows of idx),
+    without expanding the resampled tokens: the pairs are sorted once (confidence, then
+    incorrect before correct, as metrics/calibration orders them); a resample is that order
+    with each token repeated as often as its sentence was drawn, so its bins' sums are
+    differences of weighted cumulative sums read at the bin edges."""
+    from ensdist_fairseq.metrics.calibration import adaptive_bin_edges
+
+    order = np.lexsort((correct, conf))
+    c, a, s_ = conf[order].astype(np.float64), correct[order].astype(np.float64), sentence[order]
+    out = np.empty(len(idx))
+    for i, row in enumerate(idx):
+        w = np.bincount(row, minlength=num_sentences)[s_].astype(np.float64)
+        cum_w = np.cumsum(w)
+        cum_c, cum_a = np.cumsum(w * c), np.cumsum(w * a)
+        edges = adaptive_bin_edges(int(cum_w[-1]), num_bins).astype(np.float64)
+        j = np.minimum(np.searchsorted(cum_w, edges, side="right"), len(c) - 1)
+        before_w = np.where(j > 0, cum_w[j - 1], 0.0)
+        inside = edges - before_w  # positions of token j's copies before the edge
+
+        def at_edges(cum, values):
+            return np.where(j > 0, cum[j - 1], 0.0) + inside * values[j]
+
+        count = np.diff(edges)
+        keep = count > 0
+        conf_bins = np.diff(at_edges(cum_c, c))[keep] / count[keep]
+        acc_bins = np.diff(at_edges(cum_a, a))[keep] / count[keep]
+        out[i] = np.mean(np.abs(acc_bins - conf_bins))
+    return out
 
 
 def token_samples(result: dict) -> Optional[dict]:
     """{"ece1": %, "nll": nats} bootstrap samples over test sentences of a result with its
     per-token sidecar (report loads it as result["_tokens"]); None without one. Cached."""
-    from ensdist_fairseq.metrics.calibration import expected_calibration_error
-
     tokens = result.get("_tokens")
     if tokens is None:
         return None
     if "_token_samples" not in result:
         n = int(result["num_sentences"])
         idx = sentence_indices(n)
-        conf, corr = tokens["confidence"].astype(np.float64), tokens["correct"]
-        ece = [
-            100 * expected_calibration_error(conf[t], corr[t], result["num_bins"], weighted=False)
-            for t in _token_rows(tokens, n, idx)
-        ]
+        ece = 100 * resampled_ece(
+            tokens["confidence"].astype(np.float64),
+            tokens["correct"],
+            tokens["sentence"],
+            idx,
+            n,
+            result["num_bins"],
+        )
         nll_sum = np.bincount(tokens["sentence"], weights=-tokens["log_prob"], minlength=n)
         counts = np.bincount(tokens["sentence"], minlength=n)
         nll = nll_sum[idx].sum(axis=1) / counts[idx].sum(axis=1)
-        result["_token_samples"] = {"ece1": np.asarray(ece), "nll": nll}
+        result["_token_samples"] = {"ece1": ece, "nll": nll}
     return result["_token_samples"]

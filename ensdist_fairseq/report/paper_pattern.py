@@ -72,8 +72,7 @@ def _sentence_bleu_difference(system: dict, members: List[dict]) -> Optional[tup
     stats = [r.get("bleu_sentence_stats") for r in (system, *members)]
     if any(not s for s in stats) or len({len(s) for s in stats}) != 1:
         return None
-    idx = B.sentence_indices(len(stats[0]))
-    rows = [B.corpus_bleu_rows(s, idx) for s in stats]
+    rows = [B.bleu_samples(r) for r in (system, *members)]  # one index matrix per n: paired
     return B.percentile_interval(rows[0] - np.mean(rows[1:], axis=0))
 
 
