@@ -209,6 +209,7 @@ def test_bad_input_is_one_line(change, message, tiny_data, tiny_checkpoints, tmp
     args = memoize_args(tiny_data, tiny_checkpoints, str(tmp_path / "x.h5")) + list(change)
     assert_refused(args, capsys, re.escape(message))
     assert not os.path.exists(tmp_path / "x.h5")
+    assert os.listdir(tmp_path) == []  # refused inputs leave nothing, not even x.h5.lock
 
 
 def test_empty_split_is_refused(tiny_data, tiny_checkpoints, tmp_path, capsys):

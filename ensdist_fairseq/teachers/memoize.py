@@ -319,19 +319,21 @@ def memoize(cfg: MemoizeConfig) -> None:
     rank, world_size = _distributed_context()
     _check_output(cfg.output)
     lock = shards.OutputLock(cfg.output) if rank == 0 else None
-    done = False
+    done, run = False, None
     try:
         _check_output(cfg.output)  # again under the lock: a run that just finished
         if rank == 0:
             shards.remove_stale_temporaries(cfg.output)  # a stitch killed midway
-        done = _memoize_locked(cfg, rank, world_size)
+        run = Run(cfg, rank, world_size)  # validates every input before any process group exists
+        done = _memoize_locked(run)
     finally:
         if lock is not None:
-            lock.release(remove=done)
+            # refused inputs leave nothing behind, not even the lock file
+            lock.release(remove=done or run is None)
 
 
-def _memoize_locked(cfg: MemoizeConfig, rank: int, world_size: int) -> bool:
-    run = Run(cfg, rank, world_size)  # validates every input before any process group exists
+def _memoize_locked(run: "Run") -> bool:
+    cfg, rank, world_size = run.cfg, run.rank, run.world_size
     if world_size > 1:
         import torch.distributed as dist
 
