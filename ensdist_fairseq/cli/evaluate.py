@@ -7,14 +7,12 @@ Writes one JSON per system (schema: docs/evaluation.md) and prints one summary l
 """
 
 import argparse
-import json
-import math
 import os
 import sys
 import time
 from typing import List, Optional
 
-from ensdist_fairseq.atomic_files import check_writable, write_or_keep
+from ensdist_fairseq.atomic_files import check_writable, finite_json, write_or_keep
 from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
@@ -99,6 +97,15 @@ def flag_error(args) -> Optional[str]:
     if args.reference and not os.path.isfile(args.reference):
         return f"--reference {args.reference}: file not found"
     return None
+
+
+def check_reference(path: str) -> None:
+    """Every line of a --reference decodes (the BLEU reader would fail after all the decoding,
+    without a line number)."""
+    from ensdist_fairseq.corpus.text_lines import read_lines
+
+    for _ in read_lines(path):
+        pass
 
 
 def _load(paths: List[str], data: str, device, overrides=None):
@@ -223,22 +230,6 @@ def evaluate(args, paths: List[str], device) -> dict:
     return result
 
 
-def non_finite_field(value, key: str = "") -> Optional[str]:
-    """The first number in a result that is NaN or infinite (its key path), or None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return key
-    items = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value) if isinstance(value, list) else ()
-    )
-    for k, v in items:
-        found = non_finite_field(v, f"{key}.{k}" if key else str(k))
-        if found:
-            return found
-    return None
-
-
 def summary_line(r: dict) -> str:
     bleu_text = "n/a" if r["bleu"] is None else f"{r['bleu']:.2f}"
     return (
@@ -262,15 +253,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     if problem:
         parser.error(problem)
     paths = options.split_paths(args.path)
+    inputs = [("--path", p) for p in paths] + [("--reference", args.reference or "")]
+    options.check_outputs([("--output", args.output)], [i for i in inputs if i[1]])
     check_writable(args.output, "--output")  # before any work
+    if args.reference:
+        check_reference(args.reference)
     from ensdist_fairseq.checkpoints.checks import check_ensemble
 
     check_ensemble(paths, args.data)
     result = evaluate(args, paths, options.device(args))
-    bad = non_finite_field(result)
-    if bad:  # never write NaN as a result
-        raise EnsdistError(f"{':'.join(paths)}: {bad} is not a finite number on {args.split}")
-    write_or_keep(args.output, json.dumps(result, indent=2) + "\n", "--output")
+    # never write NaN as a result
+    text = finite_json(result, f"{':'.join(paths)} on split {args.split}")
+    write_or_keep(args.output, text, "--output")
     print(summary_line(result))
     return 0
 

@@ -397,14 +397,61 @@ def write_sets(
     }
     tmp = os.path.join(out, MANIFEST + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
+        json.dump(manifest, f, indent=2, allow_nan=False)
     os.replace(tmp, os.path.join(out, MANIFEST))
     return manifest
 
 
+MANIFEST_KEYS = ("src", "dict_sha256", "sets")
+SET_KEYS = ("name", "lines", "bin")
+
+
 def read_manifest(ood_dir: str) -> dict:
+    """The manifest of an OOD directory, checked: EnsdistError naming the file (and what is
+    missing or which set's binarized files are absent or of another length)."""
     path = os.path.join(ood_dir, MANIFEST)
     if not os.path.isfile(path):
         raise EnsdistError(f"--ood-dir {ood_dir}: no {MANIFEST} (build it with ensdist-ood-sets)")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, "rb") as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise EnsdistError(f"{path}: invalid UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise EnsdistError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(manifest, dict):
+        raise EnsdistError(f"{path}: not an ensdist-ood-sets manifest (not a JSON object)")
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise EnsdistError(
+            f"{path}: not an ensdist-ood-sets manifest (missing {', '.join(missing)})"
+        )
+    if not isinstance(manifest["sets"], list) or not manifest["sets"]:
+        raise EnsdistError(f"{path}: 'sets' is not a non-empty list")
+    for i, entry in enumerate(manifest["sets"]):
+        lacks = [k for k in SET_KEYS if not isinstance(entry, dict) or k not in entry]
+        if lacks:
+            raise EnsdistError(f"{path}: set {i + 1} lacks {', '.join(lacks)}")
+        prefix = os.path.join(ood_dir, entry["bin"])
+        for ext in (".bin", ".idx"):
+            if not os.path.isfile(prefix + ext):
+                raise EnsdistError(f"{prefix}{ext}: OOD set {entry['name']!r} of {path} not found")
+        # the .idx holds the sentence count: a file of another set (or cut) is named here
+        count = _idx_sentences(prefix + ".idx")
+        if count != entry["lines"]:
+            raise EnsdistError(
+                f"{prefix}.idx: {count} sentences, but {path} says set {entry['name']!r} "
+                f"has {entry['lines']}"
+            )
+    return manifest
+
+
+def _idx_sentences(idx_path: str) -> Optional[int]:
+    """The sentence count in a fairseq mmap .idx header (None if it is not one)."""
+    import struct
+
+    with open(idx_path, "rb") as f:
+        head = f.read(9 + 8 + 1 + 8)
+    if len(head) < 26 or head[:9] != b"MMIDIDX\x00\x00":
+        return None
+    return struct.unpack("<Q", head[18:26])[0]
