@@ -226,6 +226,8 @@ def evaluate(args, paths: List[str], device) -> dict:
             bleu_signature=b.signature,
             post_process=post or "none",
             decoding_seconds=time.perf_counter() - start,
+            # what the BLEU depends on besides the models: the report compares like with like
+            generation=gen_opts.generation_overrides(args),
         )
     return result
 

@@ -5,15 +5,14 @@ Reads every ``*.json`` in RESULTS_DIR that ``ensdist-evaluate`` wrote (files wit
 one reliability_<method>.png per method to --out (default RESULTS_DIR), prints the table.
 """
 
-import glob
-import json
 import os
 import sys
 from typing import List, Optional
 
-from ensdist_fairseq.atomic_files import write_text_atomically
+from ensdist_fairseq.atomic_files import check_writable, write_or_keep
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.report import inputs
 from ensdist_fairseq.report import table2 as report
 from ensdist_fairseq.report.paper_pattern import pattern_checks, pattern_markdown
 from ensdist_fairseq.report.regime import regime_markdown
@@ -23,12 +22,8 @@ from ensdist_fairseq.report.uncertainty_section import section as uncertainty_se
 def load_results(results_dir: str):
     """(results, their files), sorted by file name; raise EnsdistError naming a bad file."""
     results, sources = [], []
-    for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise EnsdistError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    for path in inputs.result_files(results_dir):
+        data = inputs.read_json(path)
         if not isinstance(data, dict) or "schema_version" not in data:
             continue
         report.check_result(data, path)
@@ -37,6 +32,7 @@ def load_results(results_dir: str):
     if not results:
         raise EnsdistError(f"{results_dir}: no ensdist-evaluate result JSONs")
     report.check_comparable(results, sources)
+    inputs.check_same_decoding(results, sources)
     return results, sources
 
 
@@ -58,7 +54,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not os.path.isdir(args.results_dir):
         raise EnsdistError(f"{args.results_dir}: results directory not found")
     results, sources = load_results(args.results_dir)
+    inputs.check_uncertainty(os.path.join(args.results_dir, "uncertainty"))
     os.makedirs(out, exist_ok=True)
+    check_writable(os.path.join(out, "report.md"), "--out")
     checks = pattern_checks(results, args.ce_method, args.ls_method)
     text = (
         report.report_markdown(results)
@@ -69,7 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     text += "\n" + regime if regime else ""
     unc_text, unc_pngs = uncertainty_section(args.results_dir, out)  # RESULTS/uncertainty/*/
     text += unc_text
-    write_text_atomically(os.path.join(out, "report.md"), text)
+    write_or_keep(os.path.join(out, "report.md"), text, "--out")
     pngs = report.write_reliability_diagrams(results, out) + unc_pngs
     print(text)
     print(
