@@ -40,6 +40,7 @@ def bleu_of_members_and_ensembles(args, paths: List[str]):
 
     device = options.device(args)
     models, task = teacher_forcing.load_models(paths, args.data, device)
+    gen_opts.check_min_len(args, models)
     task.load_dataset(args.split)
     dataset = task.dataset(args.split)
     teacher_forcing.check_sizes(

@@ -145,6 +145,8 @@ def evaluate(args, paths: List[str], device) -> dict:
             else None
         ),
     )
+    if args.bleu:
+        gen_opts.check_min_len(args, models)  # before the scoring pass, not after it
     task.load_dataset(args.split)
     dataset = task.dataset(args.split)
     where = f"split {args.split} of {args.data}"

@@ -204,6 +204,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
         {"dirichlet_predictive": args.dirichlet_predictive} if args.dirichlet_predictive else None
     )
     models, task = teacher_forcing.load_models(paths, args.data, device, overrides=overrides)
+    gen_opts.check_min_len(args, models)
     kind = runner.system_kind(models)
     measures = runner.check_measures(
         kind, args.measures.split(",") if args.measures else runner.AVAILABLE[kind]
