@@ -36,6 +36,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--output-md", help="write the markdown table here (default: print it)")
     ap.add_argument("--output-png", help="write the figure here")
     args = ap.parse_args(argv)
+    outputs = [("--output-md", args.output_md), ("--output-png", args.output_png)]
+    options.check_outputs(
+        [o for o in outputs if o[1]], [("--run", _parse_run(spec)[1]) for spec in args.run]
+    )
+    for flag, path in outputs:
+        if path:
+            check_writable(path, flag)
     runs = []
     for spec in args.run:
         label, path = _parse_run(spec)
@@ -47,13 +54,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                 f"{path}: no validation lines (a fairseq-train --log-format simple log?)"
             )
         runs.append((label, run))
-    outputs = [("--output-md", args.output_md), ("--output-png", args.output_png)]
-    options.check_outputs(
-        [o for o in outputs if o[1]], [("--run", _parse_run(spec)[1]) for spec in args.run]
-    )
-    for flag, path in outputs:
-        if path:
-            check_writable(path, flag)
     md = curves_markdown(runs, args.title)
     if args.output_md:
         write_text_atomically(args.output_md, md)
