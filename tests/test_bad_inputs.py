@@ -1788,7 +1788,112 @@ COMMAND_CASES = [
 ]
 
 
-ALL_CASES = CASES + EVALUATOR_CASES + COMMAND_CASES
+def _data_variant(name, edit):
+    def make(f):
+        d = str(f.root / f"data_{name}")
+        if not os.path.exists(d):
+            shutil.copytree(f.data, d)
+            edit(d)
+        return d
+
+    return make
+
+
+def evaluate_on(data):
+    def build(f):
+        argv = evaluate_with()(f)[1]
+        argv[1] = data(f)
+        return EVALUATE, argv
+
+    return build
+
+
+def _dict_line_without_count(d):
+    p = os.path.join(d, "dict.de.txt")
+    lines = open(p, encoding="utf-8").read().split("\n")
+    lines[4] = lines[4].split(" ")[0]
+    open(p, "w", encoding="utf-8").write("\n".join(lines))
+
+
+def _dict_token_twice(d):
+    p = os.path.join(d, "dict.en.txt")
+    lines = open(p, encoding="utf-8").read().split("\n")
+    lines[6] = lines[2]
+    open(p, "w", encoding="utf-8").write("\n".join(lines))
+
+
+def _truncate(name, by):
+    def edit(d):
+        p = os.path.join(d, name)
+        data = open(p, "rb").read()
+        open(p, "wb").write(data[:-by])
+
+    return edit
+
+
+def _one_target_short(d):
+    """test.en-de.de with one sentence fewer than test.en-de.en (a binarization of other text)."""
+    from fairseq.data import indexed_dataset
+
+    prefix = os.path.join(d, "test.en-de.de")
+    ds = indexed_dataset.MMapIndexedDataset(prefix)
+    items = [ds[i] for i in range(len(ds) - 1)]
+    del ds
+    builder = indexed_dataset.make_builder(prefix + ".bin.new", impl="mmap", vocab_size=1000)
+    for t in items:
+        builder.add_item(t)
+    builder.finalize(prefix + ".idx.new")
+    os.replace(prefix + ".bin.new", prefix + ".bin")
+    os.replace(prefix + ".idx.new", prefix + ".idx")
+
+
+DATA_CASES = [
+    Case(
+        "evaluate: a dictionary line without its count",
+        "fork",
+        evaluate_on(_data_variant("dict_no_count", _dict_line_without_count)),
+        r".*/data_dict_no_count/dict\.de\.txt: line 5: expected '<token> <count>', got '\S+'",
+        1,
+    ),
+    Case(
+        "evaluate: a dictionary with a token twice",
+        "fork",
+        evaluate_on(_data_variant("dict_twice", _dict_token_twice)),
+        r".*/data_dict_twice/dict\.en\.txt: line 7: token '\S+' already on line 3",
+        1,
+    ),
+    Case(
+        "evaluate: a truncated .idx",
+        "fork",
+        evaluate_on(_data_variant("short_idx", _truncate("test.en-de.en.idx", 4))),
+        r".*/data_short_idx/test\.en-de\.en\.idx: \d+ bytes, its header \(40 sentences\) needs \d+ "
+        r"\(truncated\?\)",
+        1,
+    ),
+    Case(
+        "evaluate: a truncated .bin",
+        "fork",
+        evaluate_on(_data_variant("short_bin", _truncate("test.en-de.de.bin", 6))),
+        r".*/data_short_bin/test\.en-de\.de\.bin: \d+ bytes, .*/test\.en-de\.de\.idx says \d+ "
+        r"\(truncated, or of another binarization\)",
+        1,
+    ),
+    Case(
+        "uncertainty: a split with 40 source and 39 target sentences",
+        "fork",
+        lambda f: (
+            UNCERTAINTY,
+            [
+                a if a != f.data else _data_variant("uneven", _one_target_short)(f)
+                for a in uncertainty_args(f, str(f.root / "unc_uneven"))
+            ],
+        ),
+        r".*/data_uneven/test\.en-de\.en\.idx: 40 sentences, but .*/test\.en-de\.de\.idx has 39",
+        1,
+    ),
+]
+
+ALL_CASES = CASES + EVALUATOR_CASES + COMMAND_CASES + DATA_CASES
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=[c.name for c in ALL_CASES])

@@ -16,6 +16,7 @@ from ensdist_fairseq.checkpoints.checks import check_ensemble
 from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.cli.evaluate import check_reference
+from ensdist_fairseq.corpus.binarized import check_data
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.evaluation import bleu
 from ensdist_fairseq.report.table2 import mean_and_stderr
@@ -113,6 +114,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     check_writable(args.output_md, "--output-md")
     if args.reference:
         check_reference(args.reference)
+    check_data(args.data, args.split)  # damaged files named before fairseq reads them
     check_ensemble(paths, args.data)
     members, ensembles = bleu_of_members_and_ensembles(args, paths)
     mean, se = mean_and_stderr([m["bleu"] for m in members])

@@ -15,6 +15,7 @@ from typing import List, Optional
 from ensdist_fairseq.atomic_files import check_writable, finite_json, write_or_keep
 from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options
+from ensdist_fairseq.corpus.binarized import check_data
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.metrics.calibration import DEFAULT_NUM_BINS, CalibrationAccumulator
 from ensdist_fairseq.uncertainty.measures import DIRICHLET_PREDICTIVES
@@ -264,6 +265,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_reference(args.reference)
     from ensdist_fairseq.checkpoints.checks import check_ensemble
 
+    check_data(args.data, args.split)  # damaged files named before fairseq reads them
     check_ensemble(paths, args.data)
     result = evaluate(args, paths, options.device(args))
     # never write NaN as a result

@@ -27,6 +27,7 @@ from ensdist_fairseq.atomic_files import OutputLock, check_writable, finite_json
 from ensdist_fairseq.checkpoints.checks import check_ensemble
 from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options
+from ensdist_fairseq.corpus.binarized import check_data
 from ensdist_fairseq.corpus.text_lines import read_lines
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.hashing import file_sha256
@@ -359,6 +360,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     lock = OutputLock(os.path.join(args.out, LOCK_FILE), f"--out {args.out}")
     try:
         remove_stale_parts(args.out)
+        check_data(args.data, args.split)  # damaged files named before fairseq reads them
         check_ensemble(paths, args.data)
         result = run(args, paths, options.device(args))
         publish(args.out, result)

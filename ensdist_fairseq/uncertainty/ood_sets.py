@@ -39,6 +39,7 @@ import subprocess
 import unicodedata
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ensdist_fairseq.corpus.binarized import check_binarized
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.hashing import file_sha256
 
@@ -433,25 +434,10 @@ def read_manifest(ood_dir: str) -> dict:
         if lacks:
             raise EnsdistError(f"{path}: set {i + 1} lacks {', '.join(lacks)}")
         prefix = os.path.join(ood_dir, entry["bin"])
-        for ext in (".bin", ".idx"):
-            if not os.path.isfile(prefix + ext):
-                raise EnsdistError(f"{prefix}{ext}: OOD set {entry['name']!r} of {path} not found")
-        # the .idx holds the sentence count: a file of another set (or cut) is named here
-        count = _idx_sentences(prefix + ".idx")
-        if count != entry["lines"]:
+        count = check_binarized(prefix)  # its .idx and .bin complete and of one another
+        if count != entry["lines"]:  # a file of another set, or cut
             raise EnsdistError(
                 f"{prefix}.idx: {count} sentences, but {path} says set {entry['name']!r} "
                 f"has {entry['lines']}"
             )
     return manifest
-
-
-def _idx_sentences(idx_path: str) -> Optional[int]:
-    """The sentence count in a fairseq mmap .idx header (None if it is not one)."""
-    import struct
-
-    with open(idx_path, "rb") as f:
-        head = f.read(9 + 8 + 1 + 8)
-    if len(head) < 26 or head[:9] != b"MMIDIDX\x00\x00":
-        return None
-    return struct.unpack("<Q", head[18:26])[0]
