@@ -964,6 +964,7 @@ def _results(f):
         from ensdist_fairseq.cli import evaluate, uncertainty
 
         res = str(f.root / "results")
+        shutil.rmtree(res, ignore_errors=True)  # a failed earlier attempt
         os.makedirs(res)
         ev = ["--name", "m1", "--cpu", "--no-bleu", "--output", os.path.join(res, "m1.json")]
         assert evaluate.main([f.data, "--path", f.ckpts[0], *ev]) == 0
@@ -1024,6 +1025,16 @@ def _beam_1(meta):
 
 def _limit_4(meta):
     meta["limit"] = 4
+
+
+def _nan_measure(d):
+    """A measure NaN in a set file (as json.dumps writes it by default), system.json updated
+    to match: what an unchecked writer would leave."""
+    p = _unc(d, "a", "test.jsonl")
+    text = open(p).read().replace('"total": ', '"total": NaN, "was": ', 1)
+    open(p, "w").write(text)
+    sha = _sha(p)
+    _edit_json(_unc(d, "a", "system.json"), lambda m: m["sets"][0].update(sha256=sha))
 
 
 def _no_system_json(d):
@@ -1564,6 +1575,13 @@ COMMAND_CASES = [
         1,
     ),
     Case(
+        "report: a measure NaN in a set file (no AUC is made from it)",
+        "fork",
+        results_variant("nan_measure", _nan_measure),
+        r".*/a/test\.jsonl: line 1: NaN is not a number JSON allows",
+        1,
+    ),
+    Case(
         "report: set files without system.json (an interrupted run)",
         "fork",
         results_variant("no_system", _no_system_json),
@@ -1847,7 +1865,42 @@ def _one_target_short(d):
     os.replace(prefix + ".idx.new", prefix + ".idx")
 
 
+def _ood_sets_over_corpus(f):
+    d = str(f.root / "corpus_for_ood")
+    if not os.path.exists(d):
+        shutil.copytree(f.raw, os.path.join(d, "raw"))
+    f.corpus_test_sha = _sha(os.path.join(d, "raw", "test.en"))
+    mine = _ood_text(f)
+    return _cli_entry("ood_sets"), ["ood", "--data-dir", d, "--out", d, "--extra", f"test={mine}"]
+
+
+def _output_over_dictionary(f):
+    d = _data_variant("victim_dict", lambda d: None)(f)
+    f.dict_sha = _sha(os.path.join(d, "dict.en.txt"))
+    argv = evaluate_with(output=lambda g: os.path.join(d, "dict.en.txt"))(f)[1]
+    argv[1] = d
+    return EVALUATE, argv
+
+
 DATA_CASES = [
+    Case(
+        "evaluate --output is a dictionary of the data it reads",
+        "fork",
+        _output_over_dictionary,
+        r"--output .*/data_victim_dict/dict\.en\.txt: is the input DATA .*/dict\.en\.txt; "
+        r"refusing to write over it",
+        1,
+        _untouched(lambda f: str(f.root / "data_victim_dict" / "dict.en.txt"), "dict_sha"),
+    ),
+    Case(
+        "ood-sets --out is --data-dir with a set named like a corpus split",
+        "fork",
+        _ood_sets_over_corpus,
+        r"--out .*/corpus_for_ood/raw/test\.\w+: is the input --data-dir .*/raw/test\.\w+; "
+        r"refusing to write over it",
+        1,
+        _untouched(lambda f: str(f.root / "corpus_for_ood" / "raw" / "test.en"), "corpus_test_sha"),
+    ),
     Case(
         "evaluate: a dictionary line without its count",
         "fork",

@@ -108,7 +108,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         [("--reference", args.reference)] * bool(args.reference)
     )
     options.check_outputs(
-        [("--output-json", args.output_json), ("--output-md", args.output_md)], inputs
+        [("--output-json", args.output_json), ("--output-md", args.output_md)],
+        inputs + options.data_inputs(args.data),
     )
     check_writable(args.output_json, "--output-json")
     check_writable(args.output_md, "--output-md")

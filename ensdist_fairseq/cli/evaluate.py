@@ -259,6 +259,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(problem)
     paths = options.split_paths(args.path)
     inputs = [("--path", p) for p in paths] + [("--reference", args.reference or "")]
+    inputs += options.data_inputs(args.data)
     options.check_outputs([("--output", args.output)], [i for i in inputs if i[1]])
     check_writable(args.output, "--output")  # before any work
     if args.reference:

@@ -101,6 +101,18 @@ def check_outputs(outputs: Sequence[Tuple[str, str]], inputs: Sequence[Tuple[str
         seen.append((flag, path, ident, "also the output"))
 
 
+def data_inputs(data_dir: str) -> List[Tuple[str, str]]:
+    """The files of a binarized data directory, as inputs for check_outputs."""
+    if not os.path.isdir(data_dir):
+        return []
+    names = sorted(os.listdir(data_dir))
+    return [
+        ("DATA", os.path.join(data_dir, n))
+        for n in names
+        if os.path.isfile(os.path.join(data_dir, n))
+    ]
+
+
 def _identity(path: str) -> set:
     ids = {("path", os.path.realpath(path))}
     try:

@@ -364,6 +364,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_ensemble(paths, args.data)
         result = run(args, paths, options.device(args))
         publish(args.out, result)
+    except BaseException:
+        remove_stale_parts(args.out)  # this run's unfinished set files
+        raise
     finally:
         lock.release()
     total = sum(s["seconds"] for s in result["sets"])

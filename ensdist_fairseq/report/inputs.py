@@ -158,6 +158,8 @@ def check_set_file(path: str, entry: dict, meta: dict, meta_path: str) -> None:
                 record = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
                 values = [record["uncertainty"][m] for m in meta["measures"]]
                 values += [record["chrf"]] if "chrf" in record else []
+            except _NonFinite as e:
+                raise EnsdistError(f"{path}: line {n}: {e} is not a number JSON allows") from None
             except (ValueError, KeyError, TypeError) as e:
                 raise EnsdistError(f"{path}: line {n}: not a record of this system ({e})") from None
             if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
