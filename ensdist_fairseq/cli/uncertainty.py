@@ -170,7 +170,6 @@ def _raw_dataset(task, path: str, spm_model: str, post: Optional[str], encoded: 
     """A raw text file as the task's source tokens: encoded with the corpus's SentencePiece model
     (SentencePiece data), split at spaces (word-level data, or --ood-encoded: already in the
     data's pieces); subword-nmt BPE needs its codes, which the data directory does not hold."""
-    from ensdist_fairseq.corpus.text_lines import read_lines
 
     lines = [line.strip() for line in read_lines(path) if line.strip()]
     if not lines:
