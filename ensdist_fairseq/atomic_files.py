@@ -5,9 +5,12 @@ flushed to disk, then renamed (os.replace is atomic on POSIX): an interrupted jo
 either the old file or none, never half a file that a later stage would take as finished.
 """
 
+import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
+from typing import Optional
 
 
 @contextmanager
@@ -74,3 +77,70 @@ def write_or_keep(path: str, text: str, flag: str) -> None:
         print(text, flush=True)
         where = "it is printed on stdout above"
     raise EnsdistError(f"{flag} {path}: cannot write ({cause}); {where}")
+
+
+# --- Results are valid JSON -------------------------------------------------------------------
+# json.dumps writes NaN and Infinity by default, which no JSON reader (and not the report's
+# checks) accepts: every result goes through finite_json, which refuses them by key.
+
+
+def non_finite_field(value, key: str = "") -> Optional[str]:
+    """The key path of the first number in `value` that is NaN or infinite, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key or "value"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        found = non_finite_field(v, f"{key}.{k}" if key else str(k))
+        if found:
+            return found
+    return None
+
+
+def finite_json(value, what: str, indent: Optional[int] = 2) -> str:
+    """`value` as JSON text (a line if indent is None); EnsdistError naming `what` and the key
+    if it holds NaN or an infinity."""
+    from ensdist_fairseq.errors import EnsdistError
+
+    try:
+        text = json.dumps(value, indent=indent, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise EnsdistError(
+            f"{what}: {non_finite_field(value)} is not a finite number; refusing to write it"
+        ) from None
+    return text + "\n" if indent is not None else text
+
+
+# --- One writer per output --------------------------------------------------------------------
+
+
+class OutputLock:
+    """An exclusive flock on `lock_path`, taken without waiting, held until release() or the
+    process ends (the kernel drops it when a killed run dies, so a rerun is never blocked)."""
+
+    def __init__(self, lock_path: str, what: str):
+        import fcntl
+
+        from ensdist_fairseq.errors import EnsdistError
+
+        self.path = lock_path
+        try:
+            self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise EnsdistError(f"{what}: cannot create {lock_path} ({e.strerror})") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise EnsdistError(
+                f"{what}: another run is writing here (it holds {lock_path})"
+            ) from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -17,8 +17,10 @@ The README's reliability section counts this table: `pytest tests/test_bad_input
 """
 
 import collections
+import glob
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -47,8 +49,12 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 PROGRESS = "ensdist-memoize: "  # memoize's progress lines (stderr) are not errors
 
 # name, runner ("cli" | "fork"), command builder fx -> (entry, argv[, cwd]), expected:
-#   a regex for the one error line (after "error: "), or a callable fx -> None checking a result.
-Case = collections.namedtuple("Case", "name runner command expected")
+#   a regex for the one error line (after "error: "), or a callable fx -> None checking a result;
+# code: the exact exit status of an error (2: the command line, 1: an input or the run), when
+#   given; after: a callable fx -> None run after an error case (files untouched, nothing left).
+Case = collections.namedtuple(
+    "Case", "name runner command expected code after", defaults=(None, None)
+)
 
 
 # ---- runners ------------------------------------------------------------------------------------
@@ -862,7 +868,1085 @@ def _bleu_table_entry():
 
 # ----------------------------------------------------------------------------- (end) ------------
 
-ALL_CASES = CASES + EVALUATOR_CASES
+
+# ---- the commands: numbers in flags, results that belong together, outputs never inputs ----
+# Each error case gives its exact exit status: 2 for a wrong command line (before any work),
+# 1 for an input or a run that failed; `after` checks that what the user wrote is untouched.
+
+
+def _cli_entry(module):
+    def entry():
+        import importlib
+
+        return importlib.import_module(f"ensdist_fairseq.cli.{module}").main()
+
+    return entry
+
+
+UNCERTAINTY, REPORT, SWA, SPM, DING, CURVES, BLEU = (
+    _cli_entry(m)
+    for m in (
+        "uncertainty",
+        "report",
+        "swa",
+        "sentencepiece",
+        "corpus_ding",
+        "learning_curves",
+        "bleu_table",
+    )
+)
+EVALUATE = evaluate_entry
+BIG = str(10**20)
+PROGRESS = PROGRESS + ("[uncertainty] ",)
+
+
+def _sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _tiny_spm(f):
+    """A SentencePiece model of the tiny corpus (for raw --ood files)."""
+    model = str(f.root / "tiny_spm.model")
+    if not os.path.exists(model):
+        import sentencepiece as spm
+
+        spm.SentencePieceTrainer.train(
+            input=os.path.join(os.path.dirname(f.data), "raw", "train.en"),
+            model_prefix=model[: -len(".model")],
+            vocab_size=30,
+            hard_vocab_limit=False,
+            minloglevel=2,
+        )
+    return model
+
+
+def _ood_text(f):
+    """Six "\\n"-lines, one holding a lone "\\r" (text mode would read seven)."""
+    p = str(f.root / "mine.txt")
+    if not os.path.exists(p):
+        open(p, "wb").write(b"s1 s2 s3\ns4\rs5 s6\ns7 s8\ns9 s10\ns11\ns12 s13\n")
+    return p
+
+
+def uncertainty_args(f, out, *extra, paths=None):
+    return [
+        "ensdist-uncertainty",
+        f.data,
+        "--path",
+        paths or f.ckpts[0],
+        "--name",
+        os.path.basename(out),
+        "--out",
+        out,
+        "--cpu",
+        "--beam",
+        "2",
+        "--max-len-b",
+        "10",
+        "--limit",
+        "8",
+        *extra,
+    ]
+
+
+def uncertainty_with(*extra, out=None, entry=UNCERTAINTY):
+    def build(f):
+        o = out(f) if out else str(f.root / f"unc-{abs(hash(extra))}")
+        return entry, uncertainty_args(f, o, *[e(f) if callable(e) else e for e in extra])
+
+    return build
+
+
+def _results(f):
+    """A results directory: one ensdist-evaluate result and one ensdist-uncertainty system
+    (in-domain + a raw --ood set), made by the commands themselves."""
+    if not hasattr(f, "results"):
+        from ensdist_fairseq.cli import evaluate, uncertainty
+
+        res = str(f.root / "results")
+        shutil.rmtree(res, ignore_errors=True)  # a failed earlier attempt
+        os.makedirs(res)
+        ev = ["--name", "m1", "--cpu", "--no-bleu", "--output", os.path.join(res, "m1.json")]
+        assert evaluate.main([f.data, "--path", f.ckpts[0], *ev]) == 0
+        out = os.path.join(res, "uncertainty", "a")
+        ood = ["--ood", f"mine={_ood_text(f)}", "--spm-model", _tiny_spm(f)]
+        assert uncertainty.main(uncertainty_args(f, out, *ood)[1:]) == 0
+        f.results = res
+    return f.results
+
+
+def results_variant(name, edit):
+    """A copy of the results directory, damaged by edit(copy)."""
+
+    def build(f):
+        d = str(f.root / f"results_{name}")
+        if not os.path.exists(d):
+            shutil.copytree(_results(f), d)
+            edit(d)
+        return REPORT, ["ensdist-report", d, "--out", str(f.root / f"report_{name}")]
+
+    return build
+
+
+def _unc(d, *parts):
+    return os.path.join(d, "uncertainty", *parts)
+
+
+def _edit_json(path, change):
+    data = json.load(open(path))
+    change(data)
+    open(path, "w").write(json.dumps(data, indent=2))
+
+
+def _cut_ood(d):
+    p = _unc(d, "a", "mine.jsonl")
+    lines = open(p, "rb").read().splitlines(keepends=True)
+    open(p, "wb").write(b"".join(lines[:3]))
+
+
+def _other_runs_file(d):
+    p = _unc(d, "a", "test.jsonl")
+    lines = [json.loads(x) for x in open(p)]
+    lines[0]["score"] += 0.25  # same count, other content: a file of another run
+    open(p, "w").write("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def _second_system(change):
+    def edit(d):
+        shutil.copytree(_unc(d, "a"), _unc(d, "b"))
+        _edit_json(_unc(d, "b", "system.json"), change)
+
+    return edit
+
+
+def _beam_1(meta):
+    meta["beam"], meta["generation"]["beam"] = 1, 1
+
+
+def _limit_4(meta):
+    meta["limit"] = 4
+
+
+def _nan_measure(d):
+    """A measure NaN in a set file (as json.dumps writes it by default), system.json updated
+    to match: what an unchecked writer would leave."""
+    p = _unc(d, "a", "test.jsonl")
+    text = open(p).read().replace('"total": ', '"total": NaN, "was": ', 1)
+    open(p, "w").write(text)
+    sha = _sha(p)
+    _edit_json(_unc(d, "a", "system.json"), lambda m: m["sets"][0].update(sha256=sha))
+
+
+def _no_system_json(d):
+    os.remove(_unc(d, "a", "system.json"))
+
+
+def _no_sets(d):
+    _edit_json(_unc(d, "a", "system.json"), lambda m: m.pop("sets"))
+
+
+def _truncated_system(d):
+    p = _unc(d, "a", "system.json")
+    data = open(p, "rb").read()
+    open(p, "wb").write(data[: len(data) // 2])
+
+
+def _fifo(d):
+    os.mkfifo(os.path.join(d, "fifo.json"))
+
+
+def _nan_result(d):
+    p = os.path.join(d, "m1.json")
+    text = open(p).read().replace('"nll": ', '"nll": NaN, "was": ', 1)
+    open(p, "w").write(text)
+
+
+def _decoded_differently(d):
+    def bleu(beam):
+        def change(r):
+            r.update(bleu=20.0, generation={"beam": beam, "lenpen": 1.0}, post_process=None)
+
+        return change
+
+    shutil.copy(os.path.join(d, "m1.json"), os.path.join(d, "m2.json"))
+    _edit_json(os.path.join(d, "m1.json"), bleu(5))
+    _edit_json(os.path.join(d, "m2.json"), lambda r: (bleu(1)(r), r.update(name="m2")))
+
+
+def _report_ok(f):
+    text = open(str(f.root / "report_good" / "report.md"), encoding="utf-8").read()
+    assert "Uncertainty: out-of-distribution detection" in text and "beam 2" in text
+    meta = json.load(open(_unc(_results(f), "a", "system.json")))
+    assert [(s["name"], s["sentences"]) for s in meta["sets"]] == [("test", 8), ("mine", 6)]
+
+
+def _killed_rerun(f):
+    """A rerun of system a with other options (--beam 1), killed after its first set: the
+    directory still holds the finished beam-2 result, unmixed; the report reads that."""
+    d = str(f.root / "results_killed")
+    if not os.path.exists(d):
+        shutil.copytree(_results(f), d)
+        f.killed_before = {n: _sha(_unc(d, "a", n)) for n in os.listdir(_unc(d, "a"))}
+        pid = os.fork()
+        if pid == 0:
+            try:
+                import signal
+
+                from ensdist_fairseq.cli import uncertainty
+                from ensdist_fairseq.uncertainty import runner
+
+                score, calls = runner.score_split, []
+
+                def dies_on_second_set(*a, **k):
+                    calls.append(1)
+                    if len(calls) == 2:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return score(*a, **k)
+
+                runner.score_split = dies_on_second_set
+                sys.stderr = open(os.devnull, "w")
+                ood = ["--ood", f"mine={_ood_text(f)}", "--spm-model", _tiny_spm(f)]
+                uncertainty.main(uncertainty_args(f, _unc(d, "a"), *ood, "--beam", "1")[1:])
+            finally:
+                os._exit(3)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == -9
+    return REPORT, ["ensdist-report", d, "--out", str(f.root / "report_killed")]
+
+
+def _killed_rerun_ok(f):
+    d = _unc(str(f.root / "results_killed"), "a")
+    after = {n: _sha(os.path.join(d, n)) for n in os.listdir(d) if ".part." not in n}
+    assert after == f.killed_before  # the finished result, byte for byte
+    text = open(str(f.root / "report_killed" / "report.md"), encoding="utf-8").read()
+    assert "beam 2" in text
+
+
+def _lone_cr_ok(f):
+    out = str(f.root / "unc_cr")
+    rows = [json.loads(x) for x in open(os.path.join(out, "mine.jsonl"), encoding="utf-8")]
+    assert len(rows) == 6  # six "\n"-lines, not seven
+    meta = json.load(open(os.path.join(out, "system.json")))
+    assert meta["sets"][1]["sentences"] == 6 and meta["sets"][1]["sha256"] == _sha(
+        os.path.join(out, "mine.jsonl")
+    )
+
+
+def _uncertainty_disk_full():
+    import tempfile as _tempfile
+
+    from ensdist_fairseq import atomic_files
+
+    def disk_full(path, text):
+        raise OSError(28, "No space left on device")
+
+    atomic_files.write_text_atomically = disk_full  # in the forked child only
+    _tempfile.tempdir = sys.argv[sys.argv.index("--out") + 1] + "-kept"
+    os.makedirs(_tempfile.tempdir, exist_ok=True)
+    return UNCERTAINTY()
+
+
+def _kept_result_ok(f):
+    kept = glob.glob(str(f.root / "unc_full-kept" / "system-*.json"))
+    assert len(kept) == 1
+    meta = json.load(open(kept[0]))
+    test = os.path.join(str(f.root / "unc_full"), "test.jsonl")
+    assert meta["sets"][0]["sha256"] == _sha(test) and meta["sets"][0]["sentences"] == 8
+
+
+def _locked_uncertainty(f):
+    from ensdist_fairseq.atomic_files import OutputLock
+
+    out = str(f.root / "unc_locked")
+    os.makedirs(out, exist_ok=True)
+    f._locks = getattr(f, "_locks", []) + [
+        OutputLock(os.path.join(out, ".ensdist-uncertainty.lock"), "x")
+    ]
+    return UNCERTAINTY, uncertainty_args(f, out)
+
+
+def _no_set_files(out):
+    def check(f):
+        d = out(f)
+        assert not glob.glob(os.path.join(d, "*.jsonl")) and not glob.glob(
+            os.path.join(d, "*.part.*")
+        )
+
+    return check
+
+
+def _system_dir_in_the_way(f):
+    out = str(f.root / "unc_dir_in_way")
+    os.makedirs(os.path.join(out, "system.json"), exist_ok=True)
+    return out
+
+
+def _a_file(f):
+    p = str(f.root / "unc_is_a_file")
+    open(p, "w").write("mine\n")
+    return p
+
+
+def _ood_inside_out(f):
+    out = str(f.root / "unc_ood_inside")
+    os.makedirs(out, exist_ok=True)
+    p = os.path.join(out, "mine.jsonl")
+    open(p, "w").write("s1 s2\n")
+    f.ood_inside_sha = _sha(p)
+    return UNCERTAINTY, uncertainty_args(f, out, "--ood", f"mine={p}", "--spm-model", _tiny_spm(f))
+
+
+def _victim(f):
+    p = str(f.root / "victim.pt")
+    if not os.path.exists(p):
+        shutil.copy(f.ckpts[0], p)
+    f.victim_sha = _sha(p)
+    return p
+
+
+def _linked(f):
+    p = str(f.root / "linked.pt")
+    if not os.path.exists(p):
+        os.link(_victim(f), p)
+    return p
+
+
+def _untouched(attr_path, attr_sha="victim_sha"):
+    def check(f):
+        assert _sha(attr_path(f)) == getattr(f, attr_sha)
+
+    return check
+
+
+def _swa_dir(f):
+    d = str(f.root / "swa_run")
+    if not os.path.exists(d):
+        os.makedirs(d)
+        for n in ("checkpoint1.pt", "checkpoint2.pt", "checkpoint_last.pt"):
+            shutil.copy(f.ckpts[0], os.path.join(d, n))
+    f.swa_before = {n: _sha(os.path.join(d, n)) for n in os.listdir(d)}
+    return d
+
+
+def _swa_untouched(f):
+    d = str(f.root / "swa_run")
+    assert {n: _sha(os.path.join(d, n)) for n in os.listdir(d)} == f.swa_before
+
+
+def _swa(*extra, output):
+    def build(f):
+        d = _swa_dir(f)
+        return SWA, ["ensdist-swa", "--save-dir", d, "--output", os.path.join(d, output), *extra]
+
+    return build
+
+
+def _spm_over_raw(f):
+    d = raw_variant(f, "raw_spm_over", lambda d: None)
+    f.raw_before = _sha(os.path.join(d, "train.en"))
+    argv = ["spm", "--raw", d, "--src", "en", "--tgt", "de", "--vocab-size", "25", "--out", d]
+    return SPM, argv
+
+
+def _curves_over_log(f):
+    log = str(f.root / "train.log")
+    open(log, "w").write("epoch 001 | valid on 'valid' subset | loss 5 | nll_loss 4 | ppl 16\n")
+    f.log_sha = _sha(log)
+    return CURVES, ["ensdist-learning-curves", "--run", f"a={log}", "--output-md", log]
+
+
+def _ood_dir(name, manifest_text):
+    def build(f):
+        d = str(f.root / f"ood_{name}")
+        if not os.path.exists(d):
+            os.makedirs(os.path.join(d, "bin"))
+            for ext in (".bin", ".idx"):
+                shutil.copy(
+                    os.path.join(f.data, f"test.en-de.en{ext}"),
+                    os.path.join(d, "bin", f"x.en{ext}"),
+                )
+            sha = _sha(os.path.join(f.data, "dict.en.txt"))
+            open(os.path.join(d, "ood_sets.json"), "w").write(manifest_text(sha))
+        return UNCERTAINTY, uncertainty_args(f, str(f.root / f"unc_ood_{name}"), "--ood-dir", d)
+
+    return build
+
+
+def _bad_utf8_file(name, data):
+    def make(f):
+        p = str(f.root / name)
+        open(p, "wb").write(data)
+        return p
+
+    return make
+
+
+COMMAND_CASES = [
+    # 1. numbers in flags: one rule, checked before any work, exit 2
+    Case(
+        "memoize --max-tokens 10**20",
+        "fork",
+        memoize_with("--max-tokens", BIG),
+        rf"argument --max-tokens: must be in 1\.\.2147483647, got {BIG} \(see ensdist-memoize --help\)",
+        2,
+    ),
+    Case(
+        "evaluate --batch-size 10**20",
+        "fork",
+        evaluate_with("--batch-size", BIG),
+        rf"argument --batch-size: must be in 1\.\.2147483647, got {BIG} \(see ensdist-evaluate --help\)",
+        2,
+    ),
+    Case(
+        "uncertainty --max-tokens 10**20",
+        "fork",
+        uncertainty_with("--max-tokens", BIG),
+        rf"argument --max-tokens: must be in 1\.\.2147483647, got {BIG} \(see ensdist-uncertainty --help\)",
+        2,
+    ),
+    Case(
+        "evaluate --lenpen nan",
+        "fork",
+        evaluate_with("--lenpen", "nan"),
+        r"argument --lenpen: must be a number, got nan \(see ensdist-evaluate --help\)",
+        2,
+    ),
+    Case(
+        "uncertainty --lenpen nan",
+        "fork",
+        uncertainty_with("--lenpen", "nan"),
+        r"argument --lenpen: must be a number, got nan \(see ensdist-uncertainty --help\)",
+        2,
+    ),
+    Case(
+        "evaluate --lenpen 1e300 (the length power overflows)",
+        "fork",
+        evaluate_with("--lenpen", "1e300"),
+        r"argument --lenpen: must be in \[-10, 10\], got 1e300 \(see ensdist-evaluate --help\)",
+        2,
+    ),
+    Case(
+        "uncertainty --temperature 1e-320",
+        "fork",
+        uncertainty_with("--temperature", "1e-320"),
+        r"argument --temperature: must be in \[0\.001, 1000\], got 1e-320 \(see ensdist-uncertainty --help\)",
+        2,
+    ),
+    Case(
+        "evaluate --temperature nan",
+        "fork",
+        evaluate_with("--temperature", "nan"),
+        r"argument --temperature: must be a number, got nan \(see ensdist-evaluate --help\)",
+        2,
+    ),
+    Case(
+        "evaluate --unkpen nan",
+        "fork",
+        evaluate_with("--unkpen", "nan"),
+        r"argument --unkpen: must be a number, got nan \(see ensdist-evaluate --help\)",
+        2,
+    ),
+    Case(
+        "uncertainty --unkpen=-1e30",
+        "fork",
+        uncertainty_with("--unkpen=-1e30"),
+        r"argument --unkpen: must be in \[-1000, 1000\], got -1e30 \(see ensdist-uncertainty --help\)",
+        2,
+    ),
+    Case(
+        "evaluate --max-len-a inf",
+        "fork",
+        evaluate_with("--max-len-a", "inf"),
+        r"argument --max-len-a: must be finite, got inf \(see ensdist-evaluate --help\)",
+        2,
+    ),
+    Case(
+        "evaluate --max-len-b 0",
+        "fork",
+        evaluate_with("--max-len-b", "0"),
+        r"argument --max-len-b: must be in 1\.\.2147483647, got 0 \(see ensdist-evaluate --help\)",
+        2,
+    ),
+    Case(
+        "evaluate --min-len 1000",
+        "fork",
+        evaluate_with("--min-len", "1000"),
+        r"--min-len 1000 is longer than the longest output of a one-token source "
+        r"\(--max-len-b 200\) \(see ensdist-evaluate --help\)",
+        2,
+    ),
+    Case(
+        "uncertainty --min-len 20 --max-len-a 2 (a short source cannot reach it)",
+        "fork",
+        uncertainty_with("--min-len", "20", "--max-len-a", "2"),
+        r"--min-len 20 is longer than the longest output of a one-token source "
+        r"\(--max-len-b 10\) \(see ensdist-uncertainty --help\)",
+        2,
+    ),
+    Case(
+        "uncertainty --min-len beyond the model's positions (refused before decoding)",
+        "fork",
+        uncertainty_with("--min-len", "5000", "--max-len-b", "6000"),
+        r"--min-len 5000: longer than the \d+ tokens the model\(s\) can output",
+        1,
+        _no_set_files(
+            lambda f: str(f.root / f"unc-{abs(hash(('--min-len', '5000', '--max-len-b', '6000')))}")
+        ),
+    ),
+    Case(
+        "uncertainty --weight-temperature 0",
+        "fork",
+        uncertainty_with("--weight-temperature", "0"),
+        r"argument --weight-temperature: must be in \[0\.001, 1000\], got 0 \(see ensdist-uncertainty --help\)",
+        2,
+    ),
+    Case(
+        "uncertainty --limit 0",
+        "fork",
+        uncertainty_with("--limit", "0"),
+        r"argument --limit: must be in 1\.\.2147483647, got 0 \(see ensdist-uncertainty --help\)",
+        2,
+    ),
+    Case(
+        "uncertainty --beam 1.5",
+        "fork",
+        uncertainty_with("--beam", "1.5"),
+        r"argument --beam: expected an integer, got '1\.5' \(see ensdist-uncertainty --help\)",
+        2,
+    ),
+    Case(
+        "evaluate --num-bins 0",
+        "fork",
+        evaluate_with("--num-bins", "0"),
+        r"argument --num-bins: must be in 1\.\.2147483647, got 0 \(see ensdist-evaluate --help\)",
+        2,
+    ),
+    Case(
+        "bleu-table --beam 0",
+        "fork",
+        lambda f: (
+            BLEU,
+            [
+                "ensdist-bleu-table",
+                f.data,
+                "--path",
+                f.ckpts[0],
+                "--output-json",
+                str(f.root / "b.json"),
+                "--output-md",
+                str(f.root / "b.md"),
+                "--beam",
+                "0",
+            ],
+        ),
+        r"argument --beam: must be in 1\.\.1000, got 0 \(see ensdist-bleu-table --help\)",
+        2,
+    ),
+    Case(
+        "swa --epochs 10**20",
+        "fork",
+        _swa("--epochs", BIG, output="checkpoint_swa.pt"),
+        rf"argument --epochs: must be in 1\.\.2147483647, got {BIG} \(see ensdist-swa --help\)",
+        2,
+    ),
+    Case(
+        "sentencepiece --clean-ratio nan",
+        "fork",
+        lambda f: (
+            SPM,
+            [
+                "spm",
+                "--raw",
+                f.raw,
+                "--src",
+                "en",
+                "--tgt",
+                "de",
+                "--vocab-size",
+                "25",
+                "--out",
+                str(f.root / "spm_nan"),
+                "--clean-ratio",
+                "nan",
+            ],
+        ),
+        r"argument --clean-ratio: must be a number, got nan \(see .* --help\)",
+        2,
+    ),
+    Case(
+        "sentencepiece --vocab-size 99999999999999999999",
+        "fork",
+        lambda f: (
+            SPM,
+            [
+                "spm",
+                "--raw",
+                f.raw,
+                "--src",
+                "en",
+                "--tgt",
+                "de",
+                "--vocab-size",
+                "99999999999999999999",
+                "--out",
+                str(f.root / "spm_big"),
+            ],
+        ),
+        r"argument --vocab-size: must be in 1\.\.\d+, got 99999999999999999999 \(see .* --help\)",
+        2,
+    ),
+    Case(
+        "corpus-ding --max-heldout-fraction 1",
+        "fork",
+        lambda f: (
+            DING,
+            [
+                "ding",
+                "--source",
+                _bad_ding(f),
+                "--out",
+                str(f.root / "d1"),
+                "--max-heldout-fraction",
+                "1",
+            ],
+        ),
+        r"argument --max-heldout-fraction: must be in \(0, 1\), got 1 \(see .* --help\)",
+        2,
+    ),
+    # 2. results that belong together
+    Case(
+        "report: a complete results directory (valid input)",
+        "fork",
+        results_variant("good", lambda d: None),
+        _report_ok,
+    ),
+    Case(
+        "uncertainty: an --ood file with a lone \\r (one record per \\n-line)",
+        "fork",
+        uncertainty_with(
+            "--ood",
+            lambda f: f"mine={_ood_text(f)}",
+            "--spm-model",
+            _tiny_spm,
+            out=lambda f: str(f.root / "unc_cr"),
+        ),
+        _lone_cr_ok,
+    ),
+    Case(
+        "uncertainty while another run writes the same --out",
+        "fork",
+        _locked_uncertainty,
+        r"--out .*/unc_locked: another run is writing here \(it holds .*/unc_locked/\.ensdist-uncertainty\.lock\)",
+        1,
+        _no_set_files(lambda f: str(f.root / "unc_locked")),
+    ),
+    Case(
+        "report after a rerun with other options was killed half way (the finished result stays)",
+        "fork",
+        _killed_rerun,
+        _killed_rerun_ok,
+    ),
+    Case(
+        "report: an OOD set file cut to 3 of its 6 records",
+        "fork",
+        results_variant("cut", _cut_ood),
+        r".*/uncertainty/a/mine\.jsonl: 3 records, but .*/a/system\.json says 6 \(cut, or left by another run\)",
+        1,
+    ),
+    Case(
+        "report: a set file written by another run (same count)",
+        "fork",
+        results_variant("other_run", _other_runs_file),
+        r".*/a/test\.jsonl: not the file .*/a/system\.json describes \(sha256 differs: .*\)",
+        1,
+    ),
+    Case(
+        "report: systems decoded with different beams",
+        "fork",
+        results_variant("beams", _second_system(_beam_1)),
+        r".*/b/system\.json: beam 1 differs from .*/a/system\.json's 2 \(one table compares systems measured alike\)",
+        1,
+    ),
+    Case(
+        "report: systems scored with different --limit",
+        "fork",
+        results_variant("limits", _second_system(_limit_4)),
+        r".*/b/system\.json: limit 4 differs from .*/a/system\.json's 8 \(one table .*\)",
+        1,
+    ),
+    Case(
+        "report: a measure NaN in a set file (no AUC is made from it)",
+        "fork",
+        results_variant("nan_measure", _nan_measure),
+        r".*/a/test\.jsonl: line 1: NaN is not a number JSON allows",
+        1,
+    ),
+    Case(
+        "report: set files without system.json (an interrupted run)",
+        "fork",
+        results_variant("no_system", _no_system_json),
+        r".*/uncertainty/a: set files without system\.json \(an interrupted ensdist-uncertainty run: rerun it\)",
+        1,
+    ),
+    Case(
+        "report: BLEU of systems decoded with different beams",
+        "fork",
+        results_variant("bleu_beams", _decoded_differently),
+        r".*/m2\.json: decoded with generation .*'beam': 1.*, .*/m1\.json with .*'beam': 5.*: their BLEU is not comparable",
+        1,
+    ),
+    # 3. nothing a user wrote is lost
+    Case(
+        "evaluate --output is the checkpoint it reads",
+        "fork",
+        lambda f: evaluate_with(paths=lambda g: _victim(g), output=lambda g: _victim(g))(f),
+        r"--output .*/victim\.pt: is the input --path .*/victim\.pt; refusing to write over it",
+        1,
+        _untouched(lambda f: str(f.root / "victim.pt")),
+    ),
+    Case(
+        "evaluate --output is a hard link to the checkpoint",
+        "fork",
+        lambda f: evaluate_with(paths=lambda g: _victim(g), output=_linked)(f),
+        r"--output .*/linked\.pt: is the input --path .*/victim\.pt; refusing to write over it",
+        1,
+        _untouched(lambda f: str(f.root / "victim.pt")),
+    ),
+    Case(
+        "bleu-table --output-json and --output-md one file",
+        "fork",
+        lambda f: (
+            BLEU,
+            [
+                "ensdist-bleu-table",
+                f.data,
+                "--path",
+                f.ckpts[0],
+                "--output-json",
+                str(f.root / "same"),
+                "--output-md",
+                str(f.root / "same"),
+            ],
+        ),
+        r"--output-json and --output-md are the same file: .*/same \(see ensdist-bleu-table --help\)",
+        2,
+    ),
+    Case(
+        "bleu-table --output-md is the checkpoint",
+        "fork",
+        lambda f: (
+            BLEU,
+            [
+                "ensdist-bleu-table",
+                f.data,
+                "--path",
+                _victim(f),
+                "--output-json",
+                str(f.root / "bt.json"),
+                "--output-md",
+                _victim(f),
+            ],
+        ),
+        r"--output-md .*/victim\.pt: is the input --path .*/victim\.pt; refusing to write over it",
+        1,
+        _untouched(lambda f: str(f.root / "victim.pt")),
+    ),
+    Case(
+        "swa --output an epoch checkpoint with --remove-snapshots",
+        "fork",
+        _swa("--epochs", "2", "--end-epoch", "2", "--remove-snapshots", output="checkpoint9.pt"),
+        r"--output .*/checkpoint9\.pt: an epoch checkpoint of --save-dir, which --remove-snapshots would delete",
+        1,
+        _swa_untouched,
+    ),
+    Case(
+        "swa --output a snapshot of its own window",
+        "fork",
+        _swa("--epochs", "2", "--end-epoch", "2", output="checkpoint1.pt"),
+        r"--output .*/checkpoint1\.pt: is the input --save-dir .*/checkpoint1\.pt; refusing to write over it",
+        1,
+        _swa_untouched,
+    ),
+    Case(
+        "swa --output checkpoint_last.pt (fairseq-train's resume point)",
+        "fork",
+        _swa("--epochs", "2", "--end-epoch", "2", output="checkpoint_last.pt"),
+        r"--output .*/checkpoint_last\.pt: is the input --save-dir .*/checkpoint_last\.pt; refusing to write over it",
+        1,
+        _swa_untouched,
+    ),
+    Case(
+        "uncertainty: a directory where system.json goes (refused before any work)",
+        "fork",
+        uncertainty_with(out=_system_dir_in_the_way),
+        r"--out .*/unc_dir_in_way/system\.json: is a directory",
+        1,
+        _no_set_files(lambda f: str(f.root / "unc_dir_in_way")),
+    ),
+    Case(
+        "uncertainty --out is a file",
+        "fork",
+        uncertainty_with(out=_a_file),
+        r"--out .*/unc_is_a_file: exists and is not a directory",
+        1,
+    ),
+    Case(
+        "uncertainty: the final write fails (the result is kept and named)",
+        "fork",
+        uncertainty_with(out=lambda f: str(f.root / "unc_full"), entry=_uncertainty_disk_full),
+        r"--out .*/unc_full/system\.json: cannot write \(No space left on device\); "
+        r"it was saved to .*/unc_full-kept/system-\w+\.json",
+        1,
+        _kept_result_ok,
+    ),
+    Case(
+        "uncertainty --ood file is where a set file goes",
+        "fork",
+        _ood_inside_out,
+        r"--out .*/unc_ood_inside/mine\.jsonl: is the input --ood .*/mine\.jsonl; refusing to write over it",
+        1,
+        _untouched(lambda f: str(f.root / "unc_ood_inside" / "mine.jsonl"), "ood_inside_sha"),
+    ),
+    Case(
+        "report: a FIFO in the results directory (no hang)",
+        "fork",
+        results_variant("fifo", _fifo),
+        r".*/results_fifo/fifo\.json: not a regular file",
+        1,
+    ),
+    Case(
+        "sentencepiece --out is --raw",
+        "fork",
+        _spm_over_raw,
+        r"--out .*/raw_spm_over/train\.en: is the input --raw .*/train\.en; refusing to write over it",
+        1,
+        _untouched(lambda f: str(f.root / "raw_spm_over" / "train.en"), "raw_before"),
+    ),
+    Case(
+        "learning-curves --output-md is the log it reads",
+        "fork",
+        _curves_over_log,
+        r"--output-md .*/train\.log: is the input --run .*/train\.log; refusing to write over it",
+        1,
+        _untouched(lambda f: str(f.root / "train.log"), "log_sha"),
+    ),
+    # 4. damaged inputs name themselves
+    Case(
+        "report: a system.json without its sets",
+        "fork",
+        results_variant("no_sets", _no_sets),
+        r".*/a/system\.json: not a complete ensdist-uncertainty system \(missing sets; .*\)",
+        1,
+    ),
+    Case(
+        "report: a truncated system.json",
+        "fork",
+        results_variant("truncated", _truncated_system),
+        r".*/a/system\.json: not valid JSON \(.*, line \d+\)",
+        1,
+    ),
+    Case(
+        "report: NaN in a result JSON",
+        "fork",
+        results_variant("nan", _nan_result),
+        r".*/results_nan/m1\.json: NaN is not a number JSON allows",
+        1,
+    ),
+    Case(
+        "uncertainty: a truncated ood_sets.json",
+        "fork",
+        _ood_dir("truncated", lambda sha: '{"src": "en", "dict_sha256": "' + sha[:10]),
+        r".*/ood_truncated/ood_sets\.json: not valid JSON \(.*, line 1\)",
+        1,
+    ),
+    Case(
+        "uncertainty: an OOD manifest without its dict_sha256",
+        "fork",
+        _ood_dir("no_sha", lambda sha: json.dumps({"src": "en", "sets": []})),
+        r".*/ood_no_sha/ood_sets\.json: not an ensdist-ood-sets manifest \(missing dict_sha256\)",
+        1,
+    ),
+    Case(
+        "uncertainty: an OOD set whose .idx holds another count",
+        "fork",
+        _ood_dir(
+            "count",
+            lambda sha: json.dumps(
+                {
+                    "src": "en",
+                    "dict_sha256": sha,
+                    "sets": [{"name": "x", "lines": 41, "bin": "bin/x.en"}],
+                }
+            ),
+        ),
+        r".*/ood_count/bin/x\.en\.idx: 40 sentences, but .*/ood_sets\.json says set 'x' has 41",
+        1,
+    ),
+    Case(
+        "uncertainty: an --ood file with invalid UTF-8",
+        "fork",
+        uncertainty_with(
+            "--ood",
+            lambda f: "bad=" + _bad_utf8_file("bad_ood.txt", b"s1 s2\ns3 \xff s4\n")(f),
+            "--spm-model",
+            _tiny_spm,
+        ),
+        r".*/bad_ood\.txt: line 2: invalid UTF-8 \(byte 0xff at column 4\)",
+        1,
+    ),
+    Case(
+        "evaluate --reference with an invalid UTF-8 byte (before any work)",
+        "fork",
+        lambda f: evaluate_with(
+            "--reference", _bad_utf8_file("bad_ref.txt", b"t1 t2\n\xfft3\n")(f)
+        )(f),
+        r".*/bad_ref\.txt: line 2: invalid UTF-8 \(byte 0xff at column 1\)",
+        1,
+    ),
+]
+
+
+def _data_variant(name, edit):
+    def make(f):
+        d = str(f.root / f"data_{name}")
+        if not os.path.exists(d):
+            shutil.copytree(f.data, d)
+            edit(d)
+        return d
+
+    return make
+
+
+def evaluate_on(data):
+    def build(f):
+        argv = evaluate_with()(f)[1]
+        argv[1] = data(f)
+        return EVALUATE, argv
+
+    return build
+
+
+def _dict_line_without_count(d):
+    p = os.path.join(d, "dict.de.txt")
+    lines = open(p, encoding="utf-8").read().split("\n")
+    lines[4] = lines[4].split(" ")[0]
+    open(p, "w", encoding="utf-8").write("\n".join(lines))
+
+
+def _dict_token_twice(d):
+    p = os.path.join(d, "dict.en.txt")
+    lines = open(p, encoding="utf-8").read().split("\n")
+    lines[6] = lines[2]
+    open(p, "w", encoding="utf-8").write("\n".join(lines))
+
+
+def _truncate(name, by):
+    def edit(d):
+        p = os.path.join(d, name)
+        data = open(p, "rb").read()
+        open(p, "wb").write(data[:-by])
+
+    return edit
+
+
+def _one_target_short(d):
+    """test.en-de.de with one sentence fewer than test.en-de.en (a binarization of other text)."""
+    from fairseq.data import indexed_dataset
+
+    prefix = os.path.join(d, "test.en-de.de")
+    ds = indexed_dataset.MMapIndexedDataset(prefix)
+    items = [ds[i] for i in range(len(ds) - 1)]
+    del ds
+    builder = indexed_dataset.make_builder(prefix + ".bin.new", impl="mmap", vocab_size=1000)
+    for t in items:
+        builder.add_item(t)
+    builder.finalize(prefix + ".idx.new")
+    os.replace(prefix + ".bin.new", prefix + ".bin")
+    os.replace(prefix + ".idx.new", prefix + ".idx")
+
+
+def _ood_sets_over_corpus(f):
+    d = str(f.root / "corpus_for_ood")
+    if not os.path.exists(d):
+        shutil.copytree(f.raw, os.path.join(d, "raw"))
+    f.corpus_test_sha = _sha(os.path.join(d, "raw", "test.en"))
+    mine = _ood_text(f)
+    return _cli_entry("ood_sets"), ["ood", "--data-dir", d, "--out", d, "--extra", f"test={mine}"]
+
+
+def _output_over_dictionary(f):
+    d = _data_variant("victim_dict", lambda d: None)(f)
+    f.dict_sha = _sha(os.path.join(d, "dict.en.txt"))
+    argv = evaluate_with(output=lambda g: os.path.join(d, "dict.en.txt"))(f)[1]
+    argv[1] = d
+    return EVALUATE, argv
+
+
+DATA_CASES = [
+    Case(
+        "evaluate --output is a dictionary of the data it reads",
+        "fork",
+        _output_over_dictionary,
+        r"--output .*/data_victim_dict/dict\.en\.txt: is the input DATA .*/dict\.en\.txt; "
+        r"refusing to write over it",
+        1,
+        _untouched(lambda f: str(f.root / "data_victim_dict" / "dict.en.txt"), "dict_sha"),
+    ),
+    Case(
+        "ood-sets --out is --data-dir with a set named like a corpus split",
+        "fork",
+        _ood_sets_over_corpus,
+        r"--out .*/corpus_for_ood/raw/test\.\w+: is the input --data-dir .*/raw/test\.\w+; "
+        r"refusing to write over it",
+        1,
+        _untouched(lambda f: str(f.root / "corpus_for_ood" / "raw" / "test.en"), "corpus_test_sha"),
+    ),
+    Case(
+        "evaluate: a dictionary line without its count",
+        "fork",
+        evaluate_on(_data_variant("dict_no_count", _dict_line_without_count)),
+        r".*/data_dict_no_count/dict\.de\.txt: line 5: expected '<token> <count>', got '\S+'",
+        1,
+    ),
+    Case(
+        "evaluate: a dictionary with a token twice",
+        "fork",
+        evaluate_on(_data_variant("dict_twice", _dict_token_twice)),
+        r".*/data_dict_twice/dict\.en\.txt: line 7: token '\S+' already on line 3",
+        1,
+    ),
+    Case(
+        "evaluate: a truncated .idx",
+        "fork",
+        evaluate_on(_data_variant("short_idx", _truncate("test.en-de.en.idx", 4))),
+        r".*/data_short_idx/test\.en-de\.en\.idx: \d+ bytes, its header \(40 sentences\) needs \d+ "
+        r"\(truncated\?\)",
+        1,
+    ),
+    Case(
+        "evaluate: a truncated .bin",
+        "fork",
+        evaluate_on(_data_variant("short_bin", _truncate("test.en-de.de.bin", 6))),
+        r".*/data_short_bin/test\.en-de\.de\.bin: \d+ bytes, .*/test\.en-de\.de\.idx says \d+ "
+        r"\(truncated, or of another binarization\)",
+        1,
+    ),
+    Case(
+        "uncertainty: a split with 40 source and 39 target sentences",
+        "fork",
+        lambda f: (
+            UNCERTAINTY,
+            [
+                a if a != f.data else _data_variant("uneven", _one_target_short)(f)
+                for a in uncertainty_args(f, str(f.root / "unc_uneven"))
+            ],
+        ),
+        r".*/data_uneven/test\.en-de\.en\.idx: 40 sentences, but .*/test\.en-de\.de\.idx has 39",
+        1,
+    ),
+]
+
+ALL_CASES = CASES + EVALUATOR_CASES + COMMAND_CASES + DATA_CASES
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=[c.name for c in ALL_CASES])
@@ -882,3 +1966,7 @@ def test_bad_input(case, fx):
     assert code != 0 and len(lines) == 1, f"exit {code}, stderr:\n{stderr[-3000:]}"
     assert lines[0].startswith("error: "), lines[0]
     assert re.fullmatch(case.expected, lines[0][len("error: ") :]), lines[0]
+    if case.code is not None:
+        assert code == case.code, f"exit {code}, expected {case.code}: {lines[0]}"
+    if case.after is not None:
+        case.after(fx)

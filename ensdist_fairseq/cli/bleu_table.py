@@ -7,15 +7,16 @@ fairseq-generate's search options under their own names (--beam, --lenpen, --max
 Writes a JSON results file and a markdown table.
 """
 
-import json
 import os
 import sys
 from typing import List, Optional
 
-from ensdist_fairseq.atomic_files import check_writable, write_or_keep
+from ensdist_fairseq.atomic_files import check_writable, finite_json, write_or_keep
 from ensdist_fairseq.checkpoints.checks import check_ensemble
 from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options
+from ensdist_fairseq.cli.evaluate import check_reference
+from ensdist_fairseq.corpus.binarized import check_data
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.evaluation import bleu
 from ensdist_fairseq.report.table2 import mean_and_stderr
@@ -40,6 +41,7 @@ def bleu_of_members_and_ensembles(args, paths: List[str]):
 
     device = options.device(args)
     models, task = teacher_forcing.load_models(paths, args.data, device)
+    gen_opts.check_min_len(args, models)
     task.load_dataset(args.split)
     dataset = task.dataset(args.split)
     teacher_forcing.check_sizes(
@@ -102,8 +104,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.reference and not os.path.isfile(args.reference):
         raise EnsdistError(f"--reference {args.reference}: file not found")
     paths = options.split_paths(args.path)
+    inputs = [("--path", p) for p in paths] + (
+        [("--reference", args.reference)] * bool(args.reference)
+    )
+    options.check_outputs(
+        [("--output-json", args.output_json), ("--output-md", args.output_md)],
+        inputs + options.data_inputs(args.data),
+    )
     check_writable(args.output_json, "--output-json")
     check_writable(args.output_md, "--output-md")
+    if args.reference:
+        check_reference(args.reference)
+    check_data(args.data, args.split)  # damaged files named before fairseq reads them
     check_ensemble(paths, args.data)
     members, ensembles = bleu_of_members_and_ensembles(args, paths)
     mean, se = mean_and_stderr([m["bleu"] for m in members])
@@ -116,7 +128,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         "ensembles": ensembles,
     }
     table = markdown_table(results)
-    write_or_keep(args.output_json, json.dumps(results, indent=2) + "\n", "--output-json")
+    text = finite_json(results, f"{args.path} on split {args.split}")
+    write_or_keep(args.output_json, text, "--output-json")
     write_or_keep(args.output_md, table, "--output-md")
     print(table)
     return 0

@@ -11,6 +11,7 @@ from typing import List, Optional
 
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.corpus.ding import (
+    SPLITS,
     extract_pairs,
     heldout_sizes,
     mean_words,
@@ -67,6 +68,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise EnsdistError(
             f"--source {args.source}: no such file (install: apt-get install trans-de-en=1.9-6)"
         )
+    options.check_outputs(
+        [("--out", os.path.join(args.out, f"{n}.{lang}")) for n in SPLITS for lang in ("en", "de")],
+        [("--source", args.source)],
+    )
     pairs = extract_pairs(read_lines(args.source), args.min_words)
     n_extracted = len(pairs)
     if args.max_pairs is not None and args.max_pairs < len(pairs):

@@ -7,19 +7,19 @@ Writes one JSON per system (schema: docs/evaluation.md) and prints one summary l
 """
 
 import argparse
-import json
 import os
 import sys
 import time
 from typing import List, Optional
 
-from ensdist_fairseq.atomic_files import check_writable, write_or_keep
+from ensdist_fairseq.atomic_files import check_writable, finite_json, write_or_keep
 from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options
+from ensdist_fairseq.corpus.binarized import check_data
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.metrics.calibration import DEFAULT_NUM_BINS, CalibrationAccumulator
 from ensdist_fairseq.results import EVALUATION as EVALUATION_SCHEMA
-from ensdist_fairseq.results import non_finite_field, token_file_of, write_token_file
+from ensdist_fairseq.results import token_file_of, write_token_file
 from ensdist_fairseq.uncertainty.measures import DIRICHLET_PREDICTIVES
 
 KINDS = EVALUATION_SCHEMA.choices[0][1]
@@ -179,6 +179,15 @@ def flag_error(args) -> Optional[str]:
     return None
 
 
+def check_reference(path: str) -> None:
+    """Every line of a --reference decodes (the BLEU reader would fail after all the decoding,
+    without a line number)."""
+    from ensdist_fairseq.corpus.text_lines import read_lines
+
+    for _ in read_lines(path):
+        pass
+
+
 def _load(paths: List[str], data: str, device, overrides=None):
     from ensdist_fairseq.teachers.teacher_forcing import (
         load_models,
@@ -216,6 +225,8 @@ def evaluate(args, paths: List[str], device) -> dict:
             else None
         ),
     )
+    if args.bleu:
+        gen_opts.check_min_len(args, models)  # before the scoring pass, not after it
     fitted = (
         fit_temperature_on(models, task, args.fit_temperature_on, args, device)
         if args.fit_temperature_on
@@ -308,6 +319,8 @@ def evaluate(args, paths: List[str], device) -> dict:
             post_process=post or "none",
             decoding_seconds=time.perf_counter() - start,
             bleu_sentence_stats=b.sentence_stats,  # dataset order: the report's bootstrap
+            # what the BLEU depends on besides the models: the report compares like with like
+            generation=gen_opts.generation_overrides(args),
         )
     result["_tokens"] = tokens.arrays()  # written beside the result by main, not in it
     return result
@@ -336,17 +349,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     if problem:
         parser.error(problem)
     paths = options.split_paths(args.path)
+    inputs = [("--path", p) for p in paths] + [("--reference", args.reference or "")]
+    inputs += options.data_inputs(args.data)
+    options.check_outputs([("--output", args.output)], [i for i in inputs if i[1]])
     check_writable(args.output, "--output")  # before any work
+    if args.reference:
+        check_reference(args.reference)
     from ensdist_fairseq.checkpoints.checks import check_ensemble
 
+    check_data(args.data, args.split)  # damaged files named before fairseq reads them
     check_ensemble(paths, args.data)
     result = evaluate(args, paths, options.device(args))
     token_arrays = result.pop("_tokens")
-    bad = non_finite_field(result)
-    if bad:  # never write NaN as a result
-        raise EnsdistError(f"{':'.join(paths)}: {bad} is not a finite number on {args.split}")
+    # never write NaN as a result
+    text = finite_json(result, f"{':'.join(paths)} on split {args.split}")
     write_token_file(token_file_of(args.output), token_arrays)  # before the result names it
-    write_or_keep(args.output, json.dumps(result, indent=2) + "\n", "--output")
+    write_or_keep(args.output, text, "--output")
     print(summary_line(result))
     return 0
 

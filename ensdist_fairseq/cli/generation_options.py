@@ -15,12 +15,18 @@ from ensdist_fairseq.cli import options
 # (flag, GenerationConfig field, parser, default, help); defaults are fairseq 0.12's. A beam of
 # more than 1000 or a temperature outside [1e-3, 1e3] is no search anyone means (and a tiny
 # temperature overflows the scaled scores into NaN).
+# A score is divided by length ** lenpen: beyond these the power overflows a float (lengths up
+# to 2**31) and every hypothesis scores 0 or inf; an unknown-word penalty is added to a
+# float32 log-probability, and beyond a few hundred nats it only makes <unk> impossible or
+# certain, which these bounds already do.
+MAX_LENPEN = 10.0
+MAX_UNKPEN = 1e3
 SEARCH_OPTIONS = (
     ("--beam", "beam", options.integer(1, 1000), 5, "beam size"),
     (
         "--lenpen",
         "lenpen",
-        options.real(),
+        options.real(-MAX_LENPEN, MAX_LENPEN),
         1.0,
         "length penalty: <1.0 favours shorter, >1.0 longer sentences",
     ),
@@ -33,7 +39,13 @@ SEARCH_OPTIONS = (
     ),
     ("--max-len-b", "max_len_b", options.integer(1), 200, "see --max-len-a"),
     ("--min-len", "min_len", options.integer(1), 1, "minimum generation length"),
-    ("--unkpen", "unkpen", options.real(), 0.0, "unknown word penalty: <0 produces more unks"),
+    (
+        "--unkpen",
+        "unkpen",
+        options.real(-MAX_UNKPEN, MAX_UNKPEN),
+        0.0,
+        "unknown word penalty: <0 produces more unks",
+    ),
     (
         "--no-repeat-ngram-size",
         "no_repeat_ngram_size",
@@ -94,13 +106,28 @@ def generation_overrides(args: argparse.Namespace) -> Dict[str, object]:
 
 
 def generation_error(args: argparse.Namespace) -> Optional[str]:
-    """The first combination of decoding options fairseq's search would assert on, or None."""
-    if args.max_len_a == 0 and args.min_len > args.max_len_b:
+    """The first combination of decoding options fairseq's search would assert on, or None.
+
+    The search allows at most int(a * source_length + b) output tokens and asserts that
+    --min-len fits: with a source of one token (its end of sentence) that is b, whatever a is."""
+    if args.min_len > args.max_len_b:
         return (
-            f"--min-len {args.min_len} is longer than the longest output "
-            f"(--max-len-b {args.max_len_b} with --max-len-a 0)"
+            f"--min-len {args.min_len} is longer than the longest output of a one-token source "
+            f"(--max-len-b {args.max_len_b})"
         )
     return None
+
+
+def check_min_len(args: argparse.Namespace, models) -> None:
+    """EnsdistError if --min-len exceeds what the models can output (fairseq's search caps
+    the length at max_decoder_positions - 1 and asserts on it after all earlier work)."""
+    from ensdist_fairseq.errors import EnsdistError
+
+    longest = min(m.max_decoder_positions() for m in models) - 1
+    if args.min_len > longest:
+        raise EnsdistError(
+            f"--min-len {args.min_len}: longer than the {longest} tokens the model(s) can output"
+        )
 
 
 def unknown_options_error(unknown) -> str:

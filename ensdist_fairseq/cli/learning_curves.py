@@ -10,7 +10,7 @@ import argparse
 import os
 from typing import List, Optional, Tuple
 
-from ensdist_fairseq.atomic_files import write_text_atomically
+from ensdist_fairseq.atomic_files import check_writable, write_text_atomically
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.report.learning_curves import curves_markdown, write_curves_png
@@ -36,6 +36,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--output-md", help="write the markdown table here (default: print it)")
     ap.add_argument("--output-png", help="write the figure here")
     args = ap.parse_args(argv)
+    outputs = [("--output-md", args.output_md), ("--output-png", args.output_png)]
+    options.check_outputs(
+        [o for o in outputs if o[1]], [("--run", _parse_run(spec)[1]) for spec in args.run]
+    )
+    for flag, path in outputs:
+        if path:
+            check_writable(path, flag)
     runs = []
     for spec in args.run:
         label, path = _parse_run(spec)

@@ -6,12 +6,33 @@ on the machine (ensdist_fairseq.uncertainty.ood_sets says what each set is).
 """
 
 import argparse
+import glob
 import os
 from typing import List, Optional
 
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.uncertainty.ood_sets import LOCALE_DIR, MANIFEST, write_sets
+
+BUILT_SETS = ("permuted", "domain", "target", "third")
+
+
+def check_not_inputs(data_dir: str, out: str, extra: dict) -> None:
+    """No file this run writes is one it reads: an --out that is (or holds) --data-dir would
+    otherwise write set NAME over raw/NAME.*, spm/NAME.*, bin/NAME.* of the corpus (and an
+    --extra file under --out/raw/ over itself). Only existing files can be inputs, so the
+    outputs compared are the existing files under the names this run writes."""
+    names = list(BUILT_SETS) + list(extra)
+    outputs = [("--out", os.path.join(out, MANIFEST))]
+    for sub in ("raw", "spm", "bin"):
+        for name in names:
+            pattern = os.path.join(glob.escape(os.path.join(out, sub)), f"{glob.escape(name)}.*")
+            outputs += [("--out", p) for p in sorted(glob.glob(pattern))]
+    inputs = [("--extra", path) for path in extra.values()]
+    for sub in ("raw", "spm", "bin"):
+        pattern = os.path.join(glob.escape(os.path.join(data_dir, sub)), "*")
+        inputs += [("--data-dir", p) for p in sorted(glob.glob(pattern)) if os.path.isfile(p)]
+    options.check_outputs(outputs, inputs)
 
 
 def _quartiles(lengths: dict) -> str:
@@ -51,6 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise EnsdistError(f"--extra {item}: expected NAME=FILE")
         name, path = item.split("=", 1)
         extra[name] = path
+    check_not_inputs(args.data_dir, args.out, extra)
     manifest = write_sets(
         args.data_dir, args.out, args.size, args.seed, extra, args.locale_dir, args.length_bins
     )

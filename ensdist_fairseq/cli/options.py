@@ -19,8 +19,9 @@ The conventions, decided here once:
 import argparse
 import functools
 import math
+import os
 import sys
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from ensdist_fairseq import numeric
 from ensdist_fairseq.errors import EnsdistError, report
@@ -81,6 +82,45 @@ def real(
 
     parse.__name__ = "number"
     return parse
+
+
+def check_outputs(outputs: Sequence[Tuple[str, str]], inputs: Sequence[Tuple[str, str]]) -> None:
+    """EnsdistError, before any work, if an output is an input or two outputs are one file.
+
+    `outputs` and `inputs` are (flag, path) pairs; a path is compared by the file it names
+    (symlinks and `..` resolved; an existing file also by device and inode, so a hard link
+    counts), so that no command ever writes over what it reads or one result over another."""
+    seen = [(flag, path, _identity(path), "the input") for flag, path in inputs]
+    for flag, path in outputs:
+        ident = _identity(path)
+        for other_flag, other_path, other, role in seen:
+            if ident & other:
+                raise EnsdistError(
+                    f"{flag} {path}: is {role} {other_flag} {other_path}; refusing to write over it"
+                )
+        seen.append((flag, path, ident, "also the output"))
+
+
+def data_inputs(data_dir: str) -> List[Tuple[str, str]]:
+    """The files of a binarized data directory, as inputs for check_outputs."""
+    if not os.path.isdir(data_dir):
+        return []
+    names = sorted(os.listdir(data_dir))
+    return [
+        ("DATA", os.path.join(data_dir, n))
+        for n in names
+        if os.path.isfile(os.path.join(data_dir, n))
+    ]
+
+
+def _identity(path: str) -> set:
+    ids = {("path", os.path.realpath(path))}
+    try:
+        st = os.stat(path)
+        ids.add(("inode", st.st_dev, st.st_ino))
+    except OSError:
+        pass
+    return ids
 
 
 def add_path(ap: argparse.ArgumentParser, what: str = "checkpoint(s)") -> None:

@@ -5,28 +5,28 @@ Reads every ``*.json`` in RESULTS_DIR that ``ensdist-evaluate`` wrote (files wit
 one reliability_<method>.png per method to --out (default RESULTS_DIR), prints the table.
 """
 
-import glob
 import os
 import sys
 from typing import List, Optional
 
-from ensdist_fairseq.atomic_files import write_text_atomically
+from ensdist_fairseq.atomic_files import check_writable, write_or_keep
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.report import inputs
 from ensdist_fairseq.report import table2 as report
 from ensdist_fairseq.report.markdown import NOT_MEASURED
 from ensdist_fairseq.report.paper_pattern import pattern_checks, pattern_markdown, regime_notes
 from ensdist_fairseq.report.regime import regime_markdown
 from ensdist_fairseq.report.uncertainty_section import section as uncertainty_section
-from ensdist_fairseq.results import EVALUATION, read_json, read_token_file
+from ensdist_fairseq.results import EVALUATION, read_token_file
 
 
 def load_results(results_dir: str):
     """(results, their files), sorted by file name; raise EnsdistError naming a bad file.
     Empty when the directory holds no ensdist-evaluate result (it may hold only uncertainty)."""
     results, sources = [], []
-    for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
-        data = read_json(path)
+    for path in inputs.result_files(results_dir):
+        data = inputs.read_json(path)
         if not EVALUATION.is_one(data):
             continue
         report.check_result(data, path)
@@ -35,6 +35,7 @@ def load_results(results_dir: str):
         sources.append(path)
     if results:
         report.check_comparable(results, sources)
+        inputs.check_same_decoding(results, sources)
     return results, sources
 
 
@@ -56,7 +57,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not os.path.isdir(args.results_dir):
         raise EnsdistError(f"{args.results_dir}: results directory not found")
     results, sources = load_results(args.results_dir)
+    inputs.check_uncertainty(os.path.join(args.results_dir, "uncertainty"))
     os.makedirs(out, exist_ok=True)
+    check_writable(os.path.join(out, "report.md"), "--out")
     if results:
         checks = pattern_checks(results, args.ce_method, args.ls_method)
         text = (
@@ -75,7 +78,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             "uncertainty/*/system.json"
         )
     text += unc_text
-    write_text_atomically(os.path.join(out, "report.md"), text)
+    write_or_keep(os.path.join(out, "report.md"), text, "--out")
     pngs = (report.write_reliability_diagrams(results, out) if results else []) + unc_pngs
     print(text)
     print(

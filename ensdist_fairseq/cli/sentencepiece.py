@@ -8,10 +8,11 @@ SPMDIR/spm.model, SPMDIR/spm.vocab and SPMDIR/{train,valid,test}.{src,tgt} (spac
 pieces), each file under a temporary name until all are written.
 """
 
+import os
 from typing import List, Optional
 
 from ensdist_fairseq.cli import options
-from ensdist_fairseq.corpus.sentencepiece_prep import run
+from ensdist_fairseq.corpus.sentencepiece_prep import SPLITS, raw_path, run
 from ensdist_fairseq.errors import EnsdistError
 
 # sentencepiece keeps piece ids in int32 and refuses vocabularies beyond its own limit with a
@@ -71,6 +72,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     if a.src == a.tgt:
         raise EnsdistError(f"--src and --tgt must differ, both are {a.src!r}")
+    sides = [(split, lang) for split in SPLITS for lang in (a.src, a.tgt)]
+    options.check_outputs(
+        [("--out", os.path.join(a.out, n)) for n in ("spm.model", "spm.vocab")]
+        + [("--out", os.path.join(a.out, f"{split}.{lang}")) for split, lang in sides],
+        [("--raw", raw_path(a.raw, split, lang)) for split, lang in sides],
+    )
     counts = run(a)
     print(f"sentencepiece: {a.model_type}, vocabulary {a.vocab_size} -> {a.out}/spm.model")
     for split, (kept, dropped) in counts.items():

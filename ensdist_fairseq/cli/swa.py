@@ -8,6 +8,7 @@ epoch of a fixed-length run). See docs/teachers.md.
 import os
 import re
 
+from ensdist_fairseq.atomic_files import check_writable
 from ensdist_fairseq.checkpoints.safe_loading import load_checkpoint
 from ensdist_fairseq.checkpoints.swa import best_epoch, epoch_snapshots, write_swa_checkpoint
 from ensdist_fairseq.cli import options
@@ -61,6 +62,14 @@ def main(argv=None) -> int:
                 f"(is the best epoch {end}?)"
             )
     snaps = epoch_snapshots(args.save_dir, end, args.epochs)
+    # fairseq-train's own files are the run's record (and resume point): never written over
+    kept = ("checkpoint_best.pt", "checkpoint_last.pt")
+    run_files = [os.path.join(args.save_dir, n) for n in kept]
+    options.check_outputs(
+        [("--output", output)],
+        [("--save-dir", p) for p in snaps + [p for p in run_files if os.path.exists(p)]],
+    )
+    check_writable(output, "--output")
     write_swa_checkpoint(snaps, output)
     first, last = (os.path.basename(p) for p in (snaps[0], snaps[-1]))
     print(

@@ -13,18 +13,22 @@ writes per sentence its output and the sequence-level measures (docs/uncertainty
 """
 
 import argparse
-import json
+import glob
+import hashlib
 import os
+import re
 import sys
 import time
 from typing import List, Optional
 
 import torch
 
-from ensdist_fairseq.atomic_files import write_text_atomically
+from ensdist_fairseq.atomic_files import OutputLock, check_writable, finite_json, write_or_keep
 from ensdist_fairseq.checkpoints.checks import check_ensemble
 from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options
+from ensdist_fairseq.corpus.binarized import check_data
+from ensdist_fairseq.corpus.text_lines import read_lines
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.hashing import file_sha256
 from ensdist_fairseq.results import UNCERTAINTY as UNCERTAINTY_SCHEMA
@@ -35,6 +39,10 @@ from ensdist_fairseq.uncertainty.measures import (
 )
 
 GROUPS = ("single", "ensemble", "mean-kd", "proxy-dirichlet", "other")
+SYSTEM_FILE = "system.json"
+LOCK_FILE = ".ensdist-uncertainty.lock"
+SET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")  # <set>.jsonl stays inside --out
+TMP_MARK = ".part."  # <set>.jsonl.part.<pid>: a set being written
 
 
 def build_parser() -> options.Parser:
@@ -149,6 +157,9 @@ def _ood_files(args, src_lang: str):
             raise EnsdistError(f"--ood {path}: file not found")
         sets.append((name, "raw", path))
     names = [s[0] for s in sets] + [args.split]
+    odd = next((n for n in names if not SET_NAME.fullmatch(n)), None)
+    if odd is not None:
+        raise EnsdistError(f"--ood {odd}: a set name is letters, digits, '.', '_' or '-'")
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise EnsdistError(f"--ood {dup}: set name used twice (or equal to --split)")
@@ -159,7 +170,6 @@ def _raw_dataset(task, path: str, spm_model: str, post: Optional[str], encoded: 
     """A raw text file as the task's source tokens: encoded with the corpus's SentencePiece model
     (SentencePiece data), split at spaces (word-level data, or --ood-encoded: already in the
     data's pieces); subword-nmt BPE needs its codes, which the data directory does not hold."""
-    from ensdist_fairseq.corpus.text_lines import read_lines
 
     lines = [line.strip() for line in read_lines(path) if line.strip()]
     if not lines:
@@ -194,6 +204,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
         {"dirichlet_predictive": args.dirichlet_predictive} if args.dirichlet_predictive else None
     )
     models, task = teacher_forcing.load_models(paths, args.data, device, overrides=overrides)
+    gen_opts.check_min_len(args, models)
     kind = runner.system_kind(models)
     measures = runner.check_measures(
         kind, args.measures.split(",") if args.measures else runner.AVAILABLE[kind]
@@ -207,7 +218,8 @@ def run(args, paths: List[str], device: torch.device) -> dict:
     spm_model = args.spm_model or os.path.join(
         os.path.dirname(os.path.abspath(args.data)), "spm", "spm.model"
     )
-    for name, how, path in _ood_files(args, task.cfg.source_lang):
+    ood = _ood_files(args, task.cfg.source_lang)
+    for name, how, path in ood:
         sets.append(
             (
                 name,
@@ -219,13 +231,20 @@ def run(args, paths: List[str], device: torch.device) -> dict:
                 ),
             )
         )
+    options.check_outputs(
+        [("--out", os.path.join(args.out, f"{name}.jsonl")) for name, _r, _d in sets]
+        + [("--out", os.path.join(args.out, SYSTEM_FILE))],
+        [("--path", p) for p in paths]
+        + [("--ood", p) for _n, how, p in ood if how == "raw"]
+        + ood_bins(ood),
+    )
     gen_cfg = generation_config(nbest=args.beam, **gen_opts.generation_overrides(args))
-    os.makedirs(args.out, exist_ok=True)
     summary = []
     for name, role, dataset in sets:
-        start, n = time.perf_counter(), 0
-        path = os.path.join(args.out, f"{name}.jsonl")
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
+        start = time.perf_counter()
+        final = os.path.join(args.out, f"{name}.jsonl")
+        tmp, n, sha256 = f"{final}{TMP_MARK}{os.getpid()}", 0, hashlib.sha256()
+        with open(tmp, "wb") as f:
             for record in runner.score_split(
                 models,
                 task,
@@ -243,17 +262,22 @@ def run(args, paths: List[str], device: torch.device) -> dict:
                 dirichlet_form=args.dirichlet_measures,
                 ensemble_combination=args.ensemble_combination,
             ):
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                line = (finite_json(record, f"{final} line {n + 1}", indent=None) + "\n").encode()
+                f.write(line)
+                sha256.update(line)
                 n += 1
-        os.replace(path + ".tmp", path)
+            f.flush()
+            os.fsync(f.fileno())
         seconds = time.perf_counter() - start
         summary.append(
             {
                 "name": name,
                 "role": role,
-                "file": os.path.basename(path),
+                "file": os.path.basename(final),
                 "sentences": n,
+                "sha256": sha256.hexdigest(),
                 "seconds": round(seconds, 3),
+                "tmp": tmp,
             }
         )
         print(
@@ -277,6 +301,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
             "weight_temperature": args.weight_temperature,
             "generation": gen_opts.generation_overrides(args),
             "post_process": post or "none",
+            "split": args.split,
             "limit": args.limit,
             "teacher_forced": args.teacher_forced,
             # what decoded (and weighs the beam), and the expected categorical of the measures
@@ -289,6 +314,40 @@ def run(args, paths: List[str], device: torch.device) -> dict:
     )
 
 
+def ood_bins(ood) -> List[tuple]:
+    return [
+        ("--ood-dir", p + ext) for _n, how, p in ood if how == "bin" for ext in (".bin", ".idx")
+    ]
+
+
+def prepare_out(out: str) -> None:
+    """--out exists, is writable and not a file; EnsdistError before any work otherwise."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise EnsdistError(f"--out {out}: exists and is not a directory")
+    os.makedirs(out, exist_ok=True)
+    check_writable(os.path.join(out, SYSTEM_FILE), "--out")
+
+
+def publish(out: str, result: dict) -> None:
+    """Put the finished set files under their names, then system.json (what makes the
+    directory a result: the report reads nothing else). An interrupted publish leaves no
+    system.json, never one describing other files; a failed final write keeps the result."""
+    parts = [(s.pop("tmp"), os.path.join(out, s["file"])) for s in result["sets"]]
+    text = finite_json(result, f"--out {out}")  # refused here, before anything is replaced
+    system = os.path.join(out, SYSTEM_FILE)
+    if os.path.lexists(system):
+        os.remove(system)
+    for tmp, final in parts:
+        os.replace(tmp, final)
+    write_or_keep(system, text, "--out")
+
+
+def remove_stale_parts(out: str) -> None:
+    """Set files a killed run left (this run holds the lock: no other writer is alive)."""
+    for path in glob.glob(os.path.join(glob.escape(out), f"*.jsonl{TMP_MARK}*")):
+        os.remove(path)
+
+
 @options.command
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
@@ -297,11 +356,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if problem:
         parser.error(problem)
     paths = options.split_paths(args.path)
-    check_ensemble(paths, args.data)
-    result = run(args, paths, options.device(args))
-    write_text_atomically(
-        os.path.join(args.out, "system.json"), json.dumps(result, indent=2) + "\n"
-    )
+    prepare_out(args.out)  # before any work
+    lock = OutputLock(os.path.join(args.out, LOCK_FILE), f"--out {args.out}")
+    try:
+        remove_stale_parts(args.out)
+        check_data(args.data, args.split)  # damaged files named before fairseq reads them
+        check_ensemble(paths, args.data)
+        result = run(args, paths, options.device(args))
+        publish(args.out, result)
+    except BaseException:
+        remove_stale_parts(args.out)  # this run's unfinished set files
+        raise
+    finally:
+        lock.release()
     total = sum(s["seconds"] for s in result["sets"])
     print(
         f"{args.name} ({result['group']}, {result['kind']}, {len(paths)} model(s)): "

@@ -39,6 +39,7 @@ import subprocess
 import unicodedata
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ensdist_fairseq.corpus.binarized import check_binarized
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.hashing import file_sha256
 
@@ -397,14 +398,46 @@ def write_sets(
     }
     tmp = os.path.join(out, MANIFEST + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
+        json.dump(manifest, f, indent=2, allow_nan=False)
     os.replace(tmp, os.path.join(out, MANIFEST))
     return manifest
 
 
+MANIFEST_KEYS = ("src", "dict_sha256", "sets")
+SET_KEYS = ("name", "lines", "bin")
+
+
 def read_manifest(ood_dir: str) -> dict:
+    """The manifest of an OOD directory, checked: EnsdistError naming the file (and what is
+    missing or which set's binarized files are absent or of another length)."""
     path = os.path.join(ood_dir, MANIFEST)
     if not os.path.isfile(path):
         raise EnsdistError(f"--ood-dir {ood_dir}: no {MANIFEST} (build it with ensdist-ood-sets)")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, "rb") as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise EnsdistError(f"{path}: invalid UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise EnsdistError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(manifest, dict):
+        raise EnsdistError(f"{path}: not an ensdist-ood-sets manifest (not a JSON object)")
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise EnsdistError(
+            f"{path}: not an ensdist-ood-sets manifest (missing {', '.join(missing)})"
+        )
+    if not isinstance(manifest["sets"], list) or not manifest["sets"]:
+        raise EnsdistError(f"{path}: 'sets' is not a non-empty list")
+    for i, entry in enumerate(manifest["sets"]):
+        lacks = [k for k in SET_KEYS if not isinstance(entry, dict) or k not in entry]
+        if lacks:
+            raise EnsdistError(f"{path}: set {i + 1} lacks {', '.join(lacks)}")
+        prefix = os.path.join(ood_dir, entry["bin"])
+        count = check_binarized(prefix)  # its .idx and .bin complete and of one another
+        if count != entry["lines"]:  # a file of another set, or cut
+            raise EnsdistError(
+                f"{prefix}.idx: {count} sentences, but {path} says set {entry['name']!r} "
+                f"has {entry['lines']}"
+            )
+    return manifest
