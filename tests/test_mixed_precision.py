@@ -16,6 +16,7 @@ largest entry: autograd adds the NLL and KD paths' gradients in that dtype); a w
 import json
 import math
 import os
+import re
 import sys
 from types import SimpleNamespace
 
@@ -348,3 +349,5 @@ def test_fairseq_train_bf16_proxy_dirichlet_on_a_memoized_store(
         math.isfinite(float(r[k])) for r in inner for k in ("loss", "kd_loss", "intra_loss")
     )
     assert records[-1]["train_num_updates"] == "6" and "train_teacher_precision" in records[-1]
+    # fairseq-train's own timestamped log format, as fairseq-train prints it
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| INFO \| fairseq", out.stdout, re.M)

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 from ensdist_fairseq.atomic_files import check_writable, finite_json, write_or_keep
 from ensdist_fairseq.cli import generation_options as gen_opts
-from ensdist_fairseq.cli import options
+from ensdist_fairseq.cli import options, progress
 from ensdist_fairseq.corpus.binarized import check_data
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.metrics.calibration import DEFAULT_NUM_BINS, CalibrationAccumulator
@@ -79,12 +79,7 @@ def build_parser() -> options.Parser:
         "Dirichlet mean alpha/alpha_0 (default: the checkpoint's own option; recorded in "
         "the result as dirichlet_predictive)",
     )
-    ap.add_argument(
-        "--log-interval",
-        type=options.integer(1),
-        default=100,
-        help="report progress to stderr every this many batches",
-    )
+    progress.add_progress_options(ap, default_interval=500, unit="sentences")
     ap.add_argument(
         "--fit-temperature-on",
         metavar="SPLIT",
@@ -243,15 +238,10 @@ def evaluate(args, paths: List[str], device) -> dict:
     accumulator = CalibrationAccumulator(num_bins=args.num_bins)
     start = time.perf_counter()
 
-    def progress(done: int, total: int, tokens: int) -> None:
-        if done % args.log_interval == 0 or done == total:
-            rate = tokens / max(time.perf_counter() - start, 1e-9)
-            print(
-                f"[evaluate] {args.name}: batch {done}/{total}, {tokens} tokens, "
-                f"{rate:.0f} tokens/s",
-                file=sys.stderr,
-                flush=True,
-            )
+    scored = progress.Progress("evaluate", args.name, "scoring", len(dataset), "sentences", args)
+
+    def on_scored(done: int, total: int, tokens: int) -> None:
+        scored.update(len(batches[done - 1]))
 
     tokens = TokenRecorder(task.target_dictionary.pad())
     num_sentences = score_split(
@@ -263,7 +253,7 @@ def evaluate(args, paths: List[str], device) -> dict:
         device,
         names=paths,
         where=where,
-        progress=progress,
+        progress=on_scored,
         temperature=fitted["temperature"] or 1.0,
         on_batch=tokens,
     )
@@ -303,6 +293,9 @@ def evaluate(args, paths: List[str], device) -> dict:
         )
         start = time.perf_counter()
         gen_cfg = decoding.generation_config(**gen_opts.generation_overrides(args))
+        decoded = progress.Progress(
+            "evaluate", args.name, "decoding", len(dataset), "sentences", args
+        )
         b = bleu.decode_bleu(
             models,
             task,
@@ -312,6 +305,7 @@ def evaluate(args, paths: List[str], device) -> dict:
             device,
             reference_file=args.reference,
             post_process=post,
+            progress=lambda done, total: decoded.update(),
         )
         result.update(
             bleu=b.bleu,

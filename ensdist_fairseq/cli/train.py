@@ -12,14 +12,25 @@ it was asked for:
 Every other argument is fairseq-train's; without --bf16 it is fairseq-train.
 """
 
+import logging
+import os
 import sys
 
-from fairseq import options
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from fairseq.distributed import utils as distributed_utils
-from fairseq_cli.train import main as fairseq_train_main
+# fairseq-train's own log format, set before fairseq is imported: fairseq_cli/train.py does
+# this at its top, which is a no-op when an earlier import already configured the root logger.
+logging.basicConfig(
+    format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+    datefmt="%Y-%m-%d %H:%M:%S",
+    level=os.environ.get("LOGLEVEL", "INFO").upper(),
+    stream=sys.stdout,
+)
 
-from ensdist_fairseq import register_with_fairseq
+from fairseq import options  # noqa: E402
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
+from fairseq.distributed import utils as distributed_utils  # noqa: E402
+from fairseq_cli.train import main as fairseq_train_main  # noqa: E402
+
+from ensdist_fairseq import register_with_fairseq  # noqa: E402
 
 
 def main(argv=None):

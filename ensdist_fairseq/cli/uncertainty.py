@@ -26,7 +26,7 @@ import torch
 from ensdist_fairseq.atomic_files import OutputLock, check_writable, finite_json, write_or_keep
 from ensdist_fairseq.checkpoints.checks import check_ensemble
 from ensdist_fairseq.cli import generation_options as gen_opts
-from ensdist_fairseq.cli import options
+from ensdist_fairseq.cli import options, progress
 from ensdist_fairseq.corpus.binarized import check_data
 from ensdist_fairseq.corpus.text_lines import read_lines
 from ensdist_fairseq.errors import EnsdistError
@@ -126,6 +126,7 @@ def build_parser() -> options.Parser:
         default=64,
         help="sentences whose hypotheses are teacher-forced together",
     )
+    progress.add_progress_options(ap, default_interval=100, unit="sentences")
     options.add_cpu(ap)
     gen_opts.add_generation_options(ap)
     return ap
@@ -244,6 +245,8 @@ def run(args, paths: List[str], device: torch.device) -> dict:
         start = time.perf_counter()
         final = os.path.join(args.out, f"{name}.jsonl")
         tmp, n, sha256 = f"{final}{TMP_MARK}{os.getpid()}", 0, hashlib.sha256()
+        total = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+        done = progress.Progress("uncertainty", args.name, name, total, "sentences", args)
         with open(tmp, "wb") as f:
             for record in runner.score_split(
                 models,
@@ -266,6 +269,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
                 f.write(line)
                 sha256.update(line)
                 n += 1
+                done.update()
             f.flush()
             os.fsync(f.fileno())
         seconds = time.perf_counter() - start
