@@ -100,9 +100,11 @@ if [ -z "$DATA" ]; then
   REFERENCE="$OUT/data/raw/test.$TGT"
   OOD="$OUT/ood"
   if [ -f "$OOD/ood_sets.json" ]; then echo "[ood] $OOD exists, skipping"
-  else  # 500 sentences per set (docs/uncertainty.md), fewer on a slice with a smaller test split
-    "${BIN}ensdist-ood-sets" --data-dir "$OUT/data" --out "$OOD" \
-      --size "$(( $(wc -l < "$REFERENCE") < 500 ? $(wc -l < "$REFERENCE") : 500 ))"
+  else  # 500 sentences per set (docs/uncertainty.md), fewer on a slice with a smaller test split;
+    # length-matched in 10 bins, one bin per 50 sentences on a smaller slice (none below 50)
+    ood_size=$(( $(wc -l < "$REFERENCE") < 500 ? $(wc -l < "$REFERENCE") : 500 ))
+    "${BIN}ensdist-ood-sets" --data-dir "$OUT/data" --out "$OOD" --size "$ood_size" \
+      --length-bins "$(( ood_size / 50 < 10 ? ood_size / 50 : 10 ))"
   fi
 fi
 [ -d "$DATA" ] || die "--data $DATA: no such directory"

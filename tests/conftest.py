@@ -1,7 +1,14 @@
 import os
 import sys
 
-import pytest
+# One BLAS/OpenMP thread in the test process, set before numpy or torch is imported: the
+# bad-input table forks this process to run commands, and a child forked while OpenBLAS's thread
+# pool exists waits forever on that pool's lock; the subprocesses the tests start inherit it too
+# (2 cores: parallel subprocesses already fill them).
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_fairseq  # noqa: E402

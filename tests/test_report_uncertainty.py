@@ -1,6 +1,7 @@
 """The uncertainty section from crafted ensdist-uncertainty results: intervals, three-way
 verdicts, baselines, and "not measured" (never NaN) for what a run did not score."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -18,7 +19,7 @@ def write_system(root, name, group, measures, sets, seed=0):
     meta_sets = []
     for set_name, (role, cols, chrf) in sets.items():
         n = len(next(iter(cols.values())))
-        with open(d / f"{set_name}.jsonl", "w") as f:
+        with open(d / f"{set_name}.jsonl", "w", newline="\n") as f:
             for i in range(n):
                 rec = {
                     "id": i,
@@ -30,7 +31,16 @@ def write_system(root, name, group, measures, sets, seed=0):
                 if chrf is not None:
                     rec["chrf"] = float(chrf[i])
                 f.write(json.dumps(rec) + "\n")
-        meta_sets.append({"name": set_name, "role": role, "file": f"{set_name}.jsonl"})
+        data = (d / f"{set_name}.jsonl").read_bytes()
+        meta_sets.append(
+            {
+                "name": set_name,
+                "role": role,
+                "file": f"{set_name}.jsonl",
+                "sentences": n,
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
     meta = {
         "schema_version": 1,
         "name": name,
@@ -39,6 +49,10 @@ def write_system(root, name, group, measures, sets, seed=0):
         "num_models": 1,
         "measures": measures,
         "beam": 5,
+        "split": "test",
+        "generation": {"beam": 5},
+        "limit": None,
+        "weight_temperature": 1.0,
         "sets": meta_sets,
     }
     (d / "system.json").write_text(json.dumps(meta))

@@ -152,7 +152,7 @@ class Run:
         )
         self.chunks = shards.plan_chunks(len(self.dataset), cfg.chunk_sentences)
 
-    def check_accuracy(self) -> float:
+    def check_accuracy(self) -> Optional[float]:
         """The ensemble's teacher-forced accuracy on the split's first sentences; EnsdistError
         when it is no better than always guessing the most frequent target token there (teachers
         of other data, or a dictionary whose lines differ from theirs)."""
@@ -164,6 +164,8 @@ class Run:
             acc = teacher_forcing.accuracy(
                 self.models, teacher_forcing.samples(self.dataset, batches, self.device), self.pad
             )
+        if not acc.finite:  # memoize's own pass names the member and the position
+            return None
         self.log(
             f"teacher-forced accuracy on the first {n} sentences of '{self.cfg.split}': "
             f"{100 * acc.accuracy:.2f}% (most frequent target token: {100 * acc.unigram:.2f}%)"

@@ -161,6 +161,7 @@ class Accuracy(NamedTuple):
     accuracy: float  # argmax of the ensemble mean == target, over non-pad target tokens
     unigram: float  # always guessing the most frequent target token of the same tokens
     tokens: int
+    finite: bool = True  # False: some output was NaN or +inf (no accuracy to speak of)
 
 
 def accuracy(models: Sequence[torch.nn.Module], batches: Iterable[dict], pad: int) -> Accuracy:
@@ -169,7 +170,10 @@ def accuracy(models: Sequence[torch.nn.Module], batches: Iterable[dict], pad: in
     for sample in batches:
         target = sample["target"]
         mask = target.ne(pad)
-        guess = ensemble_log_probs(models, sample["net_input"]).argmax(-1)
+        log_probs = ensemble_log_probs(models, sample["net_input"])
+        if bool((torch.isnan(log_probs) | torch.isposinf(log_probs)).any()):
+            return Accuracy(0.0, 0.0, 0, finite=False)  # the caller names the member
+        guess = log_probs.argmax(-1)
         correct += int((guess.eq(target) & mask).sum())
         total += int(mask.sum())
         c = torch.bincount(target[mask].flatten().cpu())
