@@ -130,7 +130,7 @@ mkdir -p "$OUT/store"
 if [ -f "$STORE" ]; then echo "[memoize] $STORE exists, skipping"
 else  # every core, and one process per visible GPU when there are several (torchrun)
   OMP_NUM_THREADS="$(nproc)" launch_on_gpus "${BIN}ensdist-memoize" "$DATA" --path "$(members ce)" --topk "$TOPK" \
-    "${DEVICE_ARGS[@]}" --output "$STORE"
+    "${DEVICE_ARGS[@]}" ${MEMOIZE_ARGS[@]+"${MEMOIZE_ARGS[@]}"} --output "$STORE"
 fi
 
 RES="$OUT/results"

@@ -25,6 +25,8 @@ def test_demo_on_a_small_slice_produces_everything_and_resumes(tmp_path):
         "SPM_VOCAB_SIZE=400\n"
         "ARCH_ARGS=(" + " ".join(tiny_fairseq.TINY_ARCH_ARGS) + ")\n"
         "MAX_PAIRS=300\nMAX_EPOCH=3\nPATIENCE=1\nSWA_EPOCHS=2\nSTUDENT_MAX_UPDATE=1000\nTOPK=8\n"
+        # teachers of 3 epochs on 240 pairs guess worse than the most frequent token
+        "MEMOIZE_ARGS=(--allow-low-accuracy)\n"
         "GEN_ARGS=(--beam 1 --max-tokens 4000 --max-len-a 1.5 --max-len-b 5)\n"
     )
     out = tmp_path / "run"
@@ -85,7 +87,9 @@ def test_demo_on_a_small_slice_produces_everything_and_resumes(tmp_path):
         r = json.loads((res / f"{name}.json").read_text())
         assert r["bleu"] is not None and 0 <= r["ece1"]["unweighted"] <= 1
     report = (res / "report.md").read_text()
-    assert "CE+SWA" in report and "LS+SWA" in report and "Does the paper's pattern hold" in report
+    assert (
+        "CE+SWA" in report and "LS+SWA" in report and "Do the papers' claims hold here?" in report
+    )
     assert "## Training regime" in report and "| ce-seed1 |" in report
     assert "| student-intra_mean_kd-k2-v32 |" in report
     assert (res / "reliability_CE_SWA.png").is_file() and (res / "reliability_LS_SWA.png").is_file()
