@@ -10,6 +10,7 @@ here and one where it is computed. Extra keys are allowed: fields are additive.
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -124,12 +125,39 @@ def read_token_file(result: dict, result_path: str) -> Optional[dict]:
     return arrays
 
 
-def read_json(path: str):
+def check_regular(path: str) -> None:
+    """A FIFO or a device would block or never end a read: only regular files are read."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise EnsdistError(f"{path}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise EnsdistError(f"{path}: not a regular file")
+
+
+def read_json(path: str):
+    """The JSON value of a regular file; EnsdistError naming the file and the line."""
+    check_regular(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=refuse_non_finite)
+    except UnicodeDecodeError as e:
+        raise EnsdistError(
+            f"{path}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at {e.start})"
+        ) from None
     except json.JSONDecodeError as e:
         raise EnsdistError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except NonFiniteJSON as e:
+        raise EnsdistError(f"{path}: {e} is not a number JSON allows") from None
+
+
+class NonFiniteJSON(ValueError):
+    pass
+
+
+def refuse_non_finite(name: str):
+    raise NonFiniteJSON(name)  # NaN / Infinity: Python's json reads them, no other reader does
 
 
 def non_finite_field(value, key: str = "") -> Optional[str]:

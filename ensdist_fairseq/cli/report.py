@@ -18,7 +18,7 @@ from ensdist_fairseq.report.markdown import NOT_MEASURED
 from ensdist_fairseq.report.paper_pattern import pattern_checks, pattern_markdown, regime_notes
 from ensdist_fairseq.report.regime import regime_markdown
 from ensdist_fairseq.report.uncertainty_section import section as uncertainty_section
-from ensdist_fairseq.results import EVALUATION, read_token_file
+from ensdist_fairseq.results import EVALUATION, read_json, read_token_file
 
 
 def load_results(results_dir: str):
@@ -26,7 +26,7 @@ def load_results(results_dir: str):
     Empty when the directory holds no ensdist-evaluate result (it may hold only uncertainty)."""
     results, sources = [], []
     for path in inputs.result_files(results_dir):
-        data = inputs.read_json(path)
+        data = read_json(path)
         if not EVALUATION.is_one(data):
             continue
         report.check_result(data, path)

@@ -10,51 +10,21 @@ import hashlib
 import json
 import math
 import os
-import stat
 from typing import Dict, List, Sequence
 
 from ensdist_fairseq.errors import EnsdistError
+from ensdist_fairseq.results import (
+    NonFiniteJSON,
+    check_regular,
+    read_json,
+    refuse_non_finite,
+)  # noqa: F401
 
 SYSTEM_FILE = "system.json"
 SYSTEM_KEYS = ("name", "group", "kind", "measures", "sets", "beam", "generation", "limit")
 SET_KEYS = ("name", "role", "file", "sentences", "sha256")
 # What must be equal for two uncertainty systems to share a table (and its one header).
 SAME_MEASUREMENT = ("split", "beam", "generation", "limit", "weight_temperature")
-
-
-def check_regular(path: str) -> None:
-    """A FIFO or a device would block or never end a read: only regular files are read."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        raise EnsdistError(f"{path}: {e.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise EnsdistError(f"{path}: not a regular file")
-
-
-def read_json(path: str):
-    """The JSON value of a regular file; EnsdistError naming the file and the line."""
-    check_regular(path)
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except UnicodeDecodeError as e:
-        raise EnsdistError(
-            f"{path}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at {e.start})"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise EnsdistError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    except _NonFinite as e:
-        raise EnsdistError(f"{path}: {e} is not a number JSON allows") from None
-
-
-class _NonFinite(ValueError):
-    pass
-
-
-def _no_constant(name: str):
-    raise _NonFinite(name)  # NaN / Infinity: Python's json reads them, no other reader does
 
 
 def result_files(results_dir: str) -> List[str]:
@@ -155,10 +125,10 @@ def check_set_file(path: str, entry: dict, meta: dict, meta_path: str) -> None:
         for n, raw in enumerate(f, 1):
             sha.update(raw)
             try:
-                record = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+                record = json.loads(raw.decode("utf-8"), parse_constant=refuse_non_finite)
                 values = [record["uncertainty"][m] for m in meta["measures"]]
                 values += [record["chrf"]] if "chrf" in record else []
-            except _NonFinite as e:
+            except NonFiniteJSON as e:
                 raise EnsdistError(f"{path}: line {n}: {e} is not a number JSON allows") from None
             except (ValueError, KeyError, TypeError) as e:
                 raise EnsdistError(f"{path}: line {n}: not a record of this system ({e})") from None
