@@ -373,7 +373,7 @@ def students(work, data, store, sizes, precisions, width):
             for line in text.splitlines()
             if '{"' in line and "train_inner" in line[: line.index('{"')]
         ]
-        losses = [float(r["loss"]) for r in inner]
+        losses = [float(r["objective"]) for r in inner]  # what is optimized
         results[(name, precision)] = dict(
             error=errors[(name, precision)],
             loss=losses[-1] if losses else float("nan"),

@@ -145,7 +145,29 @@ def test_mean_kd_loss_is_the_interpolation_with_the_categorical_kl():
         model, model(**sample["net_input"]), sample
     )
     assert log["kd_loss"].item() == pytest.approx(kl.item(), rel=1e-4)
-    assert log["loss"].item() == pytest.approx(0.7 * ls.item() + 0.3 * kl.item(), rel=1e-4)
+    assert log["objective"].item() == pytest.approx(0.7 * ls.item() + 0.3 * kl.item(), rel=1e-4)
+    # "loss" is the references' label-smoothed loss, as validation logs it
+    assert log["loss"].item() == pytest.approx(ls.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kd_loss, arch",
+    [("mean_kd", "transformer"), ("proxy_dirichlet", "dirichlet_transformer")],
+)
+def test_loss_means_the_same_in_training_and_validation(kd_loss, arch):
+    """'loss' is the references' label-smoothed loss in training and in validation (what
+    fairseq-train compares and --best-checkpoint-metric loss selects on); the KD mixture that is
+    optimized is 'objective', logged in training only."""
+    task = make_task()
+    model, sample = make_model(task, arch=arch, dropout=0.0), make_sample(task)
+    criterion = make_criterion(task, kd_loss=kd_loss, kd_weight=0.6)
+    loss, _, train_log = criterion(model.train(), sample)
+    with torch.no_grad():
+        _, _, valid_log = criterion(model.eval(), sample)
+    assert "objective" not in valid_log and "kd_loss" not in valid_log
+    assert train_log["loss"].item() == pytest.approx(valid_log["loss"].item(), rel=1e-5)
+    assert train_log["objective"].item() == pytest.approx(loss.item(), rel=1e-6)
+    assert train_log["objective"].item() != pytest.approx(train_log["loss"].item(), rel=1e-3)
 
 
 def test_proxy_dirichlet_matches_torch_distributions_and_refuses_softmax_models():
@@ -165,7 +187,7 @@ def test_proxy_dirichlet_matches_torch_distributions_and_refuses_softmax_models(
         kl_divergence(Dirichlet(logits[non_pad].exp() + 1), Dirichlet(beta)) / precision
     ).sum()
     assert log["kd_loss"].item() == pytest.approx(expected.item(), rel=1e-4)
-    assert log["loss"].item() == pytest.approx(expected.item(), rel=1e-4)  # beta = 1: pure RKL
+    assert log["objective"].item() == pytest.approx(expected.item(), rel=1e-4)  # pure RKL
     assert all(torch.isfinite(g).all() for g in grads)
 
 
@@ -393,7 +415,7 @@ def test_reduce_false_returns_per_token_losses_like_fairseq():
         assert per_token.shape == (sample["target"].numel(), 1)
         assert not per_token[~non_pad].any() and (per_token[non_pad] > 0).all()
         assert per_token.sum().item() == pytest.approx(total.item(), rel=1e-5)
-        assert log["loss"].item() == pytest.approx(total.item(), rel=1e-5)
+        assert log["objective"].item() == pytest.approx(total.item(), rel=1e-5)
 
 
 def test_logged_statistics_ignore_pads_and_reduce_per_token():
@@ -432,7 +454,7 @@ def test_logged_statistics_ignore_pads_and_reduce_per_token():
     assert values["intra_alpha"] == pytest.approx(2.0)
     assert values["kd_loss"] == pytest.approx(kl.item() / ntokens / bits, abs=2e-3)
     assert values["intra_loss"] == pytest.approx(x.item() / ntokens / bits, abs=2e-3)
-    assert values["loss"] == pytest.approx(
+    assert values["objective"] == pytest.approx(
         (sum(losses) / 2 + 2.0 * x).item() / ntokens / bits, abs=2e-3
     )
     assert values["nll_loss"] == pytest.approx(nlls[0].item() / ntokens / bits, abs=2e-3)

@@ -194,7 +194,7 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
         passes = self.intra_passes if model.training else 1
         net_outputs = self.run_passes(model, sample["net_input"], passes)
         with _no_autocast(sample["target"]):
-            losses, nll_losses, kd_losses, lprobs = zip(
+            losses, ls_losses, nll_losses, kd_losses, lprobs = zip(
                 *(
                     self.pass_loss(model, net_output, sample, teacher, reduce)
                     for net_output in net_outputs
@@ -220,9 +220,13 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
             logging_output["kd_loss"] = _total(sum(kd_losses)) / passes
         elif stand_in and self.kd_loss != "none":
             logging_output.update({k: torch.zeros(()) for k in TEACHER_KEYS})
+        if model.training:
+            # what the gradient descends (the KD mixture, intra term included); "loss" stays the
+            # label-smoothed loss of the references, the quantity validation logs as "loss"
+            logging_output["objective"] = _total(loss)
         logging_output.update(
-            loss=_total(loss),
-            nll_loss=_total(sum(nll_losses) / passes if passes > 1 else nll_losses[0]),
+            loss=_total(sum(ls_losses) / passes),
+            nll_loss=_total(sum(nll_losses) / passes),
             ntokens=sample["ntokens"],
             nsentences=sample["target"].size(0),
             sample_size=sample_size,
@@ -275,14 +279,15 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
         return lprobs.view(-1, lprobs.size(-1)), target.view(-1)
 
     def pass_loss(self, model, net_output, sample, teacher, reduce):
-        """(loss, nll_loss, kd_loss or None, lprobs (B*T, V)) of one pass: sums over the
+        """(loss, ls_loss, nll_loss, kd_loss or None, lprobs (B*T, V)) of one pass, loss being
+        the objective (the KD mixture when there is a teacher, else ls_loss): sums over the
         non-pad tokens, or (B*T, 1) per-token values with reduce=False."""
         lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
         ls_loss, nll_loss = label_smoothed_nll_loss(
             lprobs, target, self.eps, ignore_index=self.padding_idx, reduce=reduce
         )
         if teacher is None:
-            return ls_loss, nll_loss, None, lprobs
+            return ls_loss, ls_loss, nll_loss, None, lprobs
         non_pad = target.ne(self.padding_idx)
         indices = teacher["indices"].reshape(-1, teacher["indices"].size(-1))
         probs = teacher["probs"].reshape(-1, teacher["probs"].size(-1))
@@ -301,7 +306,7 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
         kd = torch.where(non_pad, kd, torch.zeros_like(kd))
         kd = kd.sum() if reduce else kd.unsqueeze(-1)
         loss = (1 - self.kd_weight) * ls_loss + self.kd_weight * kd
-        return loss, nll_loss, kd, lprobs
+        return loss, ls_loss, nll_loss, kd, lprobs
 
     @torch.no_grad()
     def teacher_stats(self, sample, teacher):
@@ -330,13 +335,18 @@ class TokenKDCriterion(LabelSmoothedCrossEntropyCriterion):
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
-        """fairseq's loss / nll_loss / ppl (/ accuracy), then the KD and intra statistics (bits)."""
+        """fairseq's loss / nll_loss / ppl (/ accuracy), then the objective, the KD and intra
+        statistics (bits)."""
         super().reduce_metrics(logging_outputs)
 
         def total(key):
             return utils.item(sum(log.get(key, 0) for log in logging_outputs))
 
         sample_size = total("sample_size")
+        if any("objective" in log for log in logging_outputs):
+            metrics.log_scalar(
+                "objective", total("objective") / sample_size / math.log(2), sample_size, round=3
+            )
         teacher_ntokens = total("teacher_ntokens")
         if teacher_ntokens > 0:
             metrics.log_scalar(
