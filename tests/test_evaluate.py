@@ -114,6 +114,7 @@ def test_ensemble_of_two_matches_independent_computation(
     assert rc == 0 and "ens2" in out and "ECE-1" in out
     r = json.loads(out_json.read_text())
     assert not list(tmp_path.glob("*.tmp*"))
+    assert r["environment"]["torch"] == torch.__version__ and r["environment"]["cpu"]
     for key in (
         "name",
         "paths",

@@ -23,6 +23,7 @@ LAYERS = {
     "atomic_files": 0,
     "numeric": 0,
     "results": 0,
+    "environment": 0,
     "corpus": 1,
     "store": 1,
     "losses": 1,

@@ -53,6 +53,28 @@ def test_a_comparable_run_reports(tmp_path, capsys):
     assert "| CE+SWA | Individual | Avg (n=2) |" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_the_report_names_where_its_numbers_were_measured(tmp_path, capsys):
+    here = {"cpu": "Some CPU", "cpu_count": 2, "accelerator": None, "torch": "2.0+cpu"}
+    here.update(numpy="2.0", python="3.11.1", date="2026-12-01")
+    gpu = dict(here, accelerator="NVIDIA H200", date="2026-12-03")
+    one = [dict(full_result("a"), environment=here), dict(full_result("b"), environment=here)]
+    rc, err = run_report(tmp_path, one, capsys)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert rc == 0, err
+    assert text.startswith(
+        "Measured on: Some CPU (2 cores), torch 2.0+cpu, numpy 2.0, Python 3.11.1 (2026-12-01)."
+    )
+    mixed = [dict(full_result("a"), environment=here), dict(full_result("b"), environment=gpu)]
+    mixed.append(full_result("c"))  # written before results recorded it
+    (tmp_path / "m").mkdir()
+    rc, err = run_report(tmp_path / "m", mixed, capsys)
+    text = (tmp_path / "m" / "out" / "report.md").read_text()
+    assert rc == 0, err
+    assert text.startswith("Measured on 3 environments (2026-12-01 to 2026-12-03)")
+    assert "- NVIDIA H200, torch 2.0+cpu, numpy 2.0, Python 3.11.1: b" in text
+    assert "- not recorded: c" in text
+
+
 def test_unknown_kind_is_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"x\.json: kind 'teacher' is not one of"):
         report.check_result(full_result("t", kind="teacher"), "x.json")

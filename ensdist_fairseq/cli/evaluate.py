@@ -16,6 +16,7 @@ from ensdist_fairseq.atomic_files import check_writable, finite_json, write_or_k
 from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options, progress
 from ensdist_fairseq.corpus.binarized import check_data
+from ensdist_fairseq.environment import describe as describe_environment
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.metrics.calibration import DEFAULT_NUM_BINS, CalibrationAccumulator
 from ensdist_fairseq.results import EVALUATION as EVALUATION_SCHEMA
@@ -281,6 +282,7 @@ def evaluate(args, paths: List[str], device) -> dict:
         "bleu_signature": None,
         **fitted,  # temperature: null when not scaled
         "token_file": os.path.basename(token_file_of(args.output)),
+        "environment": describe_environment(device),  # floats depend on the machine
     }
     result = EVALUATION_SCHEMA.make(**fields)
     if args.bleu:

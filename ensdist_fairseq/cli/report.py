@@ -12,7 +12,7 @@ from typing import List, Optional
 from ensdist_fairseq.atomic_files import check_writable, write_or_keep
 from ensdist_fairseq.cli import options
 from ensdist_fairseq.errors import EnsdistError
-from ensdist_fairseq.report import inputs
+from ensdist_fairseq.report import inputs, measured_on
 from ensdist_fairseq.report import table2 as report
 from ensdist_fairseq.report.markdown import NOT_MEASURED
 from ensdist_fairseq.report.paper_pattern import pattern_checks, pattern_markdown, regime_notes
@@ -78,6 +78,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             "uncertainty/*/system.json"
         )
     text += unc_text
+    # where the numbers come from, first: floats differ across machines and library builds
+    text = measured_on.markdown(results + measured_on.uncertainty_results(args.results_dir)) + text
     write_or_keep(os.path.join(out, "report.md"), text, "--out")
     pngs = (report.write_reliability_diagrams(results, out) if results else []) + unc_pngs
     print(text)

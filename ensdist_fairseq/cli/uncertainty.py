@@ -29,6 +29,7 @@ from ensdist_fairseq.cli import generation_options as gen_opts
 from ensdist_fairseq.cli import options, progress
 from ensdist_fairseq.corpus.binarized import check_data
 from ensdist_fairseq.corpus.text_lines import read_lines
+from ensdist_fairseq.environment import describe as describe_environment
 from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.hashing import file_sha256
 from ensdist_fairseq.results import UNCERTAINTY as UNCERTAINTY_SCHEMA
@@ -308,6 +309,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
             "split": args.split,
             "limit": args.limit,
             "teacher_forced": args.teacher_forced,
+            "environment": describe_environment(device),
             # what decoded (and weighs the beam), and the expected categorical of the measures
             "dirichlet_predictive": predictive,
             "dirichlet_measures": args.dirichlet_measures if kind == "dirichlet" else None,
