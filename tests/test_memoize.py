@@ -89,7 +89,7 @@ def test_entries_equal_an_independent_ensemble(store, tiny_data, tiny_checkpoint
 def test_provenance(store, tiny_data, tiny_checkpoints):
     with h5py.File(store, "r") as f:
         a = dict(f.attrs)
-        assert f["coded"].dtype == np.uint8 and a["format_version"] == 3
+        assert f["coded"].dtype == np.uint8 and a["format_version"] == 4
         entries = int(f["offsets"][-1]) * TOPK
     assert [s.decode() for s in a["teacher_sha256"]] == [sha256(p) for p in tiny_checkpoints]
     assert a["dictionary_sha256"] == sha256(os.path.join(tiny_data, "dict.de.txt"))

@@ -1,4 +1,5 @@
-"""Store format 3: each sentence's rows coded (store/codec.py) into one byte dataset.
+"""Store formats 3 and 4: each sentence's rows coded into one byte dataset (format 3:
+store/codec.py, zlib per sentence; format 4: store/table_codec.py, code tables per file).
 
 A file holds `offsets` (rows per sentence), `code_offsets` (bytes per sentence in `coded`) and
 the CONTIGUOUS datasets `coded` (uint8), `precision` (float32 per row) and `crc32` (per
@@ -6,6 +7,8 @@ sentence), allocated when the file is created; readers pread a sentence's bytes 
 A coded sentence's size is known only once its rows exist, so a file is written whole: the chunk
 writer keeps its chunk's (compressed) sentences in memory and writes the file when closed, and
 stitching sizes the store from its chunks' `code_offsets` before copying their bytes.
+Format 4 adds the code tables (small datasets, read whole by readers): one table set per chunk
+the file was stitched from, each used by the sentences from its `table_first_sentence` on.
 """
 
 import concurrent.futures
@@ -16,7 +19,7 @@ from typing import Dict, Optional
 import h5py
 import numpy as np
 
-from ensdist_fairseq.store import codec
+from ensdist_fairseq.store import codec, table_codec
 
 OFFSETS, CODE_OFFSETS, CODED, PRECISION, CRC32 = (
     "offsets",
@@ -28,6 +31,53 @@ OFFSETS, CODE_OFFSETS, CODED, PRECISION, CRC32 = (
 RAW_DATASETS = (CODED, PRECISION, CRC32)
 FIRST_SENTENCE = "first_sentence"
 DTYPES = {CODED: np.dtype("u1"), PRECISION: np.dtype("<f4"), CRC32: np.dtype("<u4")}
+# format 4's code tables
+CODE_TABLES, INDEX_MAP, INDEX_MAP_OFFSETS, TABLE_FIRST_SENTENCE, COLUMN_GROUP = (
+    "code_tables",
+    "index_map",
+    "index_map_offsets",
+    "table_first_sentence",
+    "column_group",
+)
+TABLE_DATASETS = (CODE_TABLES, INDEX_MAP, INDEX_MAP_OFFSETS, TABLE_FIRST_SENTENCE, COLUMN_GROUP)
+
+
+def table_arrays(table_sets, groups) -> dict:
+    """The datasets of format 4's code tables: `table_sets` is [(first sentence, TableSet)]."""
+    maps = [t.index_map for _, t in table_sets]
+    return {
+        CODE_TABLES: np.stack([t.code_lengths for _, t in table_sets]).astype("u1"),
+        INDEX_MAP: np.concatenate(maps).astype("<u4"),
+        INDEX_MAP_OFFSETS: np.concatenate([[0], np.cumsum([len(m) for m in maps])]).astype("<i8"),
+        TABLE_FIRST_SENTENCE: np.array([s for s, _ in table_sets], dtype="<i8"),
+        COLUMN_GROUP: np.asarray(groups).astype("u1"),
+    }
+
+
+def read_tables(f, topk: int):
+    """[(first sentence, TableSet)] of a format-4 file (open h5py.File); ValueError when the
+    tables are damaged or do not fit together."""
+    a = {name: f[name][()] for name in TABLE_DATASETS}
+    groups = a[COLUMN_GROUP].astype(np.int64)
+    first, mo = a[TABLE_FIRST_SENTENCE].astype(np.int64), a[INDEX_MAP_OFFSETS].astype(np.int64)
+    if (
+        groups.shape != (topk,)
+        or groups[0] != 0
+        or np.any(~np.isin(np.diff(groups), (0, 1)))
+        or len(first) < 1
+        or first[0] != 0
+        or np.any(np.diff(first) < 1)
+        or mo.shape != (len(first) + 1,)
+        or mo[0] != 0
+        or mo[-1] != len(a[INDEX_MAP])
+        or np.any(np.diff(mo) < 0)
+        or a[CODE_TABLES].shape[0] != len(first)
+    ):
+        raise ValueError("code tables that do not fit together")
+    return [
+        (int(first[t]), a[CODE_TABLES][t], a[INDEX_MAP][mo[t] : mo[t + 1]], groups)
+        for t in range(len(first))
+    ]
 
 
 def sentence_crc(
@@ -42,10 +92,16 @@ def sentence_crc(
 
 
 def create(
-    path: str, offsets: np.ndarray, code_offsets: np.ndarray, attrs: dict, first_sentence: int
+    path: str,
+    offsets: np.ndarray,
+    code_offsets: np.ndarray,
+    attrs: dict,
+    first_sentence: int,
+    tables: Optional[dict] = None,
 ) -> Dict[str, int]:
-    """Create a format-3 file with its offsets and attributes and its raw datasets allocated
-    (unwritten); returns each raw dataset's byte offset in the file."""
+    """Create a format-3 file (format 4: with `tables`, table_arrays' datasets) with its offsets
+    and attributes and its raw datasets allocated (unwritten); returns each raw dataset's byte
+    offset in the file."""
     offsets = np.asarray(offsets, dtype="<i8")
     code_offsets = np.asarray(code_offsets, dtype="<i8")
     shapes = {
@@ -57,6 +113,8 @@ def create(
     with h5py.File(path, "w", libver="latest") as f:
         f.create_dataset(OFFSETS, data=offsets, track_times=False)
         f.create_dataset(CODE_OFFSETS, data=code_offsets, track_times=False)
+        for name, data in (tables or {}).items():
+            f.create_dataset(name, data=data, track_times=False)
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_layout(h5py.h5d.CONTIGUOUS)
         dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # space exists now: byte offsets are final
@@ -75,19 +133,27 @@ class CodedWriter:
     """Collects a file's sentences (coded at once: memory holds compressed rows) in any order
     and writes the file when closed; every sentence must have been written by then.
 
-    Coding runs on one worker thread (zlib releases the GIL), so memoize's next batch of teacher
-    forward passes overlaps it; the result does not depend on it (each sentence is coded alone).
+    Coding runs on one worker thread (zlib and most of numpy release the GIL), so memoize's next
+    batch of teacher forward passes overlaps it; the result does not depend on it. Format 3 codes
+    each sentence alone there. Format 4 needs the whole file's statistics first: the thread
+    splits each sentence into the values to code (as many bytes as the raw rows) and `close`
+    fits the file's code tables to them and codes every sentence.
     """
 
-    def __init__(self, path, offsets, attrs, first_sentence, index_dtype, topk):
+    def __init__(self, path, offsets, attrs, first_sentence, index_dtype, topk, version=4):
         self.path, self.attrs, self.first_sentence = path, attrs, first_sentence
         self.offsets = np.asarray(offsets, dtype=np.int64)
-        self.index_dtype, self.topk = np.dtype(index_dtype), topk
+        self.index_dtype, self.topk, self.version = np.dtype(index_dtype), topk, version
+        self.groups = table_codec.column_groups(topk)
         self._blobs, self._precision, self._crc = {}, {}, {}
         self._pool = concurrent.futures.ThreadPoolExecutor(1)
 
     def write_sentence(self, i: int, indices: np.ndarray, probs: np.ndarray, precision):
-        self._blobs[i] = self._pool.submit(codec.encode, indices.copy(), probs.copy())
+        if self.version >= 4:
+            job = (table_codec.sentence_values, indices.copy(), probs.copy(), self.groups)
+        else:
+            job = (codec.encode, indices.copy(), probs.copy())
+        self._blobs[i] = self._pool.submit(*job)
         self._precision[i] = precision
         self._crc[i] = sentence_crc(self.first_sentence + i, indices, probs, precision)
 
@@ -98,9 +164,16 @@ class CodedWriter:
             raise ValueError(f"{self.path}: {len(missing)} sentences not written ({missing[:5]})")
         blobs = [self._blobs[i].result() for i in range(n)]
         self.abandon()
+        tables = None
+        if self.version >= 4:
+            table_set = table_codec.fit(blobs, self.groups)
+            blobs = [table_codec.encode(v, table_set) for v in blobs]
+            tables = table_arrays([(0, table_set)], self.groups)
         sizes = np.array([len(b) for b in blobs], dtype=np.int64)
         code_offsets = np.concatenate([[0], np.cumsum(sizes)])
-        where = create(self.path, self.offsets, code_offsets, self.attrs, self.first_sentence)
+        where = create(
+            self.path, self.offsets, code_offsets, self.attrs, self.first_sentence, tables
+        )
         fd = os.open(self.path, os.O_RDWR)
         try:
             os.pwrite(fd, b"".join(blobs), where[CODED])

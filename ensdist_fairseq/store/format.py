@@ -4,8 +4,9 @@ One HDF5 file per store (and per chunk while memoizing). Row data live in CONTIG
 allocated when the file is created. That is what makes the store fast and small in memory:
 readers look the byte offsets up once through h5py and then os.pread exactly the bytes of a
 sentence: no HDF5 chunk cache, no mmap (mapped pages would count in the trainer's RSS).
-Format 3 (written now) codes each sentence's rows losslessly (store/coded.py, store/codec.py);
-formats 1 and 2 (raw rows, written in place with os.pwrite) are still read, and written for tests.
+Format 4 (written now) codes each sentence's rows losslessly with code tables fitted per chunk
+(store/coded.py, store/table_codec.py); format 3 (zlib per sentence, store/codec.py) and formats
+1 and 2 (raw rows, written in place with os.pwrite) are still read, and written for tests.
 Each sentence carries a CRC-32 of its rows (format 3: and of its index in the split), checked on
 every read, so corruption is detected when the data is used.
 """
@@ -21,7 +22,7 @@ logging.getLogger("h5py").setLevel(logging.WARNING)
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ensdist_fairseq.store import codec, coded  # noqa: E402
+from ensdist_fairseq.store import codec, coded, table_codec  # noqa: E402
 from ensdist_fairseq.store.provenance import Provenance, StoreError  # noqa: E402
 from ensdist_fairseq.store.validate import PRECISION_MAX, first_problem  # noqa: E402
 
@@ -146,6 +147,7 @@ class RowWriter:
                 layout.first_sentence,
                 index_dtype(p.vocab_size),
                 p.topk,
+                p.format_version,
             )
         else:
             self._fd = os.open(path, os.O_RDWR)
@@ -223,6 +225,18 @@ class StoreReader:
                             f"{path}: not a teacher store (dataset '{coded.CODE_OFFSETS}' missing)"
                         )
                     self.code_offsets = f[coded.CODE_OFFSETS][()].astype(np.int64)
+                self._tables, self._table_sets = None, {}
+                if self.provenance.format_version >= 4:
+                    for name in coded.TABLE_DATASETS:
+                        if name not in f:
+                            raise StoreError(
+                                f"{path}: not a teacher store (dataset '{name}' missing)"
+                            )
+                    try:
+                        self._tables = coded.read_tables(f, self.provenance.topk)
+                    except ValueError as e:
+                        raise StoreError(f"{path}: corrupt {e}") from None
+                    self._table_first = np.array([t[0] for t in self._tables], dtype=np.int64)
                 names = coded.RAW_DATASETS if self.coded else ROW_DATASETS
                 self.layout = _layout(
                     f,
@@ -305,13 +319,13 @@ class StoreReader:
         s = self.first_sentence + i  # messages name the sentence of the split (chunks too)
         if self.coded:
             a, b = int(self.code_offsets[i]), int(self.code_offsets[i + 1])
+            dtype = index_dtype(self.provenance.vocab_size)
             try:
-                indices, probs = codec.decode(
-                    self._pread(coded.CODED, a, b - a),
-                    n,
-                    k,
-                    index_dtype(self.provenance.vocab_size),
-                )
+                blob = self._pread(coded.CODED, a, b - a)
+                if self._tables is None:
+                    indices, probs = codec.decode(blob, n, k, dtype)
+                else:
+                    indices, probs = table_codec.decode(blob, n, k, dtype, self._table_set(i))
             except ValueError as e:
                 raise StoreError(f"{self.path}: corrupt data for sentence {s} ({e})") from None
         else:
@@ -332,6 +346,18 @@ class StoreReader:
             raise StoreError(f"{self.path}: sentence {s} {problem}")
         topk = k if topk is None else topk
         return indices[:, :topk].astype(np.int64), probs[:, :topk], precision
+
+    def _table_set(self, i: int) -> "table_codec.TableSet":
+        """Format 4: the code tables of sentence i (built once per table set, when first used)."""
+        t = int(np.searchsorted(self._table_first, i, side="right")) - 1
+        if t not in self._table_sets:
+            _, lengths, index_map, groups = self._tables[t]
+            self._table_sets[t] = table_codec.TableSet(lengths, index_map, groups)
+        return self._table_sets[t]
+
+    def table_sets(self):
+        """Format 4: [(first sentence, TableSet)] of this file, e.g. to stitch it."""
+        return [(first, self._table_set(first)) for first, *_ in self._tables]
 
     def check_data(self, expected: dict, target_lengths: np.ndarray, context: str) -> None:
         """StoreError unless this is a whole store (not a chunk) whose provenance agrees with

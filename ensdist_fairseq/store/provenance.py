@@ -11,11 +11,12 @@ import numpy as np
 
 from ensdist_fairseq.errors import EnsdistError
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # Version 1 stored β̂₀ = +inf where the members agree; version 2 stores it finite (capped at the
 # largest float32). Version 1 stores are still read: the reader maps +inf to that cap. Version 3
-# codes the rows losslessly and puts each sentence's index in its CRC-32.
-READABLE_VERSIONS = (1, 2, 3)
+# codes the rows losslessly and puts each sentence's index in its CRC-32; version 4 codes them
+# with code tables fitted to each chunk of sentences (smaller, same rows after decoding).
+READABLE_VERSIONS = (1, 2, 3, 4)
 # What a consumer can recompute from its data directory and split (the rest describes the teachers).
 DATA_FIELDS = (
     "vocab_size",

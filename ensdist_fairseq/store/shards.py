@@ -201,14 +201,18 @@ def _checked_chunk(path: str, chunk: Chunk, provenance: Provenance, offsets: np.
 
 
 def _copy_rows(tmp, output, chunks, provenance, offsets, block_rows, after_create):
-    code_offsets = [np.zeros(1, dtype=np.int64)]
+    code_offsets, table_sets, groups = [np.zeros(1, dtype=np.int64)], [], None
     for chunk in chunks:  # the coded sizes, chunk by chunk: the store's size is their sum
         is_complete(chunk_path(output, chunk), chunk, provenance, offsets)  # this run's, no other
         reader = store_format.StoreReader(chunk_path(output, chunk))
         code_offsets.append(reader.code_offsets[1:] + code_offsets[-1][-1])
+        if provenance.format_version >= 4:  # each chunk's code tables, from its first sentence
+            table_sets += [(chunk[0] + first, t) for first, t in reader.table_sets()]
+            groups = table_sets[-1][1].groups
         reader.close()
     code_offsets = np.concatenate(code_offsets)
-    where = coded.create(tmp, offsets, code_offsets, provenance.to_attrs(), 0)
+    tables = coded.table_arrays(table_sets, groups) if table_sets else None
+    where = coded.create(tmp, offsets, code_offsets, provenance.to_attrs(), 0, tables)
     if after_create is not None:
         after_create()  # tests: a kill here leaves the temporary store behind
     fd = os.open(tmp, os.O_RDWR)
