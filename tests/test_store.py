@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ensdist_fairseq.store import codec, coded, shards
+from ensdist_fairseq.store import codec, coded, deflate, shards, table_codec
 from ensdist_fairseq.store import format as store_format
 from ensdist_fairseq.store.provenance import Provenance, StoreError
 from ensdist_fairseq.store.validate import PRECISION_MAX
@@ -480,12 +480,16 @@ def test_failed_stitch_keeps_the_chunks_and_names_them(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "vocab_size, topk, nucleus", [(100, 4, False), (4000, 64, True), (70000, 300, True)]
+    "vocab_size, topk, nucleus",
+    [(100, 4, False), (100, 1, False), (100, 1, True), (4000, 64, True), (70000, 300, True)],
 )
-def test_format_3_decodes_to_exactly_the_bytes_of_format_2(tmp_path, vocab_size, topk, nucleus):
-    """Random stores, bit for bit: rows of any float16 bit pattern in any order (NaN, -0, inf
-    reach the CRC and validation unchanged), uint16 and int32 indices, rows that end in
-    (index 0, probability 0) padding as nucleus rows do, and rows that are all padding."""
+def test_formats_3_and_4_decode_to_exactly_the_bytes_of_format_2(
+    tmp_path, vocab_size, topk, nucleus
+):
+    """Random stores, bit for bit: rows of any float16 bit pattern in any order (NaN, -0, inf,
+    subnormals and 0 reach the CRC and validation unchanged), uint16 and int32 indices, V' = 1,
+    one-token sentences, rows that end in (index 0, probability 0) padding as nucleus rows do,
+    and rows that are all padding."""
     rng = np.random.default_rng(topk)
     lengths = [1, 7, 3, 12]
     n = sum(lengths)
@@ -498,11 +502,12 @@ def test_format_3_decodes_to_exactly_the_bytes_of_format_2(tmp_path, vocab_size,
         keep[1] = False
         indices[~keep], bits[~keep] = 0, 0
         bits[2, -1], indices[3, -1] = 0, 5  # an index without mass is not padding
+    bits[4, :] = np.arange(topk) % 3  # subnormals and 0
     probs = bits.view(np.float16)
     precision = rng.uniform(1, 10, size=n).astype(np.float32)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     stores = {}
-    for version in (2, 3):
+    for version in (2, 3, 4):
         prov = provenance(vocab_size, topk, len(lengths), format_version=version)
         path = str(tmp_path / f"v{version}.h5")
         writer = store_format.RowWriter(path, store_format.create(path, offsets, prov), offsets)
@@ -515,7 +520,11 @@ def test_format_3_decodes_to_exactly_the_bytes_of_format_2(tmp_path, vocab_size,
             first, k = int(reader.offsets[i]), topk
             if reader.coded:
                 c0, c1 = (int(x) for x in reader.code_offsets[i : i + 2])
-                got_i, got_p = codec.decode(reader.raw_rows("coded", c0, c1 - c0), b - a, k, dtype)
+                blob = reader.raw_rows("coded", c0, c1 - c0)
+                if version == 3:
+                    got_i, got_p = codec.decode(blob, b - a, k, dtype)
+                else:
+                    got_i, got_p = table_codec.decode(blob, b - a, k, dtype, reader._table_set(i))
             else:
                 got_i = np.frombuffer(reader.raw_rows("indices", first, b - a), dtype)
                 got_p = np.frombuffer(reader.raw_rows("probs", first, b - a), np.float16)
@@ -529,3 +538,63 @@ def test_codec_refuses_what_it_did_not_write():
     for bad, n in [(blob[:-1], 2), (blob, 3), (zlib.compress(b"\x05\x04"), 2)]:
         with pytest.raises(ValueError, match="undecodable rows"):
             codec.decode(bad, n, 4, np.uint16)
+
+
+def test_damaged_code_tables_are_named_in_one_line(store):
+    with h5py.File(store[0], "r+") as f:
+        f["code_tables"][0, 1, :] = 1  # 257 codes of 1 bit: not a code
+    reader = store_format.StoreReader(store[0])
+    with pytest.raises(StoreError, match=r"^[^\n]*s.h5: corrupt data for sentence 0 \("):
+        reader.read(0)
+    with h5py.File(store[0], "r+") as f:
+        f["table_first_sentence"][0] = 3
+    with pytest.raises(StoreError, match=r"^[^\n]*s.h5: corrupt code tables that do not fit"):
+        store_format.StoreReader(store[0])
+
+
+def test_huffman_code_lengths_are_a_complete_prefix_code_near_the_entropy():
+    """Kraft sum exactly 1 (zlib refuses incomplete codes), at most 15 bits, and the mean length
+    within 1 bit of the entropy (Huffman's bound) unless the 15-bit limit had to flatten it."""
+    rng = np.random.default_rng(0)
+    for counts in [
+        rng.integers(0, 1000, size=257),
+        np.r_[np.ones(256, int), 10**9],  # skewed: the limit binds
+        np.r_[[5], np.zeros(256, int)],  # one symbol
+        np.zeros(257, int),
+    ]:
+        lengths = deflate.code_lengths(counts).astype(int)
+        used = lengths > 0
+        assert lengths.max() <= 15 and used.sum() >= 2
+        assert sum(2.0 ** -lengths[used]) == 1.0
+        c = counts[used] / max(counts[used].sum(), 1)
+        if counts.sum() and lengths.max() < 15:
+            entropy = -(c[c > 0] * np.log2(c[c > 0])).sum()
+            assert (c * lengths[used]).sum() <= entropy + 1
+
+
+def test_bit_packing_matches_a_bit_string():
+    rng = np.random.default_rng(1)
+    nbits = rng.integers(0, 29, size=500)
+    values = rng.integers(0, 1 << 40, size=500) & ((1 << nbits) - 1)
+    bits = "".join(format(int(v), f"0{n}b")[::-1] if n else "" for v, n in zip(values, nbits))
+    bits += "0" * (-len(bits) % 8)  # LSB first, the last byte padded with 0
+    expected = bytes(int(bits[i : i + 8][::-1], 2) for i in range(0, len(bits), 8))
+    assert deflate.pack(values, nbits) == expected
+    assert deflate.unpack(expected, nbits).tolist() == values.tolist()
+    with pytest.raises(ValueError, match="undecodable"):
+        deflate.unpack(expected + b"\0", nbits)
+
+
+def test_a_deflate_table_decodes_with_zlib_what_it_coded():
+    rng = np.random.default_rng(2)
+    symbols = np.minimum(rng.geometric(0.05, size=3000), 255)
+    counts = np.bincount(symbols, minlength=257)
+    counts[deflate.EOB] = 1  # every part ends with one
+    table = deflate.Table(deflate.code_lengths(counts))
+    blob = table.encode(symbols)
+    got, used = table.decode(memoryview(blob + b"next"))
+    assert got.tolist() == symbols.tolist() and used == len(blob)
+    raw = zlib.decompress(table.prefix + blob, -15)  # zlib alone, with the stored header
+    assert raw == symbols.astype(np.uint8).tobytes()
+    with pytest.raises(ValueError, match="undecodable"):
+        table.decode(memoryview(blob[:-1]))
