@@ -308,6 +308,144 @@ def bench_size(rows, topk=64):
         )
 
 
+def bench_real(path, workdir, top_p=0.9, min_k=8):
+    """On a real store (any format): bytes per entry of its own coding (format 3: split into
+    probabilities, indices and the rest), of each step of format 4's coding, of a format-4 copy
+    written by RowWriter (checked bit for bit against the original) and of nucleus rows cut
+    from its rows; then the CPU time of StoreReader.read for both files."""
+    import dataclasses
+    import zlib
+
+    from ensdist_fairseq.store import codec, coded, table_codec
+    from ensdist_fairseq.store import format as store_format
+    from ensdist_fairseq.store.teacher_distribution import nucleus_lengths
+
+    src = store_format.StoreReader(path)
+    k, n = src.provenance.topk, src.num_sentences
+    entries = int(src.offsets[-1]) * k
+    rows = [src.read(i) for i in range(n)]
+    dtype = store_format.index_dtype(src.provenance.vocab_size)
+    rows = [(i.astype(dtype), p, b) for i, p, b in rows]
+    print(
+        f"{path}: format {src.provenance.format_version}, {n} sentences, "
+        f"{int(src.offsets[-1])} rows, V'={k}, V={src.provenance.vocab_size}, "
+        f"{entries} entries, file {os.path.getsize(path)} bytes"
+    )
+    print()
+    print("| coding of the rows | probabilities | indices | rest | B/entry |")
+    print("|---|---|---|---|---|")
+    print("| format 2 (raw) | 2.000 | 2.000 | 0 | 4.000 |")
+    if src.provenance.format_version == 3:
+        sizes = np.zeros(4)
+        for i in range(n):
+            a, b = int(src.code_offsets[i]), int(src.code_offsets[i + 1])
+            blob = src.raw_rows(coded.CODED, a, b - a)
+            for j in range(4):
+                d = zlib.decompressobj()
+                d.decompress(blob)
+                sizes[j] += len(blob) - len(d.unused_data)
+                blob = d.unused_data
+        print(
+            f"| format 3 as stored (zlib per sentence) | {(sizes[0] + sizes[1]) / entries:.3f} | "
+            f"{(sizes[2] + sizes[3]) / entries:.3f} | (in probabilities: the row lengths) | "
+            f"{sizes.sum() / entries:.3f} |"
+        )
+    else:
+        total = sum(len(codec.encode(i, p)) for i, p, _ in rows)
+        print(f"| format 3 (zlib per sentence) | | | | {total / entries:.3f} |")
+    one = np.zeros(k, dtype=np.int64)
+    steps = [
+        ("format 4 coding, one context, ids in dictionary order", one, False),
+        ("+ ids ranked by their frequency in the file", one, True),
+        (
+            "+ a context per column group (0, 1, 2-3, 4-15, 16-) = **format 4**",
+            table_codec.column_groups(k),
+            True,
+        ),
+    ]
+    for name, groups, rank in steps:
+        values = [table_codec.sentence_values(i, p, groups) for i, p, _ in rows]
+        tables = table_codec.fit(values, groups, rank_ids=rank)
+        split, total = np.zeros(2), 0  # codes + extra bits of the probabilities, the indices
+        for v in values:
+            total += len(table_codec.encode(v, tables))
+            first, streams = tables.streams(v)
+            for s, x in zip(range(first, len(tables.tables)), streams):
+                token, _, width = table_codec.tokens_of(x)
+                bits = tables.code_lengths[s, token].astype(np.int64).sum() + width.sum()
+                if s > 0:  # stream 0, the row lengths, counts as the rest
+                    split[0 if s <= tables.num_groups else 1] += bits / 8
+        rest = total - split.sum()  # flag byte, row lengths, ends of blocks, padding
+        print(
+            f"| {name} | {split[0] / entries:.3f} | {split[1] / entries:.3f} | "
+            f"{rest / entries:.3f} | {total / entries:.3f} |"
+        )
+    prov = dataclasses.replace(src.provenance, format_version=4)
+    out = os.path.join(workdir, "real_v4.h5")
+    if os.path.exists(out):
+        os.remove(out)
+    writer = store_format.RowWriter(out, store_format.create(out, src.offsets, prov), src.offsets)
+    for i, (idx, p, b) in enumerate(rows):
+        writer.write_sentence(i, idx, p, b)
+    writer.close()
+    v4 = store_format.StoreReader(out)
+    for i, row in enumerate(rows):
+        got = v4.read(i)
+        assert all(x.tobytes() == y.tobytes() for x, y in zip(got, src.read(i))), i
+    with h5py_file(out) as f:
+        table_bytes = sum(f[name].id.get_storage_size() for name in coded.TABLE_DATASETS)
+    coded_bytes = int(v4.code_offsets[-1])
+    print(
+        f"| format 4 file written by RowWriter (rows identical to the original, bit for bit): "
+        f"coded rows + code tables ({table_bytes} bytes) | | | | "
+        f"{(coded_bytes + table_bytes) / entries:.3f} |"
+    )
+    print(
+        f"| whole file, beta0 and offsets included: {os.path.getsize(out)} bytes "
+        f"(original {os.path.getsize(path)}) | | | | {os.path.getsize(out) / entries:.3f} |"
+    )
+    lengths = [
+        nucleus_lengths(torch.from_numpy(p.astype(np.float32)), top_p, min_k).numpy()
+        for _, p, _ in rows
+    ]
+    cut = []
+    for (idx, p, _), n_keep in zip(rows, lengths):
+        past = np.arange(k)[None, :] >= n_keep[:, None]
+        cut.append((np.where(past, 0, idx).astype(dtype), np.where(past, 0, p).astype("<f2")))
+    kept = np.concatenate(lengths).mean()
+    groups = table_codec.column_groups(k)
+    values = [table_codec.sentence_values(i, p, groups) for i, p in cut]
+    tables = table_codec.fit(values, groups)
+    t4 = sum(len(table_codec.encode(v, tables)) for v in values)
+    t3 = sum(len(codec.encode(i, p)) for i, p in cut)
+    print(
+        f"| nucleus rows --top-p {top_p} --min-k {min_k} cut from these rows "
+        f"({kept:.1f} of {k} entries kept): format 3 {t3 / entries:.3f}, format 4 | | | | "
+        f"{t4 / entries:.3f} |"
+    )
+    print()
+    cpu = {}
+    for name, reader in (("original", src), ("format 4", v4)):
+        best = []
+        for _ in range(3):
+            t0 = time.process_time()
+            for i in range(n):
+                reader.read(i)
+            best.append((time.process_time() - t0) / n)
+        cpu[name] = min(best)
+    print(
+        f"StoreReader.read CPU time per sentence ({int(src.offsets[-1]) / n:.1f} rows), "
+        f"min of 3 passes: original (format {src.provenance.format_version}) "
+        f"{1e6 * cpu['original']:.0f} us, format 4 {1e6 * cpu['format 4']:.0f} us"
+    )
+
+
+def h5py_file(path):
+    import h5py
+
+    return h5py.File(path, "r")
+
+
 def bench_read_write(workdir, n=1000, tokens=30, topk=64, passes=5):
     """Per sentence: RowWriter.write_sentence + close and StoreReader.read (CRC, decoding,
     validation), format 2 vs format 3, on the same synthetic_rows, formats interleaved."""
@@ -408,11 +546,15 @@ def main():
     p.add_argument(
         "--size-only", action="store_true", help="only the coding tables (size, read, write)"
     )
+    p.add_argument("--real-store", help="only the coding measured on this store (bench_real)")
     a = p.parse_args()
     if a.stream_child:
         return stream_child(
             a.stream_child[0], a.stream_child[1], int(a.stream_child[2]), int(a.stream_child[3])
         )
+    if a.real_store:
+        os.makedirs(a.workdir, exist_ok=True)
+        return bench_real(a.real_store, a.workdir)
     if a.size_only:
         os.makedirs(a.workdir, exist_ok=True)
         bench_size(a.size_rows, a.topk)

@@ -42,6 +42,7 @@ def _token_tables():
 
 
 BASE, EXTRA = _token_tables()
+_INFO = (BASE.astype(np.int64) << 6) | EXTRA  # one lookup for both while decoding
 
 
 def _tokens(v: np.ndarray) -> np.ndarray:
@@ -60,10 +61,12 @@ def tokens_of(values: np.ndarray):
     return token, (v - BASE[token]).astype(np.uint64), EXTRA[token]
 
 
+GROUP_STARTS = (0, 1, 2, 4, 16)  # columns 0, 1, 2-3, 4-15, 16-: finer groups buy < 0.1%
+
+
 def column_groups(topk: int) -> np.ndarray:
-    """Default context of each column: 0 for entry 0, then one group per octave of the rank."""
-    j = np.arange(topk)
-    return np.where(j == 0, 0, np.floor(np.log2(np.maximum(j, 1))).astype(np.int64) + 1)
+    """Default context of each column: its group, from the ranks where groups start."""
+    return np.searchsorted(np.array(GROUP_STARTS), np.arange(topk), side="right") - 1
 
 
 class Values(NamedTuple):
@@ -105,6 +108,20 @@ class TableSet:
         self.tables = [deflate.Table(t) for t in code_lengths]
         self.codes = np.stack([t.codes for t in self.tables]).astype(np.uint64)
         self.tails = np.array([t.tail for t in self.tables], dtype=np.int64)
+        # per first coded stream (1: every row whole): the streams, their headers' last bits
+        # (value, width) and their end-of-block code lengths, for checking a blob's padding
+        self.group_sizes = np.bincount(self.groups, minlength=self.num_groups)
+        self.coded_streams = {}
+        for first in (0, 1):
+            sid = np.arange(first, len(self.tables))
+            self.coded_streams[first] = (
+                sid,
+                self.tails[sid, 0].tolist(),
+                self.tails[sid, 1].tolist(),
+                (
+                    self.code_lengths[sid, deflate.EOB].astype(np.int64) + self.tails[sid, 1]
+                ).tolist(),
+            )
         self._dense = None
         if len(self.index_map) and self.index_map.max() < (1 << 17):
             self._dense = np.full(int(self.index_map.max()) + 1, -1, dtype=np.int64)
@@ -130,10 +147,11 @@ class TableSet:
         return int(values.lengths is None), out + list(values.deltas) + np.split(ranks, cuts)
 
 
-def fit(values: Sequence[Values], groups: np.ndarray) -> TableSet:
-    """The table set that codes these sentences best (Huffman codes of their symbol counts)."""
+def fit(values: Sequence[Values], groups: np.ndarray, rank_ids: bool = True) -> TableSet:
+    """The table set that codes these sentences best (Huffman codes of their symbol counts);
+    rank_ids=False keeps the ids in their own order (to measure what the ranking buys)."""
     ids, counts = _id_counts(values)
-    index_map = ids[np.lexsort((ids, -counts))]  # most frequent first, ties by id
+    index_map = ids[np.lexsort((ids, -counts))] if rank_ids else ids  # most frequent first
     num_streams = 1 + 2 * (int(groups[-1]) + 1)
     empty = np.zeros((num_streams, deflate.SYMBOLS), dtype=np.uint8)
     provisional = TableSet(empty, index_map, groups)
@@ -215,21 +233,22 @@ def decode(blob: bytes, n: int, k: int, index_dtype: np.dtype, tables: TableSet)
     flat = np.concatenate(tokens)
     if len(flat) and flat.max() >= TOKENS:
         raise ValueError("undecodable rows (a symbol no value has)")
-    _check_padding(data, tables, int(full), flat, sizes, np.array(starts + [pos]))
-    values = BASE[flat] + deflate.unpack(data[pos:], EXTRA[flat])
+    _check_padding(data, tables, int(full), flat, sizes, starts + [pos])
+    info = _INFO[flat.astype(np.intp)]
+    values = (info >> 6).astype(np.uint64) + deflate.unpack(data[pos:], info & 63)
     if full:
-        lengths = np.full(n, k, dtype=np.int64)
+        lengths, expected = None, n * tables.group_sizes
     else:
         if sizes[0] != n:
             raise ValueError("undecodable rows (sizes do not add up)")
         lengths, values, sizes = values[:n].astype(np.int64), values[n:], sizes[1:]
         if lengths.max(initial=0) > k:
             raise ValueError("undecodable rows (a row longer than V')")
-    per_column = (lengths[None, :] > np.arange(k)[:, None]).sum(1)
-    expected = np.bincount(tables.groups, weights=per_column, minlength=tables.num_groups)
-    if not np.array_equal(sizes, np.concatenate([expected, expected])):
+        per_column = (lengths[None, :] > np.arange(k)[:, None]).sum(1)
+        expected = np.bincount(tables.groups, weights=per_column, minlength=tables.num_groups)
+    if sizes.tolist() != expected.astype(np.int64).tolist() * 2:
         raise ValueError("undecodable rows (sizes do not add up)")
-    count = int(per_column.sum())
+    count = int(expected.sum())
     delta_t, ranks = values[:count], values[count:]
     if len(ranks) and (delta_t.max() >= 1 << 16 or ranks.max() >= len(tables.index_map)):
         raise ValueError("undecodable rows (a value out of range)")
@@ -254,15 +273,17 @@ def decode(blob: bytes, n: int, k: int, index_dtype: np.dtype, tables: TableSet)
 def _check_padding(data, tables: TableSet, first: int, flat, sizes, starts) -> None:
     """Every bit of a part is the header's, a code's or 0: the header's last bits and the padding
     after the end of block are checked, so that no flipped bit goes unnoticed."""
-    sid = np.arange(first, len(tables.tables))
-    part = np.repeat(np.arange(len(sid)), sizes)
-    code_bits = np.bincount(part, weights=tables.code_lengths[sid[part], flat], minlength=len(sid))
-    bits = tables.tails[sid, 1] + code_bits.astype(np.int64) + tables.code_lengths[sid, 256]
-    buf = np.frombuffer(data, dtype=np.uint8)
-    head, last = buf[starts[:-1]].astype(np.int64), buf[starts[1:] - 1].astype(np.int64)
-    if (
-        np.any(np.diff(starts) != (bits + 7) // 8)
-        or np.any(head & ((1 << tables.tails[sid, 1]) - 1) != tables.tails[sid, 0])
-        or np.any(last >> (8 - (-bits) % 8) != 0)
-    ):
-        raise ValueError("undecodable rows (bits that no code has)")
+    sid, tail_value, tail_bits, fixed_bits = tables.coded_streams[first]
+    code_bits = np.zeros(len(flat) + 1, dtype=np.int64)
+    np.cumsum(tables.code_lengths[np.repeat(sid, sizes), flat], out=code_bits[1:])
+    ends = code_bits[np.cumsum(sizes)].tolist()
+    begin = 0
+    for q, (start, stop) in enumerate(zip(starts[:-1], starts[1:])):
+        bits = fixed_bits[q] + ends[q] - begin
+        begin = ends[q]
+        if (
+            stop - start != (bits + 7) // 8
+            or data[start] & ((1 << tail_bits[q]) - 1) != tail_value[q]
+            or data[stop - 1] >> (8 - (-bits) % 8)
+        ):
+            raise ValueError("undecodable rows (bits that no code has)")
