@@ -20,6 +20,9 @@ import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# --clock cpu: process CPU time (all threads) instead of wall time, for a loaded machine where
+# the scheduler, not the code, sets the wall time of a niced process
+CLOCK = [time.perf_counter]
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 
@@ -80,6 +83,7 @@ def bench_memoize(data, ckpts, workdir, topk, max_tokens):
         chunk_sentences=1000,
         cpu=True,
         log_interval=1e9,
+        allow_low_accuracy=True,  # teachers of 2 updates: their accuracy is not the point here
     )
     run = Run(cfg, 0, 1)
     from ensdist_fairseq.teachers import teacher_forcing
@@ -103,12 +107,12 @@ def bench_memoize(data, ckpts, workdir, topk, max_tokens):
         shards.stitch(out, run.chunks, run.provenance, run.offsets, STITCH_BLOCK_ROWS)
 
     raw()  # warm-up
-    t0 = time.perf_counter()
+    t0 = CLOCK[0]()
     raw()
-    t_raw = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t_raw = CLOCK[0]() - t0
+    t0 = CLOCK[0]()
     memo()
-    t_memo = time.perf_counter() - t0
+    t_memo = CLOCK[0]() - t0
     return out, t_raw, t_memo, int(run.offsets[-1])
 
 
@@ -153,7 +157,7 @@ def bench_train_step(data, size, store, steps):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            times.append(time.perf_counter())
+            times.append(CLOCK[0]())
         return _step_times(times)
 
     plain = timed([])
@@ -163,7 +167,7 @@ def bench_train_step(data, size, store, steps):
 
 def _timed_iter(itr, times):
     for batch in itr:
-        times.append(time.perf_counter())  # step starts before loading the batch
+        times.append(CLOCK[0]())  # step starts before loading the batch
         yield batch
 
 
@@ -546,8 +550,13 @@ def main():
     p.add_argument(
         "--size-only", action="store_true", help="only the coding tables (size, read, write)"
     )
+    p.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="time the ratios by (cpu: loaded)"
+    )
     p.add_argument("--real-store", help="only the coding measured on this store (bench_real)")
     a = p.parse_args()
+    if a.clock == "cpu":
+        CLOCK[0] = time.process_time
     if a.stream_child:
         return stream_child(
             a.stream_child[0], a.stream_child[1], int(a.stream_child[2]), int(a.stream_child[3])
