@@ -136,14 +136,19 @@ class Table:
     def decode(self, data: memoryview):
         """(symbols uint8, bytes used) of the part at the start of `data`; ValueError when it is
         not one (a code no table has, or data ending before the end of block)."""
+        out, used = self.decode_bytes(data)
+        return np.frombuffer(out, dtype=np.uint8), used
+
+    def decode_bytes(self, data: memoryview):
+        """`decode`, the symbols as bytes."""
         d = zlib.decompressobj(-15)
         try:
-            out = d.decompress(self.prefix) + d.decompress(data)
+            out = d.decompress(self.prefix + data)
         except zlib.error as e:
             raise ValueError(f"undecodable rows ({e})") from None
         if not d.eof:
             raise ValueError("undecodable rows (a stream is cut short)")
-        return np.frombuffer(out, dtype=np.uint8), len(data) - len(d.unused_data)
+        return out, len(data) - len(d.unused_data)
 
 
 def _block_header(lengths: np.ndarray):

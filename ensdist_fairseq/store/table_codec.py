@@ -225,12 +225,12 @@ def decode(blob: bytes, n: int, k: int, index_dtype: np.dtype, tables: TableSet)
         raise ValueError("undecodable rows (bad first byte)")
     full, pos, tokens, starts = data[0] == 0, 1, [], []
     for table in tables.tables[int(full) :]:
-        t, used = table.decode(data[pos:])
+        t, used = table.decode_bytes(data[pos:])
         tokens.append(t)
         starts.append(pos)
         pos += used
     sizes = np.array([len(t) for t in tokens])
-    flat = np.concatenate(tokens)
+    flat = np.frombuffer(b"".join(tokens), dtype=np.uint8)
     if len(flat) and flat.max() >= TOKENS:
         raise ValueError("undecodable rows (a symbol no value has)")
     _check_padding(data, tables, int(full), flat, sizes, starts + [pos])
