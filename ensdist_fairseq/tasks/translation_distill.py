@@ -102,6 +102,30 @@ class TranslationDistillTask(TranslationTask):
             )
         super().load_state_dict(state_dict)
 
+    def get_batch_iterator(self, dataset, *args, epoch=1, **kwargs):
+        """fairseq's iterator, with the batches an uninterrupted run has in every epoch.
+
+        fairseq sorts the examples by length, breaking ties at random under seed + the epoch the
+        iterator is built in, and then reuses those batches (reshuffled per epoch) for every
+        later epoch. An uninterrupted run builds its iterator in epoch 1; a run resumed from an
+        epoch-N checkpoint would build it in epoch N and train on other batches from there on.
+        So a reusable iterator is always built as in epoch 1, then set to start at `epoch`
+        (a resumed run then reads its position from the checkpoint, as before)."""
+        if args:  # positional call (none in fairseq's own code): fairseq's behaviour
+            return super().get_batch_iterator(dataset, *args, epoch=epoch, **kwargs)
+        built_once = (
+            not kwargs.get("disable_iterator_cache", False)
+            and not kwargs.get("update_epoch_batch_itr", False)
+            and self.can_reuse_epoch_itr(dataset)
+            and dataset not in self.dataset_to_epoch_iter
+            and not getattr(self.cfg, "rebuild_batches", False)
+        )
+        itr = super().get_batch_iterator(dataset, epoch=1 if built_once else epoch, **kwargs)
+        if built_once and epoch > 1:
+            itr.epoch = epoch
+            dataset.set_epoch(epoch)
+        return itr
+
     def _open_store(self) -> StoreReader:
         """The store, and the V' this run uses (the store's, or fewer with --teacher-topk)."""
         cfg = self.cfg
