@@ -19,6 +19,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from ensdist_fairseq.checkpoints.checks import DICTIONARY_SHA256_KEY
+from ensdist_fairseq.data import background_loaders
 from ensdist_fairseq.data.split_fingerprint import fingerprint
 from ensdist_fairseq.data.teacher_dataset import TeacherStoreDataset
 from ensdist_fairseq.errors import EnsdistError
@@ -110,7 +111,10 @@ class TranslationDistillTask(TranslationTask):
         later epoch. An uninterrupted run builds its iterator in epoch 1; a run resumed from an
         epoch-N checkpoint would build it in epoch N and train on other batches from there on.
         So a reusable iterator is always built as in epoch 1, then set to start at `epoch`
-        (a resumed run then reads its position from the checkpoint, as before)."""
+        (a resumed run then reads its position from the checkpoint, as before). Batch-loading
+        threads are stopped before the process exits (data/background_loaders.py)."""
+        # its prefetching thread must not be caught loading by the interpreter's shutdown
+        background_loaders.stop_at_exit()
         if args:  # positional call (none in fairseq's own code): fairseq's behaviour
             return super().get_batch_iterator(dataset, *args, epoch=epoch, **kwargs)
         built_once = (
