@@ -5,6 +5,7 @@ for bit (the SWA model included); fairseq-train with a teacher store exits clean
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -80,3 +81,53 @@ def test_distill_killed_after_an_epoch_checkpoint_resumes_bit_for_bit(
         assert models_equal(str(w / name), str(d / name)) == [], name
     swa = [load_checkpoint(str(x / "checkpoint_swa.pt"))["extra_state"]["swa"] for x in (w, d)]
     assert swa[0]["snapshots"] == swa[1]["snapshots"]
+
+
+def test_a_prefetching_thread_is_stopped_before_it_runs_through():
+    from fairseq.data.iterators import BackgroundConsumer, BufferedIterator
+
+    from ensdist_fairseq.data.background_loaders import stop_background_consumers
+
+    class Slow(list):
+        def __iter__(self):
+            for x in list.__iter__(self):
+                time.sleep(0.001)
+                yield x
+
+    it = BufferedIterator(2, Slow(range(1000)))
+    assert next(it) == 0  # the thread runs ahead, then waits on its full queue
+    consumer = it._consumer
+    assert stop_background_consumers() >= 1
+    assert not consumer.is_alive() and consumer.count < 100
+    alive = [t for t in threading.enumerate() if isinstance(t, BackgroundConsumer)]
+    assert not [t for t in alive if t.is_alive()]
+
+
+@pytest.mark.slow
+def test_max_update_inside_an_epoch_with_a_store_exits_cleanly(
+    tiny_data, tiny_store, tmp_path  # noqa: F811
+):
+    """fairseq-train's defaults (--num-workers 1, --data-buffer-size 10) and an epoch of ~40
+    batches: the prefetching thread is still loading when --max-update 15 stops training."""
+    import tiny_fairseq
+
+    for run in range(5):
+        save = tmp_path / f"run{run}"
+        cmd = [
+            os.path.join(BIN, "fairseq-train"), tiny_data, "--user-dir", os.path.join(ROOT, "ensdist_fairseq"),
+            "--task", "translation_distill", "--teacher-store", tiny_store,
+            "--criterion", "token_kd", "--kd-loss", "mean_kd", *tiny_fairseq.TINY_ARCH_ARGS,
+            "--optimizer", "adam", "--lr", "3e-3", "--max-tokens", "64", "--max-update", "15",
+            "--cpu", "--save-dir", str(save), "--no-epoch-checkpoints", "--log-format", "simple",
+        ]  # fmt: skip
+        p = subprocess.run(
+            cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1")
+        )
+        assert p.returncode == 0, (run, p.returncode, p.stderr[-2000:])
+        assert "done training" in p.stderr and "terminate called" not in p.stderr
+        assert (
+            load_checkpoint(str(save / "checkpoint_last.pt"))["extra_state"]["train_iterator"][
+                "iterations_in_epoch"
+            ]
+            == 15
+        )
