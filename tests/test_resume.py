@@ -124,7 +124,8 @@ def test_max_update_inside_an_epoch_with_a_store_exits_cleanly(
             cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1")
         )
         assert p.returncode == 0, (run, p.returncode, p.stderr[-2000:])
-        assert "done training" in p.stderr and "terminate called" not in p.stderr
+        out = p.stdout + p.stderr
+        assert "done training" in out and "terminate called" not in out
         assert (
             load_checkpoint(str(save / "checkpoint_last.pt"))["extra_state"]["train_iterator"][
                 "iterations_in_epoch"
