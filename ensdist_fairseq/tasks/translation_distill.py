@@ -19,6 +19,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from ensdist_fairseq.checkpoints.checks import DICTIONARY_SHA256_KEY
+from ensdist_fairseq.data import background_loaders
 from ensdist_fairseq.data.split_fingerprint import fingerprint
 from ensdist_fairseq.data.teacher_dataset import TeacherStoreDataset
 from ensdist_fairseq.errors import EnsdistError
@@ -101,6 +102,33 @@ class TranslationDistillTask(TranslationTask):
                 f"(sha256 {self.dictionary_sha256[:12]}…, its checkpoint records {recorded[:12]}…)"
             )
         super().load_state_dict(state_dict)
+
+    def get_batch_iterator(self, dataset, *args, epoch=1, **kwargs):
+        """fairseq's iterator, with the batches an uninterrupted run has in every epoch.
+
+        fairseq sorts the examples by length, breaking ties at random under seed + the epoch the
+        iterator is built in, and then reuses those batches (reshuffled per epoch) for every
+        later epoch. An uninterrupted run builds its iterator in epoch 1; a run resumed from an
+        epoch-N checkpoint would build it in epoch N and train on other batches from there on.
+        So a reusable iterator is always built as in epoch 1, then set to start at `epoch`
+        (a resumed run then reads its position from the checkpoint, as before). Batch-loading
+        threads are stopped before the process exits (data/background_loaders.py)."""
+        # its prefetching thread must not be caught loading by the interpreter's shutdown
+        background_loaders.stop_at_exit()
+        if args:  # positional call (none in fairseq's own code): fairseq's behaviour
+            return super().get_batch_iterator(dataset, *args, epoch=epoch, **kwargs)
+        built_once = (
+            not kwargs.get("disable_iterator_cache", False)
+            and not kwargs.get("update_epoch_batch_itr", False)
+            and self.can_reuse_epoch_itr(dataset)
+            and dataset not in self.dataset_to_epoch_iter
+            and not getattr(self.cfg, "rebuild_batches", False)
+        )
+        itr = super().get_batch_iterator(dataset, epoch=1 if built_once else epoch, **kwargs)
+        if built_once and epoch > 1:
+            itr.epoch = epoch
+            dataset.set_epoch(epoch)
+        return itr
 
     def _open_store(self) -> StoreReader:
         """The store, and the V' this run uses (the store's, or fewer with --teacher-topk)."""
