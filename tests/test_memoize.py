@@ -86,6 +86,19 @@ def test_entries_equal_an_independent_ensemble(store, tiny_data, tiny_checkpoint
             np.testing.assert_allclose(precision, beta0.numpy(), rtol=1e-3)
 
 
+def test_store_format_3_holds_the_same_rows(store, tiny_data, tiny_checkpoints, tmp_path):
+    """--store-format 3 (cheaper reads, larger file) decodes to the default store's rows."""
+    path = str(tmp_path / "v3.h5")
+    main(memoize_args(tiny_data, tiny_checkpoints, path, "--store-format", "3"))
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format_version"] == 3
+    a, b = store_format.StoreReader(store), store_format.StoreReader(path)
+    for i in range(a.num_sentences):
+        for x, y in zip(a.read(i), b.read(i)):
+            assert x.dtype == y.dtype and np.array_equal(x, y)
+    assert os.path.getsize(path) > os.path.getsize(store)
+
+
 def test_provenance(store, tiny_data, tiny_checkpoints):
     with h5py.File(store, "r") as f:
         a = dict(f.attrs)

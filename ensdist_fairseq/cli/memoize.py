@@ -10,6 +10,7 @@ when rerun with the same arguments (any number of processes).
 from typing import List, Optional
 
 from ensdist_fairseq.cli import options
+from ensdist_fairseq.store.provenance import FORMAT_VERSION, WRITABLE_FORMATS
 
 
 def build_parser() -> options.Parser:
@@ -38,6 +39,13 @@ def build_parser() -> options.Parser:
         default=1,
         help="nucleus rows keep at least this many entries (at most --topk; "
         "default: %(default)s)",
+    )
+    p.add_argument(
+        "--store-format",
+        type=options.integer(min(WRITABLE_FORMATS), max(WRITABLE_FORMATS)),
+        default=FORMAT_VERSION,
+        help="4: rows coded with tables fitted per chunk, the smallest store; 3: rows coded "
+        "per sentence, larger, cheaper to read (BENCHMARKS.md; default: %(default)s)",
     )
     options.add_batching(p)
     p.add_argument(
@@ -153,6 +161,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         teacher_dicts=args.teacher_dict,
         accuracy_sentences=args.accuracy_sentences,
         allow_low_accuracy=args.allow_low_accuracy,
+        store_format=args.store_format,
     )
     memoize(cfg)
     return 0

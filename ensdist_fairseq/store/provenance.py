@@ -17,6 +17,7 @@ FORMAT_VERSION = 4
 # codes the rows losslessly and puts each sentence's index in its CRC-32; version 4 codes them
 # with code tables fitted to each chunk of sentences (smaller, same rows after decoding).
 READABLE_VERSIONS = (1, 2, 3, 4)
+WRITABLE_FORMATS = (3, 4)  # ensdist-memoize --store-format
 # What a consumer can recompute from its data directory and split (the rest describes the teachers).
 DATA_FIELDS = (
     "vocab_size",

@@ -26,7 +26,7 @@ from ensdist_fairseq.errors import EnsdistError
 from ensdist_fairseq.hashing import file_sha256
 from ensdist_fairseq.store import format as store_format
 from ensdist_fairseq.store import shards
-from ensdist_fairseq.store.provenance import Provenance, StoreError, check_topk
+from ensdist_fairseq.store.provenance import FORMAT_VERSION, Provenance, StoreError, check_topk
 from ensdist_fairseq.store.teacher_distribution import (
     EnsembleMean,
     NonFiniteMemberOutput,
@@ -72,6 +72,7 @@ class MemoizeConfig:
     teacher_dicts: List[str] = dataclasses.field(default_factory=list)
     accuracy_sentences: int = 1000
     allow_low_accuracy: bool = False
+    store_format: int = FORMAT_VERSION  # 4: table-coded rows (smallest); 3: faster to read
 
 
 def _test_kill(point: str) -> None:
@@ -149,6 +150,7 @@ class Run:
             top_p=cfg.top_p,
             min_k=cfg.min_k,
             teacher_accuracy=self.accuracy,
+            format_version=cfg.store_format,
         )
         self.chunks = shards.plan_chunks(len(self.dataset), cfg.chunk_sentences)
 
