@@ -28,7 +28,9 @@ loss can pull them back (a zero gradient would freeze them).
 
 Float32 (and half) logits take the fused pass: loss and gradient together in the forward, a block
 of rows at a time, with lgamma/digamma/trigamma from dirichlet_special instead of torch's scalar
-kernels; the backward only scales the saved gradient. The few classes with alpha >= SERIES_FROM
+kernels; the backward only scales the saved gradient. The classes of a trained student's tail
+(e^z < SERIES_BELOW) enter only through the power sums of short series; the exact functions are
+evaluated on the gathered head and stored classes, or over whole rows that have many heads. The few classes with alpha >= SERIES_FROM
 get their loss terms in float64 (each is ~alpha_0 log alpha_0 and cancels against the alpha_0
 terms) and the cancellation-free gradient bracket. Float64 logits keep torch's special functions
 and serve as the reference.
