@@ -262,9 +262,9 @@ def _fused_rkl_and_gradient(logits, indices, probs, precision):
     normalizer) are float64. Returns (kl / beta0_hat, d(kl / beta0_hat)/dz)."""
     rows, vocab = logits.shape
     f64 = torch.float64
-    z = logits.to(torch.float32).clamp(
-        min=FUSED_MIN_LOGIT, max=max_safe_logit(vocab, torch.float32)
-    )
+    # clamped a block at a time (a clamped copy of all the logits is one more pass out of cache)
+    z = logits.to(torch.float32)
+    bounds = dict(min=FUSED_MIN_LOGIT, max=max_safe_logit(vocab, torch.float32))
     tgt = _Target(indices, probs, precision, vocab)
     t = tgt.beta_rest - 1
 
@@ -281,7 +281,7 @@ def _fused_rkl_and_gradient(logits, indices, probs, precision):
     for r0 in range(0, rows, block):
         r1 = min(rows, r0 + block)
         eps, es, power, g = eps_buf[: r1 - r0], es_buf[: r1 - r0], power_buf[: r1 - r0], grad[r0:r1]
-        torch.exp(z[r0:r1], out=eps)
+        torch.clamp(z[r0:r1], **bounds, out=eps).exp_()
         alpha0[r0:r1] = eps.sum(-1, dtype=f64) + vocab
         # The head classes enter the series at SERIES_BELOW; their terms are replaced below.
         # A row whose clamped sum says that more than DENSE_SHARE of it may be heads is dense.
@@ -289,7 +289,7 @@ def _fused_rkl_and_gradient(logits, indices, probs, precision):
         dense = es.sum(-1) > DENSE_SHARE * vocab * SERIES_BELOW
         if dense.all():
             sparse[r0:r1] = False
-            _dense_block(r0, r1, eps, work, z, indices, tgt, alpha0, sums, grad)
+            _dense_block(r0, r1, eps, work, indices, tgt, alpha0, sums, grad)
             continue
         sum_a, sum_p = series_sums(es, power, g)
         sums[r0:r1] = sum_a - t[r0:r1] * (sum_p - EULER_GAMMA * vocab)
@@ -313,25 +313,25 @@ def _fused_rkl_and_gradient(logits, indices, probs, precision):
     for r in torch.cat(dense_rows).tolist() if dense_rows else []:
         sparse[r] = False
         eps = eps_buf[:1]
-        torch.exp(z[r : r + 1], out=eps)
-        _dense_block(r, r + 1, eps, work, z, indices, tgt, alpha0, sums, grad)
+        torch.clamp(z[r : r + 1], **bounds, out=eps).exp_()
+        _dense_block(r, r + 1, eps, work, indices, tgt, alpha0, sums, grad)
     sparse_rows = torch.nonzero(sparse)[:, 0]
     # the head classes and the stored classes of the rows that took the series
     stored = indices.size(-1)
     sp_rows = torch.cat([head_rows, sparse_rows.repeat_interleave(stored)])
     sp_cols = torch.cat([head_cols, indices[sparse_rows].reshape(-1)])
     beta = torch.cat([tgt.beta_rest[head_rows], tgt.beta_top[sparse_rows].reshape(-1)])
-    _exact_classes(sp_rows, sp_cols, beta, z, tgt, t, alpha0, sums, grad)
+    _exact_classes(sp_rows, sp_cols, beta, z, bounds, tgt, t, alpha0, sums, grad)
     kl = torch.lgamma(alpha0) + tgt.log_norm + sums - (alpha0 - tgt.beta0) * torch.digamma(alpha0)
     return (kl / tgt.precision).float(), grad
 
 
-def _exact_classes(rows, cols, beta, z, tgt, t, alpha0, sums, grad):
+def _exact_classes(rows, cols, beta, z, bounds, tgt, t, alpha0, sums, grad):
     """Replace the series terms of the gathered classes (rows, cols) with target beta by the exact
     ones: the loss terms in `sums`, the gradient in `grad` (both in place)."""
     if rows.numel() == 0:
         return
-    eps = torch.exp(z[rows, cols])
+    eps = torch.exp(z[rows, cols].clamp(**bounds))
     lg, dg, tg = gamma_functions_1p(eps)
     beta32 = beta.float()
     terms = ((eps + 1 - beta32) * dg - lg).double()
@@ -351,7 +351,7 @@ def _exact_classes(rows, cols, beta, z, tgt, t, alpha0, sums, grad):
     grad[rows, cols] = eps * bracket / tgt.precision32[rows]
 
 
-def _dense_block(r0, r1, eps, work, z, indices, tgt, alpha0, sums, grad):
+def _dense_block(r0, r1, eps, work, indices, tgt, alpha0, sums, grad):
     """The exact functions over every class of rows r0..r1 (eps = exp(z) of them), written into
     sums and grad."""
     f64 = torch.float64
