@@ -113,3 +113,50 @@ def test_fused_result_does_not_depend_on_the_block_size(monkeypatch):
         results.append((loss.detach(), x.grad))
     for loss, grad in results[1:]:
         assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
+
+
+def test_tail_series_match_mpmath_below_their_threshold():
+    """A = -lgamma(1+e) + e psi(1+e), P = psi(1+e) + gamma and psi'(1+e) from the series, to
+    float32 precision relative to each value, from a far tail class up to SERIES_BELOW."""
+    from ensdist_fairseq.losses.dirichlet_special import SERIES_BELOW, series_sums, series_terms
+
+    eps = torch.cat([torch.exp(torch.linspace(-60, -4, 57)), torch.tensor([SERIES_BELOW])])
+    _, _, ref_tg = _mp_reference(eps.double())
+    with mpmath.workdps(80):  # A cancels to O(eps^2): keep the digits
+        ea = [mpmath.mpf(e) for e in eps.double().tolist()]
+        ref_a = [float(-mpmath.loggamma(1 + e) + e * mpmath.psi(0, 1 + e)) for e in ea]
+        ref_p = [float(mpmath.psi(0, 1 + e) + mpmath.euler) for e in ea]
+    ref_a, ref_p = (torch.tensor(r, dtype=torch.float64) for r in (ref_a, ref_p))
+    a, p = series_terms(eps)
+    assert ((a - ref_a).abs() / ref_a).max() < 1e-6
+    assert ((p - ref_p).abs() / ref_p).max() < 1e-6
+    tri = torch.empty(1, eps.numel())
+    sum_a, sum_p = series_sums(eps[None], torch.empty(1, eps.numel()), tri)
+    assert ((tri[0].double() - ref_tg).abs() / ref_tg).max() < 3e-7
+    torch.testing.assert_close(sum_a[0], ref_a.sum(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(sum_p[0], ref_p.sum(), rtol=1e-6, atol=0)
+
+
+def test_series_rows_do_not_depend_on_the_block_size(monkeypatch):
+    """Rows of a trained-looking student (series path, heads and stored classes gathered) mixed
+    with rows of one at initialization (dense path): the same bits whatever the blocks."""
+    g = torch.Generator().manual_seed(6)
+    vocab = 300
+    z = torch.randn(23, vocab, generator=g) * 3 - 12
+    z[::5] = torch.randn(5, vocab, generator=g)
+    z[:, :3] = torch.tensor([2.0, 9.0, 20.0])
+    probs, indices = torch.softmax(torch.randn(23, vocab, generator=g) * 3, -1).topk(8)
+    precision = torch.rand(23, generator=g) * 1e3 + 1
+    results = []
+    for block_elements in (1 << 18, 7 * vocab, 1):
+        monkeypatch.setattr(pd, "BLOCK_ELEMENTS", block_elements)
+        x = z.clone().requires_grad_()
+        loss = proxy_dirichlet_rkl(x, indices, probs, precision)
+        loss.sum().backward()
+        results.append((loss.detach(), x.grad))
+    for loss, grad in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
+    ref_loss, ref_grad = _reference(z.double(), indices, probs.double(), precision.double())
+    torch.testing.assert_close(results[0][0].double(), ref_loss, rtol=2e-5, atol=0)
+    scale = ref_grad.abs().amax(-1, keepdim=True)
+    assert ((results[0][1].double() - ref_grad).abs() / scale).max() < 1e-5

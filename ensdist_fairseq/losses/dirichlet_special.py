@@ -149,3 +149,52 @@ def gamma_functions_1p(eps):
     flat = eps.reshape(-1, eps.size(-1)) if eps.dim() else eps.reshape(1, 1)
     work = GammaWorkspace(flat.shape, flat.device)
     return tuple(t.reshape(eps.shape) for t in work.compute(flat))
+
+
+# The tail classes' series. For eps below SERIES_BELOW the Taylor series at eps = 0 (radius 1,
+# coefficients zeta(k) ~ 1) truncated after eps^SERIES_TERMS terms are below float32 resolution
+# relative to their leading term. With A(eps) = -lgamma(1 + eps) + eps psi(1 + eps) and
+# P(eps) = psi(1 + eps) + gamma (both 0 at eps = 0):
+#   A = sum_k (-1)^k zeta(k) (k - 1)/k eps^k,  P = sum_k (-1)^k zeta(k) eps^(k-1),
+#   psi'(1 + eps) = sum_k (-1)^k (k - 1) zeta(k) eps^(k-2),  k = 2..SERIES_TERMS.
+# A and P enter a loss only through row sums, so they are combined from the power sums
+# sum_v eps_v^j: one multiply and one reduction per power, shared between the two.
+SERIES_BELOW = 2.0**-5
+SERIES_TERMS = 7
+_ZETA = {
+    2: math.pi**2 / 6,
+    3: 1.2020569031595942,
+    4: math.pi**4 / 90,
+    5: 1.0369277551433699,
+    6: math.pi**6 / 945,
+    7: 1.0083492773819228,
+}
+_KS = range(2, SERIES_TERMS + 1)
+A_COEFFS = {k: (-1) ** k * _ZETA[k] * (k - 1) / k for k in _KS}  # of eps^k
+P_COEFFS = {k - 1: (-1) ** k * _ZETA[k] for k in _KS}  # of eps^(k-1)
+TRIGAMMA_COEFFS = [(-1) ** k * (k - 1) * _ZETA[k] for k in _KS]  # of eps^(k-2)
+
+
+def series_sums(eps, power, trigamma):
+    """For float32 eps (rows, V) with every entry <= SERIES_BELOW: the row sums of A(eps) and
+    P(eps) in float64, and psi'(1 + eps) written into `trigamma`. `power` is a scratch buffer of
+    eps's shape; both are overwritten."""
+    # float32 reductions (pairwise, of positive terms) are accurate to a few ulps
+    sums = [None, eps.sum(-1).double()]
+    torch.mul(eps, eps, out=power)
+    sums.append(power.sum(-1).double())
+    for _ in range(3, SERIES_TERMS + 1):
+        power.mul_(eps)
+        sums.append(power.sum(-1).double())
+    sum_a = sum(c * sums[j] for j, c in A_COEFFS.items())
+    sum_p = sum(c * sums[j] for j, c in P_COEFFS.items())
+    _horner(trigamma, eps, TRIGAMMA_COEFFS)
+    return sum_a, sum_p
+
+
+def series_terms(eps):
+    """A(eps), P(eps) elementwise in float64 for eps <= SERIES_BELOW (what series_sums sums)."""
+    eps = eps.double()
+    a = sum(c * eps**j for j, c in A_COEFFS.items())
+    p = sum(c * eps**j for j, c in P_COEFFS.items())
+    return a, p
