@@ -354,3 +354,34 @@ def test_uniform_member_weights_are_product_of_expectations():
     a, b = M.ensemble_measures(lp), M.ensemble_measures(lp, uniform)
     for name in M.ENSEMBLE_MEASURES:
         torch.testing.assert_close(a[name], b[name], rtol=1e-12, atol=1e-14)
+
+
+def test_fast_entropy_is_measures_entropy_bit_for_bit():
+    g = torch.Generator().manual_seed(3)
+    lp = torch.log_softmax(torch.randn(6, 50, generator=g) * 30, dim=-1)  # some p underflow to 0
+    lp[2, 7] = -float("inf")  # a class fairseq masked out: 0 · (−inf) must not make a NaN
+    lp[4] = torch.log_softmax(
+        torch.full((50,), -float("inf")).index_fill(0, torch.tensor([3]), 0), 0
+    )
+    assert (lp.exp() == 0).any()
+    for x in (lp, lp.double()):
+        fast = F.entropy(x)
+        assert torch.equal(fast, M.entropy(x))
+        brute = torch.tensor(
+            [-sum(math.exp(v) * v for v in row.tolist() if v > -math.inf) for row in x.double()],
+            dtype=torch.float64,
+        )
+        torch.testing.assert_close(fast.double(), brute, rtol=1e-6, atol=1e-7)
+    assert float(F.entropy(lp)[4]) == 0.0
+    assert torch.equal(F.single_measures(lp)["total"], M.single_measures(lp)["total"])
+
+
+def test_fast_ensemble_reuses_a_given_log_mean_with_the_same_numbers():
+    g = torch.Generator().manual_seed(4)
+    lp = torch.log_softmax(torch.randn(3, 40, 30, generator=g) * 2, dim=-1)
+    given = F.ensemble_measures(lp, log_mean=M.ensemble_log_mean(lp))
+    own = F.ensemble_measures(lp)
+    for name in M.ENSEMBLE_MEASURES:
+        assert torch.equal(given[name], own[name]), name
+    with pytest.raises(ValueError):
+        F.ensemble_measures(lp, torch.full((3, 40), -math.log(3)), log_mean=given["total"])

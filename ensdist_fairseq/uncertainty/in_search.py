@@ -97,11 +97,11 @@ class MeasuringEnsemble(EnsembleModel):
             values = F.ensemble_measures(stacked, M.member_log_weights(prefix))
             columns = [prefix.t(), stacked[:, :, self.eos].t().double()]
         elif self.kind == "ensemble":
-            values = F.ensemble_measures(stacked)
+            values = F.ensemble_measures(stacked, log_mean=predictive)  # decoded with: reused
         elif self.kind == "dirichlet":
             values = F.dirichlet_measures(logits, self.dirichlet_expected)
         else:
-            values = M.single_measures(predictive)
+            values = F.single_measures(predictive)
         # (rows, M [+ 2K]): fairseq copies it into its attention buffer at this step's column
         out = torch.cat([torch.stack([values[m] for m in self.measure_names], dim=1), *columns], 1)
         return predictive, out.to(predictive)

@@ -162,7 +162,7 @@ def token_measures(
         flat = _chunked(lambda z: F.dirichlet_measures(z, dirichlet_expected), outputs[0][0])
     else:
         log_pred = outputs[0][1]
-        flat = _chunked(M.single_measures, log_pred)
+        flat = _chunked(F.single_measures, log_pred)
     values = _unflatten(flat, mask)
     picked = log_pred.gather(-1, target[mask].unsqueeze(-1)).squeeze(-1).double()
     rows = mask.nonzero(as_tuple=True)[0]
