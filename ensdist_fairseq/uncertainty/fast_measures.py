@@ -169,7 +169,7 @@ def _softmax_expected(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
     z = logits.double()
     eps = z.exp()
     head = eps >= _TAIL_EPS
-    if float(head.double().mean()) > _DENSE_HEAD_SHARE:
+    if int(head.sum()) > _DENSE_HEAD_SHARE * head.numel():  # a count: no (P, V) float copy
         return M.dirichlet_measures(z, "softmax")
     log_p = torch.log_softmax(z, dim=-1)
     log_alpha = torch.nn.functional.softplus(z)
@@ -181,7 +181,8 @@ def _softmax_expected(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
     # KL(p ‖ α/α₀) as one float64 sum; where it is tiny against its parts (p close to α/α₀),
     # measures.py's sum of non-negative terms instead, so that rmi >= 0 holds as computed
     kl = (p * (log_p - log_mean)).sum(-1)
-    small = kl < _RELATIVE * (total - (p * log_mean).sum(-1) + 1)
+    # its parts: total − Σ p ln m = 2 total + kl (no third pass over V)
+    small = kl < _RELATIVE * (2 * total + kl + 1)
     if bool(small.any()):
         kl[small] = M.kl_divergence(log_p[small], log_mean[small])
     # tail classes: Σ_tail p φ(1+ε) = e^{−lse z} Σ_n c_n Σ_tail ε^(n+1), the same moments for χ
@@ -227,7 +228,7 @@ def _self_consistent(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
     vocab = z.size(-1)
     eps = torch.exp(z)
     head = eps >= _TAIL_EPS
-    if float(head.float().mean()) > _DENSE_HEAD_SHARE:
+    if int(head.sum()) > _DENSE_HEAD_SHARE * head.numel():
         # Most classes in the head (e.g. a softmax-like student): digamma on every class, densely.
         del eps
         alpha = 1 + z.double().exp()
