@@ -385,3 +385,30 @@ def test_fast_ensemble_reuses_a_given_log_mean_with_the_same_numbers():
         assert torch.equal(given[name], own[name]), name
     with pytest.raises(ValueError):
         F.ensemble_measures(lp, torch.full((3, 40), -math.log(3)), log_mean=given["total"])
+
+
+def test_fast_phi_chi_match_mpmath_on_both_branches():
+    mpmath = pytest.importorskip("mpmath")
+    x = torch.cat([torch.linspace(1, 12, 200), torch.logspace(1, 12, 30)]).double()
+    phi, chi = F._phi_chi(x)
+    with mpmath.workdps(40):
+        ref_phi = [
+            float(mpmath.digamma(v + 1) - mpmath.log(v)) for v in map(mpmath.mpf, x.tolist())
+        ]
+        ref_chi = [float(mpmath.log(v) - mpmath.digamma(v)) for v in map(mpmath.mpf, x.tolist())]
+    ref = torch.tensor([ref_phi, ref_chi], dtype=torch.float64)
+    torch.testing.assert_close(
+        torch.stack([phi, chi]), ref, rtol=1e-12, atol=0
+    )  # series: < 2e-15 at x = 10
+
+
+def test_fast_dirichlet_dense_path_on_a_ce_like_student():
+    """Most classes in the head, some with α >= 10 (the asymptotic branch): the dense path."""
+    g = torch.Generator().manual_seed(9)
+    z = 1.5 * torch.randn(16, 4000, generator=g) - 2.1
+    z[:, :5] += 6
+    assert float((z.exp() >= F._TAIL_EPS).double().mean()) > F._DENSE_HEAD_SHARE
+    assert bool((z.exp() + 1 >= 10).any())
+    fast, exact = F.dirichlet_measures(z, "softmax"), M.dirichlet_measures(z, "softmax")
+    for name in M.DIRICHLET_MEASURES:
+        torch.testing.assert_close(fast[name], exact[name], rtol=1e-9, atol=1e-12)

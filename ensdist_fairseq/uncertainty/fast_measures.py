@@ -164,13 +164,29 @@ def dirichlet_measures(
     return M.dirichlet_measures(logits, expected)  # names it in its error
 
 
+def _phi_chi(x: torch.Tensor):
+    """(measures._phi(x), measures._chi(x)) for x >= 1 with one digamma and one log: ψ(x + 1) =
+    ψ(x) + 1/x, and the asymptotic series computed on the classes x >= 10 only (measures.py builds
+    both branches over every class, twice)."""
+    xs = x.clamp(max=M._ASYMPTOTIC_X)
+    psi, log = torch.digamma(xs), torch.log(xs)
+    chi = log.sub_(psi)  # ln x − ψ(x)
+    phi = xs.reciprocal_().sub_(chi)  # ψ(x) + 1/x − ln x
+    big = x >= M._ASYMPTOTIC_X
+    if bool(big.any()):
+        series = M._chi_series(x[big])
+        chi[big] = series
+        phi[big] = 1 / x[big] - series
+    return phi, chi
+
+
 def _softmax_expected(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """The authors' form (p = softmax(z)): float64, digamma on the head classes only."""
+    """The authors' form (p = softmax(z)): float64, digamma on the head classes only (on every
+    class where most of them are in the head)."""
     z = logits.double()
     eps = z.exp()
     head = eps >= _TAIL_EPS
-    if int(head.sum()) > _DENSE_HEAD_SHARE * head.numel():  # a count: no (P, V) float copy
-        return M.dirichlet_measures(z, "softmax")
+    dense = int(head.sum()) > _DENSE_HEAD_SHARE * head.numel()  # a count: no (P, V) float copy
     log_p = torch.log_softmax(z, dim=-1)
     log_alpha = torch.nn.functional.softplus(z)
     log_alpha0 = torch.logsumexp(log_alpha, dim=-1)
@@ -185,6 +201,10 @@ def _softmax_expected(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
     small = kl < _RELATIVE * (2 * total + kl + 1)
     if bool(small.any()):
         kl[small] = M.kl_divergence(log_p[small], log_mean[small])
+    if dense:  # Σ p φ(α), Σ p χ(α) over every class, α = 1 + ε
+        phi, chi = _phi_chi(eps.add_(1))
+        p_phi, p_chi = phi.mul_(p).sum(-1), chi.mul_(p).sum(-1)
+        return _authors_values(z.size(-1), total, kl, p_phi, p_chi, alpha0)
     # tail classes: Σ_tail p φ(1+ε) = e^{−lse z} Σ_n c_n Σ_tail ε^(n+1), the same moments for χ
     tail_eps = eps.masked_fill_(head, 0.0)
     power = tail_eps.clone()
@@ -202,13 +222,18 @@ def _softmax_expected(logits: torch.Tensor) -> Dict[str, torch.Tensor]:
     if bool(head.any()):  # head classes: exact, summed per row through a dense buffer
         alpha, p_head = z[head].exp() + 1, p[head]
         buf = torch.zeros_like(z)
-        buf[head] = p_head * M._phi(alpha)
+        phi, chi = _phi_chi(alpha)
+        buf[head] = p_head * phi
         p_phi += buf.sum(-1)
-        buf[head] = p_head * M._chi(alpha)
+        buf[head] = p_head * chi
         p_chi += buf.sum(-1)
+    return _authors_values(z.size(-1), total, kl, p_phi, p_chi, alpha0)
+
+
+def _authors_values(vocab, total, kl, p_phi, p_chi, alpha0) -> Dict[str, torch.Tensor]:
+    """The authors' measures from H[p], KL(p ‖ α/α₀), Σ p φ(α), Σ p χ(α) and α₀."""
     mi = p_phi - M._phi(alpha0) - kl
     rmi = p_chi - M._chi(alpha0) + kl
-    vocab = z.size(-1)
     return {
         "total": total,
         "data": total - mi,
