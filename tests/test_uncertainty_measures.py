@@ -412,3 +412,16 @@ def test_fast_dirichlet_dense_path_on_a_ce_like_student():
     fast, exact = F.dirichlet_measures(z, "softmax"), M.dirichlet_measures(z, "softmax")
     for name in M.DIRICHLET_MEASURES:
         torch.testing.assert_close(fast[name], exact[name], rtol=1e-9, atol=1e-12)
+
+
+def test_fast_dirichlet_in_row_blocks_keeps_shapes_and_values():
+    g = torch.Generator().manual_seed(10)
+    z = torch.cat(
+        [1.5 * torch.randn(2, 150, 300, generator=g) - 2.1, torch.full((1, 150, 300), -9.0)]
+    )
+    fast, exact = F.dirichlet_measures(z, "softmax"), M.dirichlet_measures(z, "softmax")
+    assert 3 * 150 > F._ROWS
+    for name in M.DIRICHLET_MEASURES:
+        assert fast[name].shape == (3, 150)
+        torch.testing.assert_close(fast[name], exact[name], rtol=1e-9, atol=1e-12)
+    assert F.dirichlet_measures(z[:, :0], "softmax")["total"].shape == (3, 0)

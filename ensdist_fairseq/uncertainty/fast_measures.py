@@ -39,6 +39,9 @@ _RELATIVE = 1e-9  # float64 inputs
 _RELATIVE_FLOAT32 = 1e-5  # ensemble of float32 members (see ensemble_measures)
 _RELATIVE_DIRICHLET = 1e-6  # Dirichlet: float32 moments (see dirichlet_measures)
 _EULER = 0.5772156649015329
+# rows of float64 (rows, V) temporaries at a time: small enough for malloc to reuse them from
+# its heap, where a fresh (beams × V) float64 buffer per pass is mostly page faults
+_ROWS = 128
 
 
 def _tail_coefficients(degree: int):
@@ -160,7 +163,11 @@ def dirichlet_measures(
     if expected == "mean":
         return _self_consistent(logits)
     if expected == "softmax":
-        return _softmax_expected(logits)
+        flat = logits.reshape(-1, logits.size(-1))
+        parts = [
+            _softmax_expected(flat[i : i + _ROWS]) for i in range(0, max(flat.size(0), 1), _ROWS)
+        ]
+        return {k: torch.cat([v[k] for v in parts]).view(logits.shape[:-1]) for k in parts[0]}
     return M.dirichlet_measures(logits, expected)  # names it in its error
 
 
