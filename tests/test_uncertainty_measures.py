@@ -425,3 +425,16 @@ def test_fast_dirichlet_in_row_blocks_keeps_shapes_and_values():
         assert fast[name].shape == (3, 150)
         torch.testing.assert_close(fast[name], exact[name], rtol=1e-9, atol=1e-12)
     assert F.dirichlet_measures(z[:, :0], "softmax")["total"].shape == (3, 0)
+
+
+def test_fast_ensemble_in_row_blocks_equals_one_block():
+    g = torch.Generator().manual_seed(11)
+    lp = torch.log_softmax(torch.randn(3, 2 * F._ROWS + 7, 20, generator=g) * 2, dim=-1)
+    lw = M.member_log_weights(torch.randn(3, lp.size(1), generator=g, dtype=torch.float64))
+    for weights in (None, lw):
+        whole = F._ensemble_block(lp, weights, None)
+        blocks = F.ensemble_measures(lp, weights)
+        exact = M.ensemble_measures(lp.double(), weights)
+        for name in M.ENSEMBLE_MEASURES:
+            assert torch.equal(blocks[name], whole[name]), name
+            torch.testing.assert_close(blocks[name], exact[name], rtol=1e-5, atol=2e-6)

@@ -39,8 +39,8 @@ _RELATIVE = 1e-9  # float64 inputs
 _RELATIVE_FLOAT32 = 1e-5  # ensemble of float32 members (see ensemble_measures)
 _RELATIVE_DIRICHLET = 1e-6  # Dirichlet: float32 moments (see dirichlet_measures)
 _EULER = 0.5772156649015329
-# rows of float64 (rows, V) temporaries at a time: small enough for malloc to reuse them from
-# its heap, where a fresh (beams × V) float64 buffer per pass is mostly page faults
+# positions at a time: (K ×) rows × V temporaries small enough for malloc to reuse them from its
+# heap, where a fresh (K ×) beams × V buffer per pass is mostly page faults
 _ROWS = 128
 
 
@@ -124,8 +124,21 @@ def ensemble_measures(
     Element-wise work stays in the input's float32 (a (K, P, V) float64 temporary costs more
     in page faults than the arithmetic); every sum over V accumulates in float64. The sums are
     then good to ~1e-6 (float32 products), so positions where mi or rmi is below 1e-5 × the
-    size of the sums are recomputed exactly in float64 (measures.py)."""
-    lp = member_log_probs
+    size of the sums are recomputed exactly in float64 (measures.py). _ROWS positions at a time
+    (the same values: every position is computed on its own)."""
+    n = member_log_probs.size(1)
+    parts = [
+        _ensemble_block(
+            member_log_probs[:, i : i + _ROWS],
+            None if log_weights is None else log_weights[:, i : i + _ROWS],
+            None if log_mean is None else log_mean[i : i + _ROWS],
+        )
+        for i in range(0, max(n, 1), _ROWS)
+    ]
+    return {k: torch.cat([v[k] for v in parts]) for k in parts[0]}
+
+
+def _ensemble_block(lp, log_weights, log_mean) -> Dict[str, torch.Tensor]:
     neg_entropies = lp.exp().mul_(lp).sum(-1, dtype=torch.float64)  # one (K, P, V) temporary
     if log_weights is None:
         if log_mean is None:
