@@ -20,8 +20,8 @@ Scores are fairseq's: natural logarithms (fairseq-generate prints them divided b
 --unnormalized).
 """
 
-from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,10 +34,19 @@ class Hypothesis:
     tokens: torch.Tensor  # (L,) int64 on the CPU, ends with EOS
     positional_scores: torch.Tensor  # (L,) float32 on the CPU: ln p(token_t | prefix, source)
     score: float  # fairseq's hypothesis score (length-normalized, natural log)
-    text: str  # detokenized, as fairseq-generate's D- line
     # (M, L) float32 per-position values a search_model returned in fairseq's attention slot
     # (uncertainty/in_search.py: token measures carried along the beam); None otherwise
     extra: Optional[torch.Tensor] = None
+    # the detokenizer of `text`: callers mostly read only the best hypothesis's text, and
+    # building every n-best string costs as much as the uncertainty measures themselves
+    render: Optional[Callable[[torch.Tensor], str]] = field(default=None, repr=False)
+
+    @property
+    def text(self) -> str:
+        """Detokenized, as fairseq-generate's D- line (built on first use)."""
+        if not hasattr(self, "_text"):
+            self._text = self.render(self.tokens)
+        return self._text
 
 
 @dataclass
@@ -128,6 +137,10 @@ def decode(
     tgt_dict, src_dict = task.target_dictionary, getattr(task, "source_dictionary", None)
     strip = symbols_to_strip(generator)
     nbest = gen_cfg.nbest
+
+    def render(tokens):
+        return tgt_dict.string(tokens.int(), post_process, extra_symbols_to_ignore=strip)
+
     with torch.no_grad():
         for sample in teacher_forcing.samples(dataset, batches, device):
             prefix = sample["target"][:, : gen_cfg.prefix_size] if gen_cfg.prefix_size > 0 else None
@@ -158,9 +171,7 @@ def decode(
                             tokens=tokens,
                             positional_scores=h["positional_scores"].float().cpu(),
                             score=float(h["score"]),
-                            text=tgt_dict.string(
-                                tokens.int(), post_process, extra_symbols_to_ignore=strip
-                            ),
+                            render=render,
                             extra=None if search_model is None else h["attention"].float().cpu(),
                         )
                     )
