@@ -134,10 +134,11 @@ def build_parser() -> options.Parser:
 
 
 def _ood_files(args, src_lang: str):
-    """[(name, kind, path)] of the OOD sets to score, after checking they fit DATA."""
+    """([(name, kind, path)] of the OOD sets to score, after checking they fit DATA; the
+    length bins of --ood-dir's manifest, or None)."""
     from ensdist_fairseq.uncertainty.ood_sets import read_manifest
 
-    sets = []
+    sets, edges = [], None
     if args.ood_dir:
         manifest = read_manifest(args.ood_dir)
         data_dict = os.path.join(args.data, f"dict.{manifest['src']}.txt")
@@ -151,6 +152,7 @@ def _ood_files(args, src_lang: str):
                 f"system reads {src_lang}"
             )
         sets += [(s["name"], "bin", os.path.join(args.ood_dir, s["bin"])) for s in manifest["sets"]]
+        edges = (manifest.get("length_match") or {}).get("edges")
     for item in args.ood:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
@@ -165,7 +167,7 @@ def _ood_files(args, src_lang: str):
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise EnsdistError(f"--ood {dup}: set name used twice (or equal to --split)")
-    return sets
+    return sets, edges
 
 
 def _raw_dataset(task, path: str, spm_model: str, post: Optional[str], encoded: bool):
@@ -220,7 +222,7 @@ def run(args, paths: List[str], device: torch.device) -> dict:
     spm_model = args.spm_model or os.path.join(
         os.path.dirname(os.path.abspath(args.data)), "spm", "spm.model"
     )
-    ood = _ood_files(args, task.cfg.source_lang)
+    ood, length_edges = _ood_files(args, task.cfg.source_lang)
     for name, how, path in ood:
         sets.append(
             (
@@ -315,6 +317,9 @@ def run(args, paths: List[str], device: torch.device) -> dict:
             "dirichlet_measures": args.dirichlet_measures if kind == "dirichlet" else None,
             "dirichlet_expected": runner.dirichlet_expected(models, args.dirichlet_measures),
             "ensemble_combination": args.ensemble_combination if kind == "ensemble" else None,
+            # the source-length bins the OOD sets were drawn with (the report's length-matched
+            # AUC uses them); null without --ood-dir or for sets drawn without length matching
+            "length_edges": length_edges,
             "sets": summary,
         }
     )

@@ -14,7 +14,8 @@ from matplotlib.figure import Figure  # a bare Figure renders with Agg, no GUI b
 
 from ensdist_fairseq.metrics import detection
 from ensdist_fairseq.report import bootstrap as B
-from ensdist_fairseq.report.markdown import NOT_MEASURED, number, table, with_interval
+from ensdist_fairseq.report.markdown import MISSING, NOT_MEASURED, number, table, with_interval
+from ensdist_fairseq.report.uncertainty_lengths import binning, set_table
 from ensdist_fairseq.report.uncertainty_stats import Stats, load_systems, ood_sets, scored_columns
 
 GROUP_ORDER = ("single", "ensemble", "mean-kd", "proxy-dirichlet", "other")
@@ -46,16 +47,28 @@ def _rows(systems: List[dict]) -> List[Tuple[str, List[dict]]]:
     return rows
 
 
-def _cell(points: List[float], samples: List[np.ndarray], digits: int = 1) -> str:
+def _cell(
+    points: List[float], samples: List[np.ndarray], digits: int = 1, missing: str = MISSING
+) -> str:
     """One system: value [bootstrap interval]; several seeds: mean [t interval]."""
     if not points:
-        return "–"
+        return missing
     if len(points) == 1:
         return with_interval(points[0], *B.percentile_interval(samples[0]), digits=digits)
     return with_interval(float(np.mean(points)), *B.seed_interval(points), digits=digits)
 
 
+def _measured(members, get) -> Tuple[List[float], List[np.ndarray]]:
+    """(points, samples) of the members `get` measured; none at all when one member lacks it
+    (a mean over some seeds only would read as the group's)."""
+    got = [get(s) for s in members]
+    if any(g is None for g in got):
+        return [], []
+    return [g[0] for g in got], [g[1] for g in got]
+
+
 def ood_table(stats: Stats, sets: List[str]) -> str:
+    """ROC-AUC of every (system, score) per OOD set, its length-matched AUC beside it."""
     rows = []
     for label, members in _rows(stats.systems):
         for m in scored_columns(members[0]):
@@ -64,9 +77,12 @@ def ood_table(stats: Stats, sets: List[str]) -> str:
                 got = [stats.auc(s, st, m) for s in members]
                 got = [g for g in got if g is not None]
                 cells.append(_cell([g[0] for g in got], [g[1] for g in got]))
+                matched = _measured(members, lambda s: stats.matched_auc(s, st, m))
+                cells.append(_cell(*matched, missing=NOT_MEASURED))
             kind = "baseline" if m in detection.BASELINES else "measure"
             rows.append([label, f"{m} ({kind})", *cells])
-    return table(["system", "score", *sets], rows, "ll" + "r" * len(sets))
+    header = [h for st in sets for h in (st, f"{st}, length-matched")]
+    return table(["system", "score", *header], rows, "ll" + "r" * len(header))
 
 
 def rejection_table(stats: Stats) -> Tuple[str, dict]:
@@ -276,8 +292,12 @@ def section(results_dir: str, out_dir: str) -> Tuple[str, List[str]]:
             "text of another domain, target = target-language sentences as sources, third = a "
             "third language (docs/uncertainty.md)."
             + readings(systems)
+            + " "
+            + binning(systems)
             + "\n\n"
             + ood_table(stats, sets)
+            + "\nThe sets' sources (source lengths in pieces of the source dictionary, </s> "
+            "excluded; <unk> pieces per piece):\n\n" + set_table(systems, sets)
         )
     else:
         text += f"{NOT_MEASURED}: no OOD set was scored (ensdist-uncertainty --ood-*).\n"

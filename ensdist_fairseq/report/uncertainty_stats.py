@@ -17,6 +17,11 @@ import numpy as np
 
 from ensdist_fairseq.metrics import detection
 from ensdist_fairseq.report import bootstrap
+from ensdist_fairseq.report.uncertainty_lengths import (
+    length_edges,
+    length_matched_auc_rows,
+    source_columns,
+)
 from ensdist_fairseq.results import UNCERTAINTY, read_json
 
 OOD_ORDER = ("permuted", "domain", "target", "third")
@@ -28,7 +33,7 @@ def load_systems(unc_dir: str) -> List[dict]:
     systems = []
     for meta_path in sorted(glob.glob(os.path.join(unc_dir, "*", "system.json"))):
         meta = UNCERTAINTY.check(read_json(meta_path), meta_path)
-        meta["values"], meta["in_domain"] = {}, None
+        meta["values"], meta["sources"], meta["in_domain"] = {}, {}, None
         for s in meta["sets"]:
             with open(os.path.join(os.path.dirname(meta_path), s["file"]), encoding="utf-8") as f:
                 records = [json.loads(line) for line in f if line.strip()]
@@ -40,6 +45,7 @@ def load_systems(unc_dir: str) -> List[dict]:
             chrf = [r["chrf"] for r in records if "chrf" in r]
             cols["chrf"] = np.asarray(chrf if len(chrf) == len(records) else [], np.float64)
             meta["values"][s["name"]] = cols
+            meta["sources"][s["name"]] = source_columns(records)
             if s["role"] == "in-domain":
                 meta["in_domain"] = s["name"]
         systems.append(meta)
@@ -80,6 +86,7 @@ class Stats:
         self.resampler = Resampler()
         self._auc: Dict[tuple, tuple] = {}
         self._prr: Dict[tuple, tuple] = {}
+        self._matched: Dict[tuple, Optional[tuple]] = {}
 
     def auc(self, system: dict, ood: str, measure: str) -> Optional[tuple]:
         """(ROC-AUC %, its (RESAMPLES,) samples), or None when not measured."""
@@ -95,6 +102,29 @@ class Stats:
             ib = self.resampler.indices(ood, len(b))
             self._auc[key] = (detection.roc_auc(a, b), detection.roc_auc_rows(a[ia], b[ib]))
         return self._auc[key]
+
+    def matched_auc(self, system: dict, ood: str, measure: str) -> Optional[tuple]:
+        """(length-matched ROC-AUC %, its samples, paired with auc's), or None when not
+        measured (no source lengths, or no in-domain and OOD sentence share a bin)."""
+        plain = self.auc(system, ood, measure)
+        src = system["sources"]
+        edges = length_edges(system)
+        if plain is None or edges is None or src.get(ood) is None:
+            return None
+        key = (system["name"], ood, measure)
+        if key not in self._matched:
+            ind_name = system["in_domain"]
+            a, b = system["values"][ind_name][measure], system["values"][ood][measure]
+            la, lb = src[ind_name]["length"], src[ood]["length"]
+            try:
+                point = detection.length_matched_auc(a, b, la, lb, edges=edges)
+            except ValueError:  # no pair shares a bin
+                self._matched[key] = None
+                return None
+            ia = self.resampler.indices(ind_name, len(a))
+            ib = self.resampler.indices(ood, len(b))
+            self._matched[key] = (point, length_matched_auc_rows(a, b, la, lb, edges, ia, ib))
+        return self._matched[key]
 
     def prr(self, system: dict, measure: str) -> Optional[tuple]:
         """(PRR %, its samples) of rejecting by `measure` on the in-domain set, or None."""

@@ -237,6 +237,7 @@ def score_split(
     expected = dirichlet_expected(models, dirichlet_form)
     device = next(iter(models[0].parameters())).device
     measures = list(measures)
+    src_dict = dataset.src_dict
     chunk: List = []
 
     def flush():
@@ -256,6 +257,7 @@ def score_split(
                 {m: values[m][rows] for m in measures}, mask[rows], hyp_lp[rows], temperature
             )
             best = d.hypotheses[0]
+            src = dataset[d.id]["source"]
             record = {
                 "set": set_name,
                 "id": d.id,
@@ -267,6 +269,9 @@ def score_split(
                 "log_prob": float(hyp_lp[rows][0]),
                 "length": int(mask[rows][0].sum()),
                 "uncertainty": seq,
+                # in the source dictionary's pieces, </s> excluded: the OOD manifest's unit
+                "source_length": int(src.ne(src_dict.eos()).sum()),
+                "source_unk": int(src.eq(src_dict.unk()).sum()),
             }
             if chrf and d.reference is not None:
                 record["chrf"] = sentence_chrf(best.text, d.reference)
