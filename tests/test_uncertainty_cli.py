@@ -167,7 +167,17 @@ def test_three_kinds_of_system_and_the_report(corpus, capsys):
         # ln P(best|x) of the teacher-forced pass is the beam's score x length (lenpen 1)
         assert r["log_prob"] == pytest.approx(r["score"] * r["length"], abs=1e-3)
     assert len(records(ens / "third.jsonl")) == 12
+    # each record's source pieces and <unk> pieces are the manifest's (ensdist-ood-sets)
+    manifest = json.loads((root / "ood" / "ood_sets.json").read_text())
+    for entry in manifest["sets"]:
+        got = records(ens / f"{entry['name']}.jsonl")
+        lengths = [r["source_length"] for r in got]
+        assert sum(lengths) / len(lengths) == pytest.approx(entry["lengths"]["mean"], abs=1e-3)
+        assert sum(r["source_unk"] for r in got) == entry["unk_tokens"]
+    assert meta["ens"]["length_edges"] is None  # the sets were drawn without length matching
     text, pngs = report_section.section(str(root / "results"), str(root / "results"))
+    assert "| third, length-matched |" in text or "third, length-matched |" in text
+    assert "| third | 12 |" in text  # the sets' table
     assert (
         "| Single (m1) |" in text and "| Ensemble (ens) |" in text and "| PD student (pd) |" in text
     )
