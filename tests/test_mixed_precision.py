@@ -1,4 +1,5 @@
-"""token_kd under fairseq's mixed precision, for every --kd-loss and --intra-passes combination.
+"""token_kd under fairseq's mixed precision, for every --kd-loss and --intra-passes combination,
+--kd-truncation tail_kl, and nucleus stores (rows of variable length).
 
 --fp16 / --bf16: fairseq's Trainer._fp_convert_sample casts every float32 tensor of the sample
 to half / bfloat16 (called here as fairseq's own method), then the model runs in that dtype.
@@ -32,6 +33,7 @@ from fairseq.trainer import Trainer
 from ensdist_fairseq.criterions.token_kd import TokenKDCriterion
 from ensdist_fairseq.data.teacher_dataset import TeacherStoreDataset
 from ensdist_fairseq.losses import dirichlet_log_predictive
+from ensdist_fairseq.store.teacher_distribution import nucleus_lengths, truncate_to_nucleus
 
 pytestmark = pytest.mark.slow  # trains tiny models or runs fairseq commands
 
@@ -46,6 +48,22 @@ VARIANTS = [
     ("proxy_dirichlet", 1),
     ("proxy_dirichlet", 3),
 ]
+# The sample-cast matrix: every variant above on whole rows (mean_kd with its default tail
+# truncation), plus --kd-truncation tail_kl, and nucleus stores (memoize --top-p/--min-k: rows
+# of variable length padded with index 0, probability 0).
+TOP_P, MIN_K = 0.6, 2
+CAST_VARIANTS = [(kd, passes, "tail", False) for kd, passes in VARIANTS] + [
+    ("mean_kd", 1, "tail_kl", False),
+    ("mean_kd", 3, "tail_kl", False),
+    ("mean_kd", 1, "tail", True),
+    ("mean_kd", 3, "tail_kl", True),
+    ("proxy_dirichlet", 1, "tail", True),
+    ("proxy_dirichlet", 3, "tail", True),
+]
+CAST_IDS = [
+    f"{kd}-x{passes}" + (f"-{t}" if t != "tail" else "") + ("-nucleus" if n else "")
+    for kd, passes, t, n in CAST_VARIANTS
+]
 
 
 def fp_convert_sample(sample, dtype):
@@ -59,7 +77,7 @@ class FakeReader:
 
     path = "fake.h5"
 
-    def __init__(self, lengths, vocab):
+    def __init__(self, lengths, vocab, nucleus=False):
         self.rows = []
         rng = np.random.default_rng(0)
         for i, n in enumerate(lengths):
@@ -67,6 +85,11 @@ class FakeReader:
             indices = np.stack(
                 [rng.choice(np.arange(4, vocab), TOPK, replace=False) for _ in range(n)]
             )
+            if nucleus:  # as memoize --top-p/--min-k writes them
+                p = torch.from_numpy(probs.copy())
+                keep = nucleus_lengths(p, TOP_P, MIN_K)
+                i_t, p_t = truncate_to_nucleus(torch.from_numpy(indices), p, keep)
+                indices, probs = i_t.numpy(), p_t.numpy()
             precision = np.array([PRECISIONS[(i + t) % len(PRECISIONS)] for t in range(n)])
             self.rows.append(
                 (indices, probs.astype(np.float16).astype(np.float32), precision.astype(np.float32))
@@ -77,7 +100,7 @@ class FakeReader:
         return indices[:, :topk].astype(np.int64), probs[:, :topk], precision
 
 
-def collated_sample():
+def collated_sample(nucleus=False):
     d = Dictionary()
     for i in range(WORDS):
         d.add_symbol(f"w{i}")
@@ -92,7 +115,7 @@ def collated_sample():
         for n in lengths
     ]
     pairs = LanguagePairDataset(src, [len(s) for s in src], d, tgt, [len(t) for t in tgt], d)
-    dataset = TeacherStoreDataset(pairs, FakeReader(lengths, len(d)), TOPK, d.pad())
+    dataset = TeacherStoreDataset(pairs, FakeReader(lengths, len(d), nucleus), TOPK, d.pad())
     sample = dataset.collater([dataset[i] for i in range(SENTENCES)])
     return SimpleNamespace(source_dictionary=d, target_dictionary=d), sample
 
@@ -124,9 +147,14 @@ class LogitsModel(torch.nn.Module):
         return sample["target"]
 
 
-def criterion(task, kd_loss, passes):
+def criterion(task, kd_loss, passes, truncation="tail"):
     c = TokenKDCriterion(
-        task, sentence_avg=False, kd_loss=kd_loss, intra_passes=passes, max_update=100
+        task,
+        sentence_avg=False,
+        kd_loss=kd_loss,
+        kd_truncation=truncation,
+        intra_passes=passes,
+        max_update=100,
     )
     c.set_num_updates(30)
     return c
@@ -156,16 +184,24 @@ def test_collater_puts_the_teacher_in_dtypes_the_conversion_leaves_alone():
     assert torch.isinf(torch.tensor([1e5]).half()).all()
 
 
+def test_nucleus_rows_are_of_variable_length():
+    _, sample = collated_sample(nucleus=True)
+    stored = sample["teacher"]["probs"][sample["target"].ne(1)].gt(0).sum(-1)
+    assert stored.min() >= MIN_K and stored.max() <= TOPK and len(set(stored.tolist())) > 2
+
+
 @pytest.mark.parametrize("dtype", [torch.half, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("kd_loss,passes", VARIANTS)
-def test_sample_conversion_changes_neither_loss_nor_gradient(kd_loss, passes, dtype):
-    task, sample = collated_sample()
+@pytest.mark.parametrize("kd_loss,passes,truncation,nucleus", CAST_VARIANTS, ids=CAST_IDS)
+def test_sample_conversion_changes_neither_loss_nor_gradient(
+    kd_loss, passes, truncation, nucleus, dtype
+):
+    task, sample = collated_sample(nucleus)
     logits = (
         torch.randn(*sample["target"].shape, WORDS + 4, generator=torch.Generator().manual_seed(2))
         * 4
     )
     model = LogitsModel(logits, torch.float32, kd_loss == "proxy_dirichlet")
-    c = criterion(task, kd_loss, passes)
+    c = criterion(task, kd_loss, passes, truncation)
     loss, log, grads = run(c, model, sample)
     loss_c, log_c, grads_c = run(c, model, fp_convert_sample(sample, dtype))
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
@@ -176,16 +212,18 @@ def test_sample_conversion_changes_neither_loss_nor_gradient(kd_loss, passes, dt
 
 
 @pytest.mark.parametrize("dtype", [torch.half, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("kd_loss,passes", VARIANTS)
-def test_half_logits_give_the_float32_loss_of_the_same_logits(kd_loss, passes, dtype):
-    task, sample = collated_sample()
+@pytest.mark.parametrize("kd_loss,passes,truncation,nucleus", CAST_VARIANTS, ids=CAST_IDS)
+def test_half_logits_give_the_float32_loss_of_the_same_logits(
+    kd_loss, passes, truncation, nucleus, dtype
+):
+    task, sample = collated_sample(nucleus)
     sample = fp_convert_sample(sample, dtype)
     logits = (
         torch.randn(*sample["target"].shape, WORDS + 4, generator=torch.Generator().manual_seed(3))
         * 4
     )
     logits[0, 0, 5] = 40.0  # an overconfident logit: alpha = e^40 in the Proxy-Dirichlet loss
-    c = criterion(task, kd_loss, passes)
+    c = criterion(task, kd_loss, passes, truncation)
     # Reference: float32 logits that went through the same rounding (dropout first, then dtype).
     ref_model = LogitsModel(logits, torch.float32, kd_loss == "proxy_dirichlet")
     ref_model.forward = _rounded_forward(ref_model, dtype)
@@ -217,16 +255,16 @@ def _rounded_forward(model, dtype):
     return forward
 
 
-@pytest.mark.parametrize("kd_loss,passes", VARIANTS)
-def test_amp_autocast_leaves_the_loss_in_float32(kd_loss, passes):
+@pytest.mark.parametrize("kd_loss,passes,truncation,nucleus", CAST_VARIANTS, ids=CAST_IDS)
+def test_amp_autocast_leaves_the_loss_in_float32(kd_loss, passes, truncation, nucleus):
     """--amp: the model's matrix products run in a low precision under autocast (bfloat16 on
     this CPU, float16 on CUDA); the criterion's math is done outside autocast, in float32."""
-    task, sample = collated_sample()
+    task, sample = collated_sample(nucleus)
     logits = (
         torch.randn(*sample["target"].shape, WORDS + 4, generator=torch.Generator().manual_seed(4))
         * 4
     )
-    c = criterion(task, kd_loss, passes)
+    c = criterion(task, kd_loss, passes, truncation)
     model = LogitsModel(logits, torch.float32, kd_loss == "proxy_dirichlet")
     loss_ref, _, grads_ref = run(c, model, sample)
     torch.manual_seed(1)
