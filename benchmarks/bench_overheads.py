@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_evaluate as BE  # noqa: E402  (its measure(), run() and the demo's GEN_ARGS)
 
 WORDS = 3000  # per side
-SENTENCES = {"train": 600, "valid": 50, "test": 300}
+SENTENCES = {"train": 600, "valid": 50, "test": 1000}
 LENGTHS = (5, 25)  # words a sentence
 MODEL_ARGS = [
     "--arch",
