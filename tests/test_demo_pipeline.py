@@ -148,3 +148,20 @@ def test_demo_picks_the_gpu_config_when_cuda_is_visible():
     assert chosen("1").endswith("configs/builtin_gpu.sh")
     assert chosen("0").endswith("configs/builtin_cpu.sh")
     assert chosen("1", "--config", "configs/builtin_cpu.sh").endswith("configs/builtin_cpu.sh")
+
+
+def test_demo_accepts_the_sequence_level_students_and_names_the_choices():
+    def demo(*args):
+        return subprocess.run(
+            ["bash", "scripts/demo.sh", *args, "--print-config"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, ENSDIST_CUDA="0"),
+        )
+
+    ok = demo("--students", "seqkd seqkd_mean_kd mean_kd")
+    assert ok.returncode == 0 and "[demo] config:" in ok.stdout, ok.stderr[-2000:]
+    bad = demo("--students", "seqkd seq_kd")
+    assert bad.returncode == 2 and "=== [demo]" not in bad.stdout
+    assert "unknown student 'seq_kd'" in bad.stderr and "seqkd_mean_kd" in bad.stderr
