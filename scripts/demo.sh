@@ -76,9 +76,11 @@ load_config "$CONFIG"
 # --teacher-topk), so they train on exactly this many entries.
 TOPK="${TOPK_OPT:-$TOPK}"
 STUDENTS="${STUDENTS_OPT:-${DEMO_STUDENTS:-intra_mean_kd proxy_dirichlet mean_kd}}"
-JOBS="${JOBS_OPT:-${JOBS:-$(nproc)}}"
+# the machine's cores: nproc alone answers OMP_NUM_THREADS when it is set (below: cores / JOBS)
+CORES="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
+JOBS="${JOBS_OPT:-${JOBS:-$CORES}}"
 check_int "JOBS" "$JOBS" 1 1024
-export OMP_NUM_THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
+export OMP_NUM_THREADS=$(( CORES / JOBS > 0 ? CORES / JOBS : 1 ))
 STUDENT_SWA_EPOCHS="${STUDENT_SWA_EPOCHS:-$SWA_EPOCHS}"
 
 # run_parallel CMD...: each argument is one shell command; at most $JOBS run at once, a new one
@@ -135,7 +137,7 @@ memoize() {  # memoize DATA STORE: the CE ensemble's top-V' on DATA's train targ
   mkdir -p "$(dirname "$2")"
   if [ -f "$2" ]; then echo "[memoize] $2 exists, skipping"
   else  # every core, and one process per visible GPU when there are several (torchrun)
-    OMP_NUM_THREADS="$(nproc)" launch_on_gpus "${BIN}ensdist-memoize" "$1" --path "$(members ce)" --topk "$TOPK" \
+    OMP_NUM_THREADS="$CORES" launch_on_gpus "${BIN}ensdist-memoize" "$1" --path "$(members ce)" --topk "$TOPK" \
       "${DEVICE_ARGS[@]}" ${MEMOIZE_ARGS[@]+"${MEMOIZE_ARGS[@]}"} --output "$2"
   fi
 }
@@ -150,7 +152,7 @@ if wants seqkd || wants seqkd_mean_kd; then
   stage "seqkd: the train split translated by the CE ensemble of $MEMBERS -> $SEQKD_DATA"
   if [ -d "$SEQKD_DATA" ]; then echo "[seqkd] $SEQKD_DATA exists, skipping"
   else  # the search every system is evaluated with; resumes from SEQKD_DATA.shards/ if stopped
-    OMP_NUM_THREADS="$(nproc)" launch_on_gpus "${BIN}ensdist-seqkd" "$DATA" --path "$(members ce)" \
+    OMP_NUM_THREADS="$CORES" launch_on_gpus "${BIN}ensdist-seqkd" "$DATA" --path "$(members ce)" \
       --out "$SEQKD_DATA" "${DEVICE_ARGS[@]}" "${GEN_ARGS[@]}"
   fi
   if wants seqkd_mean_kd; then
