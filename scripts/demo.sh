@@ -3,8 +3,8 @@
 #
 #   bash scripts/demo.sh [--out runs/demo] [--config CONFIG]
 #        [--data BIN_DIR --reference RAW_TEST_TARGET] [--members K] [--topk V']
-#        [--students "intra_mean_kd proxy_dirichlet mean_kd"] [--jobs N] [--max-pairs N]
-#        [--print-config]
+#        [--students "intra_mean_kd proxy_dirichlet mean_kd seqkd seqkd_mean_kd"] [--jobs N]
+#        [--max-pairs N] [--print-config]
 #
 # Stages: setup -> prepare the corpus -> K CE+SWA and K LS+SWA teachers -> memoize the CE
 # ensemble (top-V') -> distill the students -> evaluate every member, the ensembles of 1..K and
@@ -12,6 +12,12 @@
 # out-of-distribution inputs) -> report (table, regime, uncertainty, reliability diagrams) in
 # OUT/results. Every training stops by the rule of docs/teachers.md (early
 # stopping on validation loss, SWA ending at the best epoch).
+# Sequence-level KD students (docs/sequence_kd.md), an option not in the default run:
+# --students "seqkd seqkd_mean_kd ..." adds a stage before distill that decodes the train split
+# with the CE ensemble (ensdist-seqkd, GEN_ARGS's search) into OUT/seqkd/ce_kK and, for
+# seqkd_mean_kd, memoizes the ensemble on those targets (OUT/store/seqkd_ce_kK_vV'.h5). seqkd
+# trains on the distilled targets alone (students/ce_kK/seqkd), seqkd_mean_kd adds mean-KD
+# from that store; both validate and are tested on the references.
 # CONFIG defaults to configs/builtin_gpu.sh when the venv's torch sees a CUDA device, else
 # configs/builtin_cpu.sh (ENSDIST_CUDA=0|1 overrides the detection; --print-config shows the
 # choice and exits). --topk V' is the one V' of the run: the store, the students and their names.
@@ -45,8 +51,8 @@ while [ $# -gt 0 ]; do
 done
 [ -z "$STUDENTS_OPT" ] || [ -n "${STUDENTS_OPT// /}" ] || usage_error "--students: no student named"
 for v in $STUDENTS_OPT; do
-  case "$v" in mean_kd|mean_kd_tail|proxy_dirichlet|intra_mean_kd) ;;
-    *) usage_error "--students: unknown student '$v' (mean_kd, mean_kd_tail, proxy_dirichlet, intra_mean_kd)" ;; esac
+  case "$v" in mean_kd|mean_kd_tail|proxy_dirichlet|intra_mean_kd|seqkd|seqkd_mean_kd) ;;
+    *) usage_error "--students: unknown student '$v' (mean_kd, mean_kd_tail, proxy_dirichlet, intra_mean_kd, seqkd, seqkd_mean_kd)" ;; esac
 done
 [ -z "$CONFIG" ] || [ -f "$CONFIG" ] || die "--config $CONFIG: no such config file (see configs/)"
 [ -z "$DATA" ] || [ -d "$DATA" ] || die "--data $DATA: no such directory"
@@ -70,9 +76,11 @@ load_config "$CONFIG"
 # --teacher-topk), so they train on exactly this many entries.
 TOPK="${TOPK_OPT:-$TOPK}"
 STUDENTS="${STUDENTS_OPT:-${DEMO_STUDENTS:-intra_mean_kd proxy_dirichlet mean_kd}}"
-JOBS="${JOBS_OPT:-${JOBS:-$(nproc)}}"
+# the machine's cores: nproc alone answers OMP_NUM_THREADS when it is set (below: cores / JOBS)
+CORES="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
+JOBS="${JOBS_OPT:-${JOBS:-$CORES}}"
 check_int "JOBS" "$JOBS" 1 1024
-export OMP_NUM_THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
+export OMP_NUM_THREADS=$(( CORES / JOBS > 0 ? CORES / JOBS : 1 ))
 STUDENT_SWA_EPOCHS="${STUDENT_SWA_EPOCHS:-$SWA_EPOCHS}"
 
 # run_parallel CMD...: each argument is one shell command; at most $JOBS run at once, a new one
@@ -125,12 +133,32 @@ members() {  # members MODE [K]: colon-separated SWA checkpoints of seeds 1..K
 
 STORE="$OUT/store/ce_k${MEMBERS}_v${TOPK}.h5"
 STUDENTS_DIR="$OUT/students/ce_k${MEMBERS}_v${TOPK}"  # one set of students per teacher store
+memoize() {  # memoize DATA STORE: the CE ensemble's top-V' on DATA's train targets, once
+  mkdir -p "$(dirname "$2")"
+  if [ -f "$2" ]; then echo "[memoize] $2 exists, skipping"
+  else  # every core, and one process per visible GPU when there are several (torchrun)
+    OMP_NUM_THREADS="$CORES" launch_on_gpus "${BIN}ensdist-memoize" "$1" --path "$(members ce)" --topk "$TOPK" \
+      "${DEVICE_ARGS[@]}" ${MEMOIZE_ARGS[@]+"${MEMOIZE_ARGS[@]}"} --output "$2"
+  fi
+}
 stage "memoize: the CE ensemble of $MEMBERS, V'=$TOPK -> $STORE"
-mkdir -p "$OUT/store"
-if [ -f "$STORE" ]; then echo "[memoize] $STORE exists, skipping"
-else  # every core, and one process per visible GPU when there are several (torchrun)
-  OMP_NUM_THREADS="$(nproc)" launch_on_gpus "${BIN}ensdist-memoize" "$DATA" --path "$(members ce)" --topk "$TOPK" \
-    "${DEVICE_ARGS[@]}" ${MEMOIZE_ARGS[@]+"${MEMOIZE_ARGS[@]}"} --output "$STORE"
+memoize "$DATA" "$STORE"
+
+# Sequence-level KD (docs/sequence_kd.md), only when a seqkd student is asked for.
+SEQKD_DATA="$OUT/seqkd/ce_k${MEMBERS}"
+SEQKD_STORE="$OUT/store/seqkd_ce_k${MEMBERS}_v${TOPK}.h5"
+wants() { case " $STUDENTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+if wants seqkd || wants seqkd_mean_kd; then
+  stage "seqkd: the train split translated by the CE ensemble of $MEMBERS -> $SEQKD_DATA"
+  if [ -d "$SEQKD_DATA" ]; then echo "[seqkd] $SEQKD_DATA exists, skipping"
+  else  # the search every system is evaluated with; resumes from SEQKD_DATA.shards/ if stopped
+    OMP_NUM_THREADS="$CORES" launch_on_gpus "${BIN}ensdist-seqkd" "$DATA" --path "$(members ce)" \
+      --out "$SEQKD_DATA" "${DEVICE_ARGS[@]}" "${GEN_ARGS[@]}"
+  fi
+  if wants seqkd_mean_kd; then
+    stage "memoize: the CE ensemble of $MEMBERS on its own translations, V'=$TOPK -> $SEQKD_STORE"
+    memoize "$SEQKD_DATA" "$SEQKD_STORE"
+  fi
 fi
 
 RES="$OUT/results"
@@ -147,7 +175,10 @@ uncertainty() {  # uncertainty NAME GROUP PATHS: a command, skipped if done (doc
   printf '%q ' "${BIN}ensdist-uncertainty" "$DATA" --path "$paths" --name "$name" --group "$group" \
     --ood-dir "$OOD" --out "$RES/uncertainty/$name" --beam 5 --max-len-a 1.5 --max-len-b 10 "${DEVICE_ARGS[@]}"
 }
-student() { final_checkpoint "$STUDENTS_DIR/$1" "$STUDENT_SWA_EPOCHS"; }  # student VARIANT: its model
+# seqkd alone has no store: its student and its name do not depend on V'
+student_dir() { if [ "$1" = seqkd ]; then echo "$OUT/students/ce_k${MEMBERS}"; else echo "$STUDENTS_DIR"; fi; }
+student_name() { if [ "$1" = seqkd ]; then echo "student-$1-k$MEMBERS"; else echo "student-$1-k$MEMBERS-v$TOPK"; fi; }
+student() { final_checkpoint "$(student_dir "$1")/$1" "$STUDENT_SWA_EPOCHS"; }  # student VARIANT: its model
 
 # The teachers' evaluations (BLEU, ECE of members and ensembles of 1..K) and uncertainty
 # (built-in corpus: CE members and the CE ensemble, in-domain test vs out-of-distribution
@@ -172,22 +203,27 @@ fi
 stage "distill: $STUDENTS (V'=$TOPK from the store); meanwhile evaluate and measure the uncertainty of the teachers"
 distill_cmds=()
 for v in $STUDENTS; do
-  distill_cmds+=("$(printf 'bash %q --config %q --data %q --store %q --variant %s --out %q' \
-    "$ROOT/scripts/distill.sh" "$CONFIG" "$DATA" "$STORE" "$v" "$STUDENTS_DIR")")
+  case "$v" in  # the training data and the store of each student
+    seqkd) inputs=(--data "$SEQKD_DATA") ;;
+    seqkd_mean_kd) inputs=(--data "$SEQKD_DATA" --store "$SEQKD_STORE") ;;
+    *) inputs=(--data "$DATA" --store "$STORE") ;;
+  esac
+  distill_cmds+=("$(printf '%q ' bash "$ROOT/scripts/distill.sh" --config "$CONFIG" "${inputs[@]}" \
+    --variant "$v" --out "$(student_dir "$v")")")
 done
 run_parallel "${distill_cmds[@]}" "${teacher_evals[@]}"
 
 stage "evaluate: students (BLEU, ECE-1, ECE-5)${OOD:+ and their uncertainty}"
 student_evals=()
 for v in $STUDENTS; do
-  student_evals+=("$(evaluate "student-$v-k$MEMBERS-v$TOPK" "CE+SWA" "$(student "$v")" \
+  student_evals+=("$(evaluate "$(student_name "$v")" "CE+SWA" "$(student "$v")" \
     --kind student --num-teachers "$MEMBERS")")
   # the Dirichlet student read through its mean alpha/alpha0 too (it decodes with softmax(z))
   [ "$v" != proxy_dirichlet ] || student_evals+=("$(evaluate "student-$v-k$MEMBERS-v$TOPK-mean" "CE+SWA" \
     "$(student "$v")" --kind student --num-teachers "$MEMBERS" --dirichlet-predictive mean)")
   if [ -n "$OOD" ]; then
     group=$(case "$v" in mean_kd) echo mean-kd ;; proxy_dirichlet) echo proxy-dirichlet ;; *) echo other ;; esac)
-    student_evals+=("$(uncertainty "student-$v-k$MEMBERS-v$TOPK" "$group" "$(student "$v")")")
+    student_evals+=("$(uncertainty "$(student_name "$v")" "$group" "$(student "$v")")")
   fi
 done
 run_parallel "${student_evals[@]}"

@@ -2,8 +2,9 @@
 # Distill a memoized teacher store into one student.
 #
 #   bash scripts/distill.sh --config configs/builtin_cpu.sh --data DATA_BIN --store STORE.h5 \
-#        --variant mean_kd|mean_kd_tail|proxy_dirichlet|intra_mean_kd --out DIR [--topk V'] \
-#        [-- extra fairseq-train args]
+#        --variant mean_kd|mean_kd_tail|proxy_dirichlet|intra_mean_kd|seqkd_mean_kd --out DIR \
+#        [--topk V'] [-- extra fairseq-train args]
+#   bash scripts/distill.sh --config ... --data SEQKD_DATA --variant seqkd --out DIR   (no store)
 #
 # Variants (criterion token_kd with its defaults, docs/criterion.md):
 #   mean_kd          ensemble-mean KD, (1-β)·NLL^LS + β·KD over the stored top-V′ (Reich et al.)
@@ -11,6 +12,10 @@
 #                    (V′+1)-category KL (docs/criterion.md)
 #   proxy_dirichlet  Proxy-Dirichlet reverse KL with the Dirichlet student (Ryabinin et al.)
 #   intra_mean_kd    mean_kd plus intra-distillation over INTRA_PASSES (3) dropout passes (Xu et al.)
+#   seqkd            sequence-level KD (Kim & Rush): the NLL^LS term alone (--kd-loss none) on
+#                    --data made by ensdist-seqkd (the teachers' beam search as targets)
+#   seqkd_mean_kd    mean_kd on ensdist-seqkd's data, --store memoized on those targets
+#                    (docs/sequence_kd.md); both validate on the references
 # V′ is the store's (the task reads it); --topk asks for fewer. The student trains from scratch
 # (random init, as the paper found best) into DIR/<variant>/ by the teachers' stopping rule
 # (docs/teachers.md): early stopping on validation loss with PATIENCE, capped at STUDENT_MAX_EPOCH
@@ -40,14 +45,23 @@ while [ $# -gt 0 ]; do
 done
 load_config "$CONFIG"
 [ -d "$DATA" ] || die "--data ${DATA:-(none)}: no such directory"
-[ -f "$STORE" ] || die "--store ${STORE:-(none)}: no such file (run ensdist-memoize first)"
+STORE_ARGS=()
+case "$VARIANT" in
+  seqkd) [ -z "$STORE" ] && [ "${#TOPK_ARGS[@]}" = 0 ] || usage_error "--store/--topk: --variant seqkd trains on the distilled targets alone (no store)" ;;
+  *) [ -f "$STORE" ] || die "--store ${STORE:-(none)}: no such file (run ensdist-memoize first)"
+     STORE_ARGS=(--teacher-store "$STORE") ;;
+esac
+case "$VARIANT" in  # sequence-level KD trains on ensdist-seqkd's output, never on the references
+  seqkd|seqkd_mean_kd) [ -f "$DATA/seqkd.json" ] || die "--data $DATA: not made by ensdist-seqkd (no seqkd.json): --variant $VARIANT trains on the teachers' translations" ;;
+esac
 [ -n "$OUT" ] || die "--out: no output directory given"
 STUDENT_SWA_EPOCHS="${STUDENT_SWA_EPOCHS:-$SWA_EPOCHS}"
 
 ARCH=("${ARCH_ARGS[@]}")
 KD=(--criterion token_kd)
 case "$VARIANT" in
-  mean_kd) KD+=(--kd-loss mean_kd) ;;
+  mean_kd|seqkd_mean_kd) KD+=(--kd-loss mean_kd) ;;
+  seqkd) KD+=(--kd-loss none) ;;
   mean_kd_tail) KD+=(--kd-loss mean_kd --kd-truncation tail_kl) ;;
   proxy_dirichlet)
     KD+=(--kd-loss proxy_dirichlet)
@@ -62,15 +76,15 @@ case "$VARIANT" in
       fi
     done ;;
   intra_mean_kd) KD+=(--kd-loss mean_kd --intra-passes "${INTRA_PASSES:-3}") ;;
-  *) usage_error "--variant ${VARIANT:-(none)}: must be mean_kd, mean_kd_tail, proxy_dirichlet or intra_mean_kd" ;;
+  *) usage_error "--variant ${VARIANT:-(none)}: must be mean_kd, mean_kd_tail, proxy_dirichlet, intra_mean_kd, seqkd or seqkd_mean_kd" ;;
 esac
 # Students may need more epochs than their teachers (the KD target regularizes): their own cap.
 STUDENT_MAX_EPOCH="${STUDENT_MAX_EPOCH:-$MAX_EPOCH}"
 mapfile -t STOP < <(stop_rule_args "$STUDENT_MAX_EPOCH" "$PATIENCE" "$STUDENT_SWA_EPOCHS")
 
-[ -f "$OUT/$VARIANT/done" ] || echo "[distill] $VARIANT: from $STORE (patience $PATIENCE, at most $STUDENT_MAX_EPOCH epochs / $STUDENT_MAX_UPDATE updates) -> $OUT/$VARIANT"
+[ -f "$OUT/$VARIANT/done" ] || echo "[distill] $VARIANT: from ${STORE:-$DATA} (patience $PATIENCE, at most $STUDENT_MAX_EPOCH epochs / $STUDENT_MAX_UPDATE updates) -> $OUT/$VARIANT"
 train_then_average "$OUT/$VARIANT" "$STUDENT_SWA_EPOCHS" distill "$VARIANT" \
   "${FAIRSEQ_TRAIN[@]}" "$DATA" --user-dir "$PLUGIN_DIR" --task translation_distill \
-  --teacher-store "$STORE" "${TOPK_ARGS[@]}" "${ARCH[@]}" "${TRAIN_ARGS[@]}" "${EVAL_ARGS[@]}" \
+  "${STORE_ARGS[@]}" "${TOPK_ARGS[@]}" "${ARCH[@]}" "${TRAIN_ARGS[@]}" "${EVAL_ARGS[@]}" \
   "${KD[@]}" "${STUDENT_ARGS[@]}" --seed 1 "${STOP[@]}" --max-update "$STUDENT_MAX_UPDATE" \
   --save-dir "$OUT/$VARIANT" --log-format simple "${EXTRA[@]}"

@@ -101,6 +101,37 @@ def test_demo_on_a_small_slice_produces_everything_and_resumes(tmp_path):
     assert log.count("skipping") >= 4 + 1 + 3 + 10 + 1 + 6
     assert "training seed" not in log and "[distill]" in log and "from " + str(out) not in log
 
+    # Sequence-level KD students added to the finished run: teachers and the main store reused,
+    # the train split translated by the CE ensemble, one more store on those translations.
+    third = subprocess.run(
+        cmd[:-1] + ["seqkd seqkd_mean_kd mean_kd"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert (
+        "training seed" not in third.stdout and f"{out}/store/ce_k2_v32.h5 exists" in third.stdout
+    )
+    distilled = out / "seqkd" / "ce_k2"
+    assert json.loads((distilled / "seqkd.json").read_text())["split"] == "train"
+    for name in os.listdir(out / "data" / "bin"):  # validation and test stay on the references
+        if not name.startswith("train."):
+            assert (distilled / name).read_bytes() == (out / "data" / "bin" / name).read_bytes()
+    assert (out / "store" / "seqkd_ce_k2_v32.h5").is_file()
+    seq = {"seqkd": out / "students" / "ce_k2", "seqkd_mean_kd": out / "students" / "ce_k2_v32"}
+    for v, sdir in seq.items():
+        assert (sdir / v / "checkpoint_swa.pt").is_file()
+        log = (sdir / v / "train.log").read_text()
+        assert str(distilled) in log and ("V'=32 of 32" in log) == (v == "seqkd_mean_kd")
+    report = (res / "report.md").read_text()
+    for name in ("student-seqkd-k2", "student-seqkd_mean_kd-k2-v32"):
+        r = json.loads((res / f"{name}.json").read_text())
+        assert r["kind"] == "student" and r["num_teachers"] == 2 and r["bleu"] is not None
+        assert (res / "uncertainty" / name / "system.json").is_file()
+        assert f"Distilled ({name})" in report and f"| {name} |" in report
+
 
 def test_demo_picks_the_gpu_config_when_cuda_is_visible():
     def chosen(cuda, *extra):
@@ -117,3 +148,20 @@ def test_demo_picks_the_gpu_config_when_cuda_is_visible():
     assert chosen("1").endswith("configs/builtin_gpu.sh")
     assert chosen("0").endswith("configs/builtin_cpu.sh")
     assert chosen("1", "--config", "configs/builtin_cpu.sh").endswith("configs/builtin_cpu.sh")
+
+
+def test_demo_accepts_the_sequence_level_students_and_names_the_choices():
+    def demo(*args):
+        return subprocess.run(
+            ["bash", "scripts/demo.sh", *args, "--print-config"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, ENSDIST_CUDA="0"),
+        )
+
+    ok = demo("--students", "seqkd seqkd_mean_kd mean_kd")
+    assert ok.returncode == 0 and "[demo] config:" in ok.stdout, ok.stderr[-2000:]
+    bad = demo("--students", "seqkd seq_kd")
+    assert bad.returncode == 2 and "=== [demo]" not in bad.stdout
+    assert "unknown student 'seq_kd'" in bad.stderr and "seqkd_mean_kd" in bad.stderr

@@ -175,3 +175,54 @@ def test_a_student_trains_on_the_distilled_data(distilled, tmp_path):
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert np.isfinite(float(p.stdout.split("| loss ")[-1].split()[0]))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def distill_sh(tmp_path, data, variant, *extra, env=None):
+    """scripts/distill.sh with the tiny model, 2 epochs, no SWA: (returncode, stdout, stderr)."""
+    cfg = tmp_path / "tiny.sh"
+    cfg.write_text(
+        f"source {ROOT}/configs/builtin_cpu.sh\n"
+        "ARCH_ARGS=(" + " ".join(TINY_ARCH_ARGS) + ")\n"
+        "TRAIN_ARGS=(--cpu --optimizer adam --lr 3e-3 --lr-scheduler inverse_sqrt "
+        "--warmup-updates 10 --max-tokens 600 --num-workers 0)\n"
+        "STUDENT_MAX_EPOCH=2\nPATIENCE=0\nSTUDENT_SWA_EPOCHS=0\n"
+    )
+    p = subprocess.run(
+        ["bash", "scripts/distill.sh", "--config", str(cfg), "--data", data]
+        + ["--variant", variant, "--out", str(tmp_path / "students"), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
+    )
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_distill_sh_trains_the_seqkd_student_on_the_distilled_targets(distilled, tmp_path):
+    rc, out, err = distill_sh(tmp_path, distilled, "seqkd")
+    assert rc == 0, out[-2000:] + err[-2000:]
+    d = tmp_path / "students" / "seqkd"
+    assert (d / "checkpoint_best.pt").is_file() and (d / "done").is_file()
+    log = (d / "train.log").read_text()
+    # the training data is the distilled directory; no store, the KD term off
+    assert f"'data': '{distilled}'" in log and "kd_loss='none'" in log, log[:3000]
+    assert "'teacher_store': None" in log
+    epochs = [x for x in log.splitlines() if "| valid on 'valid' subset" in x]
+    assert len(epochs) == 2
+
+
+def test_distill_sh_refuses_seqkd_students_on_the_references_or_with_a_store(
+    distilled, tiny_data, tmp_path
+):
+    for variant in ("seqkd", "seqkd_mean_kd"):
+        extra = ("--store", __file__) if variant == "seqkd_mean_kd" else ()
+        rc, _, err = distill_sh(tmp_path, tiny_data, variant, *extra)
+        assert rc == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+        assert "not made by ensdist-seqkd" in err, err
+    for extra in (("--store", __file__), ("--topk", "8")):
+        rc, _, err = distill_sh(tmp_path, distilled, "seqkd", *extra)
+        assert rc == 2 and "--variant seqkd trains on the distilled targets alone" in err, err
+    assert not (tmp_path / "students").exists()
