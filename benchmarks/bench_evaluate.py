@@ -87,21 +87,32 @@ def measure(cmd):
     return float(out[1]), int(out[2]) / 1024.0, float(out[3])  # ru_maxrss is in KiB on Linux
 
 
-def synthetic_model(work):
+def plain_word(prefix: str, w: int) -> str:
+    return f"{prefix}{w}"
+
+
+def synthetic_model(
+    work,
+    sentences=SYNTHETIC_SENTENCES,
+    words=SYNTHETIC_WORDS,
+    lengths=SYNTHETIC_LENGTHS,
+    word=plain_word,
+    model_args=MODEL_ARGS,
+):
+    """(data dir, checkpoint) of a synthetic reversed-and-renamed corpus and a model trained 3
+    updates on it: throughput does not depend on quality. word(prefix, w) renders word w."""
     rng = random.Random(0)
     raw, data = os.path.join(work, "raw"), os.path.join(work, "bin")
     os.makedirs(raw)
-    for split, n in SYNTHETIC_SENTENCES.items():
+    for split, n in sentences.items():
         with (
-            open(os.path.join(raw, f"{split}.en"), "w") as fe,
-            open(os.path.join(raw, f"{split}.de"), "w") as fd,
+            open(os.path.join(raw, f"{split}.en"), "w", encoding="utf-8") as fe,
+            open(os.path.join(raw, f"{split}.de"), "w", encoding="utf-8") as fd,
         ):
             for _ in range(n):
-                words = [
-                    rng.randrange(SYNTHETIC_WORDS) for _ in range(rng.randint(*SYNTHETIC_LENGTHS))
-                ]
-                fe.write(" ".join(f"s{w}" for w in words) + "\n")
-                fd.write(" ".join(f"t{(w * 7) % SYNTHETIC_WORDS}" for w in reversed(words)) + "\n")
+                drawn = [rng.randrange(words) for _ in range(rng.randint(*lengths))]
+                fe.write(" ".join(word("s", w) for w in drawn) + "\n")
+                fd.write(" ".join(word("t", (w * 7) % words) for w in reversed(drawn)) + "\n")
     run(
         [
             os.path.join(BIN, "fairseq-preprocess"),
@@ -109,7 +120,7 @@ def synthetic_model(work):
             "en",
             "--target-lang",
             "de",
-            *[a for s in SYNTHETIC_SENTENCES for a in (f"--{s}pref", os.path.join(raw, s))],
+            *[a for s in sentences for a in (f"--{s}pref", os.path.join(raw, s))],
             "--destdir",
             data,
             "--joined-dictionary",
@@ -122,7 +133,7 @@ def synthetic_model(work):
         [
             os.path.join(BIN, "fairseq-train"),
             data,
-            *MODEL_ARGS,
+            *model_args,
             "--optimizer",
             "adam",
             "--lr",

@@ -22,7 +22,6 @@ well the model translates.
 
 import argparse
 import os
-import random
 import shutil
 import statistics
 import sys
@@ -63,56 +62,7 @@ def pieces(prefix: str, w: int) -> str:
 
 
 def synthetic_model(work: str):
-    rng = random.Random(0)
-    raw, data = os.path.join(work, "raw"), os.path.join(work, "bin")
-    os.makedirs(raw)
-    for split, n in SENTENCES.items():
-        with (
-            open(os.path.join(raw, f"{split}.en"), "w", encoding="utf-8") as fe,
-            open(os.path.join(raw, f"{split}.de"), "w", encoding="utf-8") as fd,
-        ):
-            for _ in range(n):
-                words = [rng.randrange(WORDS) for _ in range(rng.randint(*LENGTHS))]
-                fe.write(" ".join(pieces("s", w) for w in words) + "\n")
-                fd.write(" ".join(pieces("t", (w * 7) % WORDS) for w in reversed(words)) + "\n")
-    BE.run(
-        [
-            os.path.join(BE.BIN, "fairseq-preprocess"),
-            "--source-lang",
-            "en",
-            "--target-lang",
-            "de",
-            *[a for s in SENTENCES for a in (f"--{s}pref", os.path.join(raw, s))],
-            "--destdir",
-            data,
-            "--joined-dictionary",
-            "--workers",
-            "1",
-        ]
-    )
-    save = os.path.join(work, "model")
-    BE.run(
-        [
-            os.path.join(BE.BIN, "fairseq-train"),
-            data,
-            *MODEL_ARGS,
-            "--optimizer",
-            "adam",
-            "--lr",
-            "1e-3",
-            "--max-tokens",
-            "4000",
-            "--max-update",
-            "3",
-            "--cpu",
-            "--save-dir",
-            save,
-            "--no-epoch-checkpoints",
-            "--no-save-optimizer-state",
-            "--disable-validation",
-        ]
-    )
-    return data, os.path.join(save, "checkpoint_last.pt")
+    return BE.synthetic_model(work, SENTENCES, WORDS, LENGTHS, pieces, MODEL_ARGS)
 
 
 def main():
