@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.distributions import Dirichlet, kl_divergence
 
-import ensdist_fairseq.losses.proxy_dirichlet as pd
+import ensdist_fairseq.losses.proxy_dirichlet_fused as pd
 from ensdist_fairseq.losses import proxy_dirichlet_rkl
 from ensdist_fairseq.losses.dirichlet_special import SHIFT_BELOW, gamma_functions_1p
 
