@@ -193,6 +193,10 @@ for mode in ce ls; do
     teacher_evals+=("$(evaluate "$mode-ensemble$k" "$method" "$(members "$mode" "$k")" --kind ensemble)")
   done
 done
+# the rival every reader asks about: a temperature-scaled member and ensemble (T fitted on the
+# validation split, docs/evaluation.md), in the table beside the students
+teacher_evals+=("$(evaluate "ce-seed1-ts" "CE+SWA" "$OUT/teachers/ce/seed1/checkpoint_swa.pt" --fit-temperature-on valid)")
+[ "$MEMBERS" -lt 2 ] || teacher_evals+=("$(evaluate "ce-ensemble$MEMBERS-ts" "CE+SWA" "$(members ce)" --kind ensemble --fit-temperature-on valid)")
 if [ -n "$OOD" ]; then
   teacher_evals+=("$(uncertainty "ce-ensemble$MEMBERS" ensemble "$(members ce)")")
   for k in $(seq 1 "$MEMBERS"); do

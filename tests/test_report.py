@@ -154,3 +154,13 @@ def test_temperature_scaled_rows_are_labelled_and_left_out_of_the_claims(tmp_pat
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| Ensemble | 2 (T=1.23) |" in text and "| e-ts (T=1.23) |" in text
     assert pattern_checks([*members, scaled])[0][1] == "not measured"  # no unscaled ensemble
+
+
+def test_a_temperature_scaled_member_is_not_averaged_with_the_members(tmp_path, capsys):
+    members = [full_result("a", bleu=20.0, ece1=3.0), full_result("b", bleu=22.0, ece1=5.0)]
+    scaled = dict(full_result("a-ts", bleu=20.0, ece1=0.5), temperature=1.5)
+    rc, err = run_report(tmp_path, [*members, scaled], capsys)
+    assert rc == 0, err
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| CE+SWA | Individual | Avg (n=2) | 21.00 " in text  # the mean of a and b only
+    assert "|  |  | 1 (T=1.50) | 20.00 | 0.500 |" in text

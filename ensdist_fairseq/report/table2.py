@@ -118,25 +118,30 @@ def table2_markdown(results: Sequence[dict]) -> str:
             group = kinds.get(kind, [])
             if not group:
                 continue
+            cells = []
             if kind == "individual":
-                cells = [
-                    (
-                        f"Avg (n={len(group)})" + _temperature(group[0]),
-                        _individual_cell([r["bleu"] for r in group], 2),
-                        _individual_cell([_ece(r, "ece1") for r in group], 3),
-                        _individual_cell([_ece(r, "ece5") for r in group], 3),
+                # the members' mean and spread over seeds, of the members as trained; a
+                # temperature-scaled member is another system, a row of its own
+                members = [r for r in group if r.get("temperature") is None]
+                group = [r for r in group if r.get("temperature") is not None]
+                if members:
+                    cells.append(
+                        (
+                            f"Avg (n={len(members)})",
+                            _individual_cell([r["bleu"] for r in members], 2),
+                            _individual_cell([_ece(r, "ece1") for r in members], 3),
+                            _individual_cell([_ece(r, "ece5") for r in members], 3),
+                        )
                     )
-                ]
-            else:
-                cells = [
-                    (
-                        str(_size(r)) + _temperature(r),
-                        _bleu_cell(r),
-                        _token_cell(r, "ece1", _ece(r, "ece1"), 3),
-                        _fmt(_ece(r, "ece5"), 3),
-                    )
-                    for r in group
-                ]
+            cells += [
+                (
+                    str(_size(r)) + _temperature(r),
+                    _bleu_cell(r),
+                    _token_cell(r, "ece1", _ece(r, "ece1"), 3),
+                    _fmt(_ece(r, "ece5"), 3),
+                )
+                for r in group
+            ]
             for i, (size, b, e1, e5) in enumerate(cells):
                 label = KIND_LABEL[kind] if i == 0 else ""
                 if kind == "student":  # several students of one teacher set: say which is which
