@@ -71,9 +71,15 @@ def test_demo_on_a_small_slice_produces_everything_and_resumes(tmp_path):
         "ls-seed1",
         "ls-seed2",
         "ls-ensemble2",
+        "ce-seed1-ts",  # the temperature-scaled rivals (T fitted on valid)
+        "ce-ensemble2-ts",
         *(f"student-{v}-k2-v32" for v in students),
         "student-proxy_dirichlet-k2-v32-mean",
     }
+    assert all(
+        json.loads((res / f"{n}.json").read_text())["temperature"] > 0
+        for n in ("ce-seed1-ts", "ce-ensemble2-ts")
+    )
     # the uncertainty stage: OOD sets once, then the CE members, the CE ensemble and every student
     assert (out / "ood" / "ood_sets.json").is_file()
     unc = {p.parent.name for p in (res / "uncertainty").glob("*/system.json")}
