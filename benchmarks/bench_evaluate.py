@@ -153,6 +153,17 @@ def synthetic_model(
     return data, os.path.join(save, "checkpoint_last.pt")
 
 
+def data_and_model(args, work, make=synthetic_model):
+    """(data, checkpoint): --data/--path if given, else the synthetic model kept in `work` from
+    an earlier run, else a new one made by make(work)."""
+    if args.data:
+        return args.data, args.path
+    kept = os.path.join(work, "model", "checkpoint_last.pt")
+    if os.path.isfile(kept):
+        return os.path.join(work, "bin"), kept
+    return make(work)
+
+
 def replicate_split(data, split, factor, out):
     """A copy of `data` whose `split` is the original repeated `factor` times."""
     from fairseq.data import Dictionary, data_utils, indexed_dataset
@@ -206,14 +217,7 @@ def main():
     work = args.work or tempfile.mkdtemp(prefix="bench_evaluate_")
     os.makedirs(work, exist_ok=True)
     try:
-        if args.data:
-            data, ckpt = args.data, args.path
-        elif os.path.isfile(os.path.join(work, "model", "checkpoint_last.pt")):
-            data, ckpt = os.path.join(work, "bin"), os.path.join(
-                work, "model", "checkpoint_last.pt"
-            )
-        else:
-            data, ckpt = synthetic_model(work)
+        data, ckpt = data_and_model(args, work)
         data4 = os.path.join(work, "bin4x")
         if not os.path.isdir(data4):
             replicate_split(data, args.split, 4, data4)

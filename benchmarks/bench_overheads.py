@@ -79,14 +79,7 @@ def main():
     work = args.work or tempfile.mkdtemp(prefix="bench_overheads_")
     os.makedirs(work, exist_ok=True)
     try:
-        if args.data:
-            data, ckpt = args.data, args.path
-        elif os.path.isfile(os.path.join(work, "model", "checkpoint_last.pt")):
-            data, ckpt = os.path.join(work, "bin"), os.path.join(
-                work, "model", "checkpoint_last.pt"
-            )
-        else:
-            data, ckpt = synthetic_model(work)
+        data, ckpt = BE.data_and_model(args, work, synthetic_model)
         common = ["--max-tokens", str(args.max_tokens), "--cpu"]
         out = os.path.join(work, "out")
 
